@@ -1,0 +1,1 @@
+"""The ``gentity`` command line."""

@@ -1,0 +1,3 @@
+from gentity.cli.main import main
+
+main()

@@ -1,0 +1,67 @@
+"""``gentity serve``: run the control plane."""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated
+
+import typer
+import uvicorn
+
+from gentity.settings import Settings
+
+
+def serve(
+    host: Annotated[str | None, typer.Option(help="Address to bind (GENTITY_HOST).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port to bind (GENTITY_PORT).")] = None,
+) -> None:
+    """Serve the control plane (API, dashboard, terminals) with the configured settings."""
+    overrides: dict[str, object] = {}
+    if host is not None:
+        overrides["host"] = host
+    if port is not None:
+        overrides["port"] = port
+    settings = Settings(**overrides)  # type: ignore[arg-type]
+    _configure_logging(settings.log_level)
+
+    from gentity.server.app import create_app  # heavy import: only for this command
+
+    app = create_app(settings)
+    url = settings.public_url or f"http://{_display_host(settings.host)}:{settings.port}"
+    typer.echo(f"Gentity {_version()} serving on {url}")
+    typer.echo(f"Data directory: {settings.data_dir}")
+    typer.echo(
+        "Sign in: open the URL in a browser, or create the first account with\n"
+        "  gentity users create --admin --email you@example.com\n"
+        f"then run: gentity login {url}"
+    )
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        proxy_headers=True,
+        access_log=True,
+        log_config=None,
+        ws="websockets-sansio",
+        timeout_graceful_shutdown=5,
+    )
+
+
+def _display_host(host: str) -> str:
+    return "127.0.0.1" if host in ("0.0.0.0", "::") else host  # noqa: S104
+
+
+def _version() -> str:
+    from gentity import __version__
+
+    return __version__
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    # Alembic narrates every migration step at INFO; only problems are worth a line.
+    logging.getLogger("alembic").setLevel(max(logging.WARNING, logging.getLevelName(level.upper())))

@@ -1,0 +1,55 @@
+"""``gentity users``: administer accounts directly on the server's database."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from typing import Annotated
+
+import typer
+
+from gentity.settings import Settings
+
+app = typer.Typer(help="Create and manage accounts (runs on the server's own database).")
+
+
+@app.command("create")
+def create(
+    email: Annotated[str, typer.Option(help="The new account's email address.")],
+    admin: Annotated[
+        bool, typer.Option("--admin", help="Make the account an administrator.")
+    ] = False,
+    password_stdin: Annotated[
+        bool, typer.Option("--password-stdin", help="Read the password from standard input.")
+    ] = False,
+) -> None:
+    """Create an account. The first account on an empty database is always an admin.
+
+    The password is prompted for without echo, or read from stdin with --password-stdin;
+    it is never taken from an argument, where it would land in shell history.
+    """
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = typer.prompt("Password", hide_input=True, confirmation_prompt=True)
+    user_id, is_admin = asyncio.run(_create(Settings(), email, password, admin))
+    role = "admin" if is_admin else "user"
+    typer.echo(f"Created {role} {email.strip().lower()} ({user_id})")
+
+
+async def _create(settings: Settings, email: str, password: str, admin: bool) -> tuple[str, bool]:
+    from gentity.server.db.database import Database
+    from gentity.server.services.accounts import AccountError, create_user
+
+    db = Database(settings.resolved_database_url)
+    try:
+        await db.migrate()
+        async with db.session() as session:
+            try:
+                user = await create_user(session, email, password, admin=admin)
+            except AccountError as exc:
+                typer.echo(f"Error: {exc}", err=True)
+                raise typer.Exit(1) from exc
+            return user.id, user.is_admin
+    finally:
+        await db.close()

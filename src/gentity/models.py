@@ -1,0 +1,194 @@
+"""Wire models: the JSON shapes of the REST API, camelCase on the wire.
+
+Shared by the server, the SDK and the CLI. Request models reject unknown fields so a typo is a
+400 naming the field instead of being silently ignored.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+
+class WireModel(BaseModel):
+    """A response shape: camelCase on the wire, snake_case in Python."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True)
+
+
+class RequestModel(WireModel):
+    """A request body: unknown fields are errors (pydantic never turns a number into a string)."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+
+
+class ErrorBody(BaseModel):
+    """Every 4xx and 5xx answer."""
+
+    error: str
+
+
+class Ok(BaseModel):
+    ok: Literal[True] = True
+
+
+# --- catalog -------------------------------------------------------------------------------
+
+
+class AgentModel(WireModel):
+    provider: str
+    name: str
+    label: str
+
+
+class Agent(WireModel):
+    id: str
+    name: str
+    description: str
+    default_cpus: int
+    default_memory_mb: int
+    default_volume_gb: int
+    models: list[AgentModel]
+    requires_api_key: bool
+    """False for agents such as ``shell`` that call no model."""
+
+
+class AgentCatalog(WireModel):
+    agents: list[Agent]
+
+
+# --- accounts and tokens -------------------------------------------------------------------
+
+
+class UserInfo(WireModel):
+    id: str
+    email: str
+    is_admin: bool
+    created_at: datetime
+
+
+class LoginRequest(RequestModel):
+    email: str = Field(min_length=3, max_length=320)
+    password: str = Field(min_length=1, max_length=1024)
+
+
+class SignupRequest(LoginRequest):
+    pass
+
+
+class SessionInfo(WireModel):
+    id: str
+    created_at: datetime
+    expires_at: datetime
+    last_seen_at: datetime
+    user_agent: str | None
+    address: str | None
+    current: bool
+
+
+class SessionList(WireModel):
+    sessions: list[SessionInfo]
+
+
+class TokenRecord(WireModel):
+    id: str
+    name: str
+    prefix: str
+    created_at: datetime
+    last_used_at: datetime | None = None
+    expires_at: datetime | None = None
+
+
+class TokenList(WireModel):
+    tokens: list[TokenRecord]
+
+
+class TokenCreateRequest(RequestModel):
+    name: str = Field(min_length=1, max_length=100)
+    expires_at: AwareDatetime | None = None
+
+
+class TokenCreated(WireModel):
+    token: str
+    record: TokenRecord
+
+
+# --- instances -----------------------------------------------------------------------------
+
+
+class InstanceStatus(StrEnum):
+    """Where an instance is in its life. Transitions are in ``server.services.transitions``."""
+
+    PROVISIONING = "provisioning"
+    STARTING = "starting"
+    RUNNING = "running"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+    RESTARTING = "restarting"
+    ERROR = "error"
+    DESTROYING = "destroying"
+    DESTROYED = "destroyed"
+
+
+class Instance(WireModel):
+    id: str
+    name: str
+    subdomain: str
+    agent_type: str
+    model_provider: str
+    model_name: str
+    region: str | None = None
+    status: InstanceStatus
+    error_message: str | None
+    created_at: datetime
+    updated_at: datetime
+
+
+class InstanceList(WireModel):
+    instances: list[Instance]
+
+
+class InstanceCreateRequest(RequestModel):
+    name: str | None = Field(default=None, min_length=1, max_length=200)
+    agent_type: str = Field(min_length=1, max_length=64)
+    model_provider: str = Field(min_length=1, max_length=64)
+    model_name: str = Field(min_length=1, max_length=128)
+    api_key: str | None = Field(default=None, min_length=1, max_length=4096)
+    region: str | None = Field(default=None, min_length=1, max_length=64)
+
+
+class InstanceCreated(WireModel):
+    id: str
+    subdomain: str
+    status: InstanceStatus
+
+
+class InstanceAction(StrEnum):
+    START = "start"
+    STOP = "stop"
+    RESTART = "restart"
+
+
+class InstanceActionRequest(RequestModel):
+    action: InstanceAction
+
+
+class LogLevel(StrEnum):
+    DEBUG = "debug"
+    INFO = "info"
+    WARN = "warn"
+    ERROR = "error"
+
+
+class LogLine(WireModel):
+    timestamp: str
+    level: str
+    message: str
+
+
+class LogList(WireModel):
+    logs: list[LogLine]

@@ -1,0 +1,1 @@
+"""Compute providers: where instances run. One interface (``base``), one registry."""

@@ -1,0 +1,148 @@
+"""The compute provider interface.
+
+A provider turns an instance row into a machine: somewhere to run the guest daemon with a
+persistent volume. Every provider must pass ``tests/providers/contract.py``.
+
+Lifecycle, as the control plane drives it::
+
+    create ──▶ start ──▶ (stop ──▶ start)* ──▶ destroy
+                 └──── restart ────┘
+
+The provider knows nothing about users, the database or HTTP. It gets a :class:`MachineSpec`
+once, hands back a :class:`MachineHandle` that the control plane stores on the instance row, and
+from then on receives that handle. Secrets (the guest secret, the model API key) arrive in a
+:class:`GuestLaunch` on every start and must never be written to disk, logged, put on a command
+line or into a machine config the provider's API would show back.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, ClassVar
+
+
+class ProviderError(Exception):
+    """The provider could not do what was asked; the message is safe to show the user.
+
+    The HTTP layer maps it to ``502`` with ``{"error": message}`` (see ``server.errors``).
+    """
+
+
+@dataclass(frozen=True)
+class InstallStep:
+    """How the guest installs the agent's CLI before the first launch."""
+
+    npm: str | None = None
+    pypi: str | None = None
+
+
+@dataclass(frozen=True)
+class GuestLaunch:
+    """What the guest daemon needs to run the agent. Carries secrets: never log or persist it."""
+
+    command: list[str]
+    secret: str = field(repr=False)
+    """The per-instance secret the guest demands from every caller."""
+    agent_env: dict[str, str] = field(repr=False, default_factory=dict)
+    """Extra environment for the agent only, e.g. ``ANTHROPIC_API_KEY``."""
+    install: InstallStep | None = None
+    restart: str = "always"
+
+
+@dataclass(frozen=True)
+class MachineSpec:
+    """What to create, from the catalog defaults and the user's request."""
+
+    instance_id: str
+    subdomain: str
+    cpus: int
+    memory_mb: int
+    volume_gb: int
+    region: str | None = None
+
+
+@dataclass(frozen=True)
+class MachineHandle:
+    """The provider's reference to a machine, stored on the instance row as JSON."""
+
+    ref: str
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+class MachineState(StrEnum):
+    """What the provider sees, independent of what the control plane believes."""
+
+    RUNNING = "running"
+    """The machine is up and its guest daemon answers."""
+    STOPPED = "stopped"
+    """The machine exists (with its volume) but nothing runs."""
+    MISSING = "missing"
+    """The provider has no such machine (destroyed, or never created)."""
+
+
+@dataclass(frozen=True)
+class MachineStatus:
+    state: MachineState
+    detail: str | None = None
+    """Why, in words, when the state is not what one would expect (e.g. how a process died)."""
+
+
+class ComputeProvider(abc.ABC):
+    """Create, start, stop, restart and destroy machines.
+
+    All methods are coroutines and must not block the event loop. Every method other than
+    ``create`` is idempotent: stopping a stopped machine, or destroying a missing one, succeeds.
+    Failures raise :class:`ProviderError`.
+    """
+
+    name: ClassVar[str]
+
+    @abc.abstractmethod
+    async def create(self, spec: MachineSpec) -> MachineHandle:
+        """Allocate the machine and its volume, without starting anything."""
+
+    @abc.abstractmethod
+    async def start(self, handle: MachineHandle, launch: GuestLaunch) -> None:
+        """Boot the machine and its guest daemon with ``launch``.
+
+        Returns once the guest daemon answers on :meth:`guest_address`; whether the agent itself
+        came up is the guest's to report. Starting a running machine is a no-op.
+        """
+
+    @abc.abstractmethod
+    async def stop(self, handle: MachineHandle) -> None:
+        """Stop every process of the machine, keeping the volume. Idempotent."""
+
+    async def restart(self, handle: MachineHandle, launch: GuestLaunch) -> None:
+        """Stop, then start. Providers with a native restart may do better."""
+        await self.stop(handle)
+        await self.start(handle, launch)
+
+    @abc.abstractmethod
+    async def destroy(self, handle: MachineHandle) -> None:
+        """Remove the machine and its volume for good. Idempotent."""
+
+    @abc.abstractmethod
+    async def status(self, handle: MachineHandle) -> MachineStatus:
+        """What the machine is doing right now."""
+
+    @abc.abstractmethod
+    def guest_address(self, handle: MachineHandle) -> str:
+        """Where the control plane reaches the guest: ``unix:/path`` or ``tcp:host:port``."""
+
+    @abc.abstractmethod
+    async def tail_logs(self, handle: MachineHandle, lines: int) -> list[dict[str, str]]:
+        """The last ``lines`` structured log records, oldest first; also when stopped."""
+
+    @abc.abstractmethod
+    def follow_logs(self, handle: MachineHandle) -> AsyncIterator[dict[str, str]]:
+        """Records appended from now on, until the consumer stops iterating."""
+
+    async def adopt(self) -> None:  # noqa: B027 (optional hook, empty by default)
+        """Called once at server start-up: pick up machines a previous process left running."""
+
+    async def close(self) -> None:  # noqa: B027 (optional hook, empty by default)
+        """Release clients and background tasks. Machines keep running."""

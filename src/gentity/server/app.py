@@ -1,0 +1,59 @@
+"""The ASGI application factory."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from gentity import __version__
+from gentity.catalog import load_catalog
+from gentity.server.context import AppContext
+from gentity.server.db.database import Database
+from gentity.server.errors import install_error_handlers
+from gentity.server.middleware import BodySizeLimit, CrossOriginGuard
+from gentity.server.routers import auth, catalog, health, tokens
+from gentity.server.security.crypto import SecretBox
+from gentity.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the control plane. All configuration comes in through ``settings``."""
+    settings = settings or Settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    ctx = AppContext(
+        settings=settings,
+        db=Database(settings.resolved_database_url),
+        box=SecretBox.from_settings(settings.secret_key, settings.data_dir),
+        catalog=load_catalog(),
+    )
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await ctx.db.migrate()
+        try:
+            yield
+        finally:
+            await ctx.db.close()
+
+    app = FastAPI(
+        title="Gentity",
+        version=__version__,
+        summary="Run AI coding agents as cloud instances.",
+        openapi_url="/api/openapi.json",
+        docs_url="/api/docs",
+        redoc_url=None,
+        lifespan=lifespan,
+    )
+    app.state.ctx = ctx
+    install_error_handlers(app)
+    for router in (health.router, catalog.router, auth.router, tokens.router):
+        app.include_router(router)
+    # Outermost first: refuse oversized bodies before anything reads them.
+    app.add_middleware(CrossOriginGuard, public_origin=settings.public_url)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    return app

@@ -1,0 +1,106 @@
+"""Who is calling: a bearer token, or a session cookie. Bearer wins when both are present."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from typing import Annotated, Literal
+
+from fastapi import Depends, Request
+from sqlalchemy.ext.asyncio import AsyncSession
+from starlette.datastructures import Headers
+from starlette.responses import Response
+
+from gentity.server.context import AppContext
+from gentity.server.db.orm import User
+from gentity.server.errors import unauthorized
+from gentity.server.services import accounts, tokens
+
+SESSION_COOKIE = "gentity_session"
+# Over https the cookie gets the __Host- prefix: the browser then insists on Secure, Path=/
+# and no Domain, so a sibling subdomain cannot plant or overwrite it.
+SECURE_SESSION_COOKIE = "__Host-gentity_session"
+
+
+@dataclass(frozen=True)
+class Principal:
+    user: User
+    via: Literal["token", "session"]
+    credential_id: str
+    """The API token's or the session's id."""
+
+
+def context(request: Request) -> AppContext:
+    ctx: AppContext = request.app.state.ctx
+    return ctx
+
+
+async def db_session(request: Request) -> AsyncIterator[AsyncSession]:
+    async with context(request).db.session() as session:
+        yield session
+
+
+Db = Annotated[AsyncSession, Depends(db_session)]
+Ctx = Annotated[AppContext, Depends(context)]
+
+
+def session_cookie_name(secure: bool) -> str:
+    return SECURE_SESSION_COOKIE if secure else SESSION_COOKIE
+
+
+def read_session_cookie(cookies: Mapping[str, str]) -> str | None:
+    return cookies.get(SECURE_SESSION_COOKIE) or cookies.get(SESSION_COOKIE)
+
+
+def set_session_cookie(response: Response, secret: str, *, secure: bool, max_age: int) -> None:
+    response.set_cookie(
+        session_cookie_name(secure),
+        secret,
+        max_age=max_age,
+        path="/",
+        httponly=True,
+        samesite="lax",
+        secure=secure,
+    )
+
+
+def clear_session_cookie(response: Response, *, secure: bool) -> None:
+    response.delete_cookie(
+        session_cookie_name(secure), path="/", httponly=True, samesite="lax", secure=secure
+    )
+
+
+async def resolve_principal(
+    db: AsyncSession,
+    headers: Headers,
+    cookies: Mapping[str, str],
+    query_token: str | None = None,
+) -> Principal | None:
+    """Authenticate from the Authorization header, a ``?token=`` value, or the session cookie."""
+    authorization = headers.get("authorization")
+    if authorization is not None or query_token is not None:
+        if authorization is not None:
+            scheme, _, value = authorization.partition(" ")
+            if scheme.lower() != "bearer":
+                return None
+            plaintext = value.strip()
+        else:
+            plaintext = query_token or ""
+        found = await tokens.authenticate(db, plaintext)
+        return Principal(found[1], "token", found[0].id) if found else None
+    secret = read_session_cookie(cookies)
+    if secret:
+        opened = await accounts.session_user(db, secret)
+        if opened:
+            return Principal(opened[1], "session", opened[0].id)
+    return None
+
+
+async def require_principal(request: Request, db: Db) -> Principal:
+    principal = await resolve_principal(db, request.headers, request.cookies)
+    if principal is None:
+        raise unauthorized()
+    return principal
+
+
+Auth = Annotated[Principal, Depends(require_principal)]

@@ -1,0 +1,24 @@
+"""What every request handler can reach: settings, database, secret box, catalog, providers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from gentity.catalog import Catalog
+from gentity.server.db.database import Database
+from gentity.server.security.crypto import SecretBox
+from gentity.settings import Settings
+
+if TYPE_CHECKING:
+    from gentity.providers.compute.base import ComputeProvider
+
+
+@dataclass
+class AppContext:
+    settings: Settings
+    db: Database
+    box: SecretBox
+    catalog: Catalog
+    compute: ComputeProvider | None = None
+    extras: dict[str, object] = field(default_factory=dict)

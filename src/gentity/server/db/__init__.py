@@ -1,0 +1,1 @@
+"""Persistence: the ORM rows, the database handle and the Alembic migrations."""

@@ -1,0 +1,88 @@
+"""The one error contract: every 4xx and 5xx body is ``{"error": "..."}``."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from http import HTTPStatus
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import JSONResponse
+
+log = logging.getLogger(__name__)
+
+
+class ApiError(Exception):
+    """Raise anywhere in a request to answer ``status`` with ``{"error": message}``."""
+
+    def __init__(
+        self, status: int, message: str, *, headers: Mapping[str, str] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.headers = dict(headers or {})
+
+
+def unauthorized() -> ApiError:
+    # One body for every authentication failure: missing, malformed, revoked, expired.
+    return ApiError(401, "Unauthorized")
+
+
+def not_found() -> ApiError:
+    # One body for "does not exist" and "belongs to someone else".
+    return ApiError(404, "Not Found")
+
+
+def error_response(
+    status: int, message: str, headers: Mapping[str, str] | None = None
+) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status, headers=dict(headers or {}))
+
+
+def describe_validation_error(errors: list[Any]) -> str:
+    """A readable message naming the offending field, from pydantic's error list."""
+    first = errors[0] if errors else {}
+    kind = first.get("type", "")
+    if kind == "json_invalid":
+        return "Malformed JSON body"
+    loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path", "header")]
+    field = ".".join(loc)
+    if kind == "missing" and not field:
+        return "Request body is required"
+    if kind == "extra_forbidden":
+        return f"Unknown field: {field}"
+    if kind == "missing":
+        return f"{field}: field required"
+    if kind == "model_attributes_type" or (kind == "dict_type" and not field):
+        return "Request body must be a JSON object"
+    message = str(first.get("msg", "invalid value"))
+    return f"{field}: {message}" if field else message
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
+        return error_response(exc.status, exc.message, exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return error_response(400, describe_validation_error(list(exc.errors())))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        message = exc.detail if isinstance(exc.detail, str) else HTTPStatus(exc.status_code).phrase
+        return error_response(exc.status_code, message, exc.headers)
+
+    @app.exception_handler(Exception)
+    async def _unhandled(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return error_response(500, "Internal Server Error")
+
+
+def json_error_bytes(message: str) -> bytes:
+    return json.dumps({"error": message}, separators=(",", ":")).encode()

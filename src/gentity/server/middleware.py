@@ -1,0 +1,112 @@
+"""Pure ASGI middleware: request size limit and cross-origin refusal for cookie requests.
+
+Both run before routing, so they hold for every route, including ones added later.
+"""
+
+from __future__ import annotations
+
+from starlette.datastructures import Headers
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from gentity.server.errors import json_error_bytes
+
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+async def _send_error(send: Send, status: int, message: str) -> None:
+    body = json_error_bytes(message)
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+class BodySizeLimit:
+    """Answer 413 when a request body is larger than ``max_bytes``.
+
+    Checks ``Content-Length`` up front and counts streamed chunks too, so a chunked upload
+    cannot slip past the limit.
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = Headers(scope=scope).get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.max_bytes):
+            await _send_error(send, 413, "Request body too large")
+            return
+
+        received = 0
+        too_large = False
+
+        async def limited_receive() -> Message:
+            nonlocal received, too_large
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    too_large = True
+                    raise _TooLarge
+            return message
+
+        async def guarded_send(message: Message) -> None:
+            # The app may turn the read failure into a response of its own (FastAPI answers
+            # 400 "error parsing the body"): replace whatever it says with the 413.
+            if not too_large:
+                await send(message)
+            elif message["type"] == "http.response.start":
+                await _send_error(send, 413, "Request body too large")
+
+        try:
+            await self.app(scope, limited_receive, guarded_send)
+        except _TooLarge:
+            await _send_error(send, 413, "Request body too large")
+
+
+class _TooLarge(Exception):
+    pass
+
+
+class CrossOriginGuard:
+    """Refuse unsafe requests (POST, DELETE, …) that a browser sent from another site.
+
+    Cookies ride along on cross-site requests; bearer tokens do not, so a request that carries
+    ``Authorization: Bearer`` is left alone. A request is cross-origin when its ``Origin`` header
+    is not this server's origin, or, without ``Origin``, when ``Sec-Fetch-Site`` says so.
+    Clients that are not browsers send neither header and pass.
+    """
+
+    def __init__(self, app: ASGIApp, public_origin: str | None) -> None:
+        self.app = app
+        self.public_origin = public_origin.rstrip("/").lower() if public_origin else None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] not in SAFE_METHODS:
+            headers = Headers(scope=scope)
+            uses_bearer = headers.get("authorization", "").lower().startswith("bearer ")
+            if not uses_bearer and self._is_cross_origin(scope, headers):
+                await _send_error(send, 403, "Cross-origin request refused")
+                return
+        await self.app(scope, receive, send)
+
+    def _is_cross_origin(self, scope: Scope, headers: Headers) -> bool:
+        origin = headers.get("origin")
+        if origin is None:
+            return headers.get("sec-fetch-site", "same-origin") not in ("same-origin", "none")
+        return origin.rstrip("/").lower() not in self.trusted_origins(scope, headers)
+
+    def trusted_origins(self, scope: Scope, headers: Headers) -> set[str]:
+        own = f"{scope.get('scheme', 'http')}://{headers.get('host', '')}".lower()
+        return {own, self.public_origin} if self.public_origin else {own}

@@ -1,0 +1,127 @@
+"""Sign-in, sign-out, first-run sign-up, and the caller's own sessions."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from starlette.responses import Response
+
+from gentity import models
+from gentity.server.auth import (
+    Auth,
+    Ctx,
+    Db,
+    clear_session_cookie,
+    read_session_cookie,
+    set_session_cookie,
+)
+from gentity.server.db.orm import Session, User
+from gentity.server.errors import ApiError, not_found
+from gentity.server.services import accounts
+
+router = APIRouter(prefix="/api/auth", tags=["auth"])
+
+
+def _user_info(user: User | None) -> models.UserInfo:
+    return models.UserInfo.model_validate(user, from_attributes=True)
+
+
+def _client_address(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
+
+
+@router.get("/status")
+async def status(ctx: Ctx, db: Db) -> dict[str, bool]:
+    """Public: whether the first account still has to be created, and whether sign-up is open."""
+    setup_required = await accounts.count_users(db) == 0
+    return {
+        "setupRequired": setup_required,
+        "signupOpen": setup_required or ctx.settings.allow_signup,
+    }
+
+
+@router.post("/login", response_model=models.UserInfo)
+async def login(
+    body: models.LoginRequest, request: Request, response: Response, ctx: Ctx, db: Db
+) -> models.UserInfo:
+    opened = await accounts.sign_in(
+        db,
+        ctx.settings,
+        email=body.email,
+        password=body.password,
+        address=_client_address(request),
+        user_agent=request.headers.get("user-agent"),
+    )
+    set_session_cookie(
+        response,
+        opened.secret,
+        secure=request.url.scheme == "https",
+        max_age=ctx.settings.session_ttl_hours * 3600,
+    )
+    user = await db.get(User, opened.row.user_id)
+    return _user_info(user)
+
+
+@router.post("/signup", response_model=models.UserInfo)
+async def signup(
+    body: models.SignupRequest, request: Request, response: Response, ctx: Ctx, db: Db
+) -> models.UserInfo:
+    """Create an account: always possible for the very first one (it becomes the admin),
+    afterwards only when ``GENTITY_ALLOW_SIGNUP`` is on. Signs the new user in."""
+    if await accounts.count_users(db) > 0 and not ctx.settings.allow_signup:
+        raise ApiError(403, "Sign-up is closed; ask an administrator for an account")
+    try:
+        await accounts.create_user(db, body.email, body.password, admin=False)
+    except accounts.AccountError as exc:
+        raise ApiError(409 if "exists" in str(exc) else 400, str(exc)) from exc
+    return await login(
+        models.LoginRequest(email=body.email, password=body.password), request, response, ctx, db
+    )
+
+
+@router.post("/logout", response_model=models.Ok)
+async def logout(request: Request, response: Response, db: Db) -> models.Ok:
+    """End the cookie's session. Always succeeds, so a stale tab can sign out too."""
+    secret = read_session_cookie(request.cookies)
+    if secret:
+        opened = await accounts.session_user(db, secret)
+        if opened:
+            await accounts.revoke_session(db, opened[1].id, opened[0].id)
+    clear_session_cookie(response, secure=request.url.scheme == "https")
+    return models.Ok()
+
+
+@router.get("/me", response_model=models.UserInfo)
+async def me(principal: Auth) -> models.UserInfo:
+    return _user_info(principal.user)
+
+
+@router.get("/sessions", response_model=models.SessionList)
+async def list_sessions(principal: Auth, db: Db) -> models.SessionList:
+    rows = await accounts.list_sessions(db, principal.user.id)
+    current = principal.credential_id if principal.via == "session" else None
+    return models.SessionList(
+        sessions=[
+            models.SessionInfo.model_validate(
+                {**_columns(r), "current": r.id == current}, from_attributes=False
+            )
+            for r in rows
+        ]
+    )
+
+
+def _columns(row: Session) -> dict[str, object]:
+    return {
+        "id": row.id,
+        "created_at": row.created_at,
+        "expires_at": row.expires_at,
+        "last_seen_at": row.last_seen_at,
+        "user_agent": row.user_agent,
+        "address": row.address,
+    }
+
+
+@router.delete("/sessions/{session_id}", response_model=models.Ok)
+async def revoke_session(session_id: str, principal: Auth, db: Db) -> models.Ok:
+    if not await accounts.revoke_session(db, principal.user.id, session_id):
+        raise not_found()
+    return models.Ok()

@@ -1,0 +1,1 @@
+"""Secrets handling: password hashes, API token format, encryption at rest."""

@@ -1,0 +1,1 @@
+"""Plain async functions holding the business rules; routers stay thin."""

@@ -1,0 +1,176 @@
+"""Users, sign-in sessions and the sign-in rate limit."""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import delete, func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from gentity.server.db.ids import utcnow
+from gentity.server.db.orm import LoginFailure, Marker, Session, User
+from gentity.server.errors import ApiError
+from gentity.server.security.passwords import MIN_PASSWORD_LENGTH, hash_password, verify_password
+from gentity.server.security.tokens import token_hash
+from gentity.settings import Settings
+
+FIRST_ADMIN_MARKER = "first-admin"
+# Sessions are touched at most this often, so reads do not turn into writes on every request.
+TOUCH_INTERVAL = timedelta(minutes=1)
+
+
+class AccountError(Exception):
+    """A user cannot be created as asked (duplicate email, weak password, …)."""
+
+
+def normalize_email(email: str) -> str:
+    email = email.strip().lower()
+    local, sep, domain = email.partition("@")
+    if not sep or not local or "." not in domain or " " in email:
+        raise AccountError("email: not a valid email address")
+    return email
+
+
+async def count_users(db: AsyncSession) -> int:
+    return int(await db.scalar(select(func.count()).select_from(User)) or 0)
+
+
+async def create_user(db: AsyncSession, email: str, password: str, *, admin: bool) -> User:
+    """Create an account. The very first account is always an admin.
+
+    Claiming the first-admin marker inside the same transaction means two concurrent first-run
+    requests cannot both become the first admin: the second insert of the marker fails.
+    """
+    email = normalize_email(email)
+    if len(password) < MIN_PASSWORD_LENGTH:
+        raise AccountError(f"password: must be at least {MIN_PASSWORD_LENGTH} characters")
+    first = await count_users(db) == 0
+    user = User(email=email, password_hash=await hash_password(password), is_admin=admin or first)
+    db.add(user)
+    if first:
+        db.add(Marker(name=FIRST_ADMIN_MARKER))
+    try:
+        await db.commit()
+    except IntegrityError as exc:
+        await db.rollback()
+        if first and await count_users(db) > 0:
+            raise AccountError("the first account already exists") from exc
+        raise AccountError(f"an account for {email} already exists") from exc
+    return user
+
+
+@dataclass
+class OpenedSession:
+    row: Session
+    secret: str
+    """The cookie value; only its sha256 is stored."""
+
+
+async def sign_in(
+    db: AsyncSession,
+    settings: Settings,
+    *,
+    email: str,
+    password: str,
+    address: str,
+    user_agent: str | None,
+) -> OpenedSession:
+    """Check the password and open a session, or raise 401/429.
+
+    Failures are counted per account and per client address; when either is over its limit,
+    only that account or that address is refused, so an attacker cannot lock out everyone.
+    """
+    email = email.strip().lower()
+    now = utcnow()
+    window_start = now - timedelta(seconds=settings.login_failure_window_seconds)
+    by_email = await _failures(db, LoginFailure.email == email, window_start)
+    by_address = await _failures(db, LoginFailure.address == address, window_start)
+    if (
+        by_email >= settings.login_max_failures_per_account
+        or by_address >= settings.login_max_failures_per_address
+    ):
+        raise ApiError(
+            429,
+            "Too many failed sign-in attempts; try again later",
+            headers={"Retry-After": str(settings.login_failure_window_seconds)},
+        )
+    user = await db.scalar(select(User).where(User.email == email))
+    ok = await verify_password(user.password_hash if user else None, password)
+    if not ok or user is None or user.disabled_at is not None:
+        db.add(LoginFailure(email=email, address=address, created_at=now))
+        await db.commit()
+        raise ApiError(401, "Invalid email or password")
+    await db.execute(delete(LoginFailure).where(LoginFailure.email == email))
+    secret = secrets.token_urlsafe(32)
+    row = Session(
+        secret_hash=token_hash(secret),
+        user_id=user.id,
+        created_at=now,
+        last_seen_at=now,
+        expires_at=now + timedelta(hours=settings.session_ttl_hours),
+        user_agent=(user_agent or "")[:255] or None,
+        address=address[:64],
+    )
+    db.add(row)
+    await db.commit()
+    return OpenedSession(row=row, secret=secret)
+
+
+async def _failures(db: AsyncSession, condition: object, since: datetime) -> int:
+    query = (
+        select(func.count())
+        .select_from(LoginFailure)
+        .where(
+            condition,  # type: ignore[arg-type]
+            LoginFailure.created_at >= since,
+        )
+    )
+    return int(await db.scalar(query) or 0)
+
+
+async def session_user(db: AsyncSession, secret: str) -> tuple[Session, User] | None:
+    """The live session and its user for a cookie value, or None."""
+    now = utcnow()
+    row = (
+        await db.execute(
+            select(Session, User)
+            .join(User, User.id == Session.user_id)
+            .where(Session.secret_hash == token_hash(secret))
+        )
+    ).one_or_none()
+    if row is None:
+        return None
+    session, user = row
+    if session.revoked_at is not None or session.expires_at <= now or user.disabled_at:
+        return None
+    if now - session.last_seen_at >= TOUCH_INTERVAL:
+        session.last_seen_at = now
+        await db.commit()
+    return session, user
+
+
+async def list_sessions(db: AsyncSession, user_id: str) -> list[Session]:
+    rows = await db.scalars(
+        select(Session)
+        .where(
+            Session.user_id == user_id, Session.revoked_at.is_(None), Session.expires_at > utcnow()
+        )
+        .order_by(Session.created_at.desc())
+    )
+    return list(rows)
+
+
+async def revoke_session(db: AsyncSession, user_id: str, session_id: str) -> bool:
+    session = await db.scalar(
+        select(Session).where(
+            Session.id == session_id, Session.user_id == user_id, Session.revoked_at.is_(None)
+        )
+    )
+    if session is None:
+        return False
+    session.revoked_at = utcnow()
+    await db.commit()
+    return True

@@ -1,0 +1,81 @@
+"""Gentity's settings: one typed object, read from ``GENTITY_*`` environment variables.
+
+Every field here is documented in ``docs/configuration.md``; a test fails when one is not.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def default_data_dir() -> Path:
+    """The per-user data directory: ``$XDG_DATA_HOME/gentity`` or ``~/.local/share/gentity``."""
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "gentity"
+
+
+class Settings(BaseSettings):
+    """Everything the control plane can be configured with."""
+
+    model_config = SettingsConfigDict(env_prefix="GENTITY_", extra="ignore", frozen=True)
+
+    data_dir: Path = Field(default_factory=default_data_dir)
+    """Where the SQLite database, the encryption key file and instance volumes live."""
+
+    database_url: str | None = None
+    """SQLAlchemy URL; ``postgresql://…`` for production. Empty means SQLite in ``data_dir``."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=1, le=65535)
+
+    public_url: str | None = None
+    """The URL users reach this server at (``https://gentity.example.com``).
+
+    Used for the trusted origin of browser requests and the printed sign-in hint. When unset,
+    the origin is taken from each request's own ``Host`` header and scheme.
+    """
+
+    allow_signup: bool = False
+    """Let anyone create an account through the API. The first account can always be created."""
+
+    secret_key: str | None = None
+    """Base64 of 32 random bytes, the AES-GCM key for secrets stored in the database.
+
+    When unset, a key is generated on first start into ``<data_dir>/secret.key`` (mode 0600).
+    """
+
+    session_ttl_hours: int = Field(default=24 * 14, ge=1)
+    max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+
+    login_max_failures_per_account: int = Field(default=5, ge=1)
+    login_max_failures_per_address: int = Field(default=20, ge=1)
+    login_failure_window_seconds: int = Field(default=15 * 60, ge=1)
+
+    compute_provider: str = "local"
+    """Which compute provider runs instances (``local``)."""
+
+    reconcile_interval_seconds: float = Field(default=15.0, gt=0)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @field_validator("data_dir")
+    @classmethod
+    def _absolute(cls, value: Path) -> Path:
+        return value.expanduser().resolve()
+
+    @property
+    def resolved_database_url(self) -> str:
+        """The async SQLAlchemy URL: drivers filled in, SQLite in ``data_dir`` by default."""
+        url = self.database_url or f"sqlite:///{self.data_dir / 'gentity.db'}"
+        for plain, driver in (
+            ("postgresql://", "postgresql+psycopg://"),
+            ("postgres://", "postgresql+psycopg://"),
+            ("sqlite://", "sqlite+aiosqlite://"),
+        ):
+            if url.startswith(plain):
+                return driver + url[len(plain) :]
+        return url

@@ -1,0 +1,207 @@
+"""Shared fixtures: a database on SQLite and on PostgreSQL, and a real server on a real port."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+import uvicorn
+from fastapi import FastAPI
+
+from gentity.server.app import create_app
+from gentity.settings import Settings
+
+POSTGRES_DSN = os.environ.get("GENTITY_TEST_POSTGRES", "postgresql://127.0.0.1:5432/test")
+PASSWORD = "correct horse battery"
+
+
+def _postgres_available() -> str | None:
+    """None when PostgreSQL answers, else why not."""
+    try:
+        with psycopg.connect(POSTGRES_DSN, connect_timeout=3) as conn:
+            conn.execute("SELECT 1")
+    except psycopg.Error as exc:
+        return str(exc).strip().splitlines()[0]
+    return None
+
+
+_PG_PROBLEM = _postgres_available()
+
+
+def pytest_report_header() -> list[str]:
+    where = "reachable" if _PG_PROBLEM is None else f"UNREACHABLE ({_PG_PROBLEM})"
+    return [f"gentity: PostgreSQL at {POSTGRES_DSN}: {where}"]
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh, empty database: a SQLite file, or a PostgreSQL schema of its own."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'gentity.db'}"
+        return
+    if _PG_PROBLEM is not None:
+        if os.environ.get("CI"):
+            pytest.fail(f"PostgreSQL is required under CI: {_PG_PROBLEM}")
+        pytest.skip(f"PostgreSQL unreachable: {_PG_PROBLEM}")
+    schema = f"t_{secrets.token_hex(6)}"
+    with psycopg.connect(POSTGRES_DSN, autocommit=True) as conn:
+        conn.execute(f'CREATE SCHEMA "{schema}"')
+    try:
+        yield f"{POSTGRES_DSN}?options=-csearch_path%3D{schema}"
+    finally:
+        with psycopg.connect(POSTGRES_DSN, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+
+
+@pytest.fixture
+def settings_factory(tmp_path: Path, database_url: str) -> Callable[..., Settings]:
+    def make(**overrides: Any) -> Settings:
+        values: dict[str, Any] = {
+            "data_dir": tmp_path / "data",
+            "database_url": database_url,
+            "reconcile_interval_seconds": 1.0,
+        }
+        values.update(overrides)
+        return Settings(**values)
+
+    return make
+
+
+class LiveServer:
+    """A real uvicorn server on a free loopback port, run in a background thread."""
+
+    def __init__(self, app: FastAPI) -> None:
+        self.app = app
+        self.config = uvicorn.Config(
+            app,
+            host="127.0.0.1",
+            port=0,
+            log_level="warning",
+            ws="websockets-sansio",
+            proxy_headers=True,
+            forwarded_allow_ips="127.0.0.1",
+            timeout_graceful_shutdown=2,
+        )
+        self.server = uvicorn.Server(self.config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.port = 0
+
+    def start(self) -> LiveServer:
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("test server failed to start")
+            time.sleep(0.01)
+        sock: socket.socket = self.server.servers[0].sockets[0]
+        self.port = sock.getsockname()[1]
+        return self
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=15)
+
+
+@pytest.fixture
+def server_factory() -> Iterator[Callable[[Settings], LiveServer]]:
+    started: list[LiveServer] = []
+
+    def start(settings: Settings) -> LiveServer:
+        server = LiveServer(create_app(settings)).start()
+        started.append(server)
+        return server
+
+    yield start
+    for server in reversed(started):
+        server.stop()
+
+
+@pytest.fixture
+def settings(settings_factory: Callable[..., Settings]) -> Settings:
+    return settings_factory()
+
+
+@pytest.fixture
+def server(server_factory: Callable[[Settings], LiveServer], settings: Settings) -> LiveServer:
+    return server_factory(settings)
+
+
+@pytest.fixture
+def client(server: LiveServer) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=server.url, timeout=30) as c:
+        yield c
+
+
+def signup(client: httpx.Client, email: str, password: str = PASSWORD) -> httpx.Response:
+    return client.post("/api/auth/signup", json={"email": email, "password": password})
+
+
+@pytest.fixture
+def admin(client: httpx.Client) -> httpx.Client:
+    """``client`` signed in (by cookie) as the first account, which is the admin."""
+    response = signup(client, "admin@example.com")
+    assert response.status_code == 200, response.text
+    return client
+
+
+def mint_token(client: httpx.Client, name: str = "test") -> str:
+    response = client.post("/api/tokens", json={"name": name})
+    assert response.status_code == 200, response.text
+    token: str = response.json()["token"]
+    return token
+
+
+@pytest.fixture
+def token(admin: httpx.Client) -> str:
+    return mint_token(admin)
+
+
+@pytest.fixture
+def bearer(server: LiveServer, token: str) -> Iterator[httpx.Client]:
+    """A client that authenticates with an API token only (no cookie)."""
+    with httpx.Client(
+        base_url=server.url, timeout=30, headers={"Authorization": f"Bearer {token}"}
+    ) as c:
+        yield c
+
+
+@pytest.fixture
+def other_user(server: LiveServer, settings: Settings) -> Iterator[httpx.Client]:
+    """A second account, signed in with a bearer token of its own."""
+    import asyncio
+
+    from gentity.server.db.database import Database
+    from gentity.server.services.accounts import create_user
+
+    async def make() -> None:
+        db = Database(settings.resolved_database_url)
+        async with db.session() as session:
+            await create_user(session, "other@example.com", PASSWORD, admin=False)
+        await db.close()
+
+    asyncio.run(make())
+    with httpx.Client(base_url=server.url, timeout=30) as c:
+        assert (
+            c.post(
+                "/api/auth/login", json={"email": "other@example.com", "password": PASSWORD}
+            ).status_code
+            == 200
+        )
+        other_token = mint_token(c, "other")
+    with httpx.Client(
+        base_url=server.url, timeout=30, headers={"Authorization": f"Bearer {other_token}"}
+    ) as c:
+        yield c
