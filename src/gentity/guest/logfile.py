@@ -1,0 +1,287 @@
+"""Structured agent log: JSON lines with ``timestamp``, ``level`` and ``message``.
+
+The guest appends records with :class:`LogWriter` (fed from terminal output by
+:class:`LineLogger`); readers use :func:`tail` for the last records and
+:func:`follow` to stream new ones. Standard library only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import contextlib
+import json
+import os
+import re
+import time
+from collections.abc import AsyncGenerator, Callable
+from typing import IO, Any, Final
+
+LEVELS: Final = ("info", "warn", "error")
+
+#: tail() reads the file backwards in blocks of this size.
+TAIL_BLOCK: Final = 64 * 1024
+#: Lines longer than this are never records the guest wrote; skip them instead of
+#: buffering them (protects tail/follow against a corrupt or foreign file).
+MAX_LINE: Final = 1024 * 1024
+#: follow() reads at most this much per step before giving the event loop a turn.
+FOLLOW_CHUNK: Final = 256 * 1024
+
+Record = dict[str, Any]
+
+
+def format_timestamp(when: float | None = None) -> str:
+    """Format a Unix time as ``2026-11-28T10:15:02.123Z`` (UTC, milliseconds)."""
+    if when is None:
+        when = time.time()
+    millis = int(when * 1000)
+    seconds, ms = divmod(millis, 1000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{ms:03d}Z"
+
+
+def parse_record(line: bytes) -> Record | None:
+    """Parse one log line; None unless it is a JSON object with string
+    ``timestamp``, ``level`` and ``message`` fields."""
+    line = line.strip()
+    if not line.startswith(b"{"):
+        return None
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    if not isinstance(record, dict):
+        return None
+    for key in ("timestamp", "level", "message"):
+        if not isinstance(record.get(key), str):
+            return None
+    return record
+
+
+class LogWriter:
+    """Appends JSON-line records to a file (O_APPEND, mode 0600, parents created).
+
+    Each record is written with a single ``write`` call so concurrent appenders
+    never interleave within a line. There is no fsync: the log is diagnostic, and
+    an fsync per line would make a chatty agent expensive.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = os.fspath(path)
+        parent = os.path.dirname(self.path)
+        if parent:
+            os.makedirs(parent, exist_ok=True)
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+        self._fd: int | None = os.open(self.path, flags, 0o600)
+
+    def write(self, level: str, message: str) -> None:
+        """Append one record. Write errors (e.g. disk full) are swallowed: losing a
+        log line must never take the agent down."""
+        if self._fd is None:
+            return
+        record = {"timestamp": format_timestamp(), "level": level, "message": message}
+        data = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8", "replace")
+        with contextlib.suppress(OSError):
+            os.write(self._fd, data)
+
+    def close(self) -> None:
+        """Close the file; later writes are ignored."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> LogWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _open_existing(path: str | os.PathLike[str]) -> IO[bytes] | None:
+    # Opening a local file does not block meaningfully; kept out of the async
+    # function so the lint rule against blocking calls stays meaningful there.
+    try:
+        return open(path, "rb")
+    except FileNotFoundError:
+        return None
+
+
+def tail(path: str | os.PathLike[str], n: int) -> list[Record]:
+    """Return the last ``n`` valid records of the log, oldest first.
+
+    Reads backwards from the end in fixed-size blocks and stops as soon as ``n``
+    records are found, so the cost depends on ``n``, not on the file size. Lines
+    that are not valid records are skipped; a missing file gives ``[]``. A last
+    line without a trailing newline is included if it is a complete record.
+    """
+    if n <= 0:
+        return []
+    try:
+        f = open(path, "rb")  # noqa: SIM115 - closed by the with-block below
+    except FileNotFoundError:
+        return []
+    newest_first: list[Record] = []
+    with f:
+        pos = f.seek(0, os.SEEK_END)
+        carry = b""  # start of a line whose beginning lies in an earlier block
+        skipping = False  # inside an over-long line: discard until its start
+        while pos > 0 and len(newest_first) < n:
+            size = min(TAIL_BLOCK, pos)
+            pos -= size
+            f.seek(pos)
+            block = f.read(size)
+            if skipping:
+                newline = block.rfind(b"\n")
+                if newline < 0:
+                    continue
+                block, skipping = block[: newline + 1], False
+            lines = (block + carry).split(b"\n")
+            carry = lines[0]
+            for line in reversed(lines[1:]):
+                record = parse_record(line)
+                if record is not None:
+                    newest_first.append(record)
+                    if len(newest_first) == n:
+                        break
+            if len(carry) > MAX_LINE:
+                carry, skipping = b"", True
+        if len(newest_first) < n and carry:
+            record = parse_record(carry)
+            if record is not None:
+                newest_first.append(record)
+    newest_first.reverse()
+    return newest_first
+
+
+async def follow(
+    path: str | os.PathLike[str], *, poll_interval: float = 0.25
+) -> AsyncGenerator[Record, None]:
+    """Yield records appended to the log after the call, forever.
+
+    Starts at the current end of the file (or waits for it to exist), yields a
+    line only once its newline has arrived, and starts over from the beginning
+    when the file is truncated or replaced (different inode). Polls with
+    ``asyncio.sleep`` when idle. The file is closed when the consumer stops
+    (``break``, ``aclose()`` or cancellation).
+    """
+    f: IO[bytes] | None = None
+    ident: tuple[int, int] | None = None
+    pos = 0
+    pending = b""
+    try:
+        f = _open_existing(path)
+        if f is not None:
+            st = os.fstat(f.fileno())
+            ident, pos = (st.st_dev, st.st_ino), f.seek(0, os.SEEK_END)
+        while True:
+            if f is None:
+                # The file appeared after the call (or was replaced): all of it is new.
+                f = _open_existing(path)
+                if f is None:
+                    await asyncio.sleep(poll_interval)
+                    continue
+                st = os.fstat(f.fileno())
+                ident, pos, pending = (st.st_dev, st.st_ino), 0, b""
+            chunk = f.read(FOLLOW_CHUNK)
+            if chunk:
+                pos += len(chunk)
+                *lines, pending = (pending + chunk).split(b"\n")
+                if len(pending) > MAX_LINE:
+                    pending = b""
+                for line in lines:
+                    record = parse_record(line)
+                    if record is not None:
+                        yield record
+                # Let other tasks run even while the file keeps growing.
+                await asyncio.sleep(0)
+                continue
+            # At the end: was the file replaced or truncated meanwhile? (A removed
+            # file is waited for: its successor will have a different inode.)
+            with contextlib.suppress(FileNotFoundError):
+                st = os.stat(path)
+                if (st.st_dev, st.st_ino) != ident:
+                    f.close()
+                    f = None
+                    continue
+                if st.st_size < pos:
+                    f.seek(0)
+                    pos, pending = 0, b""
+                    continue
+            await asyncio.sleep(poll_interval)
+    finally:
+        if f is not None:
+            f.close()
+
+
+# Escape sequences and control characters that make no sense in a text log.
+_TERMINAL_NOISE = re.compile(
+    r"\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?"  # OSC (window title, hyperlinks)
+    r"|\x1b[P^_][^\x1b]*(?:\x1b\\)?"  # DCS / PM / APC strings
+    r"|\x1b\[[0-?]*[ -/]*[@-~]"  # CSI (colours, cursor movement)
+    r"|\x1b[ -/]*[0-~]"  # other ESC sequences (charsets, keypad mode)
+    r"|\x9b[0-?]*[ -/]*[@-~]"  # 8-bit CSI
+    r"|[\x00-\x08\x0b-\x1f\x7f]"  # remaining controls incl. CR and lone ESC; keeps \t \n
+)
+
+
+def strip_terminal(text: str) -> str:
+    """Remove ANSI/VT escape sequences, carriage returns and other control characters."""
+    return _TERMINAL_NOISE.sub("", text)
+
+
+class LineLogger:
+    """Turns a terminal byte stream into log lines.
+
+    Decodes UTF-8 incrementally (invalid bytes become U+FFFD), strips escape
+    sequences, and emits one line per newline. A partial line (e.g. a prompt) is
+    emitted after ``quiet`` seconds without output; over-long lines are emitted
+    in ``max_line`` pieces. Must be fed from a running event loop.
+    """
+
+    def __init__(
+        self, emit: Callable[[str], None], *, quiet: float = 0.2, max_line: int = 16384
+    ) -> None:
+        self._emit = emit
+        self._quiet = quiet
+        self._max_line = max_line
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._partial = ""
+        self._last_data = 0.0
+        self._timer: asyncio.TimerHandle | None = None
+
+    def feed(self, data: bytes) -> None:
+        """Process a chunk of raw output."""
+        text = self._partial + self._decoder.decode(data)
+        *lines, self._partial = text.split("\n")
+        for line in lines:
+            self._emit_line(line)
+        while len(self._partial) > self._max_line:
+            self._emit_line(self._partial[: self._max_line])
+            self._partial = self._partial[self._max_line :]
+        self._last_data = time.monotonic()
+        if self._partial and self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(self._quiet, self._on_timer)
+
+    def close(self) -> None:
+        """Stop the quiet timer and emit any partial line."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._partial += self._decoder.decode(b"", final=True)
+        self._emit_line(self._partial)
+        self._partial = ""
+
+    def _on_timer(self) -> None:
+        # One timer per quiet period rather than one per chunk: re-arm if output
+        # arrived since it was scheduled.
+        self._timer = None
+        remaining = self._last_data + self._quiet - time.monotonic()
+        if remaining > 0.005:
+            self._timer = asyncio.get_running_loop().call_later(remaining, self._on_timer)
+        elif self._partial:
+            self._emit_line(self._partial)
+            self._partial = ""
+
+    def _emit_line(self, line: str) -> None:
+        clean = strip_terminal(line).strip()
+        for start in range(0, len(clean), self._max_line):
+            self._emit(clean[start : start + self._max_line])

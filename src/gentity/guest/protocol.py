@@ -1,0 +1,326 @@
+"""Wire protocol shared by the guest daemon and its client, and the daemon's config.
+
+A connection starts with one JSON request line from the client and one JSON
+response line from the guest. For ``attach`` and ``shell`` the connection then
+carries binary frames in both directions: a 1-byte type, a 4-byte big-endian
+payload length, then the payload.
+
+The startup config (JSON on the daemon's stdin) is defined here too, so the
+control plane that launches a guest and the guest itself share one schema.
+
+This module is imported by the daemon, so it must only use the standard library.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, Final, Literal
+
+#: Longest accepted request line, newline included.
+MAX_REQUEST_BYTES: Final = 64 * 1024
+#: Largest frame payload; anything bigger is a protocol error.
+MAX_FRAME_BYTES: Final = 1024 * 1024
+
+#: Frame header: type byte + payload length.
+HEADER: Final = struct.Struct(">cI")
+
+# client -> guest
+FRAME_INPUT: Final = b"i"
+FRAME_RESIZE: Final = b"r"
+# guest -> client
+FRAME_OUTPUT: Final = b"o"
+FRAME_EXIT: Final = b"x"
+
+OP_HEALTH: Final = "health"
+OP_ATTACH: Final = "attach"
+OP_SHELL: Final = "shell"
+OPS: Final = (OP_HEALTH, OP_ATTACH, OP_SHELL)
+
+STATE_INSTALLING: Final = "installing"
+STATE_STARTING: Final = "starting"
+STATE_RUNNING: Final = "running"
+STATE_EXITED: Final = "exited"
+STATE_ERROR: Final = "error"
+
+RESTART_POLICIES: Final = ("always", "on-failure", "never")
+
+#: Terminal sizes are clamped to this range.
+MIN_SIZE: Final = 1
+MAX_SIZE: Final = 1000
+
+
+class ProtocolError(Exception):
+    """The peer sent something that does not follow the wire protocol."""
+
+
+@dataclass(frozen=True, slots=True)
+class Output:
+    """Terminal output bytes from the guest."""
+
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Exit:
+    """The session's process ended; the guest closes the connection after this."""
+
+    exit_code: int | None
+    signal: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Address:
+    """A parsed guest address: ``unix:/path`` or ``tcp:host:port``."""
+
+    kind: Literal["unix", "tcp"]
+    path: str = ""
+    host: str = ""
+    port: int = 0
+
+    def __str__(self) -> str:
+        if self.kind == "unix":
+            return f"unix:{self.path}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"tcp:{host}:{self.port}"
+
+
+def parse_address(address: str) -> Address:
+    """Parse ``unix:/abs/path`` or ``tcp:host:port`` (IPv6 hosts in brackets).
+
+    Raises ValueError with a readable message on anything else.
+    """
+    kind, sep, rest = address.partition(":")
+    if sep and kind == "unix":
+        if not rest:
+            raise ValueError(f"invalid address {address!r}: empty socket path")
+        return Address("unix", path=rest)
+    if sep and kind == "tcp":
+        host, sep, port_text = rest.rpartition(":")
+        host = host.removeprefix("[").removesuffix("]")
+        if not sep or not host or not port_text.isdigit() or int(port_text) > 65535:
+            raise ValueError(f"invalid address {address!r}: expected tcp:host:port")
+        return Address("tcp", host=host, port=int(port_text))
+    raise ValueError(f"invalid address {address!r}: expected unix:/path or tcp:host:port")
+
+
+def clamp_size(value: object) -> int | None:
+    """Return a terminal dimension clamped to 1..1000, or None if not an integer."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        return None
+    return max(MIN_SIZE, min(MAX_SIZE, value))
+
+
+def encode_frame(kind: bytes, payload: bytes) -> bytes:
+    """Encode one frame. Raises ValueError if the payload exceeds MAX_FRAME_BYTES."""
+    if len(payload) > MAX_FRAME_BYTES:
+        raise ValueError(f"frame payload of {len(payload)} bytes exceeds {MAX_FRAME_BYTES}")
+    return HEADER.pack(kind, len(payload)) + payload
+
+
+def chunks(data: bytes, size: int = MAX_FRAME_BYTES) -> Iterator[bytes]:
+    """Split data into pieces that each fit in one frame."""
+    view = memoryview(data)
+    for start in range(0, len(data), size):
+        yield bytes(view[start : start + size])
+
+
+def encode_resize(cols: int, rows: int) -> bytes:
+    """Encode a client->guest resize frame."""
+    return encode_frame(FRAME_RESIZE, json.dumps({"cols": cols, "rows": rows}).encode())
+
+
+def decode_resize(payload: bytes) -> tuple[int, int] | None:
+    """Decode a resize payload into clamped (cols, rows); None if it is invalid."""
+    try:
+        data = json.loads(payload)
+    except ValueError:
+        return None
+    if not isinstance(data, dict):
+        return None
+    cols, rows = clamp_size(data.get("cols")), clamp_size(data.get("rows"))
+    if cols is None or rows is None:
+        return None
+    return cols, rows
+
+
+def encode_exit(exit_code: int | None, signal: str | None) -> bytes:
+    """Encode a guest->client exit frame."""
+    payload = json.dumps({"exitCode": exit_code, "signal": signal}).encode()
+    return encode_frame(FRAME_EXIT, payload)
+
+
+def decode_exit(payload: bytes) -> Exit:
+    """Decode an exit payload. Raises ProtocolError if it is malformed."""
+    try:
+        data = json.loads(payload)
+    except ValueError as exc:
+        raise ProtocolError("malformed exit frame") from exc
+    if not isinstance(data, dict):
+        raise ProtocolError("malformed exit frame")
+    code, sig = data.get("exitCode"), data.get("signal")
+    if not (code is None or (isinstance(code, int) and not isinstance(code, bool))):
+        raise ProtocolError("malformed exit frame: bad exitCode")
+    if not (sig is None or isinstance(sig, str)):
+        raise ProtocolError("malformed exit frame: bad signal")
+    return Exit(code, sig)
+
+
+def encode_line(obj: dict[str, Any]) -> bytes:
+    """Encode a request or response object as one JSON line."""
+    return json.dumps(obj, separators=(",", ":")).encode() + b"\n"
+
+
+def encode_request(
+    secret: str, op: str, *, cols: int | None = None, rows: int | None = None
+) -> bytes:
+    """Encode the client's request line."""
+    request: dict[str, Any] = {"secret": secret, "op": op}
+    if cols is not None:
+        request["cols"] = cols
+    if rows is not None:
+        request["rows"] = rows
+    line = encode_line(request)
+    if len(line) > MAX_REQUEST_BYTES:
+        raise ValueError("request line too long")
+    return line
+
+
+async def read_frame(reader: asyncio.StreamReader) -> tuple[bytes, bytes] | None:
+    """Read one frame as (type, payload).
+
+    Returns None on a clean end of stream (EOF between frames). Raises
+    ProtocolError on a truncated or oversized frame; connection errors propagate.
+    """
+    try:
+        header = await reader.readexactly(HEADER.size)
+    except asyncio.IncompleteReadError as exc:
+        if not exc.partial:
+            return None
+        raise ProtocolError("connection closed inside a frame header") from exc
+    kind, length = HEADER.unpack(header)
+    if length > MAX_FRAME_BYTES:
+        raise ProtocolError(f"frame of {length} bytes exceeds the {MAX_FRAME_BYTES} limit")
+    try:
+        payload = await reader.readexactly(length) if length else b""
+    except asyncio.IncompleteReadError as exc:
+        raise ProtocolError("connection closed inside a frame") from exc
+    return kind, payload
+
+
+# ----- startup config (JSON object on the daemon's stdin) -----------------
+
+
+class ConfigError(ValueError):
+    """The startup config is invalid. Messages name fields, never values."""
+
+
+@dataclass
+class InstallConfig:
+    """The optional one-time install step, shared by instances via a lock file."""
+
+    lock_file: str
+    marker: str
+    commands: list[list[str]]
+    env: dict[str, str] = field(repr=False)
+
+
+@dataclass
+class Config:
+    """Parsed daemon config; see :func:`parse_config` for the JSON field names."""
+
+    secret: str = field(repr=False)
+    listen: str
+    log_file: str
+    workdir: str
+    command: list[str]
+    shell: list[str]
+    env: dict[str, str] = field(repr=False)
+    restart: str = "always"
+    install: InstallConfig | None = None
+    replay_bytes: int = 262144
+    cols: int = 120
+    rows: int = 32
+
+
+def _str_list(value: object, name: str) -> list[str]:
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"{name} must be a non-empty list of strings")
+    return list(value)
+
+
+def _str_dict(value: object, name: str) -> dict[str, str]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+    ):
+        raise ConfigError(f"{name} must be an object of string values")
+    return dict(value)
+
+
+def _abs_path(data: dict[str, Any], name: str) -> str:
+    value = data.get(name)
+    if not isinstance(value, str) or not os.path.isabs(value):
+        raise ConfigError(f"{name} must be an absolute path")
+    return value
+
+
+def parse_config(data: object) -> Config:
+    """Validate the JSON config object (fields: secret, listen, logFile, workdir,
+    command, shell, env, restart, install, replayBytes, cols, rows)."""
+    if not isinstance(data, dict):
+        raise ConfigError("config must be a JSON object")
+    secret = data.get("secret")
+    if not isinstance(secret, str) or not secret:
+        raise ConfigError("secret must be a non-empty string")
+    listen = data.get("listen")
+    try:
+        parse_address(listen if isinstance(listen, str) else "")
+    except ValueError as exc:
+        raise ConfigError(f"listen: {exc}") from None
+    restart = data.get("restart", "always")
+    if restart not in RESTART_POLICIES:
+        raise ConfigError(f"restart must be one of {', '.join(RESTART_POLICIES)}")
+    install = None
+    raw_install = data.get("install")
+    if raw_install is not None:
+        if not isinstance(raw_install, dict):
+            raise ConfigError("install must be an object or null")
+        commands = raw_install.get("commands")
+        if not isinstance(commands, list):
+            raise ConfigError("install.commands must be a list of commands")
+        install = InstallConfig(
+            lock_file=_abs_path(raw_install, "lockFile"),
+            marker=_abs_path(raw_install, "marker"),
+            commands=[_str_list(c, "install.commands[]") for c in commands],
+            env=_str_dict(raw_install.get("env"), "install.env"),
+        )
+    numbers: dict[str, int] = {}
+    for key, default, low, high in (
+        ("replayBytes", 262144, 65536, 1 << 30),
+        ("cols", 120, 1, 1000),
+        ("rows", 32, 1, 1000),
+    ):
+        value = data.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key} must be an integer")
+        numbers[key] = max(low, min(high, value))
+    return Config(
+        secret=secret,
+        listen=str(listen),
+        log_file=_abs_path(data, "logFile"),
+        workdir=_abs_path(data, "workdir"),
+        command=_str_list(data.get("command"), "command"),
+        shell=_str_list(data.get("shell", ["sh"]), "shell"),
+        env=_str_dict(data.get("env"), "env"),
+        restart=str(restart),
+        install=install,
+        replay_bytes=numbers["replayBytes"],
+        cols=numbers["cols"],
+        rows=numbers["rows"],
+    )

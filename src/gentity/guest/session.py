@@ -1,0 +1,491 @@
+"""PTY sessions for the guest daemon: the agent's terminal and private shells.
+
+A :class:`PtySession` runs one process on a pseudo-terminal, keeps a replay
+ring buffer, fans output out to attached :class:`Viewer` connections, and can
+feed a :class:`LineLogger` that turns terminal output into clean log lines.
+All PTY I/O is non-blocking and driven by the event loop. Standard library only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import os
+import signal
+import struct
+import subprocess
+import termios
+import time
+from collections.abc import Callable, Sequence
+from typing import Final
+
+from gentity.guest import protocol
+from gentity.guest.logfile import LineLogger
+
+#: Pending output a viewer may lag behind before it is dropped.
+VIEWER_QUEUE_LIMIT: Final = 1024 * 1024
+#: Pending input for a process that does not read its terminal; more is dropped.
+INPUT_QUEUE_LIMIT: Final = 1024 * 1024
+#: After the process exits, wait this long for the rest of its output.
+DRAIN_GRACE: Final = 0.5
+
+
+def describe_exit(returncode: int) -> tuple[int | None, str | None]:
+    """Map a Popen return code to (exitCode, signal name)."""
+    if returncode >= 0:
+        return returncode, None
+    try:
+        return None, signal.Signals(-returncode).name
+    except ValueError:
+        return None, f"SIG{-returncode}"
+
+
+def session_pids(sid: int) -> list[int]:
+    """PIDs of all processes in session ``sid`` (Linux /proc; empty elsewhere).
+
+    Background jobs of an interactive shell live in their own process groups,
+    so killing the process group alone would leave them behind.
+    """
+    pids: list[int] = []
+    try:
+        names = os.listdir("/proc")
+    except OSError:
+        return pids
+    for name in names:
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as f:
+                stat = f.read()
+            # Fields after "(comm)": state ppid pgrp session ...
+            fields = stat[stat.rindex(b")") + 2 :].split()
+            if int(fields[3]) == sid:
+                pids.append(int(name))
+        except (OSError, ValueError, IndexError):
+            continue
+    return pids
+
+
+class RingBuffer:
+    """Keeps the most recent ``capacity`` bytes of output for replay."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._buf = bytearray()
+
+    def append(self, data: bytes) -> None:
+        """Add data, dropping the oldest bytes beyond capacity."""
+        self._buf += data
+        excess = len(self._buf) - self.capacity
+        if excess > 0:
+            del self._buf[:excess]
+
+    def getvalue(self) -> bytes:
+        """Return the buffered bytes."""
+        return bytes(self._buf)
+
+    def __len__(self) -> int:
+        return len(self._buf)
+
+
+class Viewer:
+    """One attached connection that receives output frames.
+
+    The transport's write buffer is the viewer's queue: writes never block, and
+    a viewer that lets more than ``limit`` bytes pile up is dropped so it cannot
+    stall the agent or the other viewers.
+    """
+
+    def __init__(self, writer: asyncio.StreamWriter, limit: int = VIEWER_QUEUE_LIMIT) -> None:
+        self._writer = writer
+        self._limit = limit
+
+    @property
+    def closed(self) -> bool:
+        """True once the connection is closing or was dropped."""
+        return self._writer.is_closing()
+
+    def send_output(self, data: bytes) -> bool:
+        """Queue output frames; False if the viewer is gone or was just dropped."""
+        if self.closed:
+            return False
+        for chunk in protocol.chunks(data):
+            self._writer.write(protocol.encode_frame(protocol.FRAME_OUTPUT, chunk))
+        if self._writer.transport.get_write_buffer_size() > self._limit:
+            self._writer.transport.abort()  # too slow: drop it, discarding its backlog
+            return False
+        return True
+
+    def send_exit(self, exit_code: int | None, signal_name: str | None) -> None:
+        """Send the exit frame, then close once it is flushed."""
+        if not self.closed:
+            self._writer.write(protocol.encode_exit(exit_code, signal_name))
+        self.close()
+        # A client that stops reading would keep the connection open forever.
+        asyncio.get_running_loop().call_later(5.0, self._writer.transport.abort)
+
+    def close(self) -> None:
+        """Close the connection after flushing what is queued."""
+        if not self._writer.is_closing():
+            self._writer.close()
+
+
+class ChildWatcher:
+    """Reaps our child processes from a SIGCHLD handler on the event loop.
+
+    Uses ``Popen.poll()`` on the registered processes only, so the exit status
+    always reaches the right callback. No threads: the default asyncio watcher
+    spawns one thread per child, and the daemon forks with ``preexec_fn``.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._children: dict[int, tuple[subprocess.Popen[bytes], Callable[[int], None]]] = {}
+        loop.add_signal_handler(signal.SIGCHLD, self._check)
+
+    def watch(self, proc: subprocess.Popen[bytes], callback: Callable[[int], None]) -> None:
+        """Call ``callback(returncode)`` from the loop once ``proc`` has exited."""
+        self._children[proc.pid] = (proc, callback)
+        # It may have exited before we registered; the check is cheap.
+        self._loop.call_soon(self._check)
+
+    def exited(self, proc: subprocess.Popen[bytes]) -> asyncio.Future[int]:
+        """A future that gets ``proc``'s return code once it has exited."""
+        future: asyncio.Future[int] = self._loop.create_future()
+        self.watch(proc, lambda code: None if future.done() else future.set_result(code))
+        return future
+
+    def close(self) -> None:
+        """Remove the SIGCHLD handler."""
+        self._loop.remove_signal_handler(signal.SIGCHLD)
+
+    def _check(self) -> None:
+        for pid, (proc, callback) in list(self._children.items()):
+            returncode = proc.poll()
+            if returncode is not None:
+                del self._children[pid]
+                callback(returncode)
+
+
+def _acquire_controlling_tty() -> None:
+    # Runs in the child after setsid() and after the PTY slave became fd 0.
+    # Without this the terminal is not the child's controlling tty: no job
+    # control, no SIGWINCH, and /dev/tty fails.
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+
+class PtySession:
+    """A process running on a pseudo-terminal.
+
+    ``start()`` spawns it in a new session with the PTY as its controlling
+    terminal. Output goes to the replay buffer, every viewer and the optional
+    line logger. ``wait()`` returns (exitCode, signal) after the process has
+    exited and its output was drained; viewers then get an exit frame.
+    """
+
+    def __init__(
+        self,
+        argv: Sequence[str],
+        *,
+        executable: str,
+        cwd: str,
+        env: dict[str, str],
+        cols: int,
+        rows: int,
+        watcher: ChildWatcher,
+        replay_bytes: int = 0,
+        logger: LineLogger | None = None,
+        on_activity: Callable[[], None] | None = None,
+    ) -> None:
+        self._argv = list(argv)
+        self._executable = executable
+        self._cwd = cwd
+        self._env: dict[str, str] | None = env
+        self._size = (cols, rows)
+        self._watcher = watcher
+        self.replay = RingBuffer(replay_bytes) if replay_bytes > 0 else None
+        self._logger = logger
+        self._on_activity = on_activity
+        self.viewers: set[Viewer] = set()
+        self.pid: int | None = None
+        self.started_at: float | None = None
+        self.returncode: int | None = None
+        self._master = -1
+        self._pending_input = bytearray()
+        self._grace: asyncio.TimerHandle | None = None
+        self._loop = asyncio.get_running_loop()
+        self._done: asyncio.Future[tuple[int | None, str | None]] = self._loop.create_future()
+
+    @property
+    def finished(self) -> bool:
+        """True once the process exited and viewers were told."""
+        return self._done.done()
+
+    def start(self) -> None:
+        """Spawn the process. Raises OSError if it cannot be executed."""
+        master, slave = os.openpty()
+        try:
+            self._set_winsize(master, *self._size)
+            proc = subprocess.Popen(
+                self._argv,
+                executable=self._executable,
+                stdin=slave,
+                stdout=slave,
+                stderr=slave,
+                cwd=self._cwd,
+                env=self._env,
+                start_new_session=True,
+                preexec_fn=_acquire_controlling_tty,
+            )
+        except BaseException:
+            os.close(master)
+            raise
+        finally:
+            # Our copy of the slave must go, or the master never reports EOF.
+            os.close(slave)
+            self._env = None  # the env may hold secrets; keep no copy around
+        os.set_blocking(master, False)
+        self._master = master
+        self.pid = proc.pid
+        self.started_at = time.time()
+        self._loop.add_reader(master, self._on_readable)
+        self._watcher.watch(proc, self._on_child_exit)
+
+    def attach(self, viewer: Viewer) -> None:
+        """Send the replay buffer to the viewer, then stream live output to it."""
+        if (
+            self.replay is not None
+            and len(self.replay)
+            and not viewer.send_output(self.replay.getvalue())
+        ):
+            return
+        self.viewers.add(viewer)
+
+    def detach(self, viewer: Viewer) -> None:
+        """Stop sending output to the viewer (the process keeps running)."""
+        self.viewers.discard(viewer)
+
+    def write(self, data: bytes) -> None:
+        """Send input to the process without ever blocking the loop."""
+        if self._master < 0 or not data:
+            return
+        self._touch()
+        if self._pending_input:
+            self._queue_input(data)
+            return
+        try:
+            written = os.write(self._master, data)
+        except BlockingIOError:
+            written = 0
+        except OSError:
+            return  # the terminal is gone; the exit path cleans up
+        if written < len(data):
+            self._queue_input(data[written:])
+            self._loop.add_writer(self._master, self._on_writable)
+
+    def resize(self, cols: int, rows: int) -> None:
+        """Set the terminal size; the kernel sends SIGWINCH to the foreground group."""
+        self._size = (cols, rows)
+        if self._master >= 0:
+            with contextlib.suppress(OSError):
+                self._set_winsize(self._master, cols, rows)
+
+    def signal_group(self, sig: int) -> None:
+        """Send a signal to the process group of the session leader."""
+        if self.pid is not None and not self.finished:
+            with contextlib.suppress(OSError):
+                os.killpg(self.pid, sig)
+
+    def alive_in_session(self) -> bool:
+        """True while the process or anything else in its session is running."""
+        return not self.finished or bool(self._session_members())
+
+    def kill_all(self) -> None:
+        """SIGKILL the process group and every other process of the session."""
+        if self.pid is None or (self.finished and self._pid_reused()):
+            return
+        with contextlib.suppress(OSError):
+            os.killpg(self.pid, signal.SIGKILL)
+        for pid in self._session_members():
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+
+    def hangup(self, kill_after: float = 2.0) -> None:
+        """SIGHUP the process group, then SIGKILL the session if still alive later."""
+        if self.finished:
+            return
+        self.signal_group(signal.SIGHUP)
+        self._loop.call_later(kill_after, self._kill_if_alive)
+
+    async def wait(self) -> tuple[int | None, str | None]:
+        """Wait until the process has exited; returns (exitCode, signal name)."""
+        return await asyncio.shield(self._done)
+
+    @staticmethod
+    def _set_winsize(fd: int, cols: int, rows: int) -> None:
+        fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+
+    def _touch(self) -> None:
+        if self._on_activity is not None:
+            self._on_activity()
+
+    def _queue_input(self, data: bytes) -> None:
+        room = INPUT_QUEUE_LIMIT - len(self._pending_input)
+        self._pending_input += data[: max(room, 0)]
+
+    def _on_writable(self) -> None:
+        try:
+            written = os.write(self._master, self._pending_input)
+        except BlockingIOError:
+            return
+        except OSError:
+            written = len(self._pending_input)
+        del self._pending_input[:written]
+        if not self._pending_input:
+            self._loop.remove_writer(self._master)
+
+    def _on_readable(self) -> None:
+        try:
+            data = os.read(self._master, 65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""  # EIO: every slave fd is closed; treat other errors alike
+        if not data:
+            self._close_master()
+            if self.returncode is not None:
+                self._finish()
+            return
+        self._touch()
+        if self.replay is not None:
+            self.replay.append(data)
+        for viewer in list(self.viewers):
+            if not viewer.send_output(data):
+                self.viewers.discard(viewer)
+        if self._logger is not None:
+            self._logger.feed(data)
+
+    def _on_child_exit(self, returncode: int) -> None:
+        self.returncode = returncode
+        if self._master < 0:
+            self._finish()
+        else:
+            # Output written just before exit may still be in flight in the
+            # kernel; read until EOF, but don't wait for background processes
+            # that inherited the terminal.
+            self._grace = self._loop.call_later(DRAIN_GRACE, self._finish)
+
+    def _kill_if_alive(self) -> None:
+        if self.alive_in_session():
+            self.kill_all()
+
+    def _pid_reused(self) -> bool:
+        # Linux keeps a PID number allocated while it names a live process group
+        # or session, so after our leader was reaped a live process with that
+        # PID means the number was reused: it is not ours to kill.
+        return os.path.exists(f"/proc/{self.pid}")
+
+    def _session_members(self) -> list[int]:
+        if self.pid is None or (self.finished and self._pid_reused()):
+            return []
+        return session_pids(self.pid)
+
+    def _close_master(self) -> None:
+        if self._master >= 0:
+            self._loop.remove_reader(self._master)
+            self._loop.remove_writer(self._master)
+            os.close(self._master)
+            self._master = -1
+            self._pending_input.clear()
+
+    def _finish(self) -> None:
+        if self.finished or self.returncode is None:
+            return
+        if self._grace is not None:
+            self._grace.cancel()
+            self._grace = None
+        self._close_master()
+        if self._logger is not None:
+            self._logger.close()
+        exit_code, signal_name = describe_exit(self.returncode)
+        for viewer in self.viewers:
+            viewer.send_exit(exit_code, signal_name)
+        self.viewers.clear()
+        self._done.set_result((exit_code, signal_name))
+
+
+async def run_piped(
+    argv: Sequence[str],
+    executable: str,
+    *,
+    cwd: str,
+    env: dict[str, str],
+    watcher: ChildWatcher,
+    on_line: Callable[[str], None],
+    stop_timeout: float = 5.0,
+) -> int:
+    """Run a command with stdout and stderr piped into ``on_line`` as clean lines.
+
+    Returns the Popen return code; raises OSError if it cannot be started. The
+    command gets its own session; if the caller is cancelled, its process group
+    receives SIGTERM, then SIGKILL after ``stop_timeout`` seconds.
+    """
+    loop = asyncio.get_running_loop()
+    read_fd, write_fd = os.pipe()
+    try:
+        # Popen only forks and execs; the exit is awaited through the watcher.
+        proc = subprocess.Popen(  # noqa: ASYNC220
+            argv,
+            executable=executable,
+            stdin=subprocess.DEVNULL,
+            stdout=write_fd,
+            stderr=write_fd,
+            cwd=cwd,
+            env=env,
+            start_new_session=True,
+        )
+    except BaseException:
+        os.close(read_fd)
+        raise
+    finally:
+        os.close(write_fd)
+    exited = watcher.exited(proc)
+    eof: asyncio.Future[None] = loop.create_future()
+    logger = LineLogger(on_line)
+
+    def on_readable() -> None:
+        try:
+            data = os.read(read_fd, 65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if data:
+            logger.feed(data)
+        else:
+            loop.remove_reader(read_fd)
+            if not eof.done():
+                eof.set_result(None)
+
+    os.set_blocking(read_fd, False)
+    loop.add_reader(read_fd, on_readable)
+    try:
+        returncode = await asyncio.shield(exited)
+        # A background grandchild may hold the pipe open: don't wait for it.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(1.0):
+                await eof
+    finally:
+        if proc.poll() is None:  # we were cancelled: stop the whole command tree
+            for sig in (signal.SIGTERM, signal.SIGKILL):
+                with contextlib.suppress(OSError):
+                    os.killpg(proc.pid, sig)
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(stop_timeout):
+                        await asyncio.shield(exited)
+                        break
+        loop.remove_reader(read_fd)
+        os.close(read_fd)
+        logger.close()
+    return returncode

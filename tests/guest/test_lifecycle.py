@@ -1,0 +1,184 @@
+"""Install step, start errors, shutdown and footprint of the guest daemon."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from gentity.guest.client import GuestError, open_session
+from gentity.guest.logfile import tail
+
+from .conftest import GuestProc, live_members
+
+pytestmark = pytest.mark.anyio
+
+
+def install_spec(tmp_path: Path, commands: list[list[str]], **extra: object) -> dict[str, object]:
+    return {
+        "lockFile": str(tmp_path / "cache" / ".lock"),
+        "marker": str(tmp_path / "cache" / "agent.ok"),
+        "commands": commands,
+        **extra,
+    }
+
+
+async def test_install_failure_is_reported(guest_factory, tmp_path: Path) -> None:
+    guest = guest_factory(install=install_spec(tmp_path, [["false"]]))
+    info = await guest.wait_for(lambda h: h["state"] == "error")
+    assert info["error"] == "install failed: false exited with code 1"
+    assert info["agentPid"] is None
+    with pytest.raises(GuestError, match="install failed: false exited with code 1"):
+        await open_session(guest.address, guest.secret)
+    assert not (tmp_path / "cache" / "agent.ok").exists()
+    assert ("error", "install failed: false exited with code 1") in [
+        (r["level"], r["message"]) for r in tail(guest.log_path, 20)
+    ]
+
+
+async def test_install_failure_quotes_the_last_output_line(guest_factory, tmp_path) -> None:
+    script = "echo first; echo 'npm ERR! network down' >&2; exit 7"
+    guest = guest_factory(install=install_spec(tmp_path, [["sh", "-c", script]]))
+    info = await guest.wait_for(lambda h: h["state"] == "error")
+    assert info["error"] == "install failed: sh exited with code 7: npm ERR! network down"
+
+
+async def test_install_command_not_found(guest_factory, tmp_path: Path) -> None:
+    guest = guest_factory(install=install_spec(tmp_path, [["no-such-installer-xyz", "i"]]))
+    info = await guest.wait_for(lambda h: h["state"] == "error")
+    assert info["error"] == "install failed: no-such-installer-xyz not found"
+
+
+async def test_install_runs_once_with_its_own_env(guest_factory, tmp_path: Path) -> None:
+    script = "echo inst=$INSTALL_VAR agent=${CANARY_KEY:-absent} cwd=$(pwd); echo second"
+    spec = install_spec(tmp_path, [["sh", "-c", script]], env={"INSTALL_VAR": "yes"})
+    env = {"PS1": "$ ", "CANARY_KEY": "sk-canary-123"}
+    guest = guest_factory(install=spec, env=env)
+    await guest.wait_for(lambda h: h["state"] == "running")
+    messages = [r["message"] for r in tail(guest.log_path, 50)]
+    volume = guest.config["workdir"]
+    assert f"install: inst=yes agent=absent cwd={volume}" in messages
+    assert "install: second" in messages and "install: done" in messages
+    assert (tmp_path / "cache" / "agent.ok").exists()
+    guest.stop()
+    # The marker exists now: a second instance skips the (now failing) commands.
+    again = guest_factory(install=install_spec(tmp_path, [["false"]]), env=env)
+    await again.wait_for(lambda h: h["state"] == "running")
+    assert "install: already installed" in again.log_text()
+
+
+async def test_install_waits_for_the_lock(guest_factory, tmp_path: Path) -> None:
+    import fcntl
+
+    spec = install_spec(tmp_path, [["true"]])
+    (tmp_path / "cache").mkdir()
+    with open(spec["lockFile"], "w") as lock:  # type: ignore[call-overload]
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        guest = guest_factory(install=spec)
+        await asyncio.sleep(1.0)
+        info = await guest.health()  # health keeps answering while blocked on the lock
+        assert info["state"] == "installing"
+    await guest.wait_for(lambda h: h["state"] == "running")
+    assert "install: waiting for another install to finish" in guest.log_text()
+
+
+async def test_missing_agent_command(guest_factory) -> None:
+    guest = guest_factory(command=["no-such-agent-xyz", "--flag"])
+    info = await guest.wait_for(lambda h: h["state"] == "error")
+    assert info["error"] == "cannot start agent: no-such-agent-xyz not found"
+    with pytest.raises(GuestError, match="no-such-agent-xyz not found"):
+        await open_session(guest.address, guest.secret)
+    assert guest.stop() == 0
+
+
+async def test_agent_not_executable(guest_factory, tmp_path: Path) -> None:
+    volume = tmp_path / "volume"
+    volume.mkdir()
+    (volume / "agent.sh").write_text("#!/bin/sh\necho hi\n")
+    guest = guest_factory(command=["./agent.sh"])
+    info = await guest.wait_for(lambda h: h["state"] == "error")
+    assert info["error"] == "cannot start agent: ./agent.sh is not executable"
+
+
+async def test_sigterm_stops_everything(guest_factory) -> None:
+    guest: GuestProc = guest_factory()
+    agent_pid = (await guest.wait_for(lambda h: h["state"] == "running"))["agentPid"]
+    term = await guest.attach()
+    # A background job (own process group, same session) and a foreground child.
+    await term.send("sleep 300 & echo bg=$!\n")
+    await term.expect(rb"bg=\d+")
+    await term.send("sleep 400\n")
+    await asyncio.sleep(0.3)
+    shell = await guest.attach(op="shell")
+    await shell.send("echo shell-ready\n")
+    await shell.expect("shell-ready")
+    assert live_members(agent_pid)
+    start = time.monotonic()
+    guest.proc.send_signal(signal.SIGTERM)
+    exit_event = await term.expect_exit()
+    assert exit_event.signal in ("SIGHUP", "SIGTERM", "SIGKILL")
+    await shell.expect_exit()
+    assert await asyncio.to_thread(guest.proc.wait, 15) == 0
+    assert time.monotonic() - start < 8
+    assert live_members(agent_pid) == []
+    assert not os.path.exists(guest.sock_path)
+    messages = [r["message"] for r in tail(guest.log_path, 10)]
+    assert messages[-1] == "guest stopped" and "guest stopping" in messages
+    assert guest.proc.stderr is not None and guest.proc.stderr.read() == b""
+
+
+async def test_stale_socket_is_replaced(guest_factory) -> None:
+    import socket as socket_module
+
+    first = guest_factory()
+    path = first.sock_path
+    first.proc.kill()  # no cleanup: leaves the socket file behind
+    first.proc.wait()
+    assert os.path.exists(path)
+    second = guest_factory(listen=f"unix:{path}", secret="other-secret-xyz")
+    info = await second.wait_for(lambda h: h["state"] == "running")
+    assert info["pid"] == second.proc.pid
+    # A live guest's socket is not stolen.
+    third = guest_factory(wait=False, listen=f"unix:{path}")
+    assert await asyncio.to_thread(third.proc.wait, 15) == 1
+    assert third.proc.stderr is not None and b"another process" in third.proc.stderr.read()
+    with socket_module.socket(socket_module.AF_UNIX) as s:
+        s.connect(path)  # still served by the second guest
+
+
+def test_bad_config_exits_with_a_message() -> None:
+    config = {"secret": "sk-secret-abc", "listen": "unix:/tmp/x.sock", "command": ["sh"]}
+    result = subprocess.run(
+        [sys.executable, "-m", "gentity.guest"],
+        input=json.dumps(config).encode(),
+        capture_output=True,
+        timeout=30,
+    )
+    assert result.returncode == 2
+    assert b"invalid config: logFile must be an absolute path" in result.stderr
+    assert b"sk-secret-abc" not in result.stderr
+    result = subprocess.run(
+        [sys.executable, "-m", "gentity.guest"], input=b"{nope", capture_output=True, timeout=30
+    )
+    assert result.returncode == 2 and b"invalid config" in result.stderr
+
+
+async def test_idle_rss(guest_factory) -> None:
+    guest = guest_factory()
+    await guest.wait_for(lambda h: h["state"] == "running")
+    term = await guest.attach()
+    await term.send("echo warm$((1+1))\n")
+    await term.expect("warm2")
+    await term.close()
+    await asyncio.sleep(1.0)
+    status = Path(f"/proc/{guest.proc.pid}/status").read_text()
+    rss_kb = int(next(line for line in status.splitlines() if line.startswith("VmRSS:")).split()[1])
+    print(f"guest idle RSS: {rss_kb} kB ({rss_kb / 1024:.1f} MiB)")
+    assert rss_kb < 30 * 1024
