@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import secrets
 import socket
@@ -92,8 +93,16 @@ class LiveServer:
             timeout_graceful_shutdown=2,
         )
         self.server = uvicorn.Server(self.config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.server_loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self._run, daemon=True)
         self.port = 0
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.server_loop)
+        try:
+            self.server_loop.run_until_complete(self.server.serve())
+        finally:
+            self.server_loop.close()
 
     def start(self) -> LiveServer:
         self.thread.start()

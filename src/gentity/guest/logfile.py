@@ -100,9 +100,15 @@ def _open_existing(path: str | os.PathLike[str]) -> IO[bytes] | None:
     # Opening a local file does not block meaningfully; kept out of the async
     # function so the lint rule against blocking calls stays meaningful there.
     try:
-        return open(path, "rb")
+        return _open_nofollow(path)
     except FileNotFoundError:
         return None
+
+
+def _open_nofollow(path: str | os.PathLike[str]) -> IO[bytes]:
+    # The log directory is writable from inside the instance: refuse a symlink planted in
+    # place of the log, or a reader with more privileges would follow it anywhere.
+    return os.fdopen(os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC), "rb")
 
 
 def tail(path: str | os.PathLike[str], n: int) -> list[Record]:
@@ -116,7 +122,7 @@ def tail(path: str | os.PathLike[str], n: int) -> list[Record]:
     if n <= 0:
         return []
     try:
-        f = open(path, "rb")  # noqa: SIM115 - closed by the with-block below
+        f = _open_nofollow(path)
     except FileNotFoundError:
         return []
     newest_first: list[Record] = []
@@ -155,9 +161,22 @@ def tail(path: str | os.PathLike[str], n: int) -> list[Record]:
 async def follow(
     path: str | os.PathLike[str], *, poll_interval: float = 0.25
 ) -> AsyncGenerator[Record, None]:
-    """Yield records appended to the log after the call, forever.
+    """Yield records appended to the log after the call, forever (see :func:`follow_offsets`)."""
+    stream = follow_offsets(path, poll_interval=poll_interval)
+    try:
+        async for _offset, record in stream:
+            yield record
+    finally:
+        await stream.aclose()
 
-    Starts at the current end of the file (or waits for it to exist), yields a
+
+async def follow_offsets(
+    path: str | os.PathLike[str], *, start: int | None = None, poll_interval: float = 0.25
+) -> AsyncGenerator[tuple[int, Record], None]:
+    """Yield ``(offset after the line, record)`` for records appended to the log, forever.
+
+    ``start`` resumes right after a line whose offset a previous follow yielded; without it,
+    following starts at the current end of the file (or waits for it to exist). Yields a
     line only once its newline has arrived, and starts over from the beginning
     when the file is truncated or replaced (different inode). Polls with
     ``asyncio.sleep`` when idle. The file is closed when the consumer stops
@@ -171,7 +190,9 @@ async def follow(
         f = _open_existing(path)
         if f is not None:
             st = os.fstat(f.fileno())
-            ident, pos = (st.st_dev, st.st_ino), f.seek(0, os.SEEK_END)
+            end = st.st_size
+            resume = start if start is not None and 0 <= start <= end else end
+            ident, pos = (st.st_dev, st.st_ino), f.seek(resume)
         while True:
             if f is None:
                 # The file appeared after the call (or was replaced): all of it is new.
@@ -183,14 +204,16 @@ async def follow(
                 ident, pos, pending = (st.st_dev, st.st_ino), 0, b""
             chunk = f.read(FOLLOW_CHUNK)
             if chunk:
+                line_start = pos - len(pending)
                 pos += len(chunk)
                 *lines, pending = (pending + chunk).split(b"\n")
                 if len(pending) > MAX_LINE:
                     pending = b""
                 for line in lines:
+                    line_start += len(line) + 1
                     record = parse_record(line)
                     if record is not None:
-                        yield record
+                        yield line_start, record
                 # Let other tasks run even while the file keeps growing.
                 await asyncio.sleep(0)
                 continue
@@ -285,3 +308,32 @@ class LineLogger:
         clean = strip_terminal(line).strip()
         for start in range(0, len(clean), self._max_line):
             self._emit(clean[start : start + self._max_line])
+
+
+def offset_before_last(path: str | os.PathLike[str], n: int) -> int:
+    """The byte offset where the last ``n`` lines of the file begin (0 if it has fewer).
+
+    Following from this offset (:func:`follow_offsets` ``start=``) replays those lines first.
+    Like :func:`tail`, it reads backwards and never the whole file.
+    """
+    try:
+        f = _open_nofollow(path)
+    except FileNotFoundError:
+        return 0
+    with f:
+        end = f.seek(0, os.SEEK_END)
+        pos, newlines = end, 0
+        # A final newline ends the last line; it does not start another one.
+        if end and (f.seek(end - 1), f.read(1))[1] == b"\n":
+            pos -= 1
+        while pos > 0:
+            size = min(TAIL_BLOCK, pos)
+            f.seek(pos - size)
+            block = f.read(size)
+            index = len(block)
+            while (index := block.rfind(b"\n", 0, index)) >= 0:
+                newlines += 1
+                if newlines == n:
+                    return pos - size + index + 1
+            pos -= size
+    return 0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -10,11 +12,14 @@ from fastapi import FastAPI
 
 from gentity import __version__
 from gentity.catalog import load_catalog
+from gentity.providers.compute.registry import create_provider
 from gentity.server.context import AppContext
 from gentity.server.db.database import Database
 from gentity.server.errors import install_error_handlers
+from gentity.server.logging import install_secret_filters
 from gentity.server.middleware import BodySizeLimit, CrossOriginGuard
-from gentity.server.routers import auth, catalog, health, tokens
+from gentity.server.reconciler import reconcile_once, run_forever
+from gentity.server.routers import auth, catalog, health, instances, terminal, tokens
 from gentity.server.security.crypto import SecretBox
 from gentity.settings import Settings
 
@@ -24,6 +29,7 @@ log = logging.getLogger(__name__)
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the control plane. All configuration comes in through ``settings``."""
     settings = settings or Settings()
+    install_secret_filters()
     settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     ctx = AppContext(
         settings=settings,
@@ -35,9 +41,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await ctx.db.migrate()
+        ctx.compute = create_provider(settings)
+        await ctx.compute.adopt()
+        # The first pass runs before serving, so rows left by a crash are settled at once.
+        await reconcile_once(ctx)
+        reconciler = asyncio.create_task(run_forever(ctx), name="reconciler")
         try:
             yield
         finally:
+            reconciler.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reconciler
+            # Operations in flight finish (they are short) so no row is left half-done.
+            if ctx.background:
+                await asyncio.wait(set(ctx.background), timeout=30)
+            await ctx.compute.close()
             await ctx.db.close()
 
     app = FastAPI(
@@ -51,7 +69,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.ctx = ctx
     install_error_handlers(app)
-    for router in (health.router, catalog.router, auth.router, tokens.router):
+    for router in (
+        health.router,
+        catalog.router,
+        auth.router,
+        tokens.router,
+        instances.router,
+        terminal.router,
+    ):
         app.include_router(router)
     # Outermost first: refuse oversized bodies before anything reads them.
     app.add_middleware(CrossOriginGuard, public_origin=settings.public_url)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -21,4 +22,5 @@ class AppContext:
     box: SecretBox
     catalog: Catalog
     compute: ComputeProvider | None = None
-    extras: dict[str, object] = field(default_factory=dict)
+    background: set[asyncio.Task[None]] = field(default_factory=set)
+    """Operations that outlive the request that started them (kept referenced until done)."""

@@ -43,6 +43,8 @@ class InstallStep:
 class GuestLaunch:
     """What the guest daemon needs to run the agent. Carries secrets: never log or persist it."""
 
+    agent: str
+    """The catalog id of the agent (``shell``, ``claude-code``…)."""
     command: list[str]
     secret: str = field(repr=False)
     """The per-instance secret the guest demands from every caller."""
@@ -138,8 +140,18 @@ class ComputeProvider(abc.ABC):
         """The last ``lines`` structured log records, oldest first; also when stopped."""
 
     @abc.abstractmethod
-    def follow_logs(self, handle: MachineHandle) -> AsyncIterator[dict[str, str]]:
-        """Records appended from now on, until the consumer stops iterating."""
+    def follow_logs(
+        self, handle: MachineHandle, cursor: str | None = None
+    ) -> AsyncIterator[tuple[str, dict[str, str]]]:
+        """``(cursor, record)`` for records appended from now on, until the consumer stops.
+
+        With ``cursor`` (one this method yielded earlier), resume right after that record, so a
+        client that reconnects sees no line twice and misses none.
+        """
+
+    @abc.abstractmethod
+    async def log_cursor_before(self, handle: MachineHandle, lines: int) -> str:
+        """A cursor for :meth:`follow_logs` that replays the last ``lines`` records first."""
 
     async def adopt(self) -> None:  # noqa: B027 (optional hook, empty by default)
         """Called once at server start-up: pick up machines a previous process left running."""

@@ -1,0 +1,129 @@
+"""Per-instance control groups: resource limits (cgroup v1) and a reliable kill (cgroup v2).
+
+Hosts differ. This one may have writable v1 controllers for ``memory``, ``cpu`` and ``pids``,
+and a v2 hierarchy whose only use to us is ``cgroup.kill`` and ``cgroup.events``. Whatever is
+missing is detected at run time and logged once; instances still run without it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import time
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+ROOT = Path("/sys/fs/cgroup")
+GROUP = "gentity"
+# v1 controllers we use, and the v2 mount (named "unified" on hybrid hosts, the root on pure v2).
+V1_CONTROLLERS = ("memory", "cpu", "pids")
+CPU_PERIOD_US = 100_000
+PIDS_MAX = 4096
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    v1: tuple[str, ...]
+    """v1 controllers we can create groups in."""
+    v2: Path | None
+    """Where we can create v2 groups with ``cgroup.kill``, if anywhere."""
+
+
+def _writable_dir(path: Path) -> bool:
+    probe = path / GROUP / f".probe-{os.getpid()}"
+    try:
+        probe.mkdir(parents=True, exist_ok=True)
+        probe.rmdir()
+    except OSError:
+        return False
+    return True
+
+
+@cache
+def capabilities() -> Capabilities:
+    v1 = tuple(
+        c for c in V1_CONTROLLERS if (ROOT / c / "tasks").exists() and _writable_dir(ROOT / c)
+    )
+    v2: Path | None = None
+    for candidate in (ROOT / "unified", ROOT):
+        if (candidate / "cgroup.controllers").exists() and _writable_dir(candidate):
+            v2 = candidate
+            break
+    missing = [c for c in V1_CONTROLLERS if c not in v1]
+    if missing:
+        log.warning(
+            "cgroup v1 controllers not writable here: %s; those limits are not enforced",
+            ", ".join(missing),
+        )
+    if v2 is None:
+        log.warning("no writable cgroup v2 hierarchy; destroy falls back to signalling processes")
+    return Capabilities(v1=v1, v2=v2)
+
+
+class InstanceCgroup:
+    """The cgroups of one instance, named ``gentity/<instance id>`` in every hierarchy used."""
+
+    def __init__(self, instance_id: str, caps: Capabilities | None = None) -> None:
+        self.caps = caps or capabilities()
+        self.v1 = {c: ROOT / c / GROUP / instance_id for c in self.caps.v1}
+        self.v2 = self.caps.v2 / GROUP / instance_id if self.caps.v2 else None
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.v1) or self.v2 is not None
+
+    def create(self, *, cpus: int, memory_mb: int) -> None:
+        """Make the groups and set the limits (idempotent)."""
+        for path in [*self.v1.values(), *([self.v2] if self.v2 else [])]:
+            path.mkdir(parents=True, exist_ok=True)
+        if "memory" in self.v1:
+            _write(self.v1["memory"] / "memory.limit_in_bytes", str(memory_mb * 1024 * 1024))
+        if "cpu" in self.v1:
+            _write(self.v1["cpu"] / "cpu.cfs_period_us", str(CPU_PERIOD_US))
+            _write(self.v1["cpu"] / "cpu.cfs_quota_us", str(cpus * CPU_PERIOD_US))
+        if "pids" in self.v1:
+            _write(self.v1["pids"] / "pids.max", str(PIDS_MAX))
+
+    def procs_files(self) -> list[str]:
+        """The ``cgroup.procs`` files a new process must write its pid into to join."""
+        files = [str(p / "cgroup.procs") for p in self.v1.values()]
+        if self.v2:
+            files.append(str(self.v2 / "cgroup.procs"))
+        return files
+
+    def pids(self) -> set[int]:
+        """Every process in the instance's groups (empty when nothing runs)."""
+        found: set[int] = set()
+        for path in [*self.v1.values(), *([self.v2] if self.v2 else [])]:
+            with contextlib.suppress(OSError):
+                found.update(int(x) for x in (path / "cgroup.procs").read_text().split())
+        return found
+
+    def kill(self, timeout: float = 5.0) -> None:
+        """SIGKILL everything in the groups and wait until they are empty."""
+        deadline = time.monotonic() + timeout
+        while pids := self.pids():
+            if self.v2 and (self.v2 / "cgroup.kill").exists():
+                with contextlib.suppress(OSError):
+                    _write(self.v2 / "cgroup.kill", "1")
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGKILL)
+            if time.monotonic() > deadline:
+                log.warning("processes still alive in cgroup after kill: %s", sorted(pids))
+                return
+            time.sleep(0.02)
+
+    def remove(self) -> None:
+        for path in [*self.v1.values(), *([self.v2] if self.v2 else [])]:
+            with contextlib.suppress(FileNotFoundError):
+                path.rmdir()
+
+
+def _write(path: Path, value: str) -> None:
+    path.write_text(value)

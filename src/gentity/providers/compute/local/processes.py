@@ -1,0 +1,85 @@
+"""Finding and signalling an instance's processes through ``/proc``, when cgroups are absent.
+
+A recorded process id is only trusted together with its start time, so a pid reused by an
+unrelated process after a reboot is never mistaken for (or killed as) an instance's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+from pathlib import Path
+
+
+def _start_time(pid: int) -> str | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # Field 22 (starttime); split after the command name, which may contain spaces.
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def record(pid_file: Path, pid: int) -> None:
+    pid_file.write_text(f"{pid} {_start_time(pid)}\n")
+
+
+def recorded(pid_file: Path) -> int | None:
+    """The recorded pid if that very process still runs."""
+    try:
+        pid_text, started = pid_file.read_text().split()
+    except (OSError, ValueError):
+        return None
+    pid = int(pid_text)
+    return pid if _start_time(pid) == started else None
+
+
+def forget(pid_file: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        pid_file.unlink()
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def tree(root: int) -> set[int]:
+    """``root`` and all its live descendants."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            children.setdefault(ppid, []).append(int(entry.name))
+    found, stack = set(), [root]
+    while stack:
+        pid = stack.pop()
+        if pid in found or not alive(pid):
+            continue
+        found.add(pid)
+        stack.extend(children.get(pid, []))
+    return found
+
+
+def is_guest(pid: int) -> bool:
+    with contextlib.suppress(OSError):
+        return b"gentity.guest" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    return False
+
+
+def kill_tree(pids: set[int], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while pids := {p for p in pids if alive(p)}:
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+        if time.monotonic() > deadline:
+            return
+        time.sleep(0.02)

@@ -1,0 +1,117 @@
+"""The reconciler: make instance rows agree with what the compute provider reports.
+
+Runs at start-up and then every ``GENTITY_RECONCILE_INTERVAL_SECONDS``:
+
+- a ``running`` instance whose machine is no longer running is marked ``error`` with the reason;
+- a transitional row (``starting``, ``stopping``…) whose operation lease has expired, e.g.
+  because the server crashed mid-way, is completed or failed, never left hanging.
+
+Several replicas may run it at once: every status change is a compare-and-set, so the first
+replica to act wins and the others' changes are refused harmlessly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from gentity.guest import client as guest_client
+from gentity.models import InstanceStatus as S
+from gentity.providers.compute.base import MachineState, ProviderError
+from gentity.server.context import AppContext
+from gentity.server.db.ids import utcnow
+from gentity.server.db.orm import Instance
+from gentity.server.services import instances
+from gentity.server.services.instance_status import TRANSITIONAL, TransitionError, set_status
+
+log = logging.getLogger(__name__)
+
+
+async def reconcile_once(ctx: AppContext) -> None:
+    if ctx.compute is None:
+        return
+    async with ctx.db.session() as session:
+        rows = list(
+            await session.scalars(
+                select(Instance).where(
+                    Instance.destroyed_at.is_(None),
+                    Instance.status.in_([S.RUNNING.value, *(s.value for s in TRANSITIONAL)]),
+                )
+            )
+        )
+        for row in rows:
+            try:
+                await _reconcile(ctx, session, row)
+            except TransitionError:
+                await session.rollback()  # someone else changed it first: fine
+            except Exception:
+                await session.rollback()
+                log.exception("reconciling instance %s failed", row.id)
+
+
+async def _reconcile(ctx: AppContext, session: AsyncSession, row: Instance) -> None:
+    assert ctx.compute is not None
+    status = S(row.status)
+    if status is S.RUNNING:
+        if row.provider_ref is None:
+            return
+        seen = await ctx.compute.status(instances.handle_of(row))
+        if seen.state is not MachineState.RUNNING:
+            why = f"the machine is {seen.state.value}" + (f": {seen.detail}" if seen.detail else "")
+            await set_status(
+                session,
+                row,
+                S.ERROR,
+                "machine not running",
+                error_message=f"stopped unexpectedly ({why})",
+            )
+        return
+    if utcnow() - row.updated_at < instances.LEASE_TTL:
+        return  # an operation is (probably) still under way somewhere
+    log.warning("instance %s was left %s; finishing it", row.id, status.value)
+    if status is S.DESTROYING:
+        await instances.teardown(ctx, session, row)
+    elif status is S.STOPPING:
+        if row.provider_ref is not None:
+            await ctx.compute.stop(instances.handle_of(row))
+        await set_status(session, row, S.STOPPED, "stop completed by the reconciler")
+    elif row.provider_ref is not None and await _guest_runs_agent(ctx, row):
+        await set_status(session, row, S.RUNNING, "start completed before an interruption")
+    else:
+        with contextlib.suppress(ProviderError):
+            if row.provider_ref is not None:
+                await ctx.compute.stop(instances.handle_of(row))
+        await set_status(
+            session,
+            row,
+            S.ERROR,
+            "interrupted",
+            error_message=f"interrupted while {status.value}; start it again",
+        )
+
+
+async def _guest_runs_agent(ctx: AppContext, row: Instance) -> bool:
+    assert ctx.compute is not None
+    handle = instances.handle_of(row)
+    if (await ctx.compute.status(handle)).state is not MachineState.RUNNING:
+        return False
+    try:
+        health = await guest_client.health(
+            ctx.compute.guest_address(handle), instances.guest_secret(ctx, row)
+        )
+    except guest_client.GuestError:
+        return False
+    return health.get("state") == "running"
+
+
+async def run_forever(ctx: AppContext) -> None:
+    while True:
+        try:
+            await reconcile_once(ctx)
+        except Exception:
+            log.exception("reconciler pass failed")
+        await asyncio.sleep(ctx.settings.reconcile_interval_seconds)

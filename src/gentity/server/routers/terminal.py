@@ -1,0 +1,165 @@
+"""``GET /api/instances/<id>/terminal``: a WebSocket onto the instance's agent session.
+
+Authentication happens before the upgrade: ``?token=``, a bearer header, or the session cookie
+(then the ``Origin`` must be this server's, or any page on the web could drive the terminal
+with the visitor's cookie). Refusals are plain HTTP answers with the usual error body.
+
+Protocol (JSON text messages)::
+
+    client → server  {"type": "input", "data": "ls\\r"}
+                     {"type": "resize", "cols": 120, "rows": 32}
+    server → client  {"type": "output", "data": "..."}
+                     {"type": "exit", "exitCode": 0, "signal": null}
+
+``?shell=1`` opens a fresh shell for this viewer instead of attaching to the agent's session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import contextlib
+import json
+import logging
+from typing import Any
+
+from fastapi import APIRouter, WebSocket
+from starlette.datastructures import Headers
+from starlette.responses import JSONResponse
+from starlette.websockets import WebSocketDisconnect
+
+from gentity.guest import client as guest_client
+from gentity.guest.protocol import Exit, Output
+from gentity.models import InstanceStatus
+from gentity.server.auth import Principal, resolve_principal
+from gentity.server.context import AppContext
+from gentity.server.errors import ApiError
+from gentity.server.services import instances
+
+router = APIRouter(tags=["terminal"])
+log = logging.getLogger(__name__)
+
+MAX_MESSAGE_BYTES = 256 * 1024
+
+
+@router.websocket("/api/instances/{instance_id}/terminal")
+async def terminal(websocket: WebSocket, instance_id: str) -> None:
+    ctx: AppContext = websocket.app.state.ctx
+    principal = await _authenticate(ctx, websocket)
+    if principal is None:
+        await _deny(websocket, 401, "Unauthorized")
+        return
+    async with ctx.db.session() as db:
+        try:
+            row = await instances.get_owned(db, principal.user.id, instance_id)
+        except ApiError:
+            await _deny(websocket, 404, "Not Found")
+            return
+    if row.status != InstanceStatus.RUNNING.value or ctx.compute is None:
+        await _deny(websocket, 409, f"the instance is {row.status}; start it first")
+        return
+    handle = instances.handle_of(row)
+    op = "shell" if websocket.query_params.get("shell") in ("1", "true") else "attach"
+    try:
+        session = await guest_client.open_session(
+            ctx.compute.guest_address(handle),
+            instances.guest_secret(ctx, row),
+            op=op,  # type: ignore[arg-type]
+            cols=_int(websocket.query_params.get("cols")),
+            rows=_int(websocket.query_params.get("rows")),
+        )
+    except guest_client.GuestError as exc:
+        await _deny(websocket, 502, str(exc))
+        return
+    await websocket.accept()
+    async with session:
+        await _pipe(websocket, session)
+
+
+async def _authenticate(ctx: AppContext, websocket: WebSocket) -> Principal | None:
+    headers = websocket.headers
+    token = websocket.query_params.get("token")
+    uses_cookie = token is None and "authorization" not in headers
+    if uses_cookie and not _same_origin(ctx, headers, websocket.url.scheme):
+        return None
+    async with ctx.db.session() as db:
+        return await resolve_principal(db, headers, websocket.cookies, token)
+
+
+def _same_origin(ctx: AppContext, headers: Headers, ws_scheme: str) -> bool:
+    origin = (headers.get("origin") or "").rstrip("/").lower()
+    scheme = "https" if ws_scheme == "wss" else "http"
+    trusted = {f"{scheme}://{headers.get('host', '')}".lower()}
+    if ctx.settings.public_url:
+        trusted.add(ctx.settings.public_url.rstrip("/").lower())
+    return origin in trusted
+
+
+async def _deny(websocket: WebSocket, status: int, message: str) -> None:
+    """Refuse before the upgrade, with an HTTP status and the usual error body."""
+    if "websocket.http.response" in websocket.scope.get("extensions", {}):
+        await websocket.send_denial_response(JSONResponse({"error": message}, status_code=status))
+    else:
+        await websocket.close(code=1008, reason=message[:120])
+
+
+def _int(value: str | None) -> int | None:
+    return int(value) if value and value.isdigit() else None
+
+
+async def _pipe(websocket: WebSocket, session: guest_client.GuestSession) -> None:
+    """Copy both ways until either side ends; the agent keeps running after we leave."""
+
+    async def guest_to_browser() -> None:
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        while True:
+            frame = await session.read()
+            if isinstance(frame, Output):
+                text = decoder.decode(frame.data)
+                if text:
+                    await websocket.send_text(_message("output", data=text))
+            elif isinstance(frame, Exit):
+                tail = decoder.decode(b"", final=True)
+                if tail:
+                    await websocket.send_text(_message("output", data=tail))
+                await websocket.send_text(
+                    _message("exit", exitCode=frame.exit_code, signal=frame.signal)
+                )
+                return
+            else:
+                return  # the guest went away without an exit status
+
+    async def browser_to_guest() -> None:
+        while True:
+            raw = await websocket.receive_text()
+            if len(raw) > MAX_MESSAGE_BYTES:
+                continue
+            try:
+                message = json.loads(raw)
+            except ValueError:
+                continue
+            if not isinstance(message, dict):
+                continue
+            kind = message.get("type")
+            if kind == "input" and isinstance(message.get("data"), str):
+                await session.send_input(message["data"].encode())
+            elif kind == "resize":
+                cols, rows = message.get("cols"), message.get("rows")
+                if isinstance(cols, int) and isinstance(rows, int) and cols > 0 and rows > 0:
+                    await session.resize(cols, rows)
+
+    tasks = [asyncio.create_task(guest_to_browser()), asyncio.create_task(browser_to_guest())]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, WebSocketDisconnect, Exception):
+                await task
+        with contextlib.suppress(Exception):
+            await websocket.close()
+
+
+def _message(kind: str, **fields: Any) -> str:
+    return json.dumps({"type": kind, **fields}, separators=(",", ":"))

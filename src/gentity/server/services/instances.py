@@ -1,0 +1,352 @@
+"""Instances: create, list, act on, destroy. Long operations run shielded from the request.
+
+A create or an action keeps running when the client that asked for it goes away (a closed
+laptop must not leave an instance half-started). While it runs it renews the row's
+``updated_at`` as a lease; the reconciler finishes or fails transitional rows whose lease has
+run out, e.g. after a server crash.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from gentity import models
+from gentity.catalog import CatalogAgent, CatalogModel
+from gentity.guest import client as guest_client
+from gentity.models import InstanceAction
+from gentity.models import InstanceStatus as S
+from gentity.providers.compute.base import (
+    ComputeProvider,
+    GuestLaunch,
+    InstallStep,
+    MachineHandle,
+    MachineSpec,
+    ProviderError,
+)
+from gentity.server.context import AppContext
+from gentity.server.db.ids import new_id, random_slug, utcnow
+from gentity.server.db.orm import Instance
+from gentity.server.errors import ApiError, not_found
+from gentity.server.services.instance_status import TransitionError, record_creation, set_status
+
+log = logging.getLogger(__name__)
+
+LEASE_RENEW_SECONDS = 20.0
+LEASE_TTL = timedelta(seconds=90)
+AGENT_READY_TIMEOUT = 30.0
+_SUBDOMAIN_ATTEMPTS = 8
+
+
+def to_wire(row: Instance) -> models.Instance:
+    return models.Instance(
+        id=row.id,
+        name=row.name,
+        subdomain=row.subdomain,
+        agent_type=row.agent_type,
+        model_provider=row.model_provider,
+        model_name=row.model_name,
+        region=row.region,
+        status=S(row.status),
+        error_message=row.error_message,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+    )
+
+
+def handle_of(row: Instance) -> MachineHandle:
+    if row.provider_ref is None:
+        raise ProviderError("the instance has no machine")
+    return MachineHandle(ref=row.provider_ref, data=dict(row.provider_state or {}))
+
+
+async def list_for(db: AsyncSession, user_id: str) -> list[Instance]:
+    rows = await db.scalars(
+        select(Instance)
+        .where(Instance.user_id == user_id, Instance.destroyed_at.is_(None))
+        .order_by(Instance.created_at.desc(), Instance.id)
+    )
+    return list(rows)
+
+
+async def get_owned(db: AsyncSession, user_id: str, instance_id: str) -> Instance:
+    """The caller's live instance, or 404 — the same 404 whether missing or someone else's."""
+    row = await db.scalar(
+        select(Instance).where(
+            Instance.id == instance_id,
+            Instance.user_id == user_id,
+            Instance.destroyed_at.is_(None),
+        )
+    )
+    if row is None:
+        raise not_found()
+    return row
+
+
+# --- create --------------------------------------------------------------------------------
+
+
+def _validate(
+    ctx: AppContext, body: models.InstanceCreateRequest
+) -> tuple[CatalogAgent, CatalogModel]:
+    agent = ctx.catalog.get(body.agent_type)
+    if agent is None:
+        known = ", ".join(a.id for a in ctx.catalog.agents)
+        raise ApiError(400, f"agentType: unknown agent {body.agent_type!r} (known: {known})")
+    model = agent.model(body.model_provider, body.model_name)
+    if model is None:
+        choices = ", ".join(f"{m.provider}/{m.name}" for m in agent.models)
+        raise ApiError(
+            400,
+            f"modelName: {body.model_provider}/{body.model_name} is not a model of {agent.id} "
+            f"(choose one of: {choices})",
+        )
+    if model.api_key_env and not (body.api_key and body.api_key.strip()):
+        raise ApiError(400, f"apiKey: required for {agent.name} with {model.provider} models")
+    return agent, model
+
+
+async def create(
+    ctx: AppContext, db: AsyncSession, user_id: str, body: models.InstanceCreateRequest
+) -> models.InstanceCreated:
+    agent, model = _validate(ctx, body)
+    instance_id = new_id()
+    api_key = body.api_key.strip() if body.api_key and model.api_key_env else None
+    row = Instance(
+        id=instance_id,
+        user_id=user_id,
+        name=body.name.strip()
+        if body.name and body.name.strip()
+        else f"{agent.name} - {model.name}",
+        agent_type=agent.id,
+        model_provider=model.provider,
+        model_name=model.name,
+        region=body.region,
+        cpus=agent.default_cpus,
+        memory_mb=agent.default_memory_mb,
+        volume_gb=agent.default_volume_gb,
+        status=S.PROVISIONING.value,
+        provider=_provider(ctx).name,
+        provider_state={},
+        api_key_ciphertext=ctx.box.encrypt(api_key, context=instance_id) if api_key else None,
+        guest_secret_ciphertext=ctx.box.encrypt(secrets.token_urlsafe(32), context=instance_id),
+    )
+    for _attempt in range(_SUBDOMAIN_ATTEMPTS):
+        row.subdomain = f"{agent.subdomain_prefix}-{random_slug(6)}"
+        db.add(row)
+        await record_creation(db, row, "created")
+        try:
+            await db.commit()
+            break
+        except IntegrityError:
+            await db.rollback()
+    else:
+        raise ApiError(503, "could not allocate a unique subdomain; try again")
+
+    async def provision(session: AsyncSession, inst: Instance) -> None:
+        provider = _provider(ctx)
+        spec = MachineSpec(
+            instance_id=inst.id,
+            subdomain=inst.subdomain,
+            cpus=inst.cpus,
+            memory_mb=inst.memory_mb,
+            volume_gb=inst.volume_gb,
+            region=inst.region,
+        )
+        handle = await provider.create(spec)
+        inst.provider_ref, inst.provider_state = handle.ref, dict(handle.data)
+        await session.commit()
+        await set_status(session, inst, S.STARTING, "machine created; booting")
+        await _boot(ctx, session, inst, restart=False)
+
+    await run_operation(ctx, instance_id, provision)
+    refreshed = await db.get(Instance, instance_id, populate_existing=True)
+    assert refreshed is not None
+    if refreshed.status != S.RUNNING.value:
+        raise ApiError(502, refreshed.error_message or f"instance is {refreshed.status}")
+    return models.InstanceCreated(id=row.id, subdomain=row.subdomain, status=S.RUNNING)
+
+
+# --- actions -------------------------------------------------------------------------------
+
+_ACTION_FROM: dict[InstanceAction, frozenset[S]] = {
+    InstanceAction.START: frozenset({S.STOPPED, S.ERROR}),
+    InstanceAction.STOP: frozenset({S.RUNNING}),
+    InstanceAction.RESTART: frozenset({S.RUNNING, S.STOPPED, S.ERROR}),
+}
+
+
+async def act(ctx: AppContext, db: AsyncSession, row: Instance, action: InstanceAction) -> None:
+    current = S(row.status)
+    if current not in _ACTION_FROM[action] or row.provider_ref is None:
+        raise ApiError(409, f"cannot {action.value} an instance that is {current.value}")
+
+    async def operate(session: AsyncSession, inst: Instance) -> None:
+        if action is InstanceAction.STOP:
+            await set_status(session, inst, S.STOPPING, "stop requested")
+            await _provider(ctx).stop(handle_of(inst))
+            await set_status(session, inst, S.STOPPED, "stopped by request")
+        elif action is InstanceAction.START or S(inst.status) is S.STOPPED:
+            await set_status(session, inst, S.STARTING, f"{action.value} requested")
+            await _boot(ctx, session, inst, restart=False)
+        else:
+            await set_status(session, inst, S.RESTARTING, "restart requested")
+            await _boot(ctx, session, inst, restart=True)
+
+    try:
+        await run_operation(ctx, row.id, operate)
+    except TransitionError as exc:
+        raise ApiError(409, f"cannot {action.value} the instance now: {exc}") from exc
+    await db.refresh(row)
+    if row.status == S.ERROR.value:
+        raise ApiError(502, row.error_message or "the instance failed")
+
+
+async def destroy(ctx: AppContext, db: AsyncSession, row: Instance) -> None:
+    if row.status == S.DESTROYING.value:
+        raise ApiError(409, "the instance is already being destroyed")
+
+    async def operate(session: AsyncSession, inst: Instance) -> None:
+        await set_status(session, inst, S.DESTROYING, "destroy requested")
+        await teardown(ctx, session, inst)
+
+    try:
+        await run_operation(ctx, row.id, operate)
+    except TransitionError as exc:
+        raise ApiError(409, f"cannot destroy the instance now: {exc}") from exc
+    await db.refresh(row)
+    if row.status != S.DESTROYED.value:
+        raise ApiError(502, row.error_message or "the instance could not be destroyed")
+
+
+async def teardown(ctx: AppContext, session: AsyncSession, inst: Instance) -> None:
+    if inst.provider_ref is not None:
+        await _provider(ctx).destroy(handle_of(inst))
+    inst.api_key_ciphertext = None  # nothing left to decrypt once the machine is gone
+    await session.commit()
+    await set_status(session, inst, S.DESTROYED, "machine and volume destroyed")
+
+
+# --- booting -------------------------------------------------------------------------------
+
+
+def guest_secret(ctx: AppContext, inst: Instance) -> str:
+    return ctx.box.decrypt(inst.guest_secret_ciphertext, context=inst.id)
+
+
+def _launch(ctx: AppContext, inst: Instance) -> GuestLaunch:
+    agent = ctx.catalog.get(inst.agent_type)
+    if agent is None:
+        raise ProviderError(f"agent {inst.agent_type!r} is no longer in the catalog")
+    model = agent.model(inst.model_provider, inst.model_name)
+    if model is None:
+        raise ProviderError(f"model {inst.model_name!r} is no longer offered for {agent.id}")
+    agent_env: dict[str, str] = {}
+    if model.api_key_env and inst.api_key_ciphertext:
+        # Decrypted only here, into the launch that the provider hands to the guest.
+        agent_env[model.api_key_env] = ctx.box.decrypt(inst.api_key_ciphertext, context=inst.id)
+    install = InstallStep(npm=agent.install.npm, pypi=agent.install.pypi) if agent.install else None
+    return GuestLaunch(
+        agent=agent.id,
+        command=agent.launch_command(model),
+        secret=guest_secret(ctx, inst),
+        agent_env=agent_env,
+        install=install,
+    )
+
+
+async def _boot(ctx: AppContext, session: AsyncSession, inst: Instance, *, restart: bool) -> None:
+    """Start (or restart) the machine and wait until the guest reports the agent running."""
+    provider = _provider(ctx)
+    handle = handle_of(inst)
+    launch = _launch(ctx, inst)
+    if restart:
+        await provider.restart(handle, launch)
+    else:
+        await provider.start(handle, launch)
+    health = await wait_for_agent(provider.guest_address(handle), launch.secret)
+    if health.get("state") == "error":
+        await provider.stop(handle)
+        raise ProviderError(str(health.get("error") or "the agent failed to start"))
+    await set_status(session, inst, S.RUNNING, "agent running")
+
+
+async def wait_for_agent(address: str, secret: str) -> dict[str, Any]:
+    """Poll the guest until the agent runs or has failed for good."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + AGENT_READY_TIMEOUT
+    while True:
+        health = await guest_client.health(address, secret)
+        if health.get("state") in ("running", "error"):
+            return health
+        if loop.time() > deadline:
+            raise ProviderError(f"the agent did not start (guest state: {health.get('state')})")
+        await asyncio.sleep(0.02)
+
+
+# --- running operations --------------------------------------------------------------------
+
+Operation = Callable[[AsyncSession, Instance], Awaitable[None]]
+
+
+async def run_operation(ctx: AppContext, instance_id: str, operation: Operation) -> None:
+    """Run ``operation`` to completion even if the caller is cancelled, under a lease.
+
+    A provider or guest failure moves the instance to ``error`` with the failure's message.
+    """
+    task = asyncio.create_task(_supervised(ctx, instance_id, operation))
+    ctx.background.add(task)
+    task.add_done_callback(ctx.background.discard)
+    await asyncio.shield(task)
+
+
+async def _supervised(ctx: AppContext, instance_id: str, operation: Operation) -> None:
+    lease = asyncio.create_task(_renew_lease(ctx, instance_id))
+    try:
+        async with ctx.db.session() as session:
+            inst = await session.get(Instance, instance_id)
+            assert inst is not None
+            try:
+                await operation(session, inst)
+            except TransitionError:
+                raise
+            except Exception as exc:
+                expected = isinstance(exc, ProviderError | guest_client.GuestError | OSError)
+                if expected:
+                    log.warning("instance %s: %s", instance_id, exc)
+                else:
+                    log.exception("instance %s: operation failed", instance_id)
+                message = str(exc) if expected else "internal error; see the server log"
+                await session.rollback()
+                await session.refresh(inst)
+                with contextlib.suppress(TransitionError):
+                    await set_status(
+                        session, inst, S.ERROR, "operation failed", error_message=message
+                    )
+    finally:
+        lease.cancel()
+
+
+async def _renew_lease(ctx: AppContext, instance_id: str) -> None:
+    while True:
+        await asyncio.sleep(LEASE_RENEW_SECONDS)
+        async with ctx.db.session() as session:
+            await session.execute(
+                update(Instance).where(Instance.id == instance_id).values(updated_at=utcnow())
+            )
+            await session.commit()
+
+
+def _provider(ctx: AppContext) -> ComputeProvider:
+    if ctx.compute is None:
+        raise ProviderError("no compute provider is configured")
+    return ctx.compute

@@ -1,0 +1,154 @@
+"""The local provider: the shared contract, plus isolation, limits and detachment."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+import pytest
+
+from gentity.guest import client as guest_client
+from gentity.providers.compute.base import MachineState
+from gentity.providers.compute.local.cgroups import InstanceCgroup, capabilities
+from gentity.providers.compute.local.provider import LocalProvider
+from gentity.providers.compute.local.sandbox import bwrap_path
+from tests.providers.contract import (
+    ProviderContract,
+    launch,
+    run,
+    shell_output,
+    spec,
+    wait_agent,
+)
+
+
+@pytest.fixture
+def provider(tmp_path: Path) -> LocalProvider:
+    return LocalProvider(tmp_path / "data")
+
+
+class TestLocalContract(ProviderContract):
+    pass
+
+
+def test_processes_outlive_the_provider_object(tmp_path: Path) -> None:
+    """A new server process (a new provider object) finds running instances again."""
+    secret = secrets.token_urlsafe(16)
+
+    async def scenario() -> None:
+        first = LocalProvider(tmp_path / "data")
+        handle = await first.create(spec())
+        await first.start(handle, launch(secret))
+        await wait_agent(first, handle, secret)
+        second = LocalProvider(tmp_path / "data")
+        assert (await second.status(handle)).state is MachineState.RUNNING
+        await wait_agent(second, handle, secret)
+        await second.destroy(handle)
+        assert not (tmp_path / "data" / "instances" / handle.ref).exists()
+
+    run(scenario())
+
+
+@pytest.mark.skipif(not capabilities().v1, reason="no writable cgroup v1 controllers here")
+def test_limits_are_applied_and_destroy_leaves_nothing(provider: LocalProvider) -> None:
+    secret = secrets.token_urlsafe(16)
+
+    async def scenario() -> None:
+        machine = spec()
+        handle = await provider.create(machine)
+        await provider.start(handle, launch(secret))
+        await wait_agent(provider, handle, secret)
+        cgroup = InstanceCgroup(handle.ref)
+        pids = cgroup.pids()
+        assert pids
+        if "memory" in cgroup.v1:
+            limit = int((cgroup.v1["memory"] / "memory.limit_in_bytes").read_text())
+            assert limit == machine.memory_mb * 1024 * 1024
+        if "cpu" in cgroup.v1:
+            assert int((cgroup.v1["cpu"] / "cpu.cfs_quota_us").read_text()) == 100_000
+        await provider.destroy(handle)
+        for pid in pids:
+            assert not Path(f"/proc/{pid}").exists() or _zombie(pid)
+        assert not any(p.exists() for p in cgroup.v1.values())
+
+    run(scenario())
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+@pytest.mark.skipif(bwrap_path() is None, reason="bubblewrap is not installed")
+def test_sandbox_hides_the_host_and_other_instances(tmp_path: Path) -> None:
+    secret = secrets.token_urlsafe(16)
+    data = tmp_path / "data"
+    (data / "secret.key").parent.mkdir(parents=True)
+    (data / "secret.key").write_text("do-not-read")
+
+    async def scenario() -> None:
+        provider = LocalProvider(data)
+        a = await provider.create(spec())
+        b = await provider.create(spec())
+        try:
+            await provider.start(a, launch(secret))
+            await wait_agent(provider, a, secret)
+            out = await shell_output(
+                provider,
+                a,
+                secret,
+                f"cat {data}/secret.key; ls {data}/instances; touch /usr/x; "
+                "ps -e -o pid= | wc -l; echo end-$((2+3))",
+                "end-5",
+            )
+            assert "do-not-read" not in out
+            assert b.ref not in out  # the other instance's directory is invisible
+            assert "Read-only file system" in out or "Permission denied" in out
+            process_count = int(out.split("end-5")[0].strip().splitlines()[-1].strip())
+            assert process_count < 10  # its own PID namespace, not the host's processes
+        finally:
+            await provider.destroy(a)
+            await provider.destroy(b)
+
+    run(scenario())
+
+
+def test_guest_environment_has_no_server_secrets(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GENTITY_SECRET_KEY", "server-only-secret")
+    secret = secrets.token_urlsafe(16)
+
+    async def scenario() -> None:
+        provider = LocalProvider(tmp_path / "data")
+        handle = await provider.create(spec())
+        try:
+            await provider.start(handle, launch(secret))
+            await wait_agent(provider, handle, secret)
+            out = await shell_output(provider, handle, secret, "env; echo env-done", "env-done")
+            assert "server-only-secret" not in out
+            assert "GENTITY_SECRET_KEY" not in out
+            health = await guest_client.health(provider.guest_address(handle), secret)
+            assert health["state"] == "running"
+        finally:
+            await provider.destroy(handle)
+
+    run(scenario())
+
+
+def test_missing_instance_directory_is_missing(provider: LocalProvider) -> None:
+    from gentity.providers.compute.base import MachineHandle
+
+    async def scenario() -> None:
+        handle = MachineHandle(ref="c" + "0" * 24, data={"cpus": 1, "memoryMb": 512})
+        assert (await provider.status(handle)).state is MachineState.MISSING
+        await provider.stop(handle)
+        await provider.destroy(handle)
+
+    run(scenario())
+
+
+assert os  # used by skip conditions on other hosts

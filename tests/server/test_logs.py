@@ -1,0 +1,168 @@
+"""Instance logs: tail with ``lines``, SSE follow with keep-alives, resume, and disconnects."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import httpx
+import pytest
+
+from gentity.server.routers import instances as instances_router
+from tests.conftest import LiveServer
+from tests.server.terminal_client import Terminal, ws_url
+from tests.server.test_instances import create_shell
+
+
+def type_into(base: str, iid: str, token: str, command: str, marker: str) -> None:
+    async def run() -> None:
+        term = await Terminal.open(ws_url(base, iid, token))
+        await term.send(command + "\r")
+        await term.expect(marker)
+        await term.close()
+
+    asyncio.run(run())
+
+
+@pytest.mark.parametrize("bad", ["0", "1001", "abc", "-5", "2.5", ""])
+def test_lines_must_be_1_to_1000(bearer: httpx.Client, bad: str) -> None:
+    iid = create_shell(bearer)["id"]
+    response = bearer.get(f"/api/instances/{iid}/logs", params={"lines": bad})
+    assert response.status_code == 400
+    assert "lines" in response.json()["error"]
+    bearer.delete(f"/api/instances/{iid}")
+
+
+def test_tail_is_oldest_first_and_survives_stop_start(bearer: httpx.Client, token: str) -> None:
+    iid = create_shell(bearer)["id"]
+    base = str(bearer.base_url)
+    type_into(
+        base, iid, token, "for i in 1 2 3 4 5; do echo row-$i; done; echo end-$((9+1))", "end-10"
+    )
+    for _ in range(100):  # the guest writes the log a moment after the terminal shows output
+        logs = bearer.get(f"/api/instances/{iid}/logs", params={"lines": 1000}).json()["logs"]
+        rows = [line["message"] for line in logs if line["message"].startswith("row-")]
+        if len(rows) == 5 and logs[-1]["message"].endswith("#"):
+            break
+        time.sleep(0.05)
+    assert rows == ["row-1", "row-2", "row-3", "row-4", "row-5"]
+    for line in logs:
+        assert set(line) == {"timestamp", "level", "message"}
+        assert line["level"] in ("debug", "info", "warn", "error")
+    stamps = [line["timestamp"] for line in logs]
+    assert stamps == sorted(stamps)
+    two = bearer.get(f"/api/instances/{iid}/logs", params={"lines": 2}).json()["logs"]
+    assert len(two) == 2 and two == logs[-2:]
+    default = bearer.get(f"/api/instances/{iid}/logs").json()["logs"]
+    assert 0 < len(default) <= 200
+    bearer.post(f"/api/instances/{iid}/action", json={"action": "stop"})
+    after_stop = bearer.get(f"/api/instances/{iid}/logs", params={"lines": 1000}).json()["logs"]
+    assert [m for m in after_stop[: len(logs)]] == logs
+    bearer.post(f"/api/instances/{iid}/action", json={"action": "start"})
+    restarted = bearer.get(f"/api/instances/{iid}/logs", params={"lines": 1000}).json()["logs"]
+    assert any(m["message"] == "row-3" for m in restarted)
+    bearer.delete(f"/api/instances/{iid}")
+
+
+def _read_events(lines: Iterator[str], until: Callable[[list[dict]], bool]) -> list[dict]:
+    """Parse SSE events (and comments) until ``until(events)`` holds or 15 s pass."""
+    events: list[dict] = []
+    current: dict = {}
+    deadline = time.monotonic() + 15
+    for line in lines:
+        if line.startswith("id: "):
+            current["id"] = line[4:]
+        elif line.startswith("data: "):
+            current["data"] = json.loads(line[6:])
+        elif line.startswith(":"):
+            events.append({"comment": line})
+        elif line == "" and current:
+            events.append(current)
+            current = {}
+        if until(events) or time.monotonic() > deadline:
+            break
+    return events
+
+
+def _has(message: str) -> Callable[[list[dict]], bool]:
+    return lambda events: any(e.get("data", {}).get("message") == message for e in events)
+
+
+def test_follow_streams_new_lines_and_resumes(
+    server: LiveServer, bearer: httpx.Client, token: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(instances_router, "KEEPALIVE_SECONDS", 0.3)
+    iid = create_shell(bearer)["id"]
+    base = str(bearer.base_url)
+    url = f"/api/instances/{iid}/logs"
+    typist = threading.Timer(
+        1.0,
+        type_into,
+        (base, iid, token, "echo sse-1; sleep 1; echo sse-2; echo e-$((1+1))", "e-2"),
+    )
+    typist.start()
+    with bearer.stream("GET", url, params={"follow": "1", "lines": "1"}) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        assert response.headers["cache-control"] == "no-store"
+        events = _read_events(response.iter_lines(), _has("sse-1"))
+    typist.join()
+    assert any("comment" in e for e in events), "no keep-alive comment seen"
+    last = next(e for e in events if e.get("data", {}).get("message") == "sse-1")
+    # Resume after sse-1: what follows is new, nothing is repeated.
+    with bearer.stream(
+        "GET", url, params={"follow": "1"}, headers={"Last-Event-ID": last["id"]}
+    ) as resumed:
+        more = _read_events(resumed.iter_lines(), _has("sse-2"))
+    messages = [e["data"]["message"] for e in more if "data" in e]
+    assert "sse-1" not in messages
+    assert "sse-2" in messages
+    bearer.delete(f"/api/instances/{iid}")
+
+
+def test_disconnect_leaves_no_stream_behind(server: LiveServer, bearer: httpx.Client) -> None:
+    iid = create_shell(bearer)["id"]
+    log_file = server.app.state.ctx.settings.data_dir / "instances" / iid / "logs" / "agent.log"
+
+    def open_log_handles() -> int:
+        count = 0
+        for fd in os.listdir("/proc/self/fd"):
+            try:
+                if os.readlink(f"/proc/self/fd/{fd}") == str(log_file):
+                    count += 1
+            except OSError:
+                pass
+        return count
+
+    tasks_before = _server_tasks(server)
+    for _ in range(3):
+        with bearer.stream("GET", f"/api/instances/{iid}/logs", params={"follow": "1"}) as r:
+            next(r.iter_lines())
+            for _ in range(100):
+                if open_log_handles():
+                    break
+                time.sleep(0.02)
+            assert open_log_handles() == 1
+    for _ in range(100):
+        if open_log_handles() == 0 and _server_tasks(server) <= tasks_before:
+            break
+        time.sleep(0.05)
+    assert open_log_handles() == 0
+    assert _server_tasks(server) <= tasks_before
+    # The server still answers promptly.
+    assert bearer.get("/healthz").status_code == 200
+    bearer.delete(f"/api/instances/{iid}")
+
+
+def _server_tasks(server: LiveServer) -> int:
+    loop = server.server_loop
+    future = asyncio.run_coroutine_threadsafe(_count_tasks(), loop)
+    return future.result(5)
+
+
+async def _count_tasks() -> int:
+    return len(asyncio.all_tasks())
