@@ -246,8 +246,14 @@ _TERMINAL_NOISE = re.compile(
 )
 
 
+# Full-screen programs (Ink-based agents among them) move the cursor right instead of
+# printing spaces; in a text log that gap should stay a gap.
+_CURSOR_FORWARD = re.compile(r"\x1b\[(\d{0,3})C")
+
+
 def strip_terminal(text: str) -> str:
     """Remove ANSI/VT escape sequences, carriage returns and other control characters."""
+    text = _CURSOR_FORWARD.sub(lambda m: " " * int(m.group(1) or 1), text)
     return _TERMINAL_NOISE.sub("", text)
 
 

@@ -13,6 +13,7 @@ from fastapi import FastAPI
 from gentity import __version__
 from gentity.catalog import load_catalog
 from gentity.providers.compute.registry import create_provider
+from gentity.server import web
 from gentity.server.context import AppContext
 from gentity.server.db.database import Database
 from gentity.server.errors import install_error_handlers
@@ -78,6 +79,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         terminal.router,
     ):
         app.include_router(router)
+    # The dashboard: page shells (kept out of the OpenAPI schema) and their static files.
+    app.include_router(web.router)
+    app.mount("/static", web.static_app(), name="static")
     # Outermost first: refuse oversized bodies before anything reads them.
     app.add_middleware(CrossOriginGuard, public_origin=settings.public_url)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)

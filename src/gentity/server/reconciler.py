@@ -35,22 +35,26 @@ async def reconcile_once(ctx: AppContext) -> None:
     if ctx.compute is None:
         return
     async with ctx.db.session() as session:
-        rows = list(
+        ids = list(
             await session.scalars(
-                select(Instance).where(
+                select(Instance.id).where(
                     Instance.destroyed_at.is_(None),
                     Instance.status.in_([S.RUNNING.value, *(s.value for s in TRANSITIONAL)]),
                 )
             )
         )
-        for row in rows:
+    for instance_id in ids:
+        # One session per instance: a failure (and its rollback) must not touch the others.
+        async with ctx.db.session() as session:
+            row = await session.get(Instance, instance_id)
+            if row is None:
+                continue
             try:
                 await _reconcile(ctx, session, row)
             except TransitionError:
-                await session.rollback()  # someone else changed it first: fine
+                pass  # someone else changed it first: fine
             except Exception:
-                await session.rollback()
-                log.exception("reconciling instance %s failed", row.id)
+                log.exception("reconciling instance %s failed", instance_id)
 
 
 async def _reconcile(ctx: AppContext, session: AsyncSession, row: Instance) -> None:

@@ -188,7 +188,7 @@ _ACTION_FROM: dict[InstanceAction, frozenset[S]] = {
 async def act(ctx: AppContext, db: AsyncSession, row: Instance, action: InstanceAction) -> None:
     current = S(row.status)
     if current not in _ACTION_FROM[action] or row.provider_ref is None:
-        raise ApiError(409, f"cannot {action.value} an instance that is {current.value}")
+        raise ApiError(409, f"cannot {action.value} the instance while it is {current.value}")
 
     async def operate(session: AsyncSession, inst: Instance) -> None:
         if action is InstanceAction.STOP:

@@ -16,11 +16,23 @@ from pathlib import Path
 
 from gentity.guest.logfile import LogWriter
 from gentity.providers.compute.base import InstallStep, ProviderError
-from gentity.providers.compute.local.sandbox import DEFAULT_PATH
+from gentity.providers.compute.local.sandbox import DEFAULT_PATH, TLS_TRUST_VARIABLES
 
 INSTALL_TIMEOUT_SECONDS = 15 * 60
-# npm's own settings (a registry mirror, a proxy) pass through to the install.
-_PASSTHROUGH_PREFIXES = ("npm_config_", "NPM_CONFIG_", "PIP_", "HTTP_PROXY", "HTTPS_PROXY")
+# The operator's settings for npm and pip (a registry mirror, a proxy, a private CA) apply to
+# the install, which runs as the server's user like any package install would.
+_PASSTHROUGH_PREFIXES = (
+    "npm_config_",
+    "NPM_CONFIG_",
+    "PIP_",
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "NO_PROXY",
+    "http_proxy",
+    "https_proxy",
+    "no_proxy",
+    *TLS_TRUST_VARIABLES,
+)
 
 
 class AgentInstallError(ProviderError):
@@ -78,7 +90,7 @@ def _commands(target: Path, step: InstallStep) -> list[list[str]]:
 def _run(command: list[str], target: Path, log: LogWriter) -> None:
     env = {
         "PATH": DEFAULT_PATH,
-        "HOME": str(target.parent / ".home"),
+        "HOME": os.environ.get("HOME", str(target.parent)),  # for the user's ~/.npmrc
         "npm_config_cache": str(target.parent / ".npm-cache"),
         "LANG": "C.UTF-8",
     }

@@ -16,6 +16,7 @@ Without ``bwrap`` the guest runs as a plain detached process and a warning is lo
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import subprocess
 import sys
@@ -41,6 +42,15 @@ HIDDEN_PATHS = (
     "/var/run",
 )
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+# Where the host keeps its trusted certificates, when not in the default place. Agents talk
+# TLS to their model APIs, so these follow them into the sandbox (paths only, no secrets).
+TLS_TRUST_VARIABLES = (
+    "SSL_CERT_FILE",
+    "SSL_CERT_DIR",
+    "NODE_EXTRA_CA_CERTS",
+    "REQUESTS_CA_BUNDLE",
+    "CURL_CA_BUNDLE",
+)
 
 
 @dataclass(frozen=True)
@@ -106,7 +116,9 @@ def guest_command() -> list[str]:
 
 def guest_environment(paths: InstancePaths, extra_path: list[str]) -> dict[str, str]:
     """The guest's own environment: minimal and free of the server's secrets."""
+    trust = {k: os.environ[k] for k in TLS_TRUST_VARIABLES if k in os.environ}
     return {
+        **trust,
         "PATH": ":".join([*extra_path, DEFAULT_PATH]),
         "HOME": str(paths.volume),
         "LANG": "C.UTF-8",

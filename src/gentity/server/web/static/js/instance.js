@@ -1,0 +1,88 @@
+// /dashboard/instances/{id}: details and status (polled), lifecycle buttons, terminal and logs.
+import "./common.js";
+import { api } from "./api.js";
+import { renderStatus, runAction, updateActionButtons } from "./actions.js";
+import { LogsPane } from "./logs.js";
+import { TerminalPane } from "./terminal.js";
+import { setTime, showMessage } from "./ui.js";
+
+const POLL_MS = 3000;
+const instanceId = document.body.dataset.instanceId;
+const path = `/api/instances/${encodeURIComponent(instanceId)}`;
+const actions = document.querySelector(".page-head__actions");
+const actionError = document.querySelector("[data-action-error]");
+const refreshError = document.querySelector("[data-refresh-error]");
+const terminal = new TerminalPane(document.querySelector("[data-terminal]"), instanceId);
+const logs = new LogsPane(document.querySelector("[aria-labelledby=logs-heading]"), instanceId);
+let instance = null;
+let timer = null;
+
+function fields(name) {
+  return document.querySelectorAll(`[data-field="${name}"]`);
+}
+
+function render(current) {
+  instance = current;
+  for (const node of fields("name")) node.textContent = current.name;
+  document.title = `${current.name} · Gentity`;
+  for (const node of fields("status")) renderStatus(node, current.status);
+  for (const node of fields("agent")) node.textContent = current.agentType;
+  for (const node of fields("model")) node.textContent = `${current.modelProvider}/${current.modelName}`;
+  for (const node of fields("created")) setTime(node, current.createdAt);
+  for (const node of fields("errorMessage")) showMessage(node, current.errorMessage || "");
+  updateActionButtons(actions, current.status);
+  terminal.setAvailable(current.status === "running", statusReason(current.status));
+}
+
+function statusReason(status) {
+  if (status === "stopped") return "The instance is stopped. Start it to use the terminal.";
+  if (status === "error") return "The instance has a problem (see above). Restart it to try again.";
+  return `The instance is ${status}. The terminal connects when it is running.`;
+}
+
+let gone = false;
+
+async function refresh() {
+  clearTimeout(timer);
+  try {
+    render(await api("GET", path));
+    showMessage(refreshError, "");
+  } catch (error) {
+    if (error.status === 404) {
+      gone = true;
+      terminal.setAvailable(false, "This instance no longer exists.");
+      showMessage(refreshError, "This instance no longer exists.");
+      updateActionButtons(actions, "destroyed");
+      logs.stop();
+      return;
+    }
+    showMessage(refreshError, `Could not refresh the instance: ${error.message}`);
+  } finally {
+    // Keep polling through passing errors (a server restart, a network blip), not after 404.
+    clearTimeout(timer);
+    if (!gone && !document.hidden) timer = setTimeout(refresh, POLL_MS);
+  }
+}
+
+for (const button of actions.querySelectorAll("[data-action]")) {
+  button.addEventListener("click", async () => {
+    if (!instance) return;
+    const action = button.dataset.action;
+    // A refusal stays next to the buttons until the next action; polling does not clear it.
+    const ok = await runAction(instance, action, { container: actions, button, errorSlot: actionError });
+    if (!ok) return;
+    if (action === "delete") {
+      location.assign("/dashboard");
+      return;
+    }
+    refresh();
+  });
+}
+
+document.addEventListener("visibilitychange", () => {
+  if (!document.hidden) refresh();
+  else clearTimeout(timer);
+});
+
+refresh();
+logs.start();

@@ -1,0 +1,183 @@
+// The browser terminal: xterm.js on the instance's terminal WebSocket.
+//
+// Protocol (JSON text frames): we send {"type":"input","data"} and {"type":"resize","cols","rows"};
+// the server sends {"type":"output","data"} and, when the agent process ends,
+// {"type":"exit","exitCode","signal"} and closes. On every (re)connect the server first replays
+// the recent output, so the screen is reset before each connection instead of duplicating it.
+// A dropped socket is retried with backoff; after an exit the agent is restarted by the
+// server's policy, so we reconnect after a short pause.
+
+const MAX_BACKOFF_MS = 15000;
+const MAX_ATTEMPTS = 8;
+const AFTER_EXIT_MS = 1500;
+
+const THEME = {
+  background: "#14181c",
+  foreground: "#e6e9ec",
+  cursor: "#7fd1c7",
+  selectionBackground: "#3b4a57",
+};
+
+export class TerminalPane {
+  constructor(root, instanceId) {
+    this.root = root;
+    this.instanceId = instanceId;
+    this.screen = root.querySelector("[data-terminal-screen]");
+    this.stateLabel = root.querySelector("[data-terminal-state]");
+    this.reconnectButton = root.querySelector("[data-terminal-reconnect]");
+    this.socket = null;
+    this.attempts = 0;
+    this.retryTimer = null;
+    this.wanted = false; // whether we should be connected (the instance is running)
+    this.exited = false;
+
+    this.term = new window.Terminal({
+      cursorBlink: true,
+      fontFamily: 'ui-monospace, "SFMono-Regular", "DejaVu Sans Mono", Menlo, Consolas, monospace',
+      fontSize: 14,
+      scrollback: 5000,
+      theme: THEME,
+    });
+    this.fitAddon = new window.FitAddon.FitAddon();
+    this.term.loadAddon(this.fitAddon);
+    this.term.open(this.screen);
+    this.fit();
+
+    this.term.onData((data) => this.send({ type: "input", data }));
+    this.term.onResize(({ cols, rows }) => this.send({ type: "resize", cols, rows }));
+    // The pane changes size with the window, the phone's rotation and the page layout.
+    let pending = 0;
+    const refit = () => {
+      cancelAnimationFrame(pending);
+      pending = requestAnimationFrame(() => this.fit());
+    };
+    new ResizeObserver(refit).observe(this.screen);
+    window.addEventListener("resize", refit);
+    this.reconnectButton.addEventListener("click", () => {
+      this.wanted = true;
+      this.attempts = 0;
+      this.connect();
+      this.term.focus();
+    });
+    this.screen.addEventListener("click", () => this.term.focus());
+  }
+
+  fit() {
+    if (!this.screen.offsetParent && this.screen.clientWidth === 0) return; // not laid out
+    try {
+      this.fitAddon.fit();
+    } catch {
+      // Fitting a terminal that is not yet visible throws; the next resize fits it.
+    }
+  }
+
+  url() {
+    const scheme = location.protocol === "https:" ? "wss:" : "ws:";
+    const path = `/api/instances/${encodeURIComponent(this.instanceId)}/terminal`;
+    // The initial size lets the server replay the recent output at the width it will be shown.
+    return `${scheme}//${location.host}${path}?cols=${this.term.cols}&rows=${this.term.rows}`;
+  }
+
+  setState(text, { canReconnect = false, tone = "" } = {}) {
+    this.stateLabel.textContent = text;
+    this.stateLabel.dataset.tone = tone;
+    this.root.dataset.state = tone;
+    this.reconnectButton.hidden = !canReconnect;
+  }
+
+  send(message) {
+    if (this.socket && this.socket.readyState === WebSocket.OPEN) {
+      this.socket.send(JSON.stringify(message));
+    }
+  }
+
+  // Connect when the instance can take a terminal; called again on every status poll.
+  setAvailable(available, reason) {
+    if (available && !this.wanted) {
+      this.wanted = true;
+      this.attempts = 0;
+      this.connect();
+    } else if (!available && this.wanted) {
+      this.wanted = false;
+      this.disconnect();
+      this.setState(reason || "The instance is not running.", { tone: "off" });
+    } else if (!available) {
+      this.setState(reason || "The instance is not running.", { tone: "off" });
+    }
+  }
+
+  connect() {
+    clearTimeout(this.retryTimer);
+    if (this.socket && this.socket.readyState <= WebSocket.OPEN) return;
+    this.exited = false;
+    this.setState("Connecting…", { tone: "busy" });
+    this.fit();
+    const socket = new WebSocket(this.url());
+    this.socket = socket;
+    socket.addEventListener("open", () => {
+      this.attempts = 0;
+      // The server replays recent output first: start from a clean screen.
+      this.term.reset();
+      this.fit();
+      this.send({ type: "resize", cols: this.term.cols, rows: this.term.rows });
+      this.setState("Connected", { tone: "on" });
+    });
+    socket.addEventListener("message", (event) => this.onMessage(event));
+    socket.addEventListener("close", (event) => {
+      if (this.socket !== socket) return;
+      this.socket = null;
+      this.onClose(event);
+    });
+  }
+
+  onMessage(event) {
+    let message;
+    try {
+      message = JSON.parse(event.data);
+    } catch {
+      return;
+    }
+    if (message.type === "output" && typeof message.data === "string") {
+      this.term.write(message.data);
+    } else if (message.type === "exit") {
+      this.exited = true;
+      const how = message.signal ? `signal ${message.signal}` : `code ${message.exitCode}`;
+      this.term.write(`\r\n\x1b[2m[the process exited with ${how}]\x1b[0m\r\n`);
+      this.setState(`The process exited with ${how}. It restarts by itself; reconnecting…`, {
+        canReconnect: true,
+        tone: "busy",
+      });
+    }
+  }
+
+  onClose(event) {
+    if (!this.wanted) return;
+    if (this.exited) {
+      this.retryTimer = setTimeout(() => this.connect(), AFTER_EXIT_MS);
+      return;
+    }
+    this.attempts += 1;
+    if (this.attempts > MAX_ATTEMPTS) {
+      this.setState("Disconnected. The terminal could not be reached.", { canReconnect: true, tone: "off" });
+      return;
+    }
+    const delay = Math.min(500 * 2 ** this.attempts, MAX_BACKOFF_MS);
+    const why = event.reason ? ` (${event.reason})` : "";
+    this.setState(`Disconnected${why}. Reconnecting in ${Math.round(delay / 1000)} s…`, {
+      canReconnect: true,
+      tone: "busy",
+    });
+    this.retryTimer = setTimeout(() => this.connect(), delay);
+  }
+
+  disconnect() {
+    clearTimeout(this.retryTimer);
+    const socket = this.socket;
+    this.socket = null;
+    if (socket) socket.close(1000, "client closing");
+  }
+
+  focus() {
+    this.term.focus();
+  }
+}
