@@ -15,7 +15,7 @@ import pytest
 
 from gentity.server.db.ids import utcnow
 from gentity.server.web import handoff
-from tests.conftest import LiveServer
+from tests.conftest import PASSWORD, LiveServer
 
 
 @pytest.fixture
@@ -119,3 +119,36 @@ def test_anonymous_and_unknown_subdomains(server: LiveServer, admin: httpx.Clien
         )
     missing = admin.get("/dashboard/open/sh-abcdef")
     assert missing.status_code == 404 and "text/html" in missing.headers["content-type"]
+
+
+def test_the_subdomain_session_is_scoped_and_ends_with_the_dashboard_session(
+    server: LiveServer, owner: tuple[httpx.Client, dict[str, str]]
+) -> None:
+    client, instance = owner
+    sub = instance["subdomain"]
+    host = _sub_host(server, sub)
+    redeemed = _redeem(server, host, _mint(client, sub))
+    cookie = redeemed.cookies["gentity_session"]
+    with httpx.Client(
+        base_url=server.url, cookies={"gentity_session": cookie}, headers={"Host": host}
+    ) as sub_client:
+        # Its own instance, yes; anything else the account could do, no.
+        assert sub_client.get(f"/api/instances/{instance['id']}").status_code == 200
+        for method, path in (
+            ("GET", "/api/tokens"),
+            ("GET", "/api/instances"),
+            ("GET", f"/api/instances/{instance['id']}/logs"),
+            ("POST", "/api/tokens"),
+            ("DELETE", f"/api/instances/{instance['id']}"),
+        ):
+            refused = sub_client.request(method, path, json={"name": "x"})
+            assert refused.status_code == 401, path
+        # Signing out of the dashboard ends the subdomain's session too.
+        assert client.post("/api/auth/logout").status_code == 200
+        assert sub_client.get(f"/api/instances/{instance['id']}").status_code == 401
+    assert (
+        client.post(
+            "/api/auth/login", json={"email": "admin@example.com", "password": PASSWORD}
+        ).status_code
+        == 200
+    )

@@ -28,6 +28,8 @@ class Principal:
     via: Literal["token", "session"]
     credential_id: str
     """The API token's or the session's id."""
+    scope_instance_id: str | None = None
+    """Set for a session that may only view one instance and use its terminal."""
 
 
 def context(request: Request) -> AppContext:
@@ -92,7 +94,8 @@ async def resolve_principal(
     if secret:
         opened = await accounts.session_user(db, secret)
         if opened:
-            return Principal(opened[1], "session", opened[0].id)
+            session, user = opened
+            return Principal(user, "session", session.id, session.scope_instance_id)
     return None
 
 
@@ -100,7 +103,15 @@ async def require_principal(request: Request, db: Db) -> Principal:
     principal = await resolve_principal(db, request.headers, request.cookies)
     if principal is None:
         raise unauthorized()
+    if principal.scope_instance_id is not None and not _within_scope(request, principal):
+        raise unauthorized()
     return principal
+
+
+def _within_scope(request: Request, principal: Principal) -> bool:
+    # A subdomain's session may read its own instance, nothing else through the REST API.
+    own = f"/api/instances/{principal.scope_instance_id}"
+    return request.method == "GET" and request.url.path == own
 
 
 Auth = Annotated[Principal, Depends(require_principal)]

@@ -78,6 +78,12 @@ class Session(Base):
     revoked_at: Mapped[datetime | None] = mapped_column(default=None)
     user_agent: Mapped[str | None] = mapped_column(String(255), default=None)
     address: Mapped[str | None] = mapped_column(String(64), default=None)
+    parent_id: Mapped[str | None] = mapped_column(
+        ForeignKey("sessions.id", ondelete="CASCADE"), default=None, index=True
+    )
+    """A session opened from another one (an instance's subdomain) ends with its parent."""
+    scope_instance_id: Mapped[str | None] = mapped_column(String(32), default=None)
+    """When set, the session may only view this one instance and use its terminal."""
 
 
 class ApiToken(Base):

@@ -49,6 +49,9 @@ async def terminal(websocket: WebSocket, instance_id: str) -> None:
     if principal is None:
         await _deny(websocket, 401, "Unauthorized")
         return
+    if principal.scope_instance_id not in (None, instance_id):
+        await _deny(websocket, 404, "Not Found")
+        return
     async with ctx.db.session() as db:
         try:
             row = await instances.get_owned(db, principal.user.id, instance_id)

@@ -6,7 +6,7 @@ import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -104,15 +104,38 @@ async def sign_in(
         await db.commit()
         raise ApiError(401, "Invalid email or password")
     await db.execute(delete(LoginFailure).where(LoginFailure.email == email))
+    return await open_session(
+        db,
+        user.id,
+        expires_at=now + timedelta(hours=settings.session_ttl_hours),
+        user_agent=user_agent,
+        address=address,
+    )
+
+
+async def open_session(
+    db: AsyncSession,
+    user_id: str,
+    *,
+    expires_at: datetime,
+    user_agent: str | None,
+    address: str,
+    parent_id: str | None = None,
+    scope_instance_id: str | None = None,
+) -> OpenedSession:
+    """Open a session for an already authenticated user. Commits."""
+    now = utcnow()
     secret = secrets.token_urlsafe(32)
     row = Session(
         secret_hash=token_hash(secret),
-        user_id=user.id,
+        user_id=user_id,
         created_at=now,
         last_seen_at=now,
-        expires_at=now + timedelta(hours=settings.session_ttl_hours),
+        expires_at=expires_at,
         user_agent=(user_agent or "")[:255] or None,
         address=address[:64],
+        parent_id=parent_id,
+        scope_instance_id=scope_instance_id,
     )
     db.add(row)
     await db.commit()
@@ -144,12 +167,20 @@ async def session_user(db: AsyncSession, secret: str) -> tuple[Session, User] | 
     if row is None:
         return None
     session, user = row
-    if session.revoked_at is not None or session.expires_at <= now or user.disabled_at:
+    if not _live(session, now) or user.disabled_at:
         return None
+    if session.parent_id is not None:
+        parent = await db.get(Session, session.parent_id)
+        if parent is None or not _live(parent, now):
+            return None
     if now - session.last_seen_at >= TOUCH_INTERVAL:
         session.last_seen_at = now
         await db.commit()
     return session, user
+
+
+def _live(session: Session, now: datetime) -> bool:
+    return session.revoked_at is None and session.expires_at > now
 
 
 async def list_sessions(db: AsyncSession, user_id: str) -> list[Session]:
@@ -171,6 +202,13 @@ async def revoke_session(db: AsyncSession, user_id: str, session_id: str) -> boo
     )
     if session is None:
         return False
-    session.revoked_at = utcnow()
+    now = utcnow()
+    session.revoked_at = now
+    # Sessions opened from this one (on instance subdomains) end with it.
+    await db.execute(
+        update(Session)
+        .where(Session.parent_id == session_id, Session.revoked_at.is_(None))
+        .values(revoked_at=now)
+    )
     await db.commit()
     return True

@@ -16,7 +16,8 @@ whoever sees it. It is
 - bound to the user, the instance and its subdomain: it is refused on any other host, and
   when the instance is gone or changed hands;
 - bound to the dashboard session it came from: it is refused once that session has ended, and
-  the subdomain's session never outlives it.
+  the subdomain's session is its child: it ends when the dashboard session ends (sign-out), and
+  it is scoped to that one instance (its details and its terminal, nothing else).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from gentity.server.db.ids import utcnow
 from gentity.server.db.orm import Instance, Marker, Session
 from gentity.server.security.crypto import SecretBox, SecretBoxError
-from gentity.server.security.tokens import token_hash
+from gentity.server.services import accounts
 
 HANDOFF_TTL = timedelta(seconds=60)
 # Associated data for the encryption: a code cannot be confused with any other ciphertext.
@@ -137,20 +138,16 @@ async def redeem(
     )
     if instance is None:
         return None
-    secret = secrets.token_urlsafe(32)
-    db.add(
-        Session(
-            secret_hash=token_hash(secret),
-            user_id=handoff.user_id,
-            created_at=now,
-            last_seen_at=now,
-            expires_at=parent.expires_at,
-            user_agent=(user_agent or "")[:255] or None,
-            address=address[:64],
-        )
+    opened = await accounts.open_session(
+        db,
+        handoff.user_id,
+        expires_at=parent.expires_at,
+        user_agent=user_agent,
+        address=address,
+        parent_id=parent.id,
+        scope_instance_id=instance.id,
     )
-    await db.commit()
-    return SubdomainSession(secret=secret, expires_at=parent.expires_at)
+    return SubdomainSession(secret=opened.secret, expires_at=parent.expires_at)
 
 
 async def _claim(db: AsyncSession, nonce: str) -> bool:
