@@ -214,3 +214,18 @@ def other_user(server: LiveServer, settings: Settings) -> Iterator[httpx.Client]
         base_url=server.url, timeout=30, headers={"Authorization": f"Bearer {other_token}"}
     ) as c:
         yield c
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """Say plainly how many tests ran on PostgreSQL, so a skipped half cannot hide."""
+    counts: dict[str, int] = {}
+    for outcome in ("passed", "failed", "skipped", "error"):
+        counts[outcome] = sum(
+            1 for r in terminalreporter.stats.get(outcome, []) if "[postgres" in r.nodeid
+        )
+    terminalreporter.write_line(
+        "gentity: PostgreSQL tests: "
+        + ", ".join(f"{n} {outcome}" for outcome, n in counts.items() if n)
+        if any(counts.values())
+        else "gentity: no PostgreSQL tests ran"
+    )
