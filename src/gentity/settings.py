@@ -59,6 +59,10 @@ class Settings(BaseSettings):
     compute_provider: str = "local"
     """Which compute provider runs instances (``local``)."""
 
+    local_warm_spares: int = Field(default=1, ge=0, le=16)
+    """How many sandboxes the local provider keeps started ahead of need, so that creating an
+    instance does not wait for its guest daemon to start. 0 turns it off."""
+
     reconcile_interval_seconds: float = Field(default=15.0, gt=0)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 

@@ -164,12 +164,13 @@ def guest_factory(tmp_path: Path) -> Iterator[Callable[..., GuestProc]]:
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
+            bufsize=0,  # unbuffered: select() below must see every line still unread
         )
         assert proc.stdin is not None and proc.stdout is not None
         proc.stdin.write(json.dumps(config).encode())
         proc.stdin.close()
         ready: dict[str, Any] = {}
-        if wait:
+        while wait and "ready" not in ready:  # the first line says it waits for its config
             readable, _, _ = select.select([proc.stdout], [], [], 15)
             line = proc.stdout.readline() if readable else b""
             if not line:

@@ -12,6 +12,7 @@ import pytest
 
 from gentity.guest.client import GuestError, health, open_session
 from gentity.guest.logfile import tail
+from gentity.guest.session import VIEWER_QUEUE_LIMIT
 
 from .conftest import GuestProc, pid_alive
 
@@ -110,11 +111,13 @@ async def test_slow_viewer_is_dropped_without_stalling_others(guest_factory) -> 
     guest = guest_factory()
     slow = await guest.attach()  # never reads from here on
     fast = await guest.attach()
-    # 4 MB in bursts of 100 kB: a viewer that keeps reading never lags by 1 MiB.
-    burst = "head -c 100000 /dev/zero | tr '\\0' x; sleep 0.05"
-    await fast.send(f"for i in $(seq 40); do {burst}; done; echo; echo done$((1+1))\n")
-    await fast.expect("done2", timeout=60)
-    assert fast.output.count(b"x") >= 4_000_000
+    # Four times the backlog limit, in bursts of 100 kB: a viewer that keeps reading never
+    # lags by the limit, one that stops reading must.
+    bursts = 4 * VIEWER_QUEUE_LIMIT // 100_000
+    burst = "head -c 100000 /dev/zero | tr '\\0' x; sleep 0.02"
+    await fast.send(f"for i in $(seq {bursts}); do {burst}; done; echo; echo done$((1+1))\n")
+    await fast.expect("done2", timeout=90)
+    assert fast.output.count(b"x") >= bursts * 100_000
     await guest.wait_for(lambda h: h["viewers"] == 1)
     await slow.close()
     await fast.close()

@@ -1,6 +1,7 @@
 """Migrations: they match the ORM, and replicas starting together migrate safely."""
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
 from alembic.autogenerate import compare_metadata
@@ -53,3 +54,22 @@ def test_migrating_twice_is_a_no_op(settings: Settings) -> None:
         await db.close()
 
     asyncio.run(run())
+
+
+def test_data_directory_and_database_are_private(tmp_path: Path) -> None:
+    import stat
+
+    from gentity.server.app import create_app
+
+    data = tmp_path / "data"
+    data.mkdir(mode=0o755)
+    data.chmod(0o755)
+    settings = Settings(data_dir=data)
+    create_app(settings)
+    assert stat.S_IMODE(data.stat().st_mode) == 0o700
+    assert stat.S_IMODE((data / "gentity.db").stat().st_mode) == 0o600
+    assert stat.S_IMODE((data / "secret.key").stat().st_mode) == 0o600
+    fresh = tmp_path / "fresh" / "deeper"
+    Database(f"sqlite+aiosqlite:///{fresh / 'x.db'}")
+    assert stat.S_IMODE(fresh.stat().st_mode) == 0o700
+    assert stat.S_IMODE((fresh / "x.db").stat().st_mode) == 0o600

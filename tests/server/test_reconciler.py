@@ -10,7 +10,6 @@ from datetime import timedelta
 import httpx
 from sqlalchemy import update
 
-from gentity.providers.compute.local.cgroups import InstanceCgroup
 from gentity.providers.compute.local.provider import LocalProvider
 from gentity.server.db.database import Database
 from gentity.server.db.ids import utcnow
@@ -44,7 +43,7 @@ def test_dead_machine_is_marked_with_a_reason(
     iid = create_shell(bearer)["id"]
     provider = server.app.state.ctx.compute
     assert isinstance(provider, LocalProvider)
-    cgroup = InstanceCgroup(iid)
+    cgroup = provider.cgroup_of(_handle(iid))
     if cgroup.enabled:
         cgroup.kill()
     else:  # pragma: no cover - hosts without cgroups

@@ -367,7 +367,7 @@ class Guest:
             delay = BACKOFF_MIN
             while True:
                 self._set_state(p.STATE_STARTING)
-                logger = LineLogger(lambda line: self._log.write("info", line))
+                logger = LineLogger(emit_lines=lambda lines: self._log.write_lines("info", lines))
                 try:
                     agent = self._start_session(
                         self._config.command,

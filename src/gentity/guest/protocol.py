@@ -245,6 +245,8 @@ class Config:
     replay_bytes: int = 262144
     cols: int = 120
     rows: int = 32
+    hostname: str | None = None
+    """Set as the hostname first (a guest started ahead of need learns its name late)."""
 
 
 def _str_list(value: object, name: str) -> list[str]:
@@ -323,4 +325,13 @@ def parse_config(data: object) -> Config:
         replay_bytes=numbers["replayBytes"],
         cols=numbers["cols"],
         rows=numbers["rows"],
+        hostname=_hostname(data.get("hostname")),
     )
+
+
+def _hostname(value: object) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not 0 < len(value) <= 63:
+        raise ConfigError("hostname must be a string of 1 to 63 characters")
+    return value

@@ -24,7 +24,7 @@ from gentity.guest import protocol
 from gentity.guest.logfile import LineLogger
 
 #: Pending output a viewer may lag behind before it is dropped.
-VIEWER_QUEUE_LIMIT: Final = 1024 * 1024
+VIEWER_QUEUE_LIMIT: Final = 4 * 1024 * 1024
 #: Pending input for a process that does not read its terminal; more is dropped.
 INPUT_QUEUE_LIMIT: Final = 1024 * 1024
 #: After the process exits, wait this long for the rest of its output.

@@ -7,6 +7,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from fastapi import FastAPI
 
@@ -27,11 +28,19 @@ from gentity.settings import Settings
 log = logging.getLogger(__name__)
 
 
+def _private_directory(path: Path) -> None:
+    """The data directory holds the database and the key file: this user's eyes only."""
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if path.stat().st_mode & 0o077:
+        log.warning("%s was readable by other users; restricting it to mode 0700", path)
+        path.chmod(0o700)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the control plane. All configuration comes in through ``settings``."""
     settings = settings or Settings()
     install_secret_filters()
-    settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    _private_directory(settings.data_dir)
     ctx = AppContext(
         settings=settings,
         db=Database(settings.resolved_database_url),

@@ -40,6 +40,8 @@ router = APIRouter(tags=["terminal"])
 log = logging.getLogger(__name__)
 
 MAX_MESSAGE_BYTES = 256 * 1024
+# Closed without an ``exit`` message: the session goes on, reconnect to see it (with replay).
+LAGGED_CLOSE_CODE = 4000
 
 
 @router.websocket("/api/instances/{instance_id}/terminal")
@@ -130,7 +132,10 @@ async def _pipe(websocket: WebSocket, session: guest_client.GuestSession) -> Non
                 )
                 return
             else:
-                return  # the guest went away without an exit status
+                # The guest dropped this viewer (it fell too far behind the output) or went
+                # away: say so, so the client reconnects instead of taking it for the end.
+                await websocket.close(code=LAGGED_CLOSE_CODE, reason="reconnect to continue")
+                return
 
     async def browser_to_guest() -> None:
         while True:

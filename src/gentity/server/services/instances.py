@@ -290,7 +290,7 @@ async def wait_for_agent(address: str, secret: str) -> dict[str, Any]:
             return health
         if loop.time() > deadline:
             raise ProviderError(f"the agent did not start (guest state: {health.get('state')})")
-        await asyncio.sleep(0.02)
+        await asyncio.sleep(0.005)
 
 
 # --- running operations --------------------------------------------------------------------

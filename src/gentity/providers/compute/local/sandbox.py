@@ -4,7 +4,7 @@ What the sandbox gives each instance (when ``bwrap`` works on this host):
 
 - its own mount namespace: the host filesystem read-only, with the other instances' volumes,
   the database, the encryption key, home directories and SSH keys hidden behind empty tmpfs;
-  only its own volume, log and socket directories are writable;
+  only its own volume (at ``/home/agent``), log and socket directories are writable;
 - its own PID, IPC and UTS namespaces (it sees only its own processes; hostname = subdomain);
 - its own user namespace, so root inside holds no capabilities over the host;
 - a clean environment: nothing of the server's (which may hold ``GENTITY_SECRET_KEY``) leaks in.
@@ -53,6 +53,22 @@ TLS_TRUST_VARIABLES = (
 )
 
 
+# Where an instance's directories appear inside its sandbox. Fixed paths (not the host's) mean
+# a sandbox can be started before it is known which instance it will serve.
+SANDBOX_HOME = "/home/agent"
+SANDBOX_LOGS = "/run/gentity/logs"
+SANDBOX_SOCKETS = "/run/gentity/guest"
+
+
+@dataclass(frozen=True)
+class GuestView:
+    """The instance's directories as the guest daemon and the agent see them."""
+
+    home: str
+    log_file: str
+    socket: str
+
+
 @dataclass(frozen=True)
 class InstancePaths:
     """Where one instance lives on the host."""
@@ -82,6 +98,13 @@ class InstancePaths:
     @property
     def socket(self) -> Path:
         return self.run / "guest.sock"
+
+    def view(self, sandboxed: bool) -> GuestView:
+        if sandboxed:
+            return GuestView(
+                SANDBOX_HOME, f"{SANDBOX_LOGS}/agent.log", f"{SANDBOX_SOCKETS}/guest.sock"
+            )
+        return GuestView(str(self.volume), str(self.log_file), str(self.socket))
 
 
 @cache
@@ -114,13 +137,13 @@ def guest_command() -> list[str]:
     return [sys.executable, "-I", "-m", "gentity.guest"]
 
 
-def guest_environment(paths: InstancePaths, extra_path: list[str]) -> dict[str, str]:
+def guest_environment(home: str, extra_path: list[str]) -> dict[str, str]:
     """The guest's own environment: minimal and free of the server's secrets."""
     trust = {k: os.environ[k] for k in TLS_TRUST_VARIABLES if k in os.environ}
     return {
         **trust,
         "PATH": ":".join([*extra_path, DEFAULT_PATH]),
-        "HOME": str(paths.volume),
+        "HOME": home,
         "LANG": "C.UTF-8",
         "TERM": "xterm-256color",
         "SHELL": "/bin/bash",
@@ -169,9 +192,13 @@ def sandbox_argv(
     # The interpreter and the package may live under a hidden directory (e.g. pyenv in /root).
     for path in _python_paths() + readonly_paths:
         argv += ["--ro-bind-try", str(path), str(path)]
-    for writable in (paths.volume, paths.logs, paths.run):
-        argv += ["--bind", str(writable), str(writable)]
-    argv += ["--chdir", str(paths.volume), "--clearenv"]
+    for host, inside in (
+        (paths.volume, SANDBOX_HOME),
+        (paths.logs, SANDBOX_LOGS),
+        (paths.run, SANDBOX_SOCKETS),
+    ):
+        argv += ["--bind", str(host), inside]
+    argv += ["--chdir", SANDBOX_HOME, "--clearenv"]
     for key, value in env.items():
         argv += ["--setenv", key, value]
     return [*argv, "--", *command]
