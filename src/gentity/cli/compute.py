@@ -1,0 +1,251 @@
+"""``gentity compute``: create, list, drive, watch and enter instances."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from typing import Annotated
+
+import typer
+
+from gentity import models
+from gentity.cli.apikeys import read_api_key
+from gentity.cli.output import (
+    JsonFlag,
+    fail,
+    fields,
+    note,
+    print_json,
+    spinner,
+    status,
+    table,
+    when,
+)
+from gentity.client import Client
+
+app = typer.Typer(
+    help="Create, list, start, stop, watch and enter instances.", no_args_is_help=True
+)
+
+InstanceId = Annotated[
+    str, typer.Argument(metavar="ID", help="The instance id (see: gentity compute ls).")
+]
+
+LEVEL_COLORS = {"error": "red", "warn": "yellow", "debug": "bright_black"}
+
+
+@app.command("create")
+def create(
+    agent: Annotated[str, typer.Option(help="Agent to run (see: gentity catalog).")],
+    model: Annotated[
+        str | None, typer.Option(help="Model name (default: the agent's first model).")
+    ] = None,
+    provider: Annotated[
+        str | None,
+        typer.Option(help="Model provider, when the model name alone is ambiguous."),
+    ] = None,
+    name: Annotated[str | None, typer.Option(help="A label for the instance.")] = None,
+    region: Annotated[str | None, typer.Option(help="Where to run it (provider-specific).")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Create an instance and wait until it runs.
+
+    The model API key is read from the provider's usual variable (ANTHROPIC_API_KEY,
+    OPENAI_API_KEY, GEMINI_API_KEY) or prompted for without echo; it is never an option.
+    """
+    with Client() as client:
+        found = next((a for a in client.catalog() if a.id == agent), None)
+        if found is None:
+            fail(f"unknown agent {agent!r}; see: gentity catalog")
+        chosen = _pick_model(found, model, provider)
+        api_key = read_api_key(found, chosen)
+        with spinner(f"Creating {found.name} ({chosen.provider}/{chosen.name})…"):
+            created = client.instances.create(
+                found.id, chosen.provider, chosen.name, api_key=api_key, name=name, region=region
+            )
+    if as_json:
+        print_json(created)
+        return
+    typer.echo(f"Created {created.id} ({created.subdomain}), {created.status.value}.")
+    note(f"Open its terminal with: gentity compute ssh {created.id}")
+
+
+def _pick_model(agent: models.Agent, name: str | None, provider: str | None) -> models.AgentModel:
+    candidates = [
+        m
+        for m in agent.models
+        if (name is None or m.name == name) and (provider is None or m.provider == provider)
+    ]
+    if candidates:
+        return candidates[0]
+    if name is not None and provider is not None:
+        # Not in the catalog we see: let the server judge (it answers 400 naming the field).
+        return models.AgentModel(provider=provider, name=name, label=name)
+    wanted = "/".join(p for p in (provider, name) if p)
+    offered = ", ".join(f"{m.provider}/{m.name}" for m in agent.models)
+    fail(f"{agent.id} has no model {wanted}; choose from: {offered}")
+
+
+@app.command("ls")
+def list_instances(as_json: JsonFlag = False) -> None:
+    """List your instances."""
+    with Client() as client:
+        instances = client.instances.list()
+    if as_json:
+        print_json({"instances": instances})
+        return
+    if not instances:
+        note("No instances yet. Create one with: gentity compute create --agent shell")
+        return
+    table(
+        ["ID", "NAME", "AGENT", "MODEL", "STATUS", "CREATED"],
+        (
+            (
+                i.id,
+                i.name,
+                i.agent_type,
+                f"{i.model_provider}/{i.model_name}",
+                status(i.status.value),
+                when(i.created_at),
+            )
+            for i in instances
+        ),
+    )
+
+
+@app.command("show")
+def show(instance_id: InstanceId, as_json: JsonFlag = False) -> None:
+    """Show one instance."""
+    with Client() as client:
+        instance = client.instances.get(instance_id)
+    if as_json:
+        print_json(instance)
+        return
+    fields(
+        [
+            ("ID", instance.id),
+            ("Name", instance.name),
+            ("Status", status(instance.status.value)),
+            *([("Error", instance.error_message)] if instance.error_message else []),
+            ("Agent", instance.agent_type),
+            ("Model", f"{instance.model_provider}/{instance.model_name}"),
+            ("Subdomain", instance.subdomain),
+            ("Region", instance.region or "-"),
+            ("Created", when(instance.created_at)),
+            ("Updated", when(instance.updated_at)),
+        ]
+    )
+
+
+@app.command("start")
+def start(instance_id: InstanceId, as_json: JsonFlag = False) -> None:
+    """Start a stopped instance (its volume is kept)."""
+    _drive("Starting", "Started", instance_id, as_json, lambda c: c.instances.start(instance_id))
+
+
+@app.command("stop")
+def stop(instance_id: InstanceId, as_json: JsonFlag = False) -> None:
+    """Stop an instance, keeping its volume."""
+    _drive("Stopping", "Stopped", instance_id, as_json, lambda c: c.instances.stop(instance_id))
+
+
+@app.command("restart")
+def restart(instance_id: InstanceId, as_json: JsonFlag = False) -> None:
+    """Restart an instance."""
+    _drive(
+        "Restarting", "Restarted", instance_id, as_json, lambda c: c.instances.restart(instance_id)
+    )
+
+
+@app.command("rm")
+def remove(
+    instance_id: InstanceId,
+    yes: Annotated[bool, typer.Option("-y", "--yes", help="Do not ask for confirmation.")] = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """Destroy an instance and its volume, for good."""
+    if not yes:
+        if not sys.stdin.isatty():
+            fail("refusing to destroy without confirmation; pass -y")
+        typer.confirm(f"Destroy {instance_id} and its volume?", abort=True)
+    _drive(
+        "Destroying", "Destroyed", instance_id, as_json, lambda c: c.instances.delete(instance_id)
+    )
+
+
+def _drive(
+    verb: str, done: str, instance_id: str, as_json: bool, call: Callable[[Client], None]
+) -> None:
+    with Client() as client, spinner(f"{verb} {instance_id}…"):
+        call(client)
+    if as_json:
+        print_json({"ok": True})
+    else:
+        typer.echo(f"{done} {instance_id}.")
+
+
+@app.command("logs")
+def logs(
+    instance_id: InstanceId,
+    lines: Annotated[
+        int, typer.Option("-n", "--lines", help="How many recent lines (1-1000).")
+    ] = 200,
+    follow: Annotated[
+        bool, typer.Option("-f", "--follow", help="Keep printing new lines; Ctrl-C stops.")
+    ] = False,
+    as_json: Annotated[
+        bool,
+        typer.Option("--json", help='Print JSON: {"logs": [...]}, or one object per line with -f.'),
+    ] = False,
+) -> None:
+    """Print an instance's recent log lines, or follow them as they are written."""
+    color = sys.stdout.isatty() and not as_json
+    with Client() as client:
+        if not follow:
+            records = client.instances.logs(instance_id, lines)
+            if as_json:
+                print_json({"logs": records})
+                return
+            for record in records:
+                _print_log(record, color, as_json=False)
+            return
+        try:
+            for record in client.instances.follow_logs(instance_id, lines=lines):
+                _print_log(record, color, as_json)
+        except KeyboardInterrupt:
+            raise typer.Exit(130) from None
+
+
+def _print_log(record: models.LogLine, color: bool, as_json: bool) -> None:
+    if as_json:
+        print_json(record, indent=None)
+        return
+    level = f"{record.level.upper():5}"
+    if color and record.level in LEVEL_COLORS:
+        level = typer.style(level, fg=LEVEL_COLORS[record.level])
+    typer.echo(f"{record.timestamp} {level} {record.message}")
+
+
+@app.command("ssh")
+def ssh(
+    instance_id: InstanceId,
+    shell: Annotated[
+        bool,
+        typer.Option("--shell", help="Open a fresh shell instead of joining the agent's session."),
+    ] = False,
+    eof_timeout: Annotated[
+        float,
+        typer.Option(
+            help="With piped input: after it ends, wait this many quiet seconds for the "
+            "remote side to exit before disconnecting.",
+        ),
+    ] = 5.0,
+) -> None:
+    """Open the instance's terminal here; exits with the remote exit code.
+
+    Joins the agent's session (shared with the dashboard; leaving keeps it running).
+    Ctrl-] disconnects. Piped input works too: echo 'ls; exit 3' | gentity compute ssh ID
+    """
+    from gentity.cli.ssh import run  # loads asyncio and websockets only for this command
+
+    raise typer.Exit(run(instance_id, shell=shell, eof_timeout=eof_timeout))

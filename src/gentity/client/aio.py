@@ -1,0 +1,284 @@
+"""The asyncio client: ``AsyncClient``, method for method the twin of ``Client``."""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+from collections.abc import AsyncGenerator
+from types import TracebackType
+from typing import TypeVar
+
+import httpx
+
+from gentity import models
+from gentity.client import base, calls
+from gentity.client.errors import ApiError
+from gentity.client.sse import SSEDecoder
+from gentity.client.streams import AsyncLogStream
+from gentity.client.terminal import PendingTerminal, open_async_terminal
+
+T = TypeVar("T")
+
+
+class AsyncClient:
+    """An asyncio client for the Gentity REST API; the same methods as
+    :class:`~gentity.client.Client`, awaited.
+
+    ``base_url`` and ``token`` default to ``GENTITY_API_URL`` / ``GENTITY_TOKEN``, then to what
+    ``gentity login`` saved (see :mod:`gentity.client.config`). ``transport`` is handed to
+    httpx, so tests can pass ``httpx.MockTransport``. Every failure raises
+    :class:`~gentity.client.ApiError` (:class:`~gentity.client.ApiConnectionError` when the
+    server cannot be reached).
+
+    Use it as an async context manager, or await :meth:`aclose`.
+    """
+
+    def __init__(
+        self,
+        base_url: str | None = None,
+        token: str | None = None,
+        *,
+        timeout: float = base.DEFAULT_TIMEOUT,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.base_url, self.token = base.resolve(base_url, token)
+        self._http = httpx.AsyncClient(
+            base_url=self.base_url,
+            timeout=timeout,
+            transport=transport,
+            headers={"User-Agent": base.USER_AGENT},
+        )
+        self.tokens = AsyncTokens(self)
+        self.instances = AsyncInstances(self)
+
+    async def _send(self, call: calls.Call[T]) -> T:
+        try:
+            response = await self._http.request(
+                call.method,
+                call.path,
+                json=call.json,
+                params=call.params,
+                headers=base.request_headers(self.token),
+                timeout=base.timeout_for(call),
+            )
+        except httpx.TransportError as exc:
+            raise base.connection_error(exc, self.base_url) from exc
+        return base.finish(call, response)
+
+    # --- account ---------------------------------------------------------------------------
+
+    async def catalog(self) -> builtins.list[models.Agent]:
+        """The agents this server can run, with their models (public, no token needed)."""
+        return await self._send(calls.catalog())
+
+    async def login(self, email: str, password: str) -> models.UserInfo:
+        """Sign in with a password. The client then authenticates with the session cookie
+        instead of any token it had, until :meth:`logout`."""
+        user = await self._send(calls.login(email, password))
+        self.token = None
+        return user
+
+    async def logout(self) -> None:
+        """End the session :meth:`login` opened (server-side too)."""
+        await self._send(calls.logout())
+        self._http.cookies.clear()
+
+    async def me(self) -> models.UserInfo:
+        """Who the token or session belongs to."""
+        return await self._send(calls.me())
+
+    # --- shortcuts for the instance calls people use most ------------------------------------
+
+    async def logs(self, instance_id: str, lines: int = 200) -> builtins.list[models.LogLine]:
+        """Same as :meth:`AsyncInstances.logs`."""
+        return await self.instances.logs(instance_id, lines)
+
+    def follow_logs(
+        self,
+        instance_id: str,
+        *,
+        lines: int | None = None,
+        last_event_id: str | None = None,
+        max_reconnects: int = base.DEFAULT_MAX_RECONNECTS,
+        reconnect_delay: float = base.DEFAULT_RECONNECT_DELAY,
+    ) -> AsyncLogStream:
+        """Same as :meth:`AsyncInstances.follow_logs`."""
+        return self.instances.follow_logs(
+            instance_id,
+            lines=lines,
+            last_event_id=last_event_id,
+            max_reconnects=max_reconnects,
+            reconnect_delay=reconnect_delay,
+        )
+
+    def attach(
+        self,
+        instance_id: str,
+        *,
+        shell: bool = False,
+        cols: int | None = None,
+        rows: int | None = None,
+    ) -> PendingTerminal:
+        """Same as :meth:`AsyncInstances.attach`."""
+        return self.instances.attach(instance_id, shell=shell, cols=cols, rows=rows)
+
+    # --- lifetime ----------------------------------------------------------------------------
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+
+class AsyncTokens:
+    """``client.tokens``: the caller's API tokens."""
+
+    def __init__(self, client: AsyncClient) -> None:
+        self._client = client
+
+    async def list(self) -> builtins.list[models.TokenRecord]:
+        """Active tokens, newest first."""
+        return await self._client._send(calls.list_tokens())
+
+    async def create(self, name: str) -> models.TokenCreated:
+        """Mint a token. ``.token`` holds the plaintext: the only time the server shows it."""
+        return await self._client._send(calls.create_token(name))
+
+    async def revoke(self, token_id: str) -> None:
+        await self._client._send(calls.revoke_token(token_id))
+
+
+class AsyncInstances:
+    """``client.instances``: create, inspect, drive and destroy instances."""
+
+    def __init__(self, client: AsyncClient) -> None:
+        self._client = client
+
+    async def list(self) -> builtins.list[models.Instance]:
+        return await self._client._send(calls.list_instances())
+
+    async def get(self, instance_id: str) -> models.Instance:
+        return await self._client._send(calls.get_instance(instance_id))
+
+    async def create(
+        self,
+        agent_type: str,
+        model_provider: str,
+        model_name: str,
+        api_key: str | None = None,
+        name: str | None = None,
+        region: str | None = None,
+    ) -> models.InstanceCreated:
+        """Create an instance; blocks until its machine has started."""
+        return await self._client._send(
+            calls.create_instance(agent_type, model_provider, model_name, api_key, name, region)
+        )
+
+    async def start(self, instance_id: str) -> None:
+        await self._client._send(calls.instance_action(instance_id, models.InstanceAction.START))
+
+    async def stop(self, instance_id: str) -> None:
+        await self._client._send(calls.instance_action(instance_id, models.InstanceAction.STOP))
+
+    async def restart(self, instance_id: str) -> None:
+        await self._client._send(calls.instance_action(instance_id, models.InstanceAction.RESTART))
+
+    async def delete(self, instance_id: str) -> None:
+        """Destroy the machine and its volume."""
+        await self._client._send(calls.delete_instance(instance_id))
+
+    async def logs(self, instance_id: str, lines: int = 200) -> builtins.list[models.LogLine]:
+        """The last ``lines`` log records (the server caps it at 1000), oldest first."""
+        return await self._client._send(calls.logs(instance_id, lines))
+
+    def follow_logs(
+        self,
+        instance_id: str,
+        *,
+        lines: int | None = None,
+        last_event_id: str | None = None,
+        max_reconnects: int = base.DEFAULT_MAX_RECONNECTS,
+        reconnect_delay: float = base.DEFAULT_RECONNECT_DELAY,
+    ) -> AsyncLogStream:
+        """Log records as they are written, until you stop iterating.
+
+        The stream starts with the last ``lines`` records (the server's default is 200), or
+        right after ``last_event_id`` when given (an id the server sent earlier).
+
+        A dropped connection is re-opened after a short, growing delay with the last event id
+        as ``Last-Event-ID``, so no line is repeated or skipped; after ``max_reconnects``
+        failed attempts in a row it raises :class:`~gentity.client.ApiConnectionError`.
+        Cancelling the task, or closing the stream (``aclose()``, or ``async with`` around the
+        loop to ``break`` early), closes the connection. The iteration ends by itself when the
+        instance is deleted.
+        """
+        state = base.FollowState(
+            self._client.base_url, last_event_id, max_reconnects, reconnect_delay
+        )
+        return AsyncLogStream(self._follow(instance_id, lines, state), state)
+
+    async def _follow(
+        self, instance_id: str, lines: int | None, state: base.FollowState
+    ) -> AsyncGenerator[models.LogLine, None]:
+        client = self._client
+        http = client._http
+        while True:
+            try:
+                async with http.stream(
+                    "GET",
+                    calls.logs_path(instance_id),
+                    params=state.params(lines),
+                    headers={**base.request_headers(client.token), **state.headers()},
+                    timeout=base.stream_timeout(http.timeout),
+                ) as response:
+                    if response.is_error or response.is_redirect:
+                        await response.aread()
+                        try:
+                            base.raise_for_status(response)
+                        except ApiError as error:
+                            if state.on_error_answer(error):
+                                return
+                    else:
+                        base.check_event_stream(response)
+                        state.on_open()
+                        decoder = SSEDecoder()
+                        async for line in response.aiter_lines():
+                            state.on_line()
+                            event = decoder.feed(line)
+                            record = state.on_event(event) if event else None
+                            if record is not None:
+                                yield record
+            except httpx.TransportError as exc:
+                state.on_transport_error(exc)
+            await asyncio.sleep(state.next_delay())
+
+    def attach(
+        self,
+        instance_id: str,
+        *,
+        shell: bool = False,
+        cols: int | None = None,
+        rows: int | None = None,
+    ) -> PendingTerminal:
+        """Open the instance's terminal (a WebSocket): ``async with client.attach(id) as t:``,
+        or ``t = await client.attach(id)`` and ``await t.close()`` yourself.
+
+        By default it joins the agent's own session (shared with other viewers; leaving does
+        not stop the agent). ``shell=True`` opens a fresh shell for this connection instead.
+        ``cols``/``rows`` set the size the session starts with.
+        """
+        client = self._client
+        return PendingTerminal(
+            lambda: open_async_terminal(
+                client.base_url,
+                calls.terminal_path(instance_id, shell=shell, cols=cols, rows=rows),
+                base.credential_headers(client.token, client._http.cookies),
+                base.USER_AGENT,
+            )
+        )

@@ -1,0 +1,143 @@
+"""Every REST call the SDK makes, described once and sent by both the sync and async client.
+
+A :class:`Call` says what to send and how to read the answer; the clients only do the I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+from urllib.parse import quote, urlencode
+
+from pydantic import BaseModel
+
+from gentity import models
+
+T = TypeVar("T")
+M = TypeVar("M", bound=BaseModel)
+
+#: ``POST /api/instances`` blocks until the machine is started, which can take minutes.
+CREATE_TIMEOUT = 600.0
+
+
+@dataclass(frozen=True)
+class Call(Generic[T]):
+    method: str
+    path: str
+    parse: Callable[[Any], T]
+    json: dict[str, Any] | None = None
+    params: dict[str, Any] | None = None
+    timeout: float | None = None
+    """Overrides the client's timeout for slow calls; None keeps it."""
+
+
+def _model(model: type[M]) -> Callable[[Any], M]:
+    return model.model_validate
+
+
+def _ok(_: Any) -> None:
+    return None
+
+
+def _seg(value: str) -> str:
+    # Ids come from users; quote them so "../tokens" cannot walk to another route.
+    return quote(value, safe="")
+
+
+def catalog() -> Call[list[models.Agent]]:
+    return Call(
+        "GET", "/api/catalog/agents", lambda d: models.AgentCatalog.model_validate(d).agents
+    )
+
+
+def login(email: str, password: str) -> Call[models.UserInfo]:
+    body = {"email": email, "password": password}
+    return Call("POST", "/api/auth/login", _model(models.UserInfo), json=body)
+
+
+def logout() -> Call[None]:
+    return Call("POST", "/api/auth/logout", _ok)
+
+
+def me() -> Call[models.UserInfo]:
+    return Call("GET", "/api/auth/me", _model(models.UserInfo))
+
+
+def list_tokens() -> Call[list[models.TokenRecord]]:
+    return Call("GET", "/api/tokens", lambda d: models.TokenList.model_validate(d).tokens)
+
+
+def create_token(name: str) -> Call[models.TokenCreated]:
+    return Call("POST", "/api/tokens", _model(models.TokenCreated), json={"name": name})
+
+
+def revoke_token(token_id: str) -> Call[None]:
+    return Call("DELETE", f"/api/tokens/{_seg(token_id)}", _ok)
+
+
+def list_instances() -> Call[list[models.Instance]]:
+    return Call("GET", "/api/instances", lambda d: models.InstanceList.model_validate(d).instances)
+
+
+def get_instance(instance_id: str) -> Call[models.Instance]:
+    return Call("GET", f"/api/instances/{_seg(instance_id)}", _model(models.Instance))
+
+
+def create_instance(
+    agent_type: str,
+    model_provider: str,
+    model_name: str,
+    api_key: str | None = None,
+    name: str | None = None,
+    region: str | None = None,
+) -> Call[models.InstanceCreated]:
+    # A plain dict, not models.InstanceCreateRequest: the server validates and answers with a
+    # 400 naming the field, which is the one error path callers have to handle anyway.
+    fields = {
+        "name": name,
+        "agentType": agent_type,
+        "modelProvider": model_provider,
+        "modelName": model_name,
+        "apiKey": api_key,
+        "region": region,
+    }
+    body = {k: v for k, v in fields.items() if v is not None}
+    return Call(
+        "POST", "/api/instances", _model(models.InstanceCreated), json=body, timeout=CREATE_TIMEOUT
+    )
+
+
+def instance_action(instance_id: str, action: models.InstanceAction) -> Call[None]:
+    return Call(
+        "POST",
+        f"/api/instances/{_seg(instance_id)}/action",
+        _ok,
+        json={"action": action.value},
+        timeout=CREATE_TIMEOUT,
+    )
+
+
+def delete_instance(instance_id: str) -> Call[None]:
+    return Call("DELETE", f"/api/instances/{_seg(instance_id)}", _ok, timeout=CREATE_TIMEOUT)
+
+
+def logs(instance_id: str, lines: int) -> Call[list[models.LogLine]]:
+    return Call(
+        "GET",
+        logs_path(instance_id),
+        lambda d: models.LogList.model_validate(d).logs,
+        params={"lines": lines},
+    )
+
+
+def logs_path(instance_id: str) -> str:
+    return f"/api/instances/{_seg(instance_id)}/logs"
+
+
+def terminal_path(
+    instance_id: str, *, shell: bool = False, cols: int | None = None, rows: int | None = None
+) -> str:
+    query = {"shell": "1" if shell else None, "cols": cols, "rows": rows}
+    params = urlencode({k: v for k, v in query.items() if v is not None})
+    return f"/api/instances/{_seg(instance_id)}/terminal" + (f"?{params}" if params else "")

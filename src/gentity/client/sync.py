@@ -1,0 +1,280 @@
+"""The blocking client: ``Client``."""
+
+from __future__ import annotations
+
+import builtins
+import time
+from collections.abc import Generator
+from types import TracebackType
+from typing import TypeVar
+
+import httpx
+
+from gentity import models
+from gentity.client import base, calls
+from gentity.client.errors import ApiError
+from gentity.client.sse import SSEDecoder
+from gentity.client.streams import LogStream
+from gentity.client.terminal import Terminal, open_terminal
+
+T = TypeVar("T")
+
+
+class Client:
+    """A blocking client for the Gentity REST API.
+
+    ``base_url`` and ``token`` default to ``GENTITY_API_URL`` / ``GENTITY_TOKEN``, then to what
+    ``gentity login`` saved (see :mod:`gentity.client.config`). ``transport`` is handed to
+    httpx, so tests can pass ``httpx.MockTransport``. Every failure raises
+    :class:`~gentity.client.ApiError` (:class:`~gentity.client.ApiConnectionError` when the
+    server cannot be reached).
+
+    Use it as a context manager, or call :meth:`close`.
+    """
+
+    def __init__(
+        self,
+        base_url: str | None = None,
+        token: str | None = None,
+        *,
+        timeout: float = base.DEFAULT_TIMEOUT,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self.base_url, self.token = base.resolve(base_url, token)
+        self._http = httpx.Client(
+            base_url=self.base_url,
+            timeout=timeout,
+            transport=transport,
+            headers={"User-Agent": base.USER_AGENT},
+        )
+        self.tokens = Tokens(self)
+        self.instances = Instances(self)
+
+    def _send(self, call: calls.Call[T]) -> T:
+        try:
+            response = self._http.request(
+                call.method,
+                call.path,
+                json=call.json,
+                params=call.params,
+                headers=base.request_headers(self.token),
+                timeout=base.timeout_for(call),
+            )
+        except httpx.TransportError as exc:
+            raise base.connection_error(exc, self.base_url) from exc
+        return base.finish(call, response)
+
+    # --- account ---------------------------------------------------------------------------
+
+    def catalog(self) -> builtins.list[models.Agent]:
+        """The agents this server can run, with their models (public, no token needed)."""
+        return self._send(calls.catalog())
+
+    def login(self, email: str, password: str) -> models.UserInfo:
+        """Sign in with a password. The client then authenticates with the session cookie
+        instead of any token it had, until :meth:`logout`."""
+        user = self._send(calls.login(email, password))
+        self.token = None
+        return user
+
+    def logout(self) -> None:
+        """End the session :meth:`login` opened (server-side too)."""
+        self._send(calls.logout())
+        self._http.cookies.clear()
+
+    def me(self) -> models.UserInfo:
+        """Who the token or session belongs to."""
+        return self._send(calls.me())
+
+    # --- shortcuts for the instance calls people use most ------------------------------------
+
+    def logs(self, instance_id: str, lines: int = 200) -> builtins.list[models.LogLine]:
+        """Same as :meth:`Instances.logs`."""
+        return self.instances.logs(instance_id, lines)
+
+    def follow_logs(
+        self,
+        instance_id: str,
+        *,
+        lines: int | None = None,
+        last_event_id: str | None = None,
+        max_reconnects: int = base.DEFAULT_MAX_RECONNECTS,
+        reconnect_delay: float = base.DEFAULT_RECONNECT_DELAY,
+    ) -> LogStream:
+        """Same as :meth:`Instances.follow_logs`."""
+        return self.instances.follow_logs(
+            instance_id,
+            lines=lines,
+            last_event_id=last_event_id,
+            max_reconnects=max_reconnects,
+            reconnect_delay=reconnect_delay,
+        )
+
+    def attach(
+        self,
+        instance_id: str,
+        *,
+        shell: bool = False,
+        cols: int | None = None,
+        rows: int | None = None,
+    ) -> Terminal:
+        """Same as :meth:`Instances.attach`."""
+        return self.instances.attach(instance_id, shell=shell, cols=cols, rows=rows)
+
+    # --- lifetime ----------------------------------------------------------------------------
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+class Tokens:
+    """``client.tokens``: the caller's API tokens."""
+
+    def __init__(self, client: Client) -> None:
+        self._client = client
+
+    def list(self) -> builtins.list[models.TokenRecord]:
+        """Active tokens, newest first."""
+        return self._client._send(calls.list_tokens())
+
+    def create(self, name: str) -> models.TokenCreated:
+        """Mint a token. ``.token`` holds the plaintext: the only time the server shows it."""
+        return self._client._send(calls.create_token(name))
+
+    def revoke(self, token_id: str) -> None:
+        self._client._send(calls.revoke_token(token_id))
+
+
+class Instances:
+    """``client.instances``: create, inspect, drive and destroy instances."""
+
+    def __init__(self, client: Client) -> None:
+        self._client = client
+
+    def list(self) -> builtins.list[models.Instance]:
+        return self._client._send(calls.list_instances())
+
+    def get(self, instance_id: str) -> models.Instance:
+        return self._client._send(calls.get_instance(instance_id))
+
+    def create(
+        self,
+        agent_type: str,
+        model_provider: str,
+        model_name: str,
+        api_key: str | None = None,
+        name: str | None = None,
+        region: str | None = None,
+    ) -> models.InstanceCreated:
+        """Create an instance; blocks until its machine has started."""
+        return self._client._send(
+            calls.create_instance(agent_type, model_provider, model_name, api_key, name, region)
+        )
+
+    def start(self, instance_id: str) -> None:
+        self._client._send(calls.instance_action(instance_id, models.InstanceAction.START))
+
+    def stop(self, instance_id: str) -> None:
+        self._client._send(calls.instance_action(instance_id, models.InstanceAction.STOP))
+
+    def restart(self, instance_id: str) -> None:
+        self._client._send(calls.instance_action(instance_id, models.InstanceAction.RESTART))
+
+    def delete(self, instance_id: str) -> None:
+        """Destroy the machine and its volume."""
+        self._client._send(calls.delete_instance(instance_id))
+
+    def logs(self, instance_id: str, lines: int = 200) -> builtins.list[models.LogLine]:
+        """The last ``lines`` log records (the server caps it at 1000), oldest first."""
+        return self._client._send(calls.logs(instance_id, lines))
+
+    def follow_logs(
+        self,
+        instance_id: str,
+        *,
+        lines: int | None = None,
+        last_event_id: str | None = None,
+        max_reconnects: int = base.DEFAULT_MAX_RECONNECTS,
+        reconnect_delay: float = base.DEFAULT_RECONNECT_DELAY,
+    ) -> LogStream:
+        """Log records as they are written, until you stop iterating.
+
+        The stream starts with the last ``lines`` records (the server's default is 200), or
+        right after ``last_event_id`` when given (an id the server sent earlier).
+
+        A dropped connection is re-opened after a short, growing delay with the last event id
+        as ``Last-Event-ID``, so no line is repeated or skipped; after ``max_reconnects``
+        failed attempts in a row it raises :class:`~gentity.client.ApiConnectionError`.
+        Closing the stream (``close()``, a ``with`` block, or dropping it after ``break``) or
+        Ctrl-C (the ``KeyboardInterrupt`` propagates) closes the connection. The iteration
+        ends by itself when the instance is deleted.
+        """
+        state = base.FollowState(
+            self._client.base_url, last_event_id, max_reconnects, reconnect_delay
+        )
+        return LogStream(self._follow(instance_id, lines, state), state)
+
+    def _follow(
+        self, instance_id: str, lines: int | None, state: base.FollowState
+    ) -> Generator[models.LogLine, None, None]:
+        client = self._client
+        http = client._http
+        while True:
+            try:
+                with http.stream(
+                    "GET",
+                    calls.logs_path(instance_id),
+                    params=state.params(lines),
+                    headers={**base.request_headers(client.token), **state.headers()},
+                    timeout=base.stream_timeout(http.timeout),
+                ) as response:
+                    if response.is_error or response.is_redirect:
+                        response.read()
+                        try:
+                            base.raise_for_status(response)
+                        except ApiError as error:
+                            if state.on_error_answer(error):
+                                return
+                    else:
+                        base.check_event_stream(response)
+                        state.on_open()
+                        decoder = SSEDecoder()
+                        for line in response.iter_lines():
+                            state.on_line()
+                            event = decoder.feed(line)
+                            record = state.on_event(event) if event else None
+                            if record is not None:
+                                yield record
+            except httpx.TransportError as exc:
+                state.on_transport_error(exc)
+            time.sleep(state.next_delay())
+
+    def attach(
+        self,
+        instance_id: str,
+        *,
+        shell: bool = False,
+        cols: int | None = None,
+        rows: int | None = None,
+    ) -> Terminal:
+        """Open the instance's terminal (a WebSocket); use it as a context manager.
+
+        By default it joins the agent's own session (shared with other viewers; leaving does
+        not stop the agent). ``shell=True`` opens a fresh shell for this connection instead.
+        ``cols``/``rows`` set the size the session starts with.
+        """
+        client = self._client
+        return open_terminal(
+            client.base_url,
+            calls.terminal_path(instance_id, shell=shell, cols=cols, rows=rows),
+            base.credential_headers(client.token, client._http.cookies),
+            base.USER_AGENT,
+        )

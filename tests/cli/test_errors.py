@@ -1,0 +1,61 @@
+"""Every failure is one line on stderr and a non-zero exit: never a traceback."""
+
+from __future__ import annotations
+
+import socket
+
+import httpx
+
+from tests.cli.conftest import Cli, assert_one_line_error
+from tests.conftest import LiveServer
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+    return port
+
+
+def test_wrong_url(cli: Cli) -> None:
+    url = f"http://127.0.0.1:{_closed_port()}"
+    for args in (
+        ["compute", "ls"],
+        ["catalog"],
+        ["compute", "ssh", "x"],
+        ["compute", "logs", "x", "-f"],
+    ):
+        result = cli(*args, env={"GENTITY_API_URL": url})
+        assert_one_line_error(result, f"cannot reach {url}: connection refused")
+    assert_one_line_error(cli("login", "ftp://example.com"), "not an http(s) URL")
+
+
+def test_not_logged_in_and_revoked_token(cli: Cli, server: LiveServer, token: str) -> None:
+    env = {"GENTITY_API_URL": server.url}
+    assert_one_line_error(cli("compute", "ls", env=env), "Unauthorized (401) - sign in with")
+    headers = {"Authorization": f"Bearer {token}"}
+    record = httpx.get(f"{server.url}/api/tokens", headers=headers).json()["tokens"][0]
+    httpx.delete(f"{server.url}/api/tokens/{record['id']}", headers=headers)
+    commands = [["compute", "ls"], ["tokens", "ls"], ["compute", "ssh", "x"]]
+    for result in cli.many(commands, env={**env, "GENTITY_TOKEN": token}):
+        assert_one_line_error(result, "Unauthorized (401)")
+
+
+def test_unknown_instance(logged_in: Cli) -> None:
+    commands = [
+        ["compute", "show", "nope"],
+        ["compute", "stop", "nope"],
+        ["compute", "start", "nope"],
+        ["compute", "restart", "nope"],
+        ["compute", "rm", "-y", "nope"],
+        ["compute", "logs", "nope"],
+        ["compute", "logs", "nope", "-f"],
+        ["compute", "ssh", "nope"],
+        ["compute", "show", "../tokens"],
+        ["compute", "stop", "[/]"],  # shown in a spinner: must not be read as rich markup
+        ["compute", "logs", "nope", "-n", "0"],
+    ]
+    *not_found, bad_lines = logged_in.many(commands)
+    for result in not_found:
+        assert_one_line_error(result, "Not Found (404)")
+    assert_one_line_error(bad_lines, "lines: must be a whole number from 1 to 1000 (400)")
