@@ -49,15 +49,16 @@ async def run(ctx: Context) -> Figure:
     instance_id = await ctx.server.create_shell()
     try:
         await asyncio.sleep(idle)
-        guest = procs.find_guest(instance_id)
+        group = ctx.server.cgroup_name(instance_id)
+        guest = procs.find_guest(group)
         if guest is None:
             raise RuntimeError(f"no guest daemon process found for {instance_id}")
         guest_kb = await sample_rss(guest)
         shells = [p for p in procs.children(guest) if "bash" in " ".join(procs.cmdline(p))]
         bash_kb = await sample_rss(shells[0]) if shells else 0
-        members = procs.instance_pids(instance_id)
+        members = procs.instance_pids(group)
         total_rss = sum(procs.rss_kb(p) for p in members)
-        cgroup_bytes = procs.cgroup_memory_bytes(instance_id)
+        cgroup_bytes = procs.cgroup_memory_bytes(group)
         described = [
             f"{p} {' '.join(procs.cmdline(p))[:40]}… {procs.rss_kb(p)} kB" for p in sorted(members)
         ]

@@ -48,22 +48,23 @@ def _is_guest(argv: list[str]) -> bool:
     )
 
 
-def instance_pids(instance_id: str) -> set[int]:
+def instance_pids(group: str) -> set[int]:
     """The processes in the instance's cgroups (empty when the host has none)."""
     pids: set[int] = set()
-    for group in instance_cgroups(instance_id):
+    for path in instance_cgroups(group):
         with contextlib.suppress(OSError, ValueError):
-            pids.update(int(x) for x in (group / "cgroup.procs").read_text().split())
+            pids.update(int(x) for x in (path / "cgroup.procs").read_text().split())
     return pids
 
 
-def find_guest(instance_id: str) -> int | None:
+def find_guest(group: str) -> int | None:
     """The guest daemon (``python … -m gentity.guest``, not bwrap) of an instance.
 
-    From the instance's cgroup when there is one, otherwise by the instance id appearing in
-    an ancestor's command line (the sandbox's bind mounts name the instance's directories).
+    ``group`` is the instance's cgroup name (``BenchServer.cgroup_name``). Found through the
+    cgroup when there is one, otherwise by that name appearing in an ancestor's command line
+    (the sandbox's bind mounts name the directories it was started with).
     """
-    for pid in sorted(instance_pids(instance_id)):
+    for pid in sorted(instance_pids(group)):
         if _is_guest(cmdline(pid)):
             return pid
     for pid in all_pids():
@@ -71,16 +72,16 @@ def find_guest(instance_id: str) -> int | None:
             continue
         ancestor = parent(pid)
         while ancestor > 1:
-            if any(instance_id in part for part in cmdline(ancestor)):
+            if any(group in part for part in cmdline(ancestor)):
                 return pid
             ancestor = parent(ancestor)
     return None
 
 
-def cgroup_memory_bytes(instance_id: str) -> int | None:
+def cgroup_memory_bytes(group: str) -> int | None:
     """``memory.usage_in_bytes`` of the instance's v1 memory cgroup, if any."""
-    for group in instance_cgroups(instance_id):
-        path = group / "memory.usage_in_bytes"
+    for found in instance_cgroups(group):
+        path = found / "memory.usage_in_bytes"
         with contextlib.suppress(OSError, ValueError):
             return int(path.read_text())
     return None

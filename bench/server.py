@@ -185,6 +185,13 @@ class BenchServer:
     def instance_dir(self, instance_id: str) -> Path:
         return self.data_dir / "instances" / instance_id
 
+    def cgroup_name(self, instance_id: str) -> str:
+        """The instance's cgroup name: its own id, or the warm spare's it took over."""
+        try:
+            return (self.instance_dir(instance_id) / "cgroup").read_text().strip() or instance_id
+        except OSError:
+            return instance_id
+
     def ws_url(self, instance_id: str, extra: str = "") -> str:
         base = self.url.replace("http://", "ws://")
         query = f"token={self.token}" + (f"&{extra}" if extra else "")
@@ -284,14 +291,14 @@ class BenchServer:
         return found
 
 
-def instance_cgroups(instance_id: str) -> list[Path]:
-    """The cgroup directories (any hierarchy) the local provider made for an instance."""
+def instance_cgroups(group: str) -> list[Path]:
+    """The cgroup directories (any hierarchy) named ``group`` (see ``cgroup_name``)."""
     found = []
     with contextlib.suppress(OSError):
         for hierarchy in CGROUP_ROOT.iterdir():
-            group = hierarchy / "gentity" / instance_id
-            if group.is_dir():
-                found.append(group)
+            path = hierarchy / "gentity" / group
+            if path.is_dir():
+                found.append(path)
     return found
 
 

@@ -96,13 +96,15 @@ async def run(ctx: Context) -> Figure:
     volume = ctx.server.instance_dir(instance_id) / "volume"
     payload = volume / "bench-payload.txt"
     write_payload(payload, plan.throughput_bytes)
-    command = f"cat {payload}; echo done-$((6*7))\r"
+    # The shell starts in its home, the volume (shown at another path inside the sandbox).
+    command = f"cat ~/{payload.name}; echo done-$((6*7))\r"
     url = ctx.server.ws_url(instance_id, "cols=200&rows=50")
     say(
         f"[3] output throughput: cat of {size(payload.stat().st_size)} of base64, "
         f"{plan.throughput_runs} runs each way"
     )
     home = ctx.fresh_home()
+    (home / payload.name).symlink_to(payload)  # the same file for the raw baseline's `cat ~/…`
     ws_rates: list[float] = []
     plain_rates: list[float] = []
     raw_rates: list[float] = []
@@ -135,7 +137,7 @@ async def run(ctx: Context) -> Figure:
                 )
     finally:
         shutil.rmtree(home, ignore_errors=True)
-    guest = procs.find_guest(instance_id)
+    guest = procs.find_guest(ctx.server.cgroup_name(instance_id))
     guest_rss = procs.rss_kb(guest) if guest else 0
     pipeline = await log_pipeline_rate(payload)
     payload.unlink(missing_ok=True)

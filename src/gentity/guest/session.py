@@ -25,6 +25,16 @@ from gentity.guest.logfile import LineLogger
 
 #: Pending output a viewer may lag behind before it is dropped.
 VIEWER_QUEUE_LIMIT: Final = 4 * 1024 * 1024
+#: Flow control: reading the PTY pauses while a viewer has more than HIGH_WATER bytes queued
+#: and resumes below LOW_WATER, so fast output runs at the pace of its viewers (the program
+#: blocks on its writes, as on any terminal). A viewer that stays stuck for STALL_LIMIT
+#: seconds is dropped instead, so it cannot freeze the agent for everyone.
+HIGH_WATER: Final = 1024 * 1024
+LOW_WATER: Final = 256 * 1024
+STALL_LIMIT: Final = 5.0
+#: One os.read() of the PTY, and how much to gather from it before passing output on.
+READ_CHUNK: Final = 65536
+READ_BATCH: Final = 256 * 1024
 #: Pending input for a process that does not read its terminal; more is dropped.
 INPUT_QUEUE_LIMIT: Final = 1024 * 1024
 #: After the process exits, wait this long for the rest of its output.
@@ -105,6 +115,15 @@ class Viewer:
     def closed(self) -> bool:
         """True once the connection is closing or was dropped."""
         return self._writer.is_closing()
+
+    @property
+    def backlog(self) -> int:
+        """Bytes written to this viewer and not yet taken by it."""
+        return 0 if self.closed else self._writer.transport.get_write_buffer_size()
+
+    def drop(self) -> None:
+        """Disconnect at once, discarding the backlog."""
+        self._writer.transport.abort()
 
     def send_output(self, data: bytes) -> bool:
         """Queue output frames; False if the viewer is gone or was just dropped."""
@@ -214,6 +233,7 @@ class PtySession:
         self._master = -1
         self._pending_input = bytearray()
         self._grace: asyncio.TimerHandle | None = None
+        self._paused_since: float | None = None
         self._loop = asyncio.get_running_loop()
         self._done: asyncio.Future[tuple[int | None, str | None]] = self._loop.create_future()
 
@@ -347,11 +367,21 @@ class PtySession:
 
     def _on_readable(self) -> None:
         try:
-            data = os.read(self._master, 65536)
+            data = os.read(self._master, READ_CHUNK)
         except BlockingIOError:
             return
         except OSError:
             data = b""  # EIO: every slave fd is closed; treat other errors alike
+        # A PTY hands out at most a few KiB per read: gather what is already there, so a burst
+        # of output costs one frame per viewer and one log write, not dozens.
+        while data and len(data) < READ_BATCH:
+            try:
+                more = os.read(self._master, READ_CHUNK)
+            except OSError:  # BlockingIOError: drained for now; EIO is seen on the next call
+                break
+            if not more:
+                break
+            data += more
         if not data:
             self._close_master()
             if self.returncode is not None:
@@ -365,6 +395,29 @@ class PtySession:
                 self.viewers.discard(viewer)
         if self._logger is not None:
             self._logger.feed(data)
+        if any(v.backlog > HIGH_WATER for v in self.viewers):
+            self._pause_reading()
+
+    def _pause_reading(self) -> None:
+        if self._master < 0 or self._paused_since is not None:
+            return
+        self._loop.remove_reader(self._master)
+        self._paused_since = self._loop.time()
+        self._loop.call_later(0.01, self._maybe_resume)
+
+    def _maybe_resume(self) -> None:
+        if self._paused_since is None or self._master < 0:
+            self._paused_since = None
+            return
+        stuck = [v for v in self.viewers if v.backlog > LOW_WATER]
+        if stuck and self._loop.time() - self._paused_since < STALL_LIMIT:
+            self._loop.call_later(0.01, self._maybe_resume)
+            return
+        for viewer in stuck:  # still stuck after STALL_LIMIT: let it go, resume for the rest
+            viewer.drop()
+            self.viewers.discard(viewer)
+        self._paused_since = None
+        self._loop.add_reader(self._master, self._on_readable)
 
     def _on_child_exit(self, returncode: int) -> None:
         self.returncode = returncode
@@ -392,6 +445,7 @@ class PtySession:
         return session_pids(self.pid)
 
     def _close_master(self) -> None:
+        self._paused_since = None
         if self._master >= 0:
             self._loop.remove_reader(self._master)
             self._loop.remove_writer(self._master)

@@ -118,7 +118,10 @@ async def _pipe(websocket: WebSocket, session: guest_client.GuestSession) -> Non
     async def guest_to_browser() -> None:
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         while True:
-            frame = await session.read()
+            try:
+                frame = await session.read()
+            except guest_client.GuestError:
+                frame = None  # cut off mid-frame: the guest dropped us
             if isinstance(frame, Output):
                 text = decoder.decode(frame.data)
                 if text:
