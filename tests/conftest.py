@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
 import socket
@@ -119,13 +120,37 @@ class LiveServer:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    def destroy_leftover_instances(self) -> None:
+        from sqlalchemy import select
+
+        from gentity.server.db.orm import Instance
+        from gentity.server.services.instances import handle_of
+
+        ctx = self.app.state.ctx
+
+        async def destroy_all() -> None:
+            async with ctx.db.session() as session:
+                rows = (
+                    await session.scalars(
+                        select(Instance).where(
+                            Instance.destroyed_at.is_(None), Instance.provider_ref.is_not(None)
+                        )
+                    )
+                ).all()
+            for row in rows:
+                with contextlib.suppress(Exception):
+                    await ctx.compute.destroy(handle_of(row))
+
+        asyncio.run_coroutine_threadsafe(destroy_all(), self.server_loop).result(120)
+
     def stop(self) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=15)
 
 
 @pytest.fixture
-def server_factory() -> Iterator[Callable[[Settings], LiveServer]]:
+def server_factory(database_url: str) -> Iterator[Callable[[Settings], LiveServer]]:
+    # Depends on database_url so that it is torn down first, while the database still exists.
     started: list[LiveServer] = []
 
     def start(settings: Settings) -> LiveServer:
@@ -134,6 +159,11 @@ def server_factory() -> Iterator[Callable[[Settings], LiveServer]]:
         return server
 
     yield start
+    # Instances outlive servers by design; a test that failed half-way must not leave its
+    # processes and volumes behind on the machine.
+    running = [s for s in started if s.thread.is_alive()]
+    if running:
+        running[-1].destroy_leftover_instances()
     for server in reversed(started):
         server.stop()
 
