@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import secrets
 from pathlib import Path
 
@@ -151,4 +150,19 @@ def test_missing_instance_directory_is_missing(provider: LocalProvider) -> None:
     run(scenario())
 
 
-assert os  # used by skip conditions on other hosts
+@pytest.mark.skipif(not capabilities().v1, reason="no writable cgroup v1 controllers here")
+def test_abandoned_empty_spare_groups_are_swept() -> None:
+    from gentity.providers.compute.local.cgroups import sweep_abandoned_spare_groups
+
+    left = InstanceCgroup(f".spare-test{secrets.token_hex(4)}")
+    left.create(cpus=1, memory_mb=64)
+    fresh = InstanceCgroup(f".spare-test{secrets.token_hex(4)}")
+    fresh.create(cpus=1, memory_mb=64)
+    try:
+        sweep_abandoned_spare_groups(min_age_seconds=3600)
+        assert all(p.exists() for p in [*left.v1.values(), *fresh.v1.values()])  # too young
+        sweep_abandoned_spare_groups(min_age_seconds=0)
+        assert not any(p.exists() for p in [*left.v1.values(), *fresh.v1.values()])
+    finally:
+        left.remove()
+        fresh.remove()

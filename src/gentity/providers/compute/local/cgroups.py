@@ -127,3 +127,20 @@ class InstanceCgroup:
 
 def _write(path: Path, value: str) -> None:
     path.write_text(value)
+
+
+def sweep_abandoned_spare_groups(min_age_seconds: float = 60.0) -> None:
+    """Remove empty spare groups left by servers that were killed before they could.
+
+    Only empty groups go (rmdir refuses others), and only old ones, so a spare that another
+    server on this host is starting right now is never touched.
+    """
+    caps = capabilities()
+    roots = [ROOT / c / GROUP for c in caps.v1] + ([caps.v2 / GROUP] if caps.v2 else [])
+    now = time.time()
+    for root in roots:
+        with contextlib.suppress(OSError):
+            for group in root.glob(".spare-*"):
+                with contextlib.suppress(OSError):
+                    if group.is_dir() and now - group.stat().st_mtime > min_age_seconds:
+                        group.rmdir()

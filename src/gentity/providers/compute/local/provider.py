@@ -42,7 +42,7 @@ from gentity.providers.compute.base import (
     ProviderError,
 )
 from gentity.providers.compute.local import processes
-from gentity.providers.compute.local.cgroups import InstanceCgroup
+from gentity.providers.compute.local.cgroups import InstanceCgroup, sweep_abandoned_spare_groups
 from gentity.providers.compute.local.install import bin_dir, ensure_installed
 from gentity.providers.compute.local.sandbox import (
     DEFAULT_PATH,
@@ -293,6 +293,7 @@ class LocalProvider(ComputeProvider):
                     shutil.rmtree(leftover, ignore_errors=True)
 
         await anyio.to_thread.run_sync(sweep)
+        await anyio.to_thread.run_sync(sweep_abandoned_spare_groups)
         if self.warm_spares and bwrap_path() is not None:
             self._refill_soon()
 
