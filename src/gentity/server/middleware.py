@@ -90,7 +90,7 @@ class CrossOriginGuard:
 
     def __init__(self, app: ASGIApp, public_origin: str | None) -> None:
         self.app = app
-        self.public_origin = public_origin.rstrip("/").lower() if public_origin else None
+        self.public_origin = public_origin
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] not in SAFE_METHODS:
@@ -105,8 +105,16 @@ class CrossOriginGuard:
         origin = headers.get("origin")
         if origin is None:
             return headers.get("sec-fetch-site", "same-origin") not in ("same-origin", "none")
-        return origin.rstrip("/").lower() not in self.trusted_origins(scope, headers)
+        return not is_trusted_origin(origin, scope, headers, self.public_origin)
 
-    def trusted_origins(self, scope: Scope, headers: Headers) -> set[str]:
-        own = f"{scope.get('scheme', 'http')}://{headers.get('host', '')}".lower()
-        return {own, self.public_origin} if self.public_origin else {own}
+
+def is_trusted_origin(origin: str, scope: Scope, headers: Headers, public_url: str | None) -> bool:
+    """Whether ``origin`` is this server: the request's own scheme and host, or the public URL.
+
+    Used for unsafe HTTP requests here and for cookie-authenticated WebSocket upgrades.
+    """
+    scheme = {"ws": "http", "wss": "https"}.get(scope.get("scheme", "http"), scope.get("scheme"))
+    trusted = {f"{scheme}://{headers.get('host', '')}".lower()}
+    if public_url:
+        trusted.add(public_url.rstrip("/").lower())
+    return origin.rstrip("/").lower() in trusted

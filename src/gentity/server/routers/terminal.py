@@ -24,7 +24,6 @@ import logging
 from typing import Any
 
 from fastapi import APIRouter, WebSocket
-from starlette.datastructures import Headers
 from starlette.responses import JSONResponse
 from starlette.websockets import WebSocketDisconnect
 
@@ -34,6 +33,7 @@ from gentity.models import InstanceStatus
 from gentity.server.auth import Principal, resolve_principal
 from gentity.server.context import AppContext
 from gentity.server.errors import ApiError
+from gentity.server.middleware import is_trusted_origin
 from gentity.server.services import instances
 
 router = APIRouter(tags=["terminal"])
@@ -85,19 +85,13 @@ async def _authenticate(ctx: AppContext, websocket: WebSocket) -> Principal | No
     headers = websocket.headers
     token = websocket.query_params.get("token")
     uses_cookie = token is None and "authorization" not in headers
-    if uses_cookie and not _same_origin(ctx, headers, websocket.url.scheme):
+    origin = headers.get("origin") or ""
+    if uses_cookie and not is_trusted_origin(
+        origin, websocket.scope, headers, ctx.settings.public_url
+    ):
         return None
     async with ctx.db.session() as db:
         return await resolve_principal(db, headers, websocket.cookies, token)
-
-
-def _same_origin(ctx: AppContext, headers: Headers, ws_scheme: str) -> bool:
-    origin = (headers.get("origin") or "").rstrip("/").lower()
-    scheme = "https" if ws_scheme == "wss" else "http"
-    trusted = {f"{scheme}://{headers.get('host', '')}".lower()}
-    if ctx.settings.public_url:
-        trusted.add(ctx.settings.public_url.rstrip("/").lower())
-    return origin in trusted
 
 
 async def _deny(websocket: WebSocket, status: int, message: str) -> None:
