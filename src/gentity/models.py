@@ -26,12 +26,6 @@ class RequestModel(WireModel):
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
 
 
-class ErrorBody(BaseModel):
-    """Every 4xx and 5xx answer."""
-
-    error: str
-
-
 class Ok(BaseModel):
     ok: Literal[True] = True
 
@@ -175,13 +169,6 @@ class InstanceAction(StrEnum):
 
 class InstanceActionRequest(RequestModel):
     action: InstanceAction
-
-
-class LogLevel(StrEnum):
-    DEBUG = "debug"
-    INFO = "info"
-    WARN = "warn"
-    ERROR = "error"
 
 
 class LogLine(WireModel):

@@ -16,11 +16,6 @@ def register(name: str, factory: ProviderFactory) -> None:
     _FACTORIES[name] = factory
 
 
-def names() -> list[str]:
-    _register_builtins()
-    return sorted(_FACTORIES)
-
-
 def create_provider(settings: Settings) -> ComputeProvider:
     _register_builtins()
     try:
