@@ -14,7 +14,7 @@ from gentity.server.auth import (
     read_session_cookie,
     set_session_cookie,
 )
-from gentity.server.db.orm import Session, User
+from gentity.server.db.orm import User
 from gentity.server.errors import ApiError, not_found
 from gentity.server.services import accounts
 
@@ -101,23 +101,18 @@ async def list_sessions(principal: Auth, db: Db) -> models.SessionList:
     current = principal.credential_id if principal.via == "session" else None
     return models.SessionList(
         sessions=[
-            models.SessionInfo.model_validate(
-                {**_columns(r), "current": r.id == current}, from_attributes=False
+            models.SessionInfo(
+                id=r.id,
+                created_at=r.created_at,
+                expires_at=r.expires_at,
+                last_seen_at=r.last_seen_at,
+                user_agent=r.user_agent,
+                address=r.address,
+                current=r.id == current,
             )
             for r in rows
         ]
     )
-
-
-def _columns(row: Session) -> dict[str, object]:
-    return {
-        "id": row.id,
-        "created_at": row.created_at,
-        "expires_at": row.expires_at,
-        "last_seen_at": row.last_seen_at,
-        "user_agent": row.user_agent,
-        "address": row.address,
-    }
 
 
 @router.delete("/sessions/{session_id}", response_model=models.Ok)
