@@ -82,9 +82,12 @@ async def test_resize_sets_the_terminal_size(guest_factory) -> None:
     await term.send("stty size\n")
     await term.expect(r"\b40 100\r?\n")
     await term.session.resize(132, 50)
+    # Let bash handle its SIGWINCH (a prompt redraw) before the next line arrives.
+    await asyncio.sleep(0.2)
     await term.send("stty size\n")
     await term.expect(r"\b50 132\r?\n")
     await term.session.resize(5000, 30)  # clamped to 1..1000
+    await asyncio.sleep(0.2)
     await term.send("stty size\n")
     await term.expect(r"\b30 1000\r?\n")
     # The shell itself sees SIGWINCH: bash updates $COLUMNS for the new size.

@@ -135,7 +135,11 @@ def browsing(browser: Browser, server: LiveServer) -> Iterator[Browsing]:
 def screenshot(page: Page, name: str, *, full_page: bool = True) -> None:
     """Save a screenshot for review under test-output/screenshots/ (not committed)."""
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=SCREENSHOTS / f"{name}.png", full_page=full_page, animations="disabled")
+    # Generous timeout: on a loaded 2-core machine a busy page (live terminal and log stream)
+    # can take a while to settle for the capture.
+    page.screenshot(
+        path=SCREENSHOTS / f"{name}.png", full_page=full_page, animations="disabled", timeout=60_000
+    )
 
 
 @pytest.fixture
