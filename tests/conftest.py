@@ -7,6 +7,7 @@ import contextlib
 import os
 import secrets
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -244,6 +245,19 @@ def other_user(server: LiveServer, settings: Settings) -> Iterator[httpx.Client]
         base_url=server.url, timeout=30, headers={"Authorization": f"Bearer {other_token}"}
     ) as c:
         yield c
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _unmount_leftover_volumes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Instance volumes are loop mounts under each test's data directory. A test that fails
+    half-way may leave one mounted; unmount them at the end so the temporary directories can
+    be removed (by this run's cleanup or the next one's)."""
+    yield
+    base = str(tmp_path_factory.getbasetemp())
+    with open("/proc/self/mountinfo") as f:
+        points = [line.split(" ")[4] for line in f]
+    for point in sorted((p for p in points if p.startswith(base + "/")), reverse=True):
+        subprocess.run(["umount", "-l", point], capture_output=True, check=False)
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:

@@ -63,8 +63,21 @@ class Settings(BaseSettings):
     """How many sandboxes the local provider keeps started ahead of need, so that creating an
     instance does not wait for its guest daemon to start. 0 turns it off."""
 
+    local_uid_range: str = "1000000-1999999"
+    """Host uids the local provider gives instances, one each, when the server runs as root
+    (``FIRST-LAST``). Root inside an instance is that uid outside it. Servers sharing a host
+    share the claims, in ``/var/lib/gentity/uids``."""
+
     reconcile_interval_seconds: float = Field(default=15.0, gt=0)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @field_validator("local_uid_range")
+    @classmethod
+    def _uid_range(cls, value: str) -> str:
+        from gentity.providers.compute.local.uids import parse_range
+
+        parse_range(value)  # raises ValueError with the reason
+        return value
 
     @field_validator("data_dir")
     @classmethod

@@ -33,6 +33,8 @@ async def _connect(
         addr = p.parse_address(address)
     except ValueError as exc:
         raise GuestError(str(exc)) from None
+    if addr.kind == "fd":
+        raise GuestError(f"cannot connect to {address}: a descriptor is the guest's own")
     try:
         async with asyncio.timeout(seconds):
             if addr.kind == "unix":

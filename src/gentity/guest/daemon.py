@@ -109,6 +109,13 @@ class Guest:
         if addr.kind == "unix":
             sock = self._bind_unix(addr.path)
             return await asyncio.start_unix_server(self._handle, sock=sock, limit=limit), str(addr)
+        if addr.kind == "fd":
+            # Bound by the launcher where the instance cannot touch the path; ours is the fd.
+            sock = socket.socket(fileno=addr.fd)
+            sock.set_inheritable(False)
+            if sock.family != socket.AF_UNIX:
+                raise OSError(f"{addr} is not a unix socket")
+            return await asyncio.start_unix_server(self._handle, sock=sock, limit=limit), str(addr)
         # Bound here rather than by start_server: no resolver thread in the loop.
         family, kind, proto, _, sockaddr = socket.getaddrinfo(
             addr.host, addr.port, type=socket.SOCK_STREAM
@@ -345,6 +352,7 @@ class Guest:
             cols=cols,
             rows=rows,
             watcher=self._watcher,
+            cgroup_fd=self._config.child_cgroup_fd,
             replay_bytes=replay_bytes,
             logger=logger,
             on_activity=self._touch,
@@ -445,7 +453,13 @@ class Guest:
 
         try:
             returncode = await run_piped(
-                argv, exe, cwd=self._config.workdir, env=env, watcher=self._watcher, on_line=on_line
+                argv,
+                exe,
+                cwd=self._config.workdir,
+                env=env,
+                watcher=self._watcher,
+                on_line=on_line,
+                cgroup_fd=self._config.child_cgroup_fd,
             )
         except OSError as exc:
             return f"{name} could not be started: {(exc.strerror or str(exc)).lower()}"

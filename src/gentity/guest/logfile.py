@@ -10,9 +10,11 @@ from __future__ import annotations
 import asyncio
 import codecs
 import contextlib
+import errno
 import json
 import os
 import re
+import stat
 import time
 from collections.abc import AsyncGenerator, Callable
 from typing import IO, Any, Final
@@ -70,8 +72,9 @@ class LogWriter:
         parent = os.path.dirname(self.path)
         if parent:
             os.makedirs(parent, exist_ok=True)
-        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
-        self._fd: int | None = os.open(self.path, flags, 0o600)
+        self._fd: int | None = _open_regular(
+            self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, writing=True
+        )
 
     def write(self, level: str, message: str) -> None:
         """Append one record. Write errors (e.g. disk full) are swallowed: losing a
@@ -110,18 +113,42 @@ class LogWriter:
 
 
 def _open_existing(path: str | os.PathLike[str]) -> IO[bytes] | None:
-    # Opening a local file does not block meaningfully; kept out of the async
-    # function so the lint rule against blocking calls stays meaningful there.
+    # With O_NONBLOCK and no symlinks followed, the open cannot block; kept out of the async
+    # function so the lint rule against blocking calls stays meaningful there. Anything but
+    # a regular file is treated as no log at all.
     try:
         return _open_nofollow(path)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotARegularFile):
         return None
 
 
+class NotARegularFile(OSError):
+    """Something other than a plain file sits where the log should be."""
+
+
+def _open_regular(path: str | os.PathLike[str], flags: int, *, writing: bool = False) -> int:
+    """Open a file that the instance may have replaced, safely for a more privileged process.
+
+    The log directory is writable from inside the instance. ``O_NOFOLLOW`` refuses a planted
+    symlink; ``O_NONBLOCK`` keeps a FIFO from blocking the open; the file must then be a
+    regular file, and for writing one with a single link (a hard link to a file elsewhere
+    would otherwise be appended to).
+    """
+    try:
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENXIO):  # a symlink; a FIFO without a reader
+            raise NotARegularFile(f"{os.fspath(path)} is not a regular file") from None
+        raise
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or (writing and st.st_nlink != 1):
+        os.close(fd)
+        raise NotARegularFile(f"{os.fspath(path)} is not a regular file")
+    return fd
+
+
 def _open_nofollow(path: str | os.PathLike[str]) -> IO[bytes]:
-    # The log directory is writable from inside the instance: refuse a symlink planted in
-    # place of the log, or a reader with more privileges would follow it anywhere.
-    return os.fdopen(os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC), "rb")
+    return os.fdopen(_open_regular(path, os.O_RDONLY), "rb")
 
 
 def tail(path: str | os.PathLike[str], n: int) -> list[Record]:
@@ -136,7 +163,7 @@ def tail(path: str | os.PathLike[str], n: int) -> list[Record]:
         return []
     try:
         f = _open_nofollow(path)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotARegularFile):
         return []
     newest_first: list[Record] = []
     with f:
@@ -215,7 +242,10 @@ async def follow_offsets(
                     continue
                 st = os.fstat(f.fileno())
                 ident, pos, pending = (st.st_dev, st.st_ino), 0, b""
-            chunk = f.read(FOLLOW_CHUNK)
+            # Reads happen in a thread, and only once fstat (which never blocks) shows data.
+            chunk = b""
+            if os.fstat(f.fileno()).st_size > pos:
+                chunk = await asyncio.to_thread(f.read, FOLLOW_CHUNK)
             if chunk:
                 line_start = pos - len(pending)
                 pos += len(chunk)
@@ -233,7 +263,7 @@ async def follow_offsets(
             # At the end: was the file replaced or truncated meanwhile? (A removed
             # file is waited for: its successor will have a different inode.)
             with contextlib.suppress(FileNotFoundError):
-                st = os.stat(path)
+                st = os.lstat(path)  # the name, not where a planted symlink points
                 if (st.st_dev, st.st_ino) != ident:
                     f.close()
                     f = None
@@ -373,7 +403,7 @@ def offset_before_last(path: str | os.PathLike[str], n: int) -> int:
     """
     try:
         f = _open_nofollow(path)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotARegularFile):
         return 0
     with f:
         end = f.seek(0, os.SEEK_END)

@@ -75,22 +75,26 @@ class Exit:
 
 @dataclass(frozen=True, slots=True)
 class Address:
-    """A parsed guest address: ``unix:/path`` or ``tcp:host:port``."""
+    """A parsed guest address: ``unix:/path``, ``tcp:host:port``, or ``fd:N`` (a listening
+    socket the launcher bound and handed over, so the guest needs no writable socket path)."""
 
-    kind: Literal["unix", "tcp"]
+    kind: Literal["unix", "tcp", "fd"]
     path: str = ""
     host: str = ""
     port: int = 0
+    fd: int = -1
 
     def __str__(self) -> str:
         if self.kind == "unix":
             return f"unix:{self.path}"
+        if self.kind == "fd":
+            return f"fd:{self.fd}"
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"tcp:{host}:{self.port}"
 
 
 def parse_address(address: str) -> Address:
-    """Parse ``unix:/abs/path`` or ``tcp:host:port`` (IPv6 hosts in brackets).
+    """Parse ``unix:/abs/path``, ``tcp:host:port`` (IPv6 hosts in brackets) or ``fd:N``.
 
     Raises ValueError with a readable message on anything else.
     """
@@ -105,7 +109,11 @@ def parse_address(address: str) -> Address:
         if not sep or not host or not port_text.isdigit() or int(port_text) > 65535:
             raise ValueError(f"invalid address {address!r}: expected tcp:host:port")
         return Address("tcp", host=host, port=int(port_text))
-    raise ValueError(f"invalid address {address!r}: expected unix:/path or tcp:host:port")
+    if sep and kind == "fd":
+        if not (rest.isascii() and rest.isdigit()) or len(rest) > 6:
+            raise ValueError(f"invalid address {address!r}: expected fd:N")
+        return Address("fd", fd=int(rest))
+    raise ValueError(f"invalid address {address!r}: expected unix:/path, tcp:host:port or fd:N")
 
 
 def clamp_size(value: object) -> int | None:
@@ -247,6 +255,9 @@ class Config:
     rows: int = 32
     hostname: str | None = None
     """Set as the hostname first (a guest started ahead of need learns its name late)."""
+    child_cgroup_fd: int | None = None
+    """An open ``cgroup.procs`` of a group below the guest's own: every child writes itself
+    there, so a fork bomb in the agent hits that group's limit and leaves the guest room."""
 
 
 def _str_list(value: object, name: str) -> list[str]:
@@ -274,7 +285,8 @@ def _abs_path(data: dict[str, Any], name: str) -> str:
 
 def parse_config(data: object) -> Config:
     """Validate the JSON config object (fields: secret, listen, logFile, workdir,
-    command, shell, env, restart, install, replayBytes, cols, rows)."""
+    command, shell, env, restart, install, replayBytes, cols, rows, hostname,
+    childCgroupFd)."""
     if not isinstance(data, dict):
         raise ConfigError("config must be a JSON object")
     secret = data.get("secret")
@@ -326,7 +338,16 @@ def parse_config(data: object) -> Config:
         cols=numbers["cols"],
         rows=numbers["rows"],
         hostname=_hostname(data.get("hostname")),
+        child_cgroup_fd=_optional_fd(data.get("childCgroupFd")),
     )
+
+
+def _optional_fd(value: object) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 3 <= value < 1 << 20:
+        raise ConfigError("childCgroupFd must be a file descriptor number")
+    return value
 
 
 def _hostname(value: object) -> str | None:

@@ -194,6 +194,20 @@ def _acquire_controlling_tty() -> None:
     fcntl.ioctl(0, termios.TIOCSCTTY, 0)
 
 
+def _child_setup(cgroup_fd: int | None, tty: bool) -> Callable[[], None]:
+    """What a child runs between fork and exec: join the children's cgroup (so the agent's
+    process limit is not the guest's), then take the terminal."""
+
+    def setup() -> None:
+        if cgroup_fd is not None:
+            with contextlib.suppress(OSError):
+                os.write(cgroup_fd, b"0")  # "0" moves the writer itself
+        if tty:
+            _acquire_controlling_tty()
+
+    return setup
+
+
 class PtySession:
     """A process running on a pseudo-terminal.
 
@@ -213,6 +227,7 @@ class PtySession:
         cols: int,
         rows: int,
         watcher: ChildWatcher,
+        cgroup_fd: int | None = None,
         replay_bytes: int = 0,
         logger: LineLogger | None = None,
         on_activity: Callable[[], None] | None = None,
@@ -223,6 +238,7 @@ class PtySession:
         self._env: dict[str, str] | None = env
         self._size = (cols, rows)
         self._watcher = watcher
+        self._cgroup_fd = cgroup_fd
         self.replay = RingBuffer(replay_bytes) if replay_bytes > 0 else None
         self._logger = logger
         self._on_activity = on_activity
@@ -256,7 +272,7 @@ class PtySession:
                 cwd=self._cwd,
                 env=self._env,
                 start_new_session=True,
-                preexec_fn=_acquire_controlling_tty,
+                preexec_fn=_child_setup(self._cgroup_fd, tty=True),
             )
         except BaseException:
             os.close(master)
@@ -478,6 +494,7 @@ async def run_piped(
     watcher: ChildWatcher,
     on_line: Callable[[str], None],
     stop_timeout: float = 5.0,
+    cgroup_fd: int | None = None,
 ) -> int:
     """Run a command with stdout and stderr piped into ``on_line`` as clean lines.
 
@@ -498,6 +515,7 @@ async def run_piped(
             cwd=cwd,
             env=env,
             start_new_session=True,
+            preexec_fn=_child_setup(cgroup_fd, tty=False) if cgroup_fd is not None else None,
         )
     except BaseException:
         os.close(read_fd)

@@ -52,6 +52,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await ctx.db.migrate()
         ctx.compute = create_provider(settings)
+        for warning in ctx.compute.isolation_warnings():
+            log.warning("ISOLATION: %s (see docs/security.md)", warning)
         await ctx.compute.adopt()
         # The first pass runs before serving, so rows left by a crash are settled at once.
         await reconcile_once(ctx)

@@ -153,6 +153,11 @@ class ComputeProvider(abc.ABC):
     async def log_cursor_before(self, handle: MachineHandle, lines: int) -> str:
         """A cursor for :meth:`follow_logs` that replays the last ``lines`` records first."""
 
+    def isolation_warnings(self) -> list[str]:
+        """What this provider cannot enforce here, in words for an operator (e.g. a missing
+        sandbox tool). Shown at start-up and by ``GET /readyz``."""
+        return []
+
     async def adopt(self) -> None:  # noqa: B027 (optional hook, empty by default)
         """Called once at server start-up: pick up machines a previous process left running."""
 

@@ -20,11 +20,16 @@ async def healthz() -> dict[str, str]:
 
 
 @router.get("/readyz", response_model=None)
-async def readyz(ctx: Ctx) -> JSONResponse | dict[str, str]:
-    """The database answers; otherwise 503 so a load balancer routes elsewhere."""
+async def readyz(ctx: Ctx) -> JSONResponse | dict[str, object]:
+    """The database answers; otherwise 503 so a load balancer routes elsewhere.
+
+    ``detail`` lists what the compute provider cannot enforce on this host (a missing sandbox
+    or network tool): the server still serves, but an operator should know.
+    """
     try:
         await ctx.db.ping()
     except Exception as exc:
         log.warning("readiness check failed: %s", exc)
         return JSONResponse({"error": "Database unreachable"}, status_code=503)
-    return {"status": "ok"}
+    warnings = ctx.compute.isolation_warnings() if ctx.compute is not None else []
+    return {"status": "ok", "detail": warnings}

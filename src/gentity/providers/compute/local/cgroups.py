@@ -24,6 +24,10 @@ GROUP = "gentity"
 V1_CONTROLLERS = ("memory", "cpu", "pids")
 CPU_PERIOD_US = 100_000
 PIDS_MAX = 4096
+# The guest's children (agent, shells, installs) live in a group below the instance's with a
+# lower process limit, so a fork bomb leaves the guest room to keep serving and clean up.
+CHILDREN = "children"
+CHILDREN_PIDS_MAX = PIDS_MAX - 96
 
 
 @dataclass(frozen=True)
@@ -88,6 +92,24 @@ class InstanceCgroup:
             _write(self.v1["cpu"] / "cpu.cfs_quota_us", str(cpus * CPU_PERIOD_US))
         if "pids" in self.v1:
             _write(self.v1["pids"] / "pids.max", str(PIDS_MAX))
+            children = self.v1["pids"] / CHILDREN
+            children.mkdir(exist_ok=True)
+            _write(children / "pids.max", str(CHILDREN_PIDS_MAX))
+
+    def open_children_procs(self) -> int | None:
+        """An open ``cgroup.procs`` of the children's group, for the guest to move its
+        children into (the instance cannot open it itself: its cgroups are hidden)."""
+        if "pids" not in self.v1:
+            return None
+        try:
+            return os.open(self.v1["pids"] / CHILDREN / "cgroup.procs", os.O_WRONLY)
+        except OSError:
+            return None
+
+    def _all_groups(self) -> list[Path]:
+        """Every group of the instance, children before their parents."""
+        groups = [*self.v1.values(), *([self.v2] if self.v2 else [])]
+        return [p / CHILDREN for p in groups] + groups
 
     def procs_files(self) -> list[str]:
         """The ``cgroup.procs`` files a new process must write its pid into to join."""
@@ -99,7 +121,7 @@ class InstanceCgroup:
     def pids(self) -> set[int]:
         """Every process in the instance's groups (empty when nothing runs)."""
         found: set[int] = set()
-        for path in [*self.v1.values(), *([self.v2] if self.v2 else [])]:
+        for path in self._all_groups():
             with contextlib.suppress(OSError):
                 found.update(int(x) for x in (path / "cgroup.procs").read_text().split())
         return found
@@ -120,7 +142,7 @@ class InstanceCgroup:
             time.sleep(0.02)
 
     def remove(self) -> None:
-        for path in [*self.v1.values(), *([self.v2] if self.v2 else [])]:
+        for path in self._all_groups():
             with contextlib.suppress(FileNotFoundError):
                 path.rmdir()
 
@@ -143,4 +165,6 @@ def sweep_abandoned_spare_groups(min_age_seconds: float = 60.0) -> None:
             for group in root.glob(".spare-*"):
                 with contextlib.suppress(OSError):
                     if group.is_dir() and now - group.stat().st_mtime > min_age_seconds:
+                        with contextlib.suppress(FileNotFoundError):
+                            (group / CHILDREN).rmdir()
                         group.rmdir()

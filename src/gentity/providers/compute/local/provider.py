@@ -1,13 +1,15 @@
 """The ``local`` compute provider: instances as sandboxed process trees on this host.
 
-Each instance gets ``<data dir>/instances/<id>/`` with ``volume/`` (the agent's home and working
-directory, kept across stop/start) and ``logs/``, and a short-path runtime directory for the
-guest's unix socket. The guest daemon is started detached from the server (its own session, not
-a child the server waits on), so restarting ``gentity serve`` leaves instances running; the next
-server finds them again through their cgroups or their recorded process id.
+Each instance gets ``<data dir>/instances/<id>/``, the control plane's own directory (mode
+0700, never visible inside the sandbox), holding ``disk/``: the instance's volume with
+``home/`` (the agent's home and working directory, kept across stop/start) and ``logs/``.
+The guest daemon is started detached from the server (its own session, not a child the
+server waits on), so restarting ``gentity serve`` leaves instances running; the next server
+finds them again through their cgroups or their recorded process id.
 
-Limits: CPU and memory are enforced by cgroup v1 controllers when writable; the volume size is
-not enforced (the directory is a plain directory on the host filesystem).
+Everything under ``disk/`` is written by the instance and read here as hostile input (see
+docs/security.md). The guest's socket is bound by this provider in a directory the instance
+cannot see, and handed to the guest as a descriptor.
 """
 
 from __future__ import annotations
@@ -15,17 +17,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import io
 import json
 import logging
 import os
 import secrets
 import shutil
 import signal
+import socket
 import stat
 import subprocess
 import threading
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import anyio.to_thread
@@ -41,23 +46,28 @@ from gentity.providers.compute.base import (
     MachineStatus,
     ProviderError,
 )
-from gentity.providers.compute.local import processes
+from gentity.providers.compute.local import network, processes, uids, volumes
 from gentity.providers.compute.local.cgroups import InstanceCgroup, sweep_abandoned_spare_groups
 from gentity.providers.compute.local.install import bin_dir, ensure_installed
 from gentity.providers.compute.local.sandbox import (
     DEFAULT_PATH,
     SANDBOX_HOME,
     InstancePaths,
+    SandboxSpec,
     bwrap_path,
     guest_command,
     guest_environment,
     sandbox_argv,
+    setpriv_path,
 )
+from gentity.providers.compute.local.seccomp import open_filter_fd
 from gentity.settings import Settings
 
 log = logging.getLogger(__name__)
 
 GUEST_READY_TIMEOUT = 20.0
+# A warm spare's volume: the smallest in the catalog, grown when an instance takes it over.
+SPARE_VOLUME_GB = 1
 GUEST_STOP_GRACE = 8.0
 # Joins the instance's cgroups *before* exec'ing the sandbox, so no process of the instance
 # ever runs outside them (writing the pid afterwards would race with the first fork).
@@ -67,18 +77,41 @@ _JOIN_CGROUPS = (
 )
 
 
+@dataclass
+class Booted:
+    """A sandbox whose guest waits for its config, and what it was handed."""
+
+    paths: InstancePaths
+    process: subprocess.Popen[bytes]
+    listen_fd: int
+    """The listening socket's descriptor number in the guest (bound by us at ``paths.socket``)."""
+    cgroup_fd: int | None
+    """The children's ``cgroup.procs`` descriptor number in the guest, if there is that group."""
+    sandbox_pid: int | None = None
+    """The host pid of the sandbox's first process (to set its hostname)."""
+    uid: int | None = None
+
+
 class LocalProvider(ComputeProvider):
     """Runs every instance on this host. See the module docstring for the layout."""
 
     name = "local"
 
-    def __init__(self, data_dir: Path, *, warm_spares: int = 0) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        warm_spares: int = 0,
+        uid_range: tuple[int, int] = (1_000_000, 1_999_999),
+    ) -> None:
         self.data_dir = data_dir
         self.warm_spares = warm_spares
-        self._spares: list[tuple[InstancePaths, subprocess.Popen[bytes]]] = []
+        self.uid_range = uid_range
+        self._spares: list[Booted] = []
         self._spares_lock = threading.Lock()
         self._refilling: asyncio.Future[None] | None = None
         self._closed = False
+        self._warned_unlimited: set[str] = set()
         self.instances_dir = data_dir / "instances"
         self.agents_dir = data_dir / "agents"
         # Unix socket paths are limited to 107 bytes, and data directories can be deep: the
@@ -88,23 +121,78 @@ class LocalProvider(ComputeProvider):
 
     @classmethod
     def from_settings(cls, settings: Settings) -> LocalProvider:
-        return cls(settings.data_dir, warm_spares=settings.local_warm_spares)
+        return cls(
+            settings.data_dir,
+            warm_spares=settings.local_warm_spares,
+            uid_range=uids.parse_range(settings.local_uid_range),
+        )
 
     def paths(self, handle: MachineHandle) -> InstancePaths:
         return InstancePaths.under(self.instances_dir, handle.ref, self.runtime_dir)
+
+    # --- what this host can enforce -------------------------------------------------------
+
+    @property
+    def per_instance_uids(self) -> bool:
+        """Root can run each instance as a uid of its own; anyone else runs them as itself."""
+        return os.geteuid() == 0 and bwrap_path() is not None and setpriv_path() is not None
+
+    @property
+    def own_network(self) -> bool:
+        return bwrap_path() is not None and network.slirp4netns_path() is not None
+
+    def isolation_warnings(self) -> list[str]:
+        warnings = []
+        if bwrap_path() is None:
+            warnings.append("bubblewrap missing: local instances run without a sandbox")
+        elif not self.per_instance_uids:
+            warnings.append("not root: every local instance runs as the server's own uid")
+        if network.slirp4netns_path() is None:
+            warnings.append("slirp4netns missing: local instances share the host's network")
+        if not InstanceCgroup("probe").enabled:
+            warnings.append("no writable cgroups: local instances have no resource limits")
+        return warnings
 
     # --- lifecycle ------------------------------------------------------------------------
 
     async def create(self, spec: MachineSpec) -> MachineHandle:
         handle = MachineHandle(
             ref=spec.instance_id,
-            data={"cpus": spec.cpus, "memoryMb": spec.memory_mb, "hostname": spec.subdomain},
+            data={
+                "cpus": spec.cpus,
+                "memoryMb": spec.memory_mb,
+                "volumeGb": spec.volume_gb,
+                "hostname": spec.subdomain,
+            },
         )
-        paths = self.paths(handle)
-        self._ensure_runtime_dir()
-        for directory in (paths.root, paths.volume, paths.logs, paths.run):
-            directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        await anyio.to_thread.run_sync(self._make_directories, self.paths(handle), spec.volume_gb)
         return handle
+
+    def _make_directories(self, paths: InstancePaths, volume_gb: int) -> None:
+        """The instance's directories and its volume (idempotent)."""
+        self._ensure_runtime_dir()
+        self.instances_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        for directory in (paths.root, paths.run):
+            directory.mkdir(exist_ok=True, mode=0o700)
+        uid = self._uid_of(paths)
+        owner = os.getuid() if uid is None else uid
+        unlimited = volumes.create(paths.root, volume_gb, owner, owner)
+        if unlimited is not None and paths.root.name not in self._warned_unlimited:
+            self._warned_unlimited.add(paths.root.name)
+            log.warning("instance %s: %s", paths.root.name, unlimited)
+        for directory in (paths.volume, paths.logs):
+            directory.mkdir(exist_ok=True, mode=0o700)
+            os.chown(directory, owner, owner)
+
+    def _uid_of(self, paths: InstancePaths) -> int | None:
+        """The instance's host uid: recorded in its directory, claimed on first use."""
+        if not self.per_instance_uids:
+            return None
+        with contextlib.suppress(OSError, ValueError):
+            return int(paths.uid_file.read_text())
+        uid = uids.claim(paths.root, self.uid_range)
+        paths.uid_file.write_text(f"{uid}\n")
+        return uid
 
     def _ensure_runtime_dir(self) -> None:
         # /tmp is shared with every user of the host: refuse a directory someone else made
@@ -113,7 +201,7 @@ class LocalProvider(ComputeProvider):
             directory.mkdir(mode=0o700, exist_ok=True)
             info = directory.lstat()
             if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
-                raise ProviderError(f"{directory} is not a directory owned by this user")
+                raise ProviderError("the runtime directory is not this server's")
             if stat.S_IMODE(info.st_mode) & 0o077:
                 directory.chmod(0o700)
 
@@ -121,10 +209,7 @@ class LocalProvider(ComputeProvider):
         if (await self.status(handle)).state is MachineState.RUNNING:
             return
         paths = self.paths(handle)
-        if not paths.volume.is_dir():
-            raise ProviderError("the instance's volume is missing")
-        self._ensure_runtime_dir()
-        paths.run.mkdir(exist_ok=True, mode=0o700)
+        await anyio.to_thread.run_sync(self._prepare_start, paths)
         extra_path: list[str] = []
         if launch.install is not None:
             with LogWriter(paths.log_file) as writer:
@@ -132,86 +217,140 @@ class LocalProvider(ComputeProvider):
                     ensure_installed, self.agents_dir, launch.agent, launch.install, writer
                 )
             extra_path.append(str(bin_dir(self.agents_dir, launch.agent)))
-        process = await anyio.to_thread.run_sync(self._boot, handle, paths)
+        booted = await anyio.to_thread.run_sync(self._boot, handle, paths)
         sandboxed = bwrap_path() is not None
         view = paths.view(sandboxed)
         env = guest_environment(view.home, extra_path)
         config = {
             "secret": launch.secret,
-            "listen": f"unix:{view.socket}",
+            "listen": f"fd:{booted.listen_fd}",
             "logFile": view.log_file,
             "workdir": view.home,
             "command": launch.command,
             "shell": ["bash", "-l"],
             "env": {**env, **launch.agent_env},
             "restart": launch.restart,
-            "hostname": str(handle.data.get("hostname", handle.ref)),
+            "hostname": str(handle.data.get("hostname", handle.ref))[:63],
+            "childCgroupFd": booted.cgroup_fd,
         }
         # The secrets travel over this pipe only: not argv, not the environment, not a file.
-        await anyio.to_thread.run_sync(_send_config, process, json.dumps(config).encode())
-        await self._wait_until_ready(handle, paths, launch.secret, process)
+        await anyio.to_thread.run_sync(_send_config, booted.process, json.dumps(config).encode())
+        await self._wait_until_ready(handle, paths, launch.secret, booted.process)
         if self.warm_spares:
             self._refill_soon()
 
-    def _boot(self, handle: MachineHandle, paths: InstancePaths) -> subprocess.Popen[bytes]:
+    def _prepare_start(self, paths: InstancePaths) -> None:
+        if not paths.root.is_dir():
+            raise ProviderError("the instance's volume is missing")
+        moved = _move_legacy_layout(paths)
+        volumes.ensure_mounted(paths.root)  # after a reboot, the mount is gone
+        if not paths.volume.is_dir():
+            raise ProviderError("the instance's volume is missing")
+        uid = self._uid_of(paths)
+        if moved and uid is not None:
+            _chown_tree(paths.disk, uid)
+
+    def _boot(self, handle: MachineHandle, paths: InstancePaths) -> Booted:
         """A sandboxed guest waiting for its config: a warm spare when one fits, else new."""
         cpus, memory_mb = int(handle.data["cpus"]), int(handle.data["memoryMb"])
-        spare = self._take_spare(paths)
-        if spare is not None:
-            # The spare's directories become the instance's; its processes keep running.
-            spare_paths, process = spare
-            shutil.rmtree(paths.root)
-            os.rename(spare_paths.root, paths.root)
-            paths.run.rmdir()
-            os.rename(spare_paths.run, paths.run)
-            # cgroup v2 directories cannot be renamed: the instance keeps the spare's groups.
-            InstanceCgroup(spare_paths.root.name).create(cpus=cpus, memory_mb=memory_mb)
-            return process
-        return self._spawn(handle.ref, paths, cpus=cpus, memory_mb=memory_mb)
+        hostname = str(handle.data.get("hostname", handle.ref))[:63]
+        volume_gb = int(handle.data.get("volumeGb", SPARE_VOLUME_GB))
+        spare = self._take_spare(paths, volume_gb)
+        if spare is None:
+            return self._spawn(handle.ref, paths, cpus=cpus, memory_mb=memory_mb)
+        # The spare's directories become the instance's; its processes keep running.
+        volumes.destroy(paths.root)
+        shutil.rmtree(paths.root)
+        if spare.uid is not None:
+            uids.move(spare.uid, paths.root)
+        os.rename(spare.paths.root, paths.root)
+        paths.run.rmdir()
+        os.rename(spare.paths.run, paths.run)
+        volumes.resize(paths.root, volume_gb)
+        # cgroup v2 directories cannot be renamed: the instance keeps the spare's groups.
+        InstanceCgroup(spare.paths.root.name).create(cpus=cpus, memory_mb=memory_mb)
+        if spare.sandbox_pid is not None:
+            _set_hostname(spare.sandbox_pid, hostname)
+        spare.paths = paths
+        return spare
 
-    def _spawn(
-        self, ref: str, paths: InstancePaths, *, cpus: int, memory_mb: int
-    ) -> subprocess.Popen[bytes]:
+    def _spawn(self, ref: str, paths: InstancePaths, *, cpus: int, memory_mb: int) -> Booted:
         """Start the sandbox and the guest in it; the guest then waits for its config."""
         cgroup = InstanceCgroup(ref)
         if cgroup.enabled:
             cgroup.create(cpus=cpus, memory_mb=memory_mb)
         (paths.root / "cgroup").write_text(ref)
-        bwrap = bwrap_path()
         self.agents_dir.mkdir(parents=True, exist_ok=True)
-        if bwrap:
-            argv = sandbox_argv(
-                bwrap=bwrap,
-                paths=paths,
-                data_dir=self.data_dir,
-                hostname=ref[:63],
-                readonly_paths=[self.agents_dir],
-                env=guest_environment(SANDBOX_HOME, []),
-                command=guest_command(),
-            )
-            spawn_env = {"PATH": DEFAULT_PATH}
-        else:
-            argv, spawn_env = guest_command(), guest_environment(str(paths.volume), [])
-        if cgroup.enabled:
-            argv = ["/bin/sh", "-c", _JOIN_CGROUPS, "sh", *argv]
-            spawn_env = {**spawn_env, "GENTITY_CGROUP_PROCS": ":".join(cgroup.procs_files())}
-        with contextlib.suppress(FileNotFoundError):
-            paths.socket.unlink()
-        with (paths.logs / "guest.out").open("ab") as out:
-            process = subprocess.Popen(
-                argv,
-                stdin=subprocess.PIPE,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env=spawn_env,
-                cwd=paths.volume,
-                start_new_session=True,  # no signal from the server's terminal reaches it
-                close_fds=True,
-            )
+        uid = self._uid_of(paths)
+        bwrap = bwrap_path()
+        own_network = self.own_network
+        # Descriptors for the child only; ours are closed as soon as it has them.
+        listen_fd = _bind_socket(paths.socket)
+        cgroup_fd = cgroup.open_children_procs()
+        handed = [listen_fd] + ([cgroup_fd] if cgroup_fd is not None else [])
+        info_read: int | None = None
+        exit_read: int | None = None
+        try:
+            if bwrap:
+                seccomp_fd = open_filter_fd()
+                info_read, info_write = os.pipe()
+                handed += [seccomp_fd, info_write]
+                if own_network:
+                    # The sandbox holds the write end: slirp4netns exits when it is gone.
+                    exit_read, exit_write = os.pipe()
+                    handed.append(exit_write)
+                spec = SandboxSpec(
+                    paths=paths,
+                    data_dir=self.data_dir,
+                    hostname=ref[:63],
+                    env=guest_environment(SANDBOX_HOME, []),
+                    command=guest_command(),
+                    readonly_paths=[self.agents_dir],
+                    uid=uid,
+                    seccomp_fd=seccomp_fd,
+                    info_fd=info_write,
+                    own_network=own_network,
+                    resolv_conf=network.resolv_conf(self.data_dir) if own_network else None,
+                )
+                argv, spawn_env = sandbox_argv(bwrap, spec), {"PATH": DEFAULT_PATH}
+            else:
+                argv, spawn_env = guest_command(), guest_environment(str(paths.volume), [])
+            wrap: list[str] = []
+            if cgroup.enabled:
+                wrap = ["/bin/sh", "-c", _JOIN_CGROUPS, "sh"]
+                spawn_env = {**spawn_env, "GENTITY_CGROUP_PROCS": ":".join(cgroup.procs_files())}
+            with paths.guest_output.open("ab") as out:
+                process = subprocess.Popen(
+                    [*wrap, *argv],
+                    stdin=subprocess.PIPE,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    env=spawn_env,
+                    cwd=paths.root,
+                    start_new_session=True,  # no signal from the server's terminal reaches it
+                    pass_fds=handed,
+                )
+        finally:
+            for fd in handed:
+                os.close(fd)
         processes.record(paths.pid_file, process.pid)
         # Reap it when it ends while this server runs; after a server restart, init does.
         threading.Thread(target=process.wait, name=f"reap-{ref}", daemon=True).start()
-        return process
+        booted = Booted(paths, process, listen_fd, cgroup_fd, uid=uid)
+        try:
+            if info_read is not None:
+                booted.sandbox_pid = network.read_sandbox_pid(info_read)
+            if exit_read is not None and booted.sandbox_pid is not None:
+                output = paths.root / "network.out"
+                network.attach(booted.sandbox_pid, exit_read, output, wrap, spawn_env)
+        except network.NetworkError as exc:
+            self._discard(booted)
+            raise ProviderError(str(exc)) from None
+        finally:
+            for leftover in (info_read, exit_read):
+                if leftover is not None:
+                    os.close(leftover)
+        return booted
 
     # --- warm spares ----------------------------------------------------------------------
     #
@@ -221,18 +360,19 @@ class LocalProvider(ComputeProvider):
     # instance can (its volume is empty, like the spare's); later starts boot cold. A spare
     # whose server goes away reads end-of-file instead of a config, and exits.
 
-    def _take_spare(
-        self, paths: InstancePaths
-    ) -> tuple[InstancePaths, subprocess.Popen[bytes]] | None:
+    def _take_spare(self, paths: InstancePaths, volume_gb: int) -> Booted | None:
         fresh = not any(paths.volume.iterdir()) and not any(paths.logs.iterdir())
         if not fresh or bwrap_path() is None:
             return None
+        # A spare's volume is the smallest; a larger one needs growing while it is mounted.
+        if volume_gb != SPARE_VOLUME_GB and not volumes.can_grow_online():
+            return None
         with self._spares_lock:
             while self._spares:
-                spare_paths, process = self._spares.pop()
-                if process.poll() is None:
-                    return spare_paths, process
-                self._discard_spare(spare_paths, process)
+                spare = self._spares.pop()
+                if spare.process.poll() is None:
+                    return spare
+                self._discard(spare)
         return None
 
     def _refill_soon(self) -> None:
@@ -245,41 +385,62 @@ class LocalProvider(ComputeProvider):
         while len(self._spares) < self.warm_spares and not self._closed:
             ref = f".spare-{secrets.token_hex(6)}"
             paths = InstancePaths.under(self.instances_dir, ref, self.runtime_dir)
-            self._ensure_runtime_dir()
-            for directory in (paths.root, paths.volume, paths.logs, paths.run):
-                directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+            self._make_directories(paths, SPARE_VOLUME_GB)
             # Spares get the smallest limits until an instance takes one over.
-            process = self._spawn(ref, paths, cpus=1, memory_mb=512)
-            if not self._wait_for_waiting(paths, process):
-                self._discard_spare(paths, process)
-                log.warning("a warm spare failed to start: %s", self._last_output(paths))
+            try:
+                spare = self._spawn(ref, paths, cpus=1, memory_mb=512)
+            except ProviderError as exc:
+                log.warning("a warm spare failed to start: %s", exc)
+                return
+            if not self._wait_for_waiting(spare):
+                self._discard(spare)
+                log.warning("a warm spare failed to start (%s)", _describe_exit(spare.process))
                 return
             with self._spares_lock:
-                self._spares.append((paths, process))
+                self._spares.append(spare)
 
     @staticmethod
-    def _wait_for_waiting(paths: InstancePaths, process: subprocess.Popen[bytes]) -> bool:
-        """Until the guest says it waits for its config (its sandbox is complete by then)."""
+    def _wait_for_waiting(booted: Booted) -> bool:
+        """Until the guest says it waits for its config (its sandbox is complete by then).
+
+        Nothing of the instance has run yet, so its guest's output can be trusted this once.
+        """
         deadline = time.monotonic() + GUEST_READY_TIMEOUT
-        out = paths.logs / "guest.out"
-        while process.poll() is None and time.monotonic() < deadline:
+        out = booted.paths.guest_output
+        while booted.process.poll() is None and time.monotonic() < deadline:
             with contextlib.suppress(OSError):
-                if b'"waiting"' in out.read_bytes():
+                if b'"waiting"' in out.read_bytes()[:4096]:
                     return True
             time.sleep(0.005)
         return False
 
-    def _discard_spare(self, paths: InstancePaths, process: subprocess.Popen[bytes]) -> None:
+    def _discard(self, booted: Booted) -> None:
+        """Stop a sandbox that never became an instance, and remove everything it had."""
         with contextlib.suppress(OSError):
-            if process.stdin:
-                process.stdin.close()  # end-of-file: the waiting guest exits by itself
-        cgroup = InstanceCgroup(paths.root.name)
+            if booted.process.stdin:
+                booted.process.stdin.close()  # end-of-file: the waiting guest exits by itself
+        self._kill_sandbox(booted.paths.root.name, booted.paths)
+        processes.kill_tree(processes.tree(booted.process.pid))
+        self._remove(booted.paths, InstanceCgroup(booted.paths.root.name))
+
+    def _kill_sandbox(self, cgroup_name: str, paths: InstancePaths) -> None:
+        cgroup = InstanceCgroup(cgroup_name)
         if cgroup.enabled:
             cgroup.kill()
-            cgroup.remove()
-        processes.kill_tree(processes.tree(process.pid))
+
+    def _remove(self, paths: InstancePaths, cgroup: InstanceCgroup) -> None:
+        """Everything the instance had on this host: cgroups, volume, directories, its uid."""
+        cgroup.remove()
+        volumes.destroy(paths.root)
+        uid = None
+        with contextlib.suppress(OSError, ValueError):
+            uid = int(paths.uid_file.read_text())
         shutil.rmtree(paths.root, ignore_errors=True)
         shutil.rmtree(paths.run, ignore_errors=True)
+        if paths.root.exists():
+            raise ProviderError("could not remove the instance's files")
+        if uid is not None:
+            uids.release(uid, paths.root)
 
     async def adopt(self) -> None:
         def sweep() -> None:
@@ -304,8 +465,10 @@ class LocalProvider(ComputeProvider):
                 await self._refilling
         with self._spares_lock:
             spares, self._spares = self._spares, []
-        for paths, process in spares:
-            await anyio.to_thread.run_sync(self._discard_spare, paths, process)
+        for spare in spares:
+            await anyio.to_thread.run_sync(self._discard, spare)
+        if self.instances_dir.is_dir():
+            await anyio.to_thread.run_sync(volumes.release_parent, self.instances_dir)
 
     async def _wait_until_ready(
         self,
@@ -316,12 +479,11 @@ class LocalProvider(ComputeProvider):
     ) -> None:
         deadline = time.monotonic() + GUEST_READY_TIMEOUT
         while True:
-            if paths.socket.exists():
-                with contextlib.suppress(guest_client.GuestError):
-                    await guest_client.health(self.guest_address(handle), secret, timeout=2)
-                    return
+            with contextlib.suppress(guest_client.GuestError):
+                await guest_client.health(self.guest_address(handle), secret, timeout=2)
+                return
             if process.poll() is not None:
-                raise ProviderError(f"the guest daemon exited: {self._last_output(paths)}")
+                raise ProviderError(f"the guest daemon {_describe_exit(process)}")
             if time.monotonic() > deadline:
                 await self.stop(handle)
                 raise ProviderError("the guest daemon did not answer within 20 s")
@@ -351,17 +513,7 @@ class LocalProvider(ComputeProvider):
 
     async def destroy(self, handle: MachineHandle) -> None:
         await self.stop(handle)
-        paths = self.paths(handle)
-        cgroup = self.cgroup_of(handle)
-
-        def remove() -> None:
-            cgroup.remove()
-            shutil.rmtree(paths.root, ignore_errors=True)
-            shutil.rmtree(paths.run, ignore_errors=True)
-            if paths.root.exists():
-                raise ProviderError(f"could not remove {paths.root}")
-
-        await anyio.to_thread.run_sync(remove)
+        await anyio.to_thread.run_sync(self._remove, self.paths(handle), self.cgroup_of(handle))
 
     async def status(self, handle: MachineHandle) -> MachineStatus:
         paths = self.paths(handle)
@@ -369,7 +521,8 @@ class LocalProvider(ComputeProvider):
             return MachineStatus(MachineState.MISSING)
         if self._pids(handle):
             return MachineStatus(MachineState.RUNNING)
-        return MachineStatus(MachineState.STOPPED, self._last_output(paths))
+        _log_guest_output(handle.ref, paths)
+        return MachineStatus(MachineState.STOPPED, "its guest daemon is not running")
 
     def guest_address(self, handle: MachineHandle) -> str:
         return f"unix:{self.paths(handle).socket}"
@@ -387,7 +540,7 @@ class LocalProvider(ComputeProvider):
     async def follow_logs(
         self, handle: MachineHandle, cursor: str | None = None
     ) -> AsyncIterator[tuple[str, dict[str, str]]]:
-        start = int(cursor) if cursor and cursor.isdigit() else None
+        start = int(cursor) if cursor and cursor.isascii() and cursor.isdigit() else None
         stream = follow_offsets(self.paths(handle).log_file, start=start)
         try:
             async for offset, record in stream:
@@ -413,15 +566,6 @@ class LocalProvider(ComputeProvider):
             name = handle.ref
         return InstanceCgroup(name or handle.ref)
 
-    @staticmethod
-    def _last_output(paths: InstancePaths) -> str:
-        with contextlib.suppress(OSError):
-            lines = (paths.logs / "guest.out").read_bytes()[-2000:].decode(errors="replace")
-            for line in reversed(lines.splitlines()):
-                if line.strip() and not line.startswith(('{"ready"', '{"waiting"')):
-                    return line.strip()
-        return "no output"
-
 
 def _send_config(process: subprocess.Popen[bytes], config: bytes) -> None:
     assert process.stdin is not None
@@ -430,3 +574,89 @@ def _send_config(process: subprocess.Popen[bytes], config: bytes) -> None:
             process.stdin.write(config)
     except BrokenPipeError as exc:
         raise ProviderError("the guest daemon exited before it got its configuration") from exc
+
+
+def _describe_exit(process: subprocess.Popen[bytes]) -> str:
+    """How a sandbox process ended, in words that carry nothing the instance wrote."""
+    code = process.poll()
+    if code is None:
+        return "is still starting"
+    if code < 0:
+        with contextlib.suppress(ValueError):
+            return f"was killed by {signal.Signals(-code).name}"
+    return f"exited with code {code}"
+
+
+def _log_guest_output(ref: str, paths: InstancePaths) -> None:
+    """For the operator: the end of what the guest printed. The instance may have written it,
+    so it goes to the server's log escaped and cut short, and never into an API answer."""
+    try:
+        with _open_regular(paths.guest_output) as f:
+            size = os.fstat(f.fileno()).st_size
+            f.seek(max(0, size - 500))
+            tail = f.read(500)
+    except OSError:
+        return
+    log.info("instance %s: last guest output: %r", ref, tail)
+
+
+def _open_regular(path: Path) -> io.BufferedReader:
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError("not a regular file")
+    return os.fdopen(fd, "rb")
+
+
+def _bind_socket(path: Path) -> int:
+    """Bind and listen on the guest's socket ourselves, in a directory the instance cannot
+    reach; the guest gets the descriptor. Returns it (inheritable, for ``pass_fds``)."""
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(str(path))
+        path.chmod(0o600)
+        sock.listen(64)
+    except OSError:
+        sock.close()
+        raise
+    return sock.detach()
+
+
+def _set_hostname(sandbox_pid: int, hostname: str) -> None:
+    """Name a warm spare's UTS namespace after the instance that took it over.
+
+    Done from outside: inside, nothing holds the capability to.
+    """
+    nsenter, tool = shutil.which("nsenter"), shutil.which("hostname")
+    if nsenter is None or tool is None:
+        return
+    subprocess.run(
+        [nsenter, f"--target={sandbox_pid}", "--uts", "--", tool, "--", hostname],
+        capture_output=True,
+        timeout=5,
+        check=False,
+    )
+
+
+def _move_legacy_layout(paths: InstancePaths) -> bool:
+    """Instances made before ``disk/`` kept ``volume/`` and ``logs/`` in the root: move them
+    in once (same filesystem: two renames), so they start like any other."""
+    legacy = paths.root / "volume"
+    if paths.disk.exists() or not legacy.is_dir():
+        return False
+    paths.disk.mkdir(mode=0o755)
+    os.rename(legacy, paths.volume)
+    if (paths.root / "logs").is_dir():
+        os.rename(paths.root / "logs", paths.logs)
+    return True
+
+
+def _chown_tree(top: Path, uid: int) -> None:
+    """Hand a volume that the server's own uid owned to the instance's uid (never following
+    a link: the tree was written by the instance)."""
+    for directory, dirnames, filenames in os.walk(top):
+        os.lchown(directory, uid, uid)
+        for name in dirnames + filenames:
+            os.lchown(os.path.join(directory, name), uid, uid)

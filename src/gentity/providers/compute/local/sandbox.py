@@ -1,15 +1,20 @@
 """Building the command that runs an instance's guest daemon inside a bubblewrap sandbox.
 
-What the sandbox gives each instance (when ``bwrap`` works on this host):
+What the sandbox gives each instance (when ``bwrap`` works on this host); docs/security.md
+says why each piece is there and what its absence costs:
 
-- its own mount namespace: the host filesystem read-only, with the other instances' volumes,
-  the database, the encryption key, home directories and SSH keys hidden behind empty tmpfs;
-  only its own volume (at ``/home/agent``), log and socket directories are writable;
-- its own PID, IPC and UTS namespaces (it sees only its own processes; hostname = subdomain);
-- its own user namespace, so root inside holds no capabilities over the host;
+- its own mount namespace: the host filesystem read-only, with the other instances, the data
+  directory (database, encryption key), home directories, service state and every cgroup
+  hidden; only its own volume (``/home/agent``) and log directory are writable;
+- its own PID, IPC, UTS and cgroup namespaces, and (with ``slirp4netns``) its own network
+  namespace with outbound access only;
+- an unprivileged host uid of its own: when the server runs as root, an outer bubblewrap sets
+  up the mounts as root, ``setpriv`` drops to the instance's uid with an empty bounding set and
+  no_new_privs, and an inner bubblewrap maps that uid to root inside a user namespace of its
+  own, drops every capability and applies the seccomp filter. A server that is not root runs
+  one bubblewrap that maps its own uid the same way;
 - a clean environment: nothing of the server's (which may hold ``GENTITY_SECRET_KEY``) leaks in.
 
-The network namespace is shared on purpose: agents must reach their model APIs.
 Without ``bwrap`` the guest runs as a plain detached process and a warning is logged.
 """
 
@@ -18,9 +23,10 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import stat
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 
@@ -35,11 +41,15 @@ HIDDEN_PATHS = (
     "/etc/ssh",
     "/etc/shadow",
     "/etc/gshadow",
-    "/var/lib/postgresql",
-    "/var/lib/mysql",
-    "/var/lib/redis",
+    "/var/lib",
+    "/var/log",
+    "/var/spool",
+    "/var/cache",
+    "/var/backups",
+    "/var/mail",
     "/run",
     "/var/run",
+    "/sys/fs/cgroup",
 )
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # Where the host keeps its trusted certificates, when not in the default place. Agents talk
@@ -57,7 +67,6 @@ TLS_TRUST_VARIABLES = (
 # a sandbox can be started before it is known which instance it will serve.
 SANDBOX_HOME = "/home/agent"
 SANDBOX_LOGS = "/run/gentity/logs"
-SANDBOX_SOCKETS = "/run/gentity/guest"
 
 
 @dataclass(frozen=True)
@@ -66,30 +75,50 @@ class GuestView:
 
     home: str
     log_file: str
-    socket: str
 
 
 @dataclass(frozen=True)
 class InstancePaths:
-    """Where one instance lives on the host."""
+    """Where one instance lives on the host.
+
+    ``root`` is the control plane's (mode 0700, never mounted into the sandbox): the guest's
+    own output, its pid, uid and cgroup records live there, out of the instance's reach.
+    ``disk`` holds what the instance may write: its home and its log directory, on the
+    instance's size-limited volume when the host supports one.
+    """
 
     root: Path
+    disk: Path
     volume: Path
     """The agent's home and working directory; survives stop and start."""
     logs: Path
+    """Written by the guest (and so by the instance): only ever read with care."""
     run: Path
-    """Runtime files (the guest's socket), on a short path."""
+    """The guest's socket, bound by the control plane, on a short path the instance can't see."""
 
     @classmethod
     def under(cls, instances_dir: Path, instance_id: str, runtime_dir: Path) -> InstancePaths:
         root = instances_dir / instance_id
+        disk = root / "disk"
         return cls(
-            root=root, volume=root / "volume", logs=root / "logs", run=runtime_dir / instance_id
+            root=root,
+            disk=disk,
+            volume=disk / "home",
+            logs=disk / "logs",
+            run=runtime_dir / instance_id,
         )
 
     @property
     def pid_file(self) -> Path:
         return self.root / "guest.pid"
+
+    @property
+    def guest_output(self) -> Path:
+        return self.root / "guest.out"
+
+    @property
+    def uid_file(self) -> Path:
+        return self.root / "uid"
 
     @property
     def log_file(self) -> Path:
@@ -101,10 +130,8 @@ class InstancePaths:
 
     def view(self, sandboxed: bool) -> GuestView:
         if sandboxed:
-            return GuestView(
-                SANDBOX_HOME, f"{SANDBOX_LOGS}/agent.log", f"{SANDBOX_SOCKETS}/guest.sock"
-            )
-        return GuestView(str(self.volume), str(self.log_file), str(self.socket))
+            return GuestView(SANDBOX_HOME, f"{SANDBOX_LOGS}/agent.log")
+        return GuestView(str(self.volume), str(self.log_file))
 
 
 @cache
@@ -113,20 +140,26 @@ def bwrap_path() -> str | None:
     path = shutil.which("bwrap")
     if path is None:
         log.warning(
-            "bubblewrap (bwrap) not found: local instances run without namespace isolation; "
-            "install the 'bubblewrap' package to isolate them"
+            "bubblewrap (bwrap) not found: local instances run WITHOUT isolation; "
+            "install the 'bubblewrap' package to sandbox them"
         )
         return None
     probe = [path, "--ro-bind", "/", "/", "--unshare-pid", "--unshare-user", "--", "true"]
     result = subprocess.run(probe, capture_output=True, timeout=10, check=False)
     if result.returncode != 0:
         log.warning(
-            "bwrap cannot create namespaces on this host (%s): local instances run without "
-            "namespace isolation",
+            "bwrap cannot create namespaces on this host (%s): local instances run WITHOUT "
+            "isolation",
             result.stderr.decode(errors="replace").strip(),
         )
         return None
     return path
+
+
+@cache
+def setpriv_path() -> str | None:
+    """``setpriv`` (util-linux), which drops a root server's sandbox to the instance's uid."""
+    return shutil.which("setpriv")
 
 
 def guest_command() -> list[str]:
@@ -144,33 +177,58 @@ def guest_environment(home: str, extra_path: list[str]) -> dict[str, str]:
         **trust,
         "PATH": ":".join([*extra_path, DEFAULT_PATH]),
         "HOME": home,
+        "USER": "root",
         "LANG": "C.UTF-8",
         "TERM": "xterm-256color",
         "SHELL": "/bin/bash",
     }
 
 
-def sandbox_argv(
-    *,
-    bwrap: str,
-    paths: InstancePaths,
-    data_dir: Path,
-    hostname: str,
-    readonly_paths: list[Path],
-    env: dict[str, str],
-    command: list[str],
-) -> list[str]:
-    """The ``bwrap`` command line. Later mounts land on top of earlier ones, so the order is:
-    host read-only, then hide things, then bring back what this instance needs."""
+@dataclass(frozen=True)
+class SandboxSpec:
+    """Everything :func:`sandbox_argv` needs to know about one sandbox."""
+
+    paths: InstancePaths
+    data_dir: Path
+    hostname: str
+    env: dict[str, str]
+    command: list[str]
+    readonly_paths: list[Path] = field(default_factory=list)
+    uid: int | None = None
+    """The instance's host uid, when the server is root and can switch to it."""
+    seccomp_fd: int | None = None
+    """A readable fd holding the compiled seccomp filter, consumed by bubblewrap."""
+    info_fd: int | None = None
+    """Where bubblewrap writes the sandbox's pid (the network is attached to it)."""
+    own_network: bool = False
+    resolv_conf: Path | None = None
+    """Bound over ``/etc/resolv.conf`` when the instance has its own network."""
+
+
+def sandbox_argv(bwrap: str, spec: SandboxSpec) -> list[str]:
+    """The command line that starts ``spec.command`` sandboxed.
+
+    Later mounts land on top of earlier ones, so the order is: host read-only, then hide
+    things, then bring back what this instance needs.
+    """
+    privileged = spec.uid is not None
     argv = [
         bwrap,
         "--unshare-pid",
         "--unshare-ipc",
         "--unshare-uts",
-        "--unshare-user",
         "--unshare-cgroup-try",
         "--hostname",
-        hostname,
+        spec.hostname,
+    ]
+    if spec.own_network:
+        argv.append("--unshare-net")
+    if spec.info_fd is not None:
+        argv += ["--info-fd", str(spec.info_fd)]
+    if not privileged:
+        # Not root: one bubblewrap, whose user namespace maps our own uid to root inside.
+        argv += _drop_everything(spec)
+    argv += [
         "--ro-bind",
         "/",
         "/",
@@ -188,20 +246,112 @@ def sandbox_argv(
             argv += ["--tmpfs", hidden]
         elif Path(hidden).exists():
             argv += ["--ro-bind", "/dev/null", hidden]
-    argv += ["--tmpfs", str(data_dir)]
-    # The interpreter and the package may live under a hidden directory (e.g. pyenv in /root).
-    for path in _python_paths() + readonly_paths:
+    argv += ["--tmpfs", str(spec.data_dir)]
+    # The interpreter and the package may live under a hidden or private directory (pyenv in
+    # /root, a checkout under a 0700 directory): bring them back, reachable by the instance.
+    shared = _python_paths() + spec.readonly_paths
+    fresh = [Path(p) for p in _FRESH] + [spec.data_dir]
+    if privileged:
+        blocked = _unreachable_ancestors(shared)
+        for directory in blocked:
+            argv += ["--tmpfs", str(directory)]
+        fresh += blocked
+    for path in shared:
+        argv += _open_way(path, fresh)
         argv += ["--ro-bind-try", str(path), str(path)]
-    for host, inside in (
-        (paths.volume, SANDBOX_HOME),
-        (paths.logs, SANDBOX_LOGS),
-        (paths.run, SANDBOX_SOCKETS),
-    ):
+    if spec.own_network and spec.resolv_conf is not None:
+        argv += ["--ro-bind", str(spec.resolv_conf), "/etc/resolv.conf"]
+    for host, inside in ((spec.paths.volume, SANDBOX_HOME), (spec.paths.logs, SANDBOX_LOGS)):
+        argv += _open_way(Path(inside), fresh)
         argv += ["--bind", str(host), inside]
-    argv += ["--chdir", SANDBOX_HOME, "--clearenv"]
-    for key, value in env.items():
+    argv += [
+        "--chdir",
+        SANDBOX_HOME,
+        "--clearenv",
+    ]
+    for key, value in spec.env.items():
         argv += ["--setenv", key, value]
-    return [*argv, "--", *command]
+    argv.append("--")
+    if privileged:
+        argv += _switch_user(spec)
+    return [*argv, *spec.command]
+
+
+def _drop_everything(spec: SandboxSpec) -> list[str]:
+    """bubblewrap options for the user namespace the instance runs in: root inside, mapped to
+    an unprivileged uid outside, no capabilities, the seccomp filter (bubblewrap sets
+    no_new_privs before applying it)."""
+    argv = ["--unshare-user", "--uid", "0", "--gid", "0", "--cap-drop", "ALL"]
+    if spec.seccomp_fd is not None:
+        argv += ["--seccomp", str(spec.seccomp_fd)]
+    return argv
+
+
+def _switch_user(spec: SandboxSpec) -> list[str]:
+    """Root server: drop to the instance's uid, then enter a user namespace of its own."""
+    setpriv = setpriv_path()
+    bwrap = bwrap_path()
+    if setpriv is None or bwrap is None or spec.uid is None:
+        raise RuntimeError("switching to an instance uid needs setpriv and bwrap")
+    uid = str(spec.uid)
+    return [
+        setpriv,
+        f"--reuid={uid}",
+        f"--regid={uid}",
+        "--clear-groups",
+        "--bounding-set=-all",
+        "--inh-caps=-all",
+        "--no-new-privs",
+        "--",
+        bwrap,
+        *_drop_everything(spec),
+        # The outer sandbox's mounts, now owned by a more privileged namespace: locked, so
+        # nothing inside can unmount or remount them.
+        "--bind",
+        "/",
+        "/",
+        # A /dev (and pseudo-terminals) of this user namespace's own: the outer one's devpts
+        # belongs to the host's root and hands out no terminals here.
+        "--dev",
+        "/dev",
+        "--",
+    ]
+
+
+def _open_way(path: Path, fresh: list[Path]) -> list[str]:
+    """Directories leading to ``path`` inside a fresh tmpfs, made enterable by anyone.
+
+    bubblewrap creates the missing parents of a mount point with mode 0700, which would keep
+    the instance's uid from everything bound below them.
+    """
+    argv: list[str] = []
+    for ancestor in reversed(path.parents):
+        if any(root in ancestor.parents for root in fresh):
+            argv += ["--perms", "0755", "--dir", str(ancestor)]
+    return argv
+
+
+def _unreachable_ancestors(paths: list[Path]) -> list[Path]:
+    """The directories that keep the instance's uid from reaching ``paths`` (e.g. a 0700
+    parent of a checkout). A tmpfs over each, before the binds, re-creates the way to every
+    path with open directories and hides everything else there."""
+    found: set[Path] = set()
+    for path in paths:
+        for ancestor in path.parents:
+            text = str(ancestor)
+            if text == "/" or any(text == h or text.startswith(h + "/") for h in _FRESH):
+                continue  # a fresh tmpfs in the sandbox already, or inside one
+            try:
+                mode = ancestor.stat().st_mode
+            except OSError:
+                continue
+            if not mode & stat.S_IXOTH:
+                found.add(ancestor)
+    # The outermost of nested ones is enough: its tmpfs covers the rest.
+    return sorted(p for p in found if not any(q in p.parents for q in found))
+
+
+_FRESH = (*HIDDEN_PATHS, "/tmp")  # noqa: S108 (directories that are a fresh tmpfs inside)
 
 
 def _python_paths() -> list[Path]:
