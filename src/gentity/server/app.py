@@ -65,6 +65,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             # Operations in flight finish (they are short) so no row is left half-done.
             if ctx.background:
                 await asyncio.wait(set(ctx.background), timeout=30)
+            await ctx.credentials.close()
             await ctx.compute.close()
             await ctx.db.close()
 

@@ -15,6 +15,7 @@ from gentity.server.context import AppContext
 from gentity.server.db.orm import User
 from gentity.server.errors import unauthorized
 from gentity.server.services import accounts, tokens
+from gentity.server.services.credentials import Credential
 
 SESSION_COOKIE = "gentity_session"
 # Over https the cookie gets the __Host- prefix: the browser then insists on Secure, Path=/
@@ -30,6 +31,10 @@ class Principal:
     """The API token's or the session's id."""
     scope_instance_id: str | None = None
     """Set for a session that may only view one instance and use its terminal."""
+
+    @property
+    def credential(self) -> Credential:
+        return (self.via, self.credential_id)
 
 
 def context(request: Request) -> AppContext:

@@ -62,6 +62,17 @@ async def create_user(db: AsyncSession, email: str, password: str, *, admin: boo
     return user
 
 
+async def set_disabled(db: AsyncSession, email: str, *, disabled: bool) -> User:
+    """Disable (or enable again) an account. A disabled user's tokens and sessions stop
+    working at once, and their open log streams and terminals end within seconds."""
+    user = await db.scalar(select(User).where(User.email == normalize_email(email)))
+    if user is None:
+        raise AccountError(f"no account for {email.strip().lower()}")
+    user.disabled_at = (user.disabled_at or utcnow()) if disabled else None
+    await db.commit()
+    return user
+
+
 @dataclass
 class OpenedSession:
     row: Session
