@@ -8,14 +8,14 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Query, Request
 
 from gentity import models
-from gentity.server.auth import Auth, Ctx, Db, Principal
+from gentity.server.auth import Auth, AuthFirstRoute, Ctx, Db, Principal
 from gentity.server.context import AppContext
 from gentity.server.errors import ApiError
 from gentity.server.params import parse_cursor, parse_int
 from gentity.server.services import instances
 from gentity.server.sse import EventStreamResponse, LogStream, log_events
 
-router = APIRouter(prefix="/api/instances", tags=["instances"])
+router = APIRouter(prefix="/api/instances", tags=["instances"], route_class=AuthFirstRoute)
 
 MAX_LOG_LINES = 1000
 

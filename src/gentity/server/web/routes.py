@@ -17,7 +17,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.datastructures import Headers
 from starlette.responses import RedirectResponse, Response
 
-from gentity.server.auth import Principal, db_session, resolve_principal, set_session_cookie
+from gentity.server.auth import (
+    Principal,
+    db_session,
+    resolve_principal,
+    secure_cookie,
+    set_session_cookie,
+)
 from gentity.server.context import AppContext
 from gentity.server.db.ids import utcnow
 from gentity.server.db.orm import Instance
@@ -252,7 +258,7 @@ async def _subdomain_terminal(request: Request, db: AsyncSession, sub: str) -> R
         set_session_cookie(
             response,
             opened.secret,
-            secure=request.url.scheme == "https",
+            secure=secure_cookie(request),
             max_age=max(ttl, 1),
         )
         return response
