@@ -90,8 +90,8 @@ class LiveServer:
             port=0,
             log_level="warning",
             ws="websockets-sansio",
-            proxy_headers=True,
-            forwarded_allow_ips="127.0.0.1",
+            # As `gentity serve`: forwarding headers are the app's (GENTITY_TRUSTED_PROXIES).
+            proxy_headers=False,
             timeout_graceful_shutdown=2,
         )
         self.server = uvicorn.Server(self.config)

@@ -6,12 +6,36 @@ Shared by the server, the SDK and the CLI. Request models reject unknown fields 
 
 from __future__ import annotations
 
-from datetime import datetime
+import re
+from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
+
+# C0 and C1 controls (NUL, escapes, newlines, DEL, ...), Unicode line separators and the bidi
+# overrides that make a name display as something else ("trojan source").
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
+def _plain_text(value: str) -> str:
+    """Names end up in terminals, logs and pages: refuse what would act rather than print."""
+    if _CONTROL.search(value):
+        raise ValueError("must not contain control characters")
+    return value
+
+
+def _in_utc(value: datetime) -> datetime:
+    """Stored in UTC: a date that has no UTC equivalent (9999-12-31T23:59:59-14:00) is a 400."""
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("must be a date before the year 10000 in UTC") from None
+
+
+PlainText = Annotated[str, AfterValidator(_plain_text)]
+"""A user-chosen string (a name, an email): no control characters."""
 
 
 class WireModel(BaseModel):
@@ -66,7 +90,7 @@ class UserInfo(WireModel):
 
 
 class LoginRequest(RequestModel):
-    email: str = Field(min_length=3, max_length=320)
+    email: PlainText = Field(min_length=3, max_length=320)
     password: str = Field(min_length=1, max_length=1024)
 
 
@@ -102,8 +126,8 @@ class TokenList(WireModel):
 
 
 class TokenCreateRequest(RequestModel):
-    name: str = Field(min_length=1, max_length=100)
-    expires_at: AwareDatetime | None = None
+    name: PlainText = Field(min_length=1, max_length=100)
+    expires_at: Annotated[AwareDatetime, AfterValidator(_in_utc)] | None = None
 
 
 class TokenCreated(WireModel):
@@ -147,12 +171,12 @@ class InstanceList(WireModel):
 
 
 class InstanceCreateRequest(RequestModel):
-    name: str | None = Field(default=None, min_length=1, max_length=200)
-    agent_type: str = Field(min_length=1, max_length=64)
-    model_provider: str = Field(min_length=1, max_length=64)
-    model_name: str = Field(min_length=1, max_length=128)
+    name: PlainText | None = Field(default=None, min_length=1, max_length=200)
+    agent_type: PlainText = Field(min_length=1, max_length=64)
+    model_provider: PlainText = Field(min_length=1, max_length=64)
+    model_name: PlainText = Field(min_length=1, max_length=128)
     api_key: str | None = Field(default=None, min_length=1, max_length=4096)
-    region: str | None = Field(default=None, min_length=1, max_length=64)
+    region: PlainText | None = Field(default=None, min_length=1, max_length=64)
 
 
 class InstanceCreated(WireModel):

@@ -5,6 +5,7 @@ Every field here is documented in ``docs/configuration.md``; a test fails when o
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from pathlib import Path
 from typing import Literal
@@ -40,6 +41,11 @@ class Settings(BaseSettings):
     the origin is taken from each request's own ``Host`` header and scheme.
     """
 
+    trusted_proxies: str = ""
+    """Comma-separated addresses or CIDR networks of reverse proxies (``10.0.0.5,10.1.0.0/16``)
+    whose ``X-Forwarded-For`` and ``X-Forwarded-Proto`` headers are believed. Empty (the
+    default) believes nobody: the client address and scheme are those of the connection."""
+
     allow_signup: bool = False
     """Let anyone create an account through the API. The first account can always be created."""
 
@@ -53,6 +59,8 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
 
     login_max_failures_per_account: int = Field(default=5, ge=1)
+    """Failed sign-ins per (account, address) before that pair gets 429; past as many on the
+    account from all addresses, sign-ins on it are slowed down (never locked)."""
     login_max_failures_per_address: int = Field(default=20, ge=1)
     login_failure_window_seconds: int = Field(default=15 * 60, ge=1)
 
@@ -78,6 +86,27 @@ class Settings(BaseSettings):
 
         parse_range(value)  # raises ValueError with the reason
         return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, value: str) -> str:
+        for part in value.split(","):
+            if part.strip():
+                ipaddress.ip_network(part.strip(), strict=False)  # ValueError names the entry
+        return value
+
+    @property
+    def trusted_proxy_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        return tuple(
+            ipaddress.ip_network(part.strip(), strict=False)
+            for part in self.trusted_proxies.split(",")
+            if part.strip()
+        )
+
+    @property
+    def secure_public_url(self) -> bool:
+        """Whether users reach this server over https (then cookies are Secure, HSTS is sent)."""
+        return (self.public_url or "").lower().startswith("https://")
 
     @field_validator("data_dir")
     @classmethod

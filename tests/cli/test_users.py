@@ -81,3 +81,24 @@ def test_password_is_not_an_argument(settings: Settings) -> None:
         ["users", "create", "--email", "a@example.com", "--password", "hunter2hunter2"], settings
     )
     assert result.returncode != 0
+
+
+def test_disable_and_enable_an_account(settings: Settings, server: LiveServer) -> None:
+    created = run_cli(
+        ["users", "create", "--email", "temp@example.com", "--password-stdin"],
+        settings,
+        stdin="s3cret-passphrase\n",
+    )
+    assert created.returncode == 0, created.stderr
+    login = {"email": "temp@example.com", "password": "s3cret-passphrase"}
+    with httpx.Client(base_url=server.url) as c:
+        assert c.post("/api/auth/login", json=login).status_code == 200
+        disabled = run_cli(["users", "disable", "--email", "temp@example.com"], settings)
+        assert disabled.returncode == 0, disabled.stderr
+        assert c.get("/api/auth/me").status_code == 401
+        assert c.post("/api/auth/login", json=login).status_code == 401
+        enabled = run_cli(["users", "disable", "--enable", "--email", "temp@example.com"], settings)
+        assert enabled.returncode == 0, enabled.stderr
+        assert c.post("/api/auth/login", json=login).status_code == 200
+    missing = run_cli(["users", "disable", "--email", "nobody@example.com"], settings)
+    assert missing.returncode == 1 and "no account" in missing.stderr

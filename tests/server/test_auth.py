@@ -67,12 +67,18 @@ def test_session_cookie_attributes_over_http(admin: httpx.Client) -> None:
     assert "Path=/" in cookie
 
 
-def test_session_cookie_is_host_prefixed_and_secure_over_https(admin: httpx.Client) -> None:
-    response = admin.post(
-        "/api/auth/login",
-        json={"email": "admin@example.com", "password": PASSWORD},
-        headers={"X-Forwarded-Proto": "https"},
-    )
+def test_session_cookie_is_host_prefixed_and_secure_over_https(
+    server_factory: Callable[[Settings], LiveServer], settings_factory: Callable[..., Settings]
+) -> None:
+    # The test client plays the TLS-terminating proxy on 127.0.0.1.
+    server = server_factory(settings_factory(trusted_proxies="127.0.0.1"))
+    with httpx.Client(base_url=server.url) as c:
+        signup(c, "admin@example.com")
+        response = c.post(
+            "/api/auth/login",
+            json={"email": "admin@example.com", "password": PASSWORD},
+            headers={"X-Forwarded-Proto": "https"},
+        )
     cookie = response.headers["set-cookie"]
     assert cookie.startswith("__Host-gentity_session=")
     assert "Secure" in cookie
@@ -170,7 +176,9 @@ def test_failed_sign_ins_are_limited_per_account_without_locking_out_others(
 def test_failed_sign_ins_are_limited_per_address(
     server_factory: Callable[[Settings], LiveServer], settings_factory: Callable[..., Settings]
 ) -> None:
-    server = server_factory(settings_factory(login_max_failures_per_address=4))
+    server = server_factory(
+        settings_factory(login_max_failures_per_address=4, trusted_proxies="127.0.0.1")
+    )
     with httpx.Client(base_url=server.url) as c:
         signup(c, "admin@example.com")
         c.cookies.clear()

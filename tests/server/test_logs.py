@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 import httpx
 import pytest
 
-from gentity.server.routers import instances as instances_router
+from gentity.server import sse
 from tests.conftest import LiveServer
 from tests.server.terminal_client import Terminal, ws_url
 from tests.server.test_instances import create_shell
@@ -95,7 +95,7 @@ def _has(message: str) -> Callable[[list[dict]], bool]:
 def test_follow_streams_new_lines_and_resumes(
     server: LiveServer, bearer: httpx.Client, token: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(instances_router, "KEEPALIVE_SECONDS", 0.3)
+    monkeypatch.setattr(sse, "KEEPALIVE_SECONDS", 0.3)
     iid = create_shell(bearer)["id"]
     base = str(bearer.base_url)
     url = f"/api/instances/{iid}/logs"

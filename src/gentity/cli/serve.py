@@ -40,7 +40,9 @@ def serve(
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
-        proxy_headers=True,
+        # Forwarding headers are the app's business (GENTITY_TRUSTED_PROXIES, none by
+        # default): uvicorn's own handling would believe any process on 127.0.0.1.
+        proxy_headers=False,
         access_log=True,
         log_config=None,
         ws="websockets-sansio",

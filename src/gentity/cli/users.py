@@ -53,3 +53,33 @@ async def _create(settings: Settings, email: str, password: str, admin: bool) ->
             return user.id, user.is_admin
     finally:
         await db.close()
+
+
+@app.command("disable")
+def disable(
+    email: Annotated[str, typer.Option(help="The account's email address.")],
+    enable: Annotated[
+        bool, typer.Option("--enable", help="Enable the account again instead.")
+    ] = False,
+) -> None:
+    """Disable an account: its tokens and sessions stop working, its open terminals and log
+    streams end within seconds. Its instances keep running. --enable undoes it."""
+    asyncio.run(_set_disabled(Settings(), email, disabled=not enable))
+    typer.echo(f"{'Enabled' if enable else 'Disabled'} {email.strip().lower()}")
+
+
+async def _set_disabled(settings: Settings, email: str, *, disabled: bool) -> None:
+    from gentity.server.db.database import Database
+    from gentity.server.services.accounts import AccountError, set_disabled
+
+    db = Database(settings.resolved_database_url)
+    try:
+        await db.migrate()
+        async with db.session() as session:
+            try:
+                await set_disabled(session, email, disabled=disabled)
+            except AccountError as exc:
+                typer.echo(f"Error: {exc}", err=True)
+                raise typer.Exit(1) from exc
+    finally:
+        await db.close()

@@ -19,7 +19,8 @@ from gentity.server.context import AppContext
 from gentity.server.db.database import Database
 from gentity.server.errors import install_error_handlers
 from gentity.server.logging import install_secret_filters
-from gentity.server.middleware import BodySizeLimit, CrossOriginGuard
+from gentity.server.middleware import BodySizeLimit, CrossOriginGuard, SecurityHeaders
+from gentity.server.proxies import TrustedProxyHeaders
 from gentity.server.reconciler import reconcile_once, run_forever
 from gentity.server.routers import auth, catalog, health, instances, terminal, tokens
 from gentity.server.security.crypto import SecretBox
@@ -67,6 +68,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             # Operations in flight finish (they are short) so no row is left half-done.
             if ctx.background:
                 await asyncio.wait(set(ctx.background), timeout=30)
+            await ctx.credentials.close()
             await ctx.compute.close()
             await ctx.db.close()
 
@@ -75,7 +77,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=__version__,
         summary="Run AI coding agents as cloud instances.",
         openapi_url="/api/openapi.json",
-        docs_url="/api/docs",
+        # FastAPI's Swagger page loads its scripts from a CDN; the schema alone stays served.
+        docs_url=None,
         redoc_url=None,
         lifespan=lifespan,
     )
@@ -93,7 +96,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # The dashboard: page shells (kept out of the OpenAPI schema) and their static files.
     app.include_router(web.router)
     app.mount("/static", web.static_app(), name="static")
-    # Outermost first: refuse oversized bodies before anything reads them.
+    # The last added runs first: believe a trusted proxy's headers before anything looks at
+    # the scheme or the client; refuse oversized bodies before anything reads them.
     app.add_middleware(CrossOriginGuard, public_origin=settings.public_url)
+    app.add_middleware(SecurityHeaders, hsts=settings.secure_public_url)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(TrustedProxyHeaders, networks=settings.trusted_proxy_networks)
     return app

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from dataclasses import dataclass
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import Depends, Request
+from fastapi.dependencies.models import Dependant
+from fastapi.routing import APIRoute
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.datastructures import Headers
 from starlette.responses import Response
@@ -15,6 +17,7 @@ from gentity.server.context import AppContext
 from gentity.server.db.orm import User
 from gentity.server.errors import unauthorized
 from gentity.server.services import accounts, tokens
+from gentity.server.services.credentials import Credential
 
 SESSION_COOKIE = "gentity_session"
 # Over https the cookie gets the __Host- prefix: the browser then insists on Secure, Path=/
@@ -30,6 +33,10 @@ class Principal:
     """The API token's or the session's id."""
     scope_instance_id: str | None = None
     """Set for a session that may only view one instance and use its terminal."""
+
+    @property
+    def credential(self) -> Credential:
+        return (self.via, self.credential_id)
 
 
 def context(request: Request) -> AppContext:
@@ -52,6 +59,12 @@ def session_cookie_name(secure: bool) -> str:
 
 def read_session_cookie(cookies: Mapping[str, str]) -> str | None:
     return cookies.get(SECURE_SESSION_COOKIE) or cookies.get(SESSION_COOKIE)
+
+
+def secure_cookie(request: Request) -> bool:
+    """Whether the session cookie must be Secure: over https, or when users reach this server
+    by an https public URL (a TLS proxy in front may still talk plain http to us)."""
+    return request.url.scheme in ("https", "wss") or context(request).settings.secure_public_url
 
 
 def set_session_cookie(response: Response, secret: str, *, secure: bool, max_age: int) -> None:
@@ -99,13 +112,48 @@ async def resolve_principal(
     return None
 
 
-async def require_principal(request: Request, db: Db) -> Principal:
-    principal = await resolve_principal(db, request.headers, request.cookies)
+async def authenticate_request(request: Request) -> Principal:
+    """The caller of an HTTP request, or a 401; with a database session of its own."""
+    async with context(request).db.session() as db:
+        principal = await resolve_principal(db, request.headers, request.cookies)
     if principal is None:
         raise unauthorized()
     if principal.scope_instance_id is not None and not _within_scope(request, principal):
         raise unauthorized()
     return principal
+
+
+async def require_principal(request: Request) -> Principal:
+    # AuthFirstRoute has usually authenticated the request already, before reading its body.
+    cached = getattr(request.state, "principal", None)
+    if isinstance(cached, Principal):
+        return cached
+    return await authenticate_request(request)
+
+
+class AuthFirstRoute(APIRoute):
+    """A route that authenticates before FastAPI reads and validates the request body.
+
+    FastAPI parses the body before it solves dependencies, so without this a malformed body
+    from an anonymous caller is a 400 that describes the body instead of a 401: the caller
+    learns about the route without a credential. Routes that do not depend on ``Auth`` are
+    left as they are.
+    """
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+        if not _depends_on(self.dependant, require_principal):
+            return handler
+
+        async def authenticated(request: Request) -> Response:
+            request.state.principal = await authenticate_request(request)
+            return await handler(request)
+
+        return authenticated
+
+
+def _depends_on(dependant: Dependant, call: Callable[..., Any]) -> bool:
+    return any(d.call is call or _depends_on(d, call) for d in dependant.dependencies)
 
 
 def _within_scope(request: Request, principal: Principal) -> bool:

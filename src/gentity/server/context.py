@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from gentity.catalog import Catalog
 from gentity.server.db.database import Database
+from gentity.server.revocation import CredentialWatch
 from gentity.server.security.crypto import SecretBox
 from gentity.settings import Settings
 
@@ -24,3 +25,8 @@ class AppContext:
     compute: ComputeProvider | None = None
     background: set[asyncio.Task[None]] = field(default_factory=set)
     """Operations that outlive the request that started them (kept referenced until done)."""
+    credentials: CredentialWatch = field(init=False)
+    """Open streams by credential, ended when it is revoked (see ``revocation``)."""
+
+    def __post_init__(self) -> None:
+        self.credentials = CredentialWatch(self.db)

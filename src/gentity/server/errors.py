@@ -60,7 +60,7 @@ def describe_validation_error(errors: list[Any]) -> str:
         return f"{field}: field required"
     if kind == "model_attributes_type" or (kind == "dict_type" and not field):
         return "Request body must be a JSON object"
-    message = str(first.get("msg", "invalid value"))
+    message = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
     return f"{field}: {message}" if field else message
 
 

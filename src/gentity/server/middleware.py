@@ -1,11 +1,12 @@
-"""Pure ASGI middleware: request size limit and cross-origin refusal for cookie requests.
+"""Pure ASGI middleware: request size limit, cross-origin refusal for cookie requests, and the
+security headers every response carries.
 
-Both run before routing, so they hold for every route, including ones added later.
+They run before routing, so they hold for every route, including ones added later.
 """
 
 from __future__ import annotations
 
-from starlette.datastructures import Headers
+from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gentity.server.errors import json_error_bytes
@@ -44,7 +45,11 @@ class BodySizeLimit:
             await self.app(scope, receive, send)
             return
         length = Headers(scope=scope).get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > self.max_bytes):
+        # ASCII digits only ("²".isdigit() is true, and int() refuses it), of a sane length.
+        if length is not None and (
+            not (length.isascii() and length.isdigit() and len(length) <= 19)
+            or int(length) > self.max_bytes
+        ):
             await _send_error(send, 413, "Request body too large")
             return
 
@@ -118,3 +123,36 @@ def is_trusted_origin(origin: str, scope: Scope, headers: Headers, public_url: s
     if public_url:
         trusted.add(public_url.rstrip("/").lower())
     return origin.rstrip("/").lower() in trusted
+
+
+class SecurityHeaders:
+    """Headers for every HTTP response, whatever route or error produced it.
+
+    - ``X-Content-Type-Options: nosniff``: a JSON error that echoes input is never run as HTML.
+    - ``Cache-Control: no-store`` on API responses that do not say otherwise: they carry
+      tokens, sessions and account data, which no shared or browser cache should keep.
+    - ``Strict-Transport-Security`` when the public URL is https, so a browser that came once
+      never talks to this server (and sends its cookie) over plain http again.
+    """
+
+    def __init__(self, app: ASGIApp, *, hsts: bool) -> None:
+        self.app = app
+        self.hsts = hsts
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        api = scope["path"].startswith("/api/")
+
+        async def with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                headers.setdefault("x-content-type-options", "nosniff")
+                if api:
+                    headers.setdefault("cache-control", "no-store")
+                if self.hsts:
+                    headers.setdefault("strict-transport-security", "max-age=31536000")
+            await send(message)
+
+        await self.app(scope, receive, with_headers)

@@ -8,17 +8,19 @@ from starlette.responses import Response
 from gentity import models
 from gentity.server.auth import (
     Auth,
+    AuthFirstRoute,
     Ctx,
     Db,
     clear_session_cookie,
     read_session_cookie,
+    secure_cookie,
     set_session_cookie,
 )
 from gentity.server.db.orm import User
 from gentity.server.errors import ApiError, not_found
 from gentity.server.services import accounts
 
-router = APIRouter(prefix="/api/auth", tags=["auth"])
+router = APIRouter(prefix="/api/auth", tags=["auth"], route_class=AuthFirstRoute)
 
 
 def _user_info(user: User | None) -> models.UserInfo:
@@ -54,7 +56,7 @@ async def login(
     set_session_cookie(
         response,
         opened.secret,
-        secure=request.url.scheme == "https",
+        secure=secure_cookie(request),
         max_age=ctx.settings.session_ttl_hours * 3600,
     )
     user = await db.get(User, opened.row.user_id)
@@ -86,7 +88,7 @@ async def logout(request: Request, response: Response, db: Db) -> models.Ok:
         opened = await accounts.session_user(db, secret)
         if opened:
             await accounts.revoke_session(db, opened[1].id, opened[0].id)
-    clear_session_cookie(response, secure=request.url.scheme == "https")
+    clear_session_cookie(response, secure=secure_cookie(request))
     return models.Ok()
 
 

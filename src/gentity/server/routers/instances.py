@@ -2,26 +2,22 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import json
 from collections.abc import AsyncIterator
 from typing import Annotated
 
-import anyio
 from fastapi import APIRouter, Header, Query, Request
-from starlette.responses import StreamingResponse
-from starlette.types import Receive, Scope, Send
 
 from gentity import models
-from gentity.server.auth import Auth, Ctx, Db
+from gentity.server.auth import Auth, AuthFirstRoute, Ctx, Db, Principal
+from gentity.server.context import AppContext
 from gentity.server.errors import ApiError
+from gentity.server.params import parse_cursor, parse_int
 from gentity.server.services import instances
+from gentity.server.sse import EventStreamResponse, LogStream, log_events
 
-router = APIRouter(prefix="/api/instances", tags=["instances"])
+router = APIRouter(prefix="/api/instances", tags=["instances"], route_class=AuthFirstRoute)
 
 MAX_LOG_LINES = 1000
-KEEPALIVE_SECONDS = 15.0
 
 
 @router.get("", response_model=models.InstanceList)
@@ -60,14 +56,6 @@ async def instance_action(
     return models.Ok()
 
 
-def _parse_lines(raw: str | None) -> int:
-    if raw is None:
-        return 200
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_LOG_LINES:
-        raise ApiError(400, f"lines: must be a whole number from 1 to {MAX_LOG_LINES}")
-    return int(raw)
-
-
 def _parse_follow(raw: str | None) -> bool:
     if raw is None:
         return False
@@ -93,8 +81,11 @@ async def instance_logs(
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
 ) -> models.LogList | EventStreamResponse:
     """Recent log lines, oldest first; with ``follow=1`` a ``text/event-stream`` of new ones."""
-    count = _parse_lines(lines)
+    count = parse_int(lines, "lines", 1, MAX_LOG_LINES, default=200)
     following = _parse_follow(follow)
+    # Checked before anything opens: a bad cursor is a 400, not a stream that breaks later.
+    resume = parse_cursor(last_event_id, "Last-Event-ID")
+    cursor = parse_cursor(request.query_params.get("cursor"), "cursor")
     row = await instances.get_owned(db, principal.user.id, instance_id)
     if ctx.compute is None or row.provider_ref is None:
         if following:
@@ -105,65 +96,19 @@ async def instance_logs(
         records = await ctx.compute.tail_logs(handle, count)
         return models.LogList(logs=[models.LogLine.model_validate(r) for r in records])
     # Resume after the last event the client saw; otherwise replay the last `lines` first.
-    cursor = last_event_id or request.query_params.get("cursor")
+    cursor = resume or cursor
     if cursor is None:
         cursor = await ctx.compute.log_cursor_before(handle, count)
     stream = ctx.compute.follow_logs(handle, cursor)
     return EventStreamResponse(
-        _sse(stream),
+        _follow(ctx, principal, stream),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
     )
 
 
-class EventStreamResponse(StreamingResponse):
-    """A streaming response that stops as soon as the client disconnects.
-
-    Starlette's own, under ASGI 2.4 servers, only notices a disconnect when its next write
-    fails, which for a quiet log is up to a keep-alive interval later. Listening for the
-    disconnect message as well ends the stream (and closes the log file) at once.
-    """
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        async with anyio.create_task_group() as group:
-
-            async def stream() -> None:
-                with contextlib.suppress(OSError):
-                    await self.stream_response(send)
-                group.cancel_scope.cancel()
-
-            group.start_soon(stream)
-            await self.listen_for_disconnect(receive)
-            group.cancel_scope.cancel()
-
-
-async def _sse(stream: AsyncIterator[tuple[str, dict[str, str]]]) -> AsyncIterator[str]:
-    """One SSE event per log record, and a comment every 15 s so proxies keep the line open.
-
-    The log stream is pumped by its own task into a queue, so waiting for the keep-alive timer
-    never cancels the stream mid-read. Starlette cancels this generator when the client goes
-    away; the ``finally`` then stops the pump and closes the log file.
-    """
-    queue: asyncio.Queue[tuple[str, dict[str, str]]] = asyncio.Queue(maxsize=1000)
-
-    async def pump() -> None:
-        async for item in stream:
-            await queue.put(item)
-
-    task = asyncio.create_task(pump())
-    try:
-        yield "retry: 2000\n\n"
-        while True:
-            try:
-                cursor, record = await asyncio.wait_for(queue.get(), KEEPALIVE_SECONDS)
-            except TimeoutError:
-                if task.done():
-                    task.result()  # surface a failure of the log stream
-                yield ": keep-alive\n\n"
-                continue
-            yield f"id: {cursor}\ndata: {json.dumps(record, separators=(',', ':'))}\n\n"
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await task
-        await stream.aclose()  # type: ignore[attr-defined]
+async def _follow(ctx: AppContext, principal: Principal, stream: LogStream) -> AsyncIterator[str]:
+    """The SSE body, registered for the whole stream so that revoking its credential ends it."""
+    with ctx.credentials.watch(principal.credential) as ended:
+        async for chunk in log_events(stream, ended):
+            yield chunk

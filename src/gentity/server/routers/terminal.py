@@ -12,6 +12,9 @@ Protocol (JSON text messages)::
                      {"type": "exit", "exitCode": 0, "signal": null}
 
 ``?shell=1`` opens a fresh shell for this viewer instead of attaching to the agent's session.
+
+Close codes: 4000 means "fell behind, reconnect" (the session goes on); 4401 means the token or
+session that opened the socket was revoked or expired, or its user disabled: sign in again.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import codecs
 import contextlib
 import json
 import logging
-from typing import Any
+from typing import Any, TypeGuard
 
 from fastapi import APIRouter, WebSocket
 from starlette.responses import JSONResponse
@@ -34,6 +37,7 @@ from gentity.server.auth import Principal, resolve_principal
 from gentity.server.context import AppContext
 from gentity.server.errors import ApiError
 from gentity.server.middleware import is_trusted_origin
+from gentity.server.params import parse_int
 from gentity.server.services import instances
 
 router = APIRouter(tags=["terminal"])
@@ -42,6 +46,12 @@ log = logging.getLogger(__name__)
 MAX_MESSAGE_BYTES = 256 * 1024
 # Closed without an ``exit`` message: the session goes on, reconnect to see it (with replay).
 LAGGED_CLOSE_CODE = 4000
+# The token or session that opened the terminal was revoked, expired, or its user disabled:
+# reconnecting with it will not work, sign in again. (4401 echoes HTTP 401.)
+REVOKED_CLOSE_CODE = 4401
+REVOKED_REASON = "Unauthorized: the credential was revoked or has expired"
+# Terminal dimensions the guest accepts.
+MAX_SIZE = 1000
 
 
 @router.websocket("/api/instances/{instance_id}/terminal")
@@ -63,6 +73,11 @@ async def terminal(websocket: WebSocket, instance_id: str) -> None:
     if row.status != InstanceStatus.RUNNING.value or ctx.compute is None:
         await _deny(websocket, 409, f"the instance is {row.status}; start it first")
         return
+    try:
+        cols, rows = _size(websocket, "cols"), _size(websocket, "rows")
+    except ApiError as exc:
+        await _deny(websocket, exc.status, exc.message)
+        return
     handle = instances.handle_of(row)
     op = "shell" if websocket.query_params.get("shell") in ("1", "true") else "attach"
     try:
@@ -70,15 +85,17 @@ async def terminal(websocket: WebSocket, instance_id: str) -> None:
             ctx.compute.guest_address(handle),
             instances.guest_secret(ctx, row),
             op=op,  # type: ignore[arg-type]
-            cols=_int(websocket.query_params.get("cols")),
-            rows=_int(websocket.query_params.get("rows")),
+            cols=cols,
+            rows=rows,
         )
     except guest_client.GuestError as exc:
         await _deny(websocket, 502, str(exc))
         return
-    await websocket.accept()
-    async with session:
-        await _pipe(websocket, session)
+    # Registered before the upgrade, so a revocation from now on ends this terminal.
+    with ctx.credentials.watch(principal.credential) as ended:
+        await websocket.accept()
+        async with session:
+            await _pipe(websocket, session, ended)
 
 
 async def _authenticate(ctx: AppContext, websocket: WebSocket) -> Principal | None:
@@ -102,12 +119,16 @@ async def _deny(websocket: WebSocket, status: int, message: str) -> None:
         await websocket.close(code=1008, reason=message[:120])
 
 
-def _int(value: str | None) -> int | None:
-    return int(value) if value and value.isdigit() else None
+def _size(websocket: WebSocket, name: str) -> int | None:
+    raw = websocket.query_params.get(name)
+    return None if raw is None else parse_int(raw, name, 1, MAX_SIZE, default=1)
 
 
-async def _pipe(websocket: WebSocket, session: guest_client.GuestSession) -> None:
-    """Copy both ways until either side ends; the agent keeps running after we leave."""
+async def _pipe(
+    websocket: WebSocket, session: guest_client.GuestSession, ended: asyncio.Event
+) -> None:
+    """Copy both ways until either side ends or the credential is revoked; the agent keeps
+    running after we leave."""
 
     async def guest_to_browser() -> None:
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
@@ -150,10 +171,18 @@ async def _pipe(websocket: WebSocket, session: guest_client.GuestSession) -> Non
                 await session.send_input(message["data"].encode())
             elif kind == "resize":
                 cols, rows = message.get("cols"), message.get("rows")
-                if isinstance(cols, int) and isinstance(rows, int) and cols > 0 and rows > 0:
+                if _valid_size(cols) and _valid_size(rows):
                     await session.resize(cols, rows)
 
-    tasks = [asyncio.create_task(guest_to_browser()), asyncio.create_task(browser_to_guest())]
+    async def revoked() -> None:
+        await ended.wait()
+        await websocket.close(code=REVOKED_CLOSE_CODE, reason=REVOKED_REASON)
+
+    tasks = [
+        asyncio.create_task(guest_to_browser()),
+        asyncio.create_task(browser_to_guest()),
+        asyncio.create_task(revoked()),
+    ]
     try:
         await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
     finally:
@@ -164,6 +193,11 @@ async def _pipe(websocket: WebSocket, session: guest_client.GuestSession) -> Non
                 await task
         with contextlib.suppress(Exception):
             await websocket.close()
+
+
+def _valid_size(value: object) -> TypeGuard[int]:
+    # bool is an int to Python, and a size past the guest's limit is noise: ignore both.
+    return isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_SIZE
 
 
 def _message(kind: str, **fields: Any) -> str:

@@ -6,10 +6,10 @@ from fastapi import APIRouter
 from starlette.responses import Response
 
 from gentity import models
-from gentity.server.auth import Auth, Db
+from gentity.server.auth import Auth, AuthFirstRoute, Db
 from gentity.server.services import tokens
 
-router = APIRouter(tags=["tokens"])
+router = APIRouter(tags=["tokens"], route_class=AuthFirstRoute)
 
 
 @router.get("/api/tokens", response_model=models.TokenList)

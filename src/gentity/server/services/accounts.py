@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -20,6 +21,10 @@ from gentity.settings import Settings
 FIRST_ADMIN_MARKER = "first-admin"
 # Sessions are touched at most this often, so reads do not turn into writes on every request.
 TOUCH_INTERVAL = timedelta(minutes=1)
+# The wait before answering a sign-in on an account that has failed too often from anywhere:
+# doubling from this per failure past the limit, never more than the maximum.
+SLOWDOWN_BASE_SECONDS = 0.5
+MAX_SLOWDOWN_SECONDS = 10.0
 
 
 class AccountError(Exception):
@@ -62,6 +67,17 @@ async def create_user(db: AsyncSession, email: str, password: str, *, admin: boo
     return user
 
 
+async def set_disabled(db: AsyncSession, email: str, *, disabled: bool) -> User:
+    """Disable (or enable again) an account. A disabled user's tokens and sessions stop
+    working at once, and their open log streams and terminals end within seconds."""
+    user = await db.scalar(select(User).where(User.email == normalize_email(email)))
+    if user is None:
+        raise AccountError(f"no account for {email.strip().lower()}")
+    user.disabled_at = (user.disabled_at or utcnow()) if disabled else None
+    await db.commit()
+    return user
+
+
 @dataclass
 class OpenedSession:
     row: Session
@@ -80,16 +96,21 @@ async def sign_in(
 ) -> OpenedSession:
     """Check the password and open a session, or raise 401/429.
 
-    Failures are counted per account and per client address; when either is over its limit,
-    only that account or that address is refused, so an attacker cannot lock out everyone.
+    Failures are counted per (account, address) pair and per address; over either limit,
+    only that pair or that address is refused, so an attacker can lock out neither everyone
+    nor the owner of the account they guess at (who signs in from elsewhere). Past the same
+    limit counted over all addresses, every attempt on the account is slowed down instead:
+    guessing from many addresses gets slow, and the owner still gets in, a little later.
     """
     email = email.strip().lower()
     now = utcnow()
     window_start = now - timedelta(seconds=settings.login_failure_window_seconds)
-    by_email = await _failures(db, LoginFailure.email == email, window_start)
+    by_pair = await _failures(
+        db, (LoginFailure.email == email) & (LoginFailure.address == address), window_start
+    )
     by_address = await _failures(db, LoginFailure.address == address, window_start)
     if (
-        by_email >= settings.login_max_failures_per_account
+        by_pair >= settings.login_max_failures_per_account
         or by_address >= settings.login_max_failures_per_address
     ):
         raise ApiError(
@@ -97,13 +118,23 @@ async def sign_in(
             "Too many failed sign-in attempts; try again later",
             headers={"Retry-After": str(settings.login_failure_window_seconds)},
         )
+    by_account = await _failures(db, LoginFailure.email == email, window_start)
+    excess = by_account - settings.login_max_failures_per_account
+    if excess >= 0:
+        # End the transaction first, so the wait holds no database connection.
+        await db.commit()
+        await asyncio.sleep(min(MAX_SLOWDOWN_SECONDS, SLOWDOWN_BASE_SECONDS * 2 ** min(excess, 8)))
+        now = utcnow()
     user = await db.scalar(select(User).where(User.email == email))
     ok = await verify_password(user.password_hash if user else None, password)
     if not ok or user is None or user.disabled_at is not None:
         db.add(LoginFailure(email=email, address=address, created_at=now))
         await db.commit()
         raise ApiError(401, "Invalid email or password")
-    await db.execute(delete(LoginFailure).where(LoginFailure.email == email))
+    # Only this address's failures are forgiven: others' guesses still count against them.
+    await db.execute(
+        delete(LoginFailure).where(LoginFailure.email == email, LoginFailure.address == address)
+    )
     return await open_session(
         db,
         user.id,

@@ -126,6 +126,8 @@ async def redeem(
         or parent.user_id != handoff.user_id
         or parent.revoked_at is not None
         or parent.expires_at <= now
+        # Only a dashboard session hands over; a subdomain's own session never does.
+        or parent.scope_instance_id is not None
     ):
         return None
     instance = await db.scalar(

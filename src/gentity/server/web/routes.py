@@ -17,7 +17,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.datastructures import Headers
 from starlette.responses import RedirectResponse, Response
 
-from gentity.server.auth import Principal, db_session, resolve_principal, set_session_cookie
+from gentity.server.auth import (
+    Principal,
+    db_session,
+    resolve_principal,
+    secure_cookie,
+    set_session_cookie,
+)
 from gentity.server.context import AppContext
 from gentity.server.db.ids import utcnow
 from gentity.server.db.orm import Instance
@@ -56,8 +62,24 @@ def safe_next(value: str | None) -> str:
 
 
 async def _principal(request: Request, db: AsyncSession) -> Principal | None:
-    """The signed-in user of a page request: the session cookie only, as browsers send it."""
-    return await resolve_principal(db, Headers(), request.cookies)
+    """The signed-in user of a main-host page request: the session cookie only, as browsers
+    send it. A session opened on an instance's subdomain is scoped to that instance's
+    terminal: it signs nobody in here (else its cookie, replayed to the main host, would open
+    every page and hand off to every other instance)."""
+    principal = await resolve_principal(db, Headers(), request.cookies)
+    if principal is None or principal.scope_instance_id is not None:
+        return None
+    return principal
+
+
+async def _subdomain_principal(request: Request, db: AsyncSession, sub: str) -> Principal | None:
+    """The signed-in owner on ``sub``'s host: a session scoped to that very instance (or a
+    dashboard session); a session scoped to any other instance counts for nothing."""
+    principal = await resolve_principal(db, Headers(), request.cookies)
+    if principal is None or principal.scope_instance_id is None:
+        return principal
+    row = await _owned_instance(db, principal.user.id, instance_id=principal.scope_instance_id)
+    return principal if row is not None and row.subdomain == sub else None
 
 
 def _to_login(request: Request) -> Response:
@@ -236,11 +258,11 @@ async def _subdomain_terminal(request: Request, db: AsyncSession, sub: str) -> R
         set_session_cookie(
             response,
             opened.secret,
-            secure=request.url.scheme == "https",
+            secure=secure_cookie(request),
             max_age=max(ttl, 1),
         )
         return response
-    principal = await _principal(request, db)
+    principal = await _subdomain_principal(request, db, sub)
     if principal is None:
         # No session on this host yet: the main host signs in (if needed) and hands over.
         return _redirect(main_origin(request, ctx.settings) + f"/dashboard/open/{sub}")

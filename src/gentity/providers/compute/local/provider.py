@@ -540,7 +540,9 @@ class LocalProvider(ComputeProvider):
     async def follow_logs(
         self, handle: MachineHandle, cursor: str | None = None
     ) -> AsyncIterator[tuple[str, dict[str, str]]]:
-        start = int(cursor) if cursor and cursor.isascii() and cursor.isdigit() else None
+        # Only a cursor this method gave out (ASCII digits; isdigit() alone takes "²") resumes.
+        valid = cursor is not None and cursor.isascii() and cursor.isdigit() and len(cursor) < 20
+        start = int(cursor) if valid and cursor else None
         stream = follow_offsets(self.paths(handle).log_file, start=start)
         try:
             async for offset, record in stream:

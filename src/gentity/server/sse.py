@@ -1,0 +1,90 @@
+"""Server-sent events for log follows: keep-alives, disconnects, and an end on revocation."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import AsyncIterator
+
+import anyio
+from starlette.responses import StreamingResponse
+from starlette.types import Receive, Scope, Send
+
+log = logging.getLogger(__name__)
+
+KEEPALIVE_SECONDS = 15.0
+
+LogStream = AsyncIterator[tuple[str, dict[str, str]]]
+
+
+class EventStreamResponse(StreamingResponse):
+    """A streaming response that stops as soon as the client disconnects.
+
+    Starlette's own, under ASGI 2.4 servers, only notices a disconnect when its next write
+    fails, which for a quiet log is up to a keep-alive interval later. Listening for the
+    disconnect message as well ends the stream (and closes the log file) at once.
+    """
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async with anyio.create_task_group() as group:
+
+            async def stream() -> None:
+                with contextlib.suppress(OSError):
+                    await self.stream_response(send)
+                group.cancel_scope.cancel()
+
+            group.start_soon(stream)
+            await self.listen_for_disconnect(receive)
+            group.cancel_scope.cancel()
+
+
+async def log_events(stream: LogStream, ended: asyncio.Event) -> AsyncIterator[str]:
+    """One SSE event per log record, and a comment every 15 s so proxies keep the line open.
+
+    The log stream is pumped by its own task into a queue, so waiting for the keep-alive timer
+    never cancels the stream mid-read. The response ends cleanly (a complete chunked body, so
+    the client sees an end and not a broken connection) when ``ended`` is set (the credential
+    was revoked) or the log stream stops or fails. Starlette cancels this generator when the
+    client goes away; the ``finally`` then stops the pump and closes the log file.
+    """
+    queue: asyncio.Queue[tuple[str, dict[str, str]]] = asyncio.Queue(maxsize=1000)
+
+    async def pump() -> None:
+        async for item in stream:
+            await queue.put(item)
+
+    pumping = asyncio.create_task(pump())
+    stop = asyncio.create_task(ended.wait())
+    getter: asyncio.Task[tuple[str, dict[str, str]]] | None = None
+    try:
+        yield "retry: 2000\n\n"
+        while True:
+            if getter is None:
+                getter = asyncio.create_task(queue.get())
+            done, _ = await asyncio.wait(
+                (getter, stop, pumping),
+                timeout=KEEPALIVE_SECONDS,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+            if stop in done:
+                return
+            if getter in done:
+                cursor, record = getter.result()
+                getter = None
+                yield f"id: {cursor}\ndata: {json.dumps(record, separators=(',', ':'))}\n\n"
+            elif pumping in done:
+                if queue.empty():
+                    if not pumping.cancelled() and pumping.exception() is not None:
+                        log.warning("log stream failed", exc_info=pumping.exception())
+                    return
+            else:
+                yield ": keep-alive\n\n"
+    finally:
+        for task in (getter, stop, pumping):
+            if task is not None:
+                task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await pumping
+        await stream.aclose()  # type: ignore[attr-defined]
