@@ -247,6 +247,14 @@ class Config:
     rows: int = 32
     hostname: str | None = None
     """Set as the hostname first (a guest started ahead of need learns its name late)."""
+    secret_env: list[str] = field(default_factory=list)
+    """Names in ``env`` and ``install.env`` whose values are secrets (the model API key):
+    the guest redacts them, and its own secret, from every log record it writes."""
+
+    def secret_values(self) -> list[str]:
+        """The values to keep out of the log: the guest secret and the named env values."""
+        envs = [self.env, self.install.env if self.install is not None else {}]
+        return [self.secret, *(env[n] for env in envs for n in self.secret_env if n in env)]
 
 
 def _str_list(value: object, name: str) -> list[str]:
@@ -274,7 +282,7 @@ def _abs_path(data: dict[str, Any], name: str) -> str:
 
 def parse_config(data: object) -> Config:
     """Validate the JSON config object (fields: secret, listen, logFile, workdir,
-    command, shell, env, restart, install, replayBytes, cols, rows)."""
+    command, shell, env, secretEnv, restart, install, replayBytes, cols, rows)."""
     if not isinstance(data, dict):
         raise ConfigError("config must be a JSON object")
     secret = data.get("secret")
@@ -326,7 +334,16 @@ def parse_config(data: object) -> Config:
         cols=numbers["cols"],
         rows=numbers["rows"],
         hostname=_hostname(data.get("hostname")),
+        secret_env=_names(data.get("secretEnv")),
     )
+
+
+def _names(value: object) -> list[str]:
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ConfigError("secretEnv must be a list of strings")
+    return list(value)
 
 
 def _hostname(value: object) -> str | None:

@@ -31,7 +31,13 @@ from pathlib import Path
 import anyio.to_thread
 
 from gentity.guest import client as guest_client
-from gentity.guest.logfile import LogWriter, follow_offsets, offset_before_last, tail
+from gentity.guest.logfile import (
+    LogWriter,
+    Redactor,
+    follow_offsets,
+    offset_before_last,
+    tail,
+)
 from gentity.providers.compute.base import (
     ComputeProvider,
     GuestLaunch,
@@ -127,7 +133,8 @@ class LocalProvider(ComputeProvider):
         paths.run.mkdir(exist_ok=True, mode=0o700)
         extra_path: list[str] = []
         if launch.install is not None:
-            with LogWriter(paths.log_file) as writer:
+            redact = Redactor(launch.secret_values())
+            with LogWriter(paths.log_file, redact=redact) as writer:
                 await anyio.to_thread.run_sync(
                     ensure_installed, self.agents_dir, launch.agent, launch.install, writer
                 )
@@ -144,6 +151,7 @@ class LocalProvider(ComputeProvider):
             "command": launch.command,
             "shell": ["bash", "-l"],
             "env": {**env, **launch.agent_env},
+            "secretEnv": list(launch.secret_env),
             "restart": launch.restart,
             "hostname": str(handle.data.get("hostname", handle.ref)),
         }
