@@ -78,9 +78,13 @@ class LocalProvider(ComputeProvider):
 
     name = "local"
 
-    def __init__(self, data_dir: Path, *, warm_spares: int = 0) -> None:
+    def __init__(
+        self, data_dir: Path, *, warm_spares: int = 0, key_dir: Path | None = None
+    ) -> None:
         self.data_dir = data_dir
         self.warm_spares = warm_spares
+        # The directory of a key file kept outside the data directory: hidden like it.
+        self.key_dir = key_dir
         self._spares: list[tuple[InstancePaths, subprocess.Popen[bytes]]] = []
         self._spares_lock = threading.Lock()
         self._refilling: asyncio.Future[None] | None = None
@@ -94,7 +98,9 @@ class LocalProvider(ComputeProvider):
 
     @classmethod
     def from_settings(cls, settings: Settings) -> LocalProvider:
-        return cls(settings.data_dir, warm_spares=settings.local_warm_spares)
+        key_file = settings.resolved_secret_key_file
+        key_dir = None if key_file.is_relative_to(settings.data_dir) else key_file.parent
+        return cls(settings.data_dir, warm_spares=settings.local_warm_spares, key_dir=key_dir)
 
     def paths(self, handle: MachineHandle) -> InstancePaths:
         return InstancePaths.under(self.instances_dir, handle.ref, self.runtime_dir)
@@ -192,6 +198,7 @@ class LocalProvider(ComputeProvider):
                 bwrap=bwrap,
                 paths=paths,
                 data_dir=self.data_dir,
+                hidden_dirs=[self.key_dir] if self.key_dir else [],
                 hostname=ref[:63],
                 readonly_paths=[self.agents_dir],
                 env=guest_environment(SANDBOX_HOME, []),

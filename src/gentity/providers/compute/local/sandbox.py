@@ -20,6 +20,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -157,6 +158,7 @@ def sandbox_argv(
     data_dir: Path,
     hostname: str,
     readonly_paths: list[Path],
+    hidden_dirs: Sequence[Path] = (),
     env: dict[str, str],
     command: list[str],
 ) -> list[str]:
@@ -189,6 +191,9 @@ def sandbox_argv(
         elif Path(hidden).exists():
             argv += ["--ro-bind", "/dev/null", hidden]
     argv += ["--tmpfs", str(data_dir)]
+    for directory in hidden_dirs:  # e.g. where the key file lives, outside the data directory
+        if directory.is_dir():
+            argv += ["--tmpfs", str(directory)]
     # The interpreter and the package may live under a hidden directory (e.g. pyenv in /root).
     for path in _python_paths() + readonly_paths:
         argv += ["--ro-bind-try", str(path), str(path)]
