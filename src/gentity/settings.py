@@ -20,6 +20,13 @@ def default_data_dir() -> Path:
     return Path(base) / "gentity"
 
 
+# Directories every instance needs to see (the key file's directory is hidden from them), and
+# /tmp, where anyone may create files.
+_SHARED_DIRECTORIES = frozenset(
+    ("/", "/etc", "/usr", "/bin", "/sbin", "/lib", "/lib64", "/opt", "/var", "/srv", "/tmp")  # noqa: S108
+)
+
+
 class Settings(BaseSettings):
     """Everything the control plane can be configured with."""
 
@@ -50,10 +57,16 @@ class Settings(BaseSettings):
     """Let anyone create an account through the API. The first account can always be created."""
 
     secret_key: str | None = None
-    """Base64 of 32 random bytes, the AES-GCM key for secrets stored in the database.
+    """Base64 of 32 random bytes, the AES-GCM key for secrets stored in the database; several
+    keys separated by commas form a keyring, newest first.
 
-    When unset, a key is generated on first start into ``<data_dir>/secret.key`` (mode 0600).
+    When unset, the keys come from ``secret_key_file``.
     """
+
+    secret_key_file: Path | None = None
+    """The key file: base64 keys, one a line, newest first. ``<data_dir>/secret.key`` when
+    unset; a key is generated into it on first start (mode 0600).
+    ``gentity secrets rotate`` rewrites it."""
 
     session_ttl_hours: int = Field(default=24 * 14, ge=1)
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
@@ -112,6 +125,25 @@ class Settings(BaseSettings):
     @classmethod
     def _absolute(cls, value: Path) -> Path:
         return value.expanduser().resolve()
+
+    @field_validator("secret_key_file")
+    @classmethod
+    def _key_file(cls, value: Path | None) -> Path | None:
+        if value is None:
+            return None
+        value = value.expanduser().absolute()
+        # Instances cannot see the key file's directory: it must not be one they need.
+        if str(value.parent) in _SHARED_DIRECTORIES:
+            raise ValueError(
+                f"the key file must be in a directory of its own, not {value.parent} "
+                "(e.g. /etc/gentity/secret.key)"
+            )
+        return value
+
+    @property
+    def resolved_secret_key_file(self) -> Path:
+        """The key file in use (whether or not ``secret_key`` overrides it)."""
+        return self.secret_key_file or self.data_dir / "secret.key"
 
     @property
     def resolved_database_url(self) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from gentity.cli import auth, catalog, compute, serve, tokens, users
+from gentity.cli import auth, catalog, compute, secret_keys, serve, tokens, users
 from gentity.cli.output import report_and_exit
 from gentity.client import ApiError, ConfigError
 
@@ -17,6 +17,7 @@ app = typer.Typer(
 )
 app.command("serve")(serve.serve)
 app.add_typer(users.app, name="users")
+app.add_typer(secret_keys.app, name="secrets")
 app.command("login")(auth.login)
 app.command("logout")(auth.logout)
 app.command("whoami")(auth.whoami)

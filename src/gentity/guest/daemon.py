@@ -3,7 +3,9 @@
 Started by ``python -m gentity.guest`` with its JSON config on stdin (see
 :func:`gentity.guest.protocol.parse_config`). Secrets from the config (the guest
 secret, ``env`` and ``install.env`` values) are kept only where needed and are
-never logged. Standard library only: this runs inside remote VMs.
+never logged; the guest secret and the env values named in ``secretEnv`` are
+redacted from every record, also when the agent or an install prints them.
+Standard library only: this runs inside remote VMs.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import time
 from typing import Any, Final
 
 from gentity.guest import protocol as p
-from gentity.guest.logfile import LineLogger, LogWriter, format_timestamp
+from gentity.guest.logfile import LineLogger, LogWriter, Redactor, format_timestamp
 from gentity.guest.session import ChildWatcher, PtySession, Viewer, describe_exit, run_piped
 
 BACKOFF_MIN: Final = 0.5
@@ -61,9 +63,11 @@ class Guest:
 
     def __init__(self, config: p.Config) -> None:
         self._config = config
+        # The redactor holds the one other copy of the secrets: it must know what to hide.
+        self._redact = Redactor(config.secret_values())
         self._secret = config.secret.encode()
-        config.secret = ""  # keep exactly one copy (bytes) of the secret
-        self._log = LogWriter(config.log_file)
+        config.secret = ""  # otherwise one copy (bytes) of the secret
+        self._log = LogWriter(config.log_file, redact=self._redact)
         self.state = p.STATE_INSTALLING if config.install else p.STATE_STARTING
         self.error: str | None = None
         self._agent: PtySession | None = None
@@ -313,6 +317,7 @@ class Guest:
         self._changed = asyncio.Event()
 
     def _fail(self, message: str) -> None:
+        message = self._redact(message)  # health shows it (e.g. the last install line)
         self.error = message
         self._log.write("error", message)
         self._set_state(p.STATE_ERROR)
@@ -375,7 +380,10 @@ class Guest:
             delay = BACKOFF_MIN
             while True:
                 self._set_state(p.STATE_STARTING)
-                logger = LineLogger(emit_lines=lambda lines: self._log.write_lines("info", lines))
+                logger = LineLogger(
+                    emit_lines=lambda lines: self._log.write_lines("info", lines),
+                    redact=self._redact,
+                )
                 try:
                     agent = self._start_session(
                         self._config.command,
@@ -460,6 +468,7 @@ class Guest:
                 watcher=self._watcher,
                 on_line=on_line,
                 cgroup_fd=self._config.child_cgroup_fd,
+                redact=self._redact,
             )
         except OSError as exc:
             return f"{name} could not be started: {(exc.strerror or str(exc)).lower()}"

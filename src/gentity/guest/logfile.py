@@ -16,7 +16,7 @@ import os
 import re
 import stat
 import time
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Callable, Iterable
 from typing import IO, Any, Final
 
 LEVELS: Final = ("info", "warn", "error")
@@ -30,6 +30,52 @@ MAX_LINE: Final = 1024 * 1024
 FOLLOW_CHUNK: Final = 256 * 1024
 
 Record = dict[str, Any]
+
+#: What a secret value becomes in the log.
+REDACTED: Final = "[redacted]"
+#: Shorter values are not redacted: hiding every "1" or "yes" would say more than it hides.
+MIN_SECRET: Final = 8
+
+
+class Redactor:
+    """Replaces every exact occurrence of the secret values it was given with :data:`REDACTED`.
+
+    Only plain text is matched: callers redact lines after escape sequences are stripped, so
+    a colour code in the middle of a printed key does not hide it. Values shorter than
+    :data:`MIN_SECRET` are ignored. An empty redactor is falsy and returns text unchanged.
+    """
+
+    __slots__ = ("_values",)
+
+    def __init__(self, values: Iterable[str] = ()) -> None:
+        # Longest first, so a secret that contains another is replaced whole.
+        found = {v for v in values if len(v) >= MIN_SECRET}
+        self._values: tuple[str, ...] = tuple(sorted(found, key=len, reverse=True))
+
+    def __bool__(self) -> bool:
+        return bool(self._values)
+
+    def __call__(self, text: str) -> str:
+        for value in self._values:
+            if value in text:
+                text = text.replace(value, REDACTED)
+        return text
+
+    def unsafe_tail(self, text: str) -> int:
+        """Length of the longest end of ``text`` that is the start of a secret (0 if none).
+
+        That end must not be written yet: the rest of the secret may be on its way.
+        """
+        longest = 0
+        for value in self._values:
+            first = value[0]
+            index = text.find(first, max(0, len(text) - len(value) + 1))
+            while index >= 0 and len(text) - index > longest:
+                if value.startswith(text[index:]):
+                    longest = len(text) - index
+                    break
+                index = text.find(first, index + 1)
+        return longest
 
 
 def format_timestamp(when: float | None = None) -> str:
@@ -64,11 +110,13 @@ class LogWriter:
 
     Each record is written with a single ``write`` call so concurrent appenders
     never interleave within a line. There is no fsync: the log is diagnostic, and
-    an fsync per line would make a chatty agent expensive.
+    an fsync per line would make a chatty agent expensive. Every message passes
+    through ``redact`` first, so no record holds a secret the writer was handed.
     """
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, redact: Redactor | None = None) -> None:
         self.path = os.fspath(path)
+        self._redact = redact or Redactor()
         parent = os.path.dirname(self.path)
         if parent:
             os.makedirs(parent, exist_ok=True)
@@ -89,6 +137,8 @@ class LogWriter:
         """
         if self._fd is None or not messages:
             return
+        if self._redact:
+            messages = [self._redact(m) for m in messages]
         head = f'{{"timestamp": "{format_timestamp()}", "level": {json.dumps(level)}, "message": '
         if _JSON_UNSAFE.search("".join(messages)):
             text = "".join(f"{head}{json.dumps(m, ensure_ascii=False)}}}\n" for m in messages)
@@ -317,6 +367,11 @@ class LineLogger:
     sequences, and emits one line per newline. A partial line (e.g. a prompt) is
     emitted after ``quiet`` seconds without output; over-long lines are emitted
     in ``max_line`` pieces. Must be fed from a running event loop.
+
+    With ``redact``, lines are redacted whole, before they are cut into pieces; and
+    a partial line is not cut where its end could be the start of a secret (a
+    program that prints a key in two writes with a pause between them): that end
+    waits for the rest of the line.
     """
 
     def __init__(
@@ -326,6 +381,7 @@ class LineLogger:
         emit_lines: Callable[[list[str]], None] | None = None,
         quiet: float = 0.2,
         max_line: int = 16384,
+        redact: Redactor | None = None,
     ) -> None:
         # ``emit_lines`` receives all the lines of one chunk at once (cheaper to write).
         if emit_lines is None:
@@ -338,6 +394,7 @@ class LineLogger:
                     single(line)
 
         self._emit_lines = emit_lines
+        self._redact = redact or Redactor()
         self._quiet = quiet
         self._max_line = max_line
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
@@ -356,8 +413,11 @@ class LineLogger:
             for line in strip_terminal(complete).split("\n"):
                 self._pieces(line.strip(), out)
         while len(self._partial) > self._max_line:
-            self._pieces(strip_terminal(self._partial[: self._max_line]).strip(), out)
-            self._partial = self._partial[self._max_line :]
+            piece = strip_terminal(self._partial[: self._max_line])
+            clean, held = self._split_unsafe(piece, limit=self._max_line // 2)
+            self._pieces(clean.strip(), out)
+            # The held end is clean text already; what follows it is still raw.
+            self._partial = held + self._partial[self._max_line :]
         if out:
             self._emit_lines(out)
         self._last_data = time.monotonic()
@@ -381,8 +441,22 @@ class LineLogger:
         if remaining > 0.005:
             self._timer = asyncio.get_running_loop().call_later(remaining, self._on_timer)
         elif self._partial:
-            self._emit_line(self._partial)
-            self._partial = ""
+            clean, self._partial = self._split_unsafe(strip_terminal(self._partial))
+            # Whatever is held waits for more output (or close()); no timer until then.
+            out: list[str] = []
+            self._pieces(clean.strip(), out)
+            if out:
+                self._emit_lines(out)
+
+    def _split_unsafe(self, clean: str, limit: int | None = None) -> tuple[str, str]:
+        """``clean`` cut into what may be written now and an end that may begin a secret
+        (held only if no longer than ``limit``, so that an over-long line still advances)."""
+        if not self._redact:
+            return clean, ""
+        held = self._redact.unsafe_tail(clean)
+        if not held or (limit is not None and held > limit):
+            return clean, ""
+        return clean[:-held], clean[-held:]
 
     def _emit_line(self, line: str) -> None:
         out: list[str] = []
@@ -391,6 +465,8 @@ class LineLogger:
             self._emit_lines(out)
 
     def _pieces(self, clean: str, out: list[str]) -> None:
+        if self._redact:
+            clean = self._redact(clean)  # before cutting, so no secret straddles a cut
         for start in range(0, len(clean), self._max_line):
             out.append(clean[start : start + self._max_line])
 

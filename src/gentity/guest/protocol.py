@@ -258,6 +258,14 @@ class Config:
     child_cgroup_fd: int | None = None
     """An open ``cgroup.procs`` of a group below the guest's own: every child writes itself
     there, so a fork bomb in the agent hits that group's limit and leaves the guest room."""
+    secret_env: list[str] = field(default_factory=list)
+    """Names in ``env`` and ``install.env`` whose values are secrets (the model API key):
+    the guest redacts them, and its own secret, from every log record it writes."""
+
+    def secret_values(self) -> list[str]:
+        """The values to keep out of the log: the guest secret and the named env values."""
+        envs = [self.env, self.install.env if self.install is not None else {}]
+        return [self.secret, *(env[n] for env in envs for n in self.secret_env if n in env)]
 
 
 def _str_list(value: object, name: str) -> list[str]:
@@ -285,7 +293,7 @@ def _abs_path(data: dict[str, Any], name: str) -> str:
 
 def parse_config(data: object) -> Config:
     """Validate the JSON config object (fields: secret, listen, logFile, workdir,
-    command, shell, env, restart, install, replayBytes, cols, rows, hostname,
+    command, shell, env, secretEnv, restart, install, replayBytes, cols, rows, hostname,
     childCgroupFd)."""
     if not isinstance(data, dict):
         raise ConfigError("config must be a JSON object")
@@ -339,6 +347,7 @@ def parse_config(data: object) -> Config:
         rows=numbers["rows"],
         hostname=_hostname(data.get("hostname")),
         child_cgroup_fd=_optional_fd(data.get("childCgroupFd")),
+        secret_env=_names(data.get("secretEnv")),
     )
 
 
@@ -348,6 +357,14 @@ def _optional_fd(value: object) -> int | None:
     if isinstance(value, bool) or not isinstance(value, int) or not 3 <= value < 1 << 20:
         raise ConfigError("childCgroupFd must be a file descriptor number")
     return value
+
+
+def _names(value: object) -> list[str]:
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ConfigError("secretEnv must be a list of strings")
+    return list(value)
 
 
 def _hostname(value: object) -> str | None:

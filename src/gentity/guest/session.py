@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from typing import Final
 
 from gentity.guest import protocol
-from gentity.guest.logfile import LineLogger
+from gentity.guest.logfile import LineLogger, Redactor
 
 #: Pending output a viewer may lag behind before it is dropped.
 VIEWER_QUEUE_LIMIT: Final = 4 * 1024 * 1024
@@ -495,12 +495,14 @@ async def run_piped(
     on_line: Callable[[str], None],
     stop_timeout: float = 5.0,
     cgroup_fd: int | None = None,
+    redact: Redactor | None = None,
 ) -> int:
     """Run a command with stdout and stderr piped into ``on_line`` as clean lines.
 
     Returns the Popen return code; raises OSError if it cannot be started. The
     command gets its own session; if the caller is cancelled, its process group
-    receives SIGTERM, then SIGKILL after ``stop_timeout`` seconds.
+    receives SIGTERM, then SIGKILL after ``stop_timeout`` seconds. Lines are
+    redacted with ``redact`` (see :class:`LineLogger`).
     """
     loop = asyncio.get_running_loop()
     read_fd, write_fd = os.pipe()
@@ -524,7 +526,7 @@ async def run_piped(
         os.close(write_fd)
     exited = watcher.exited(proc)
     eof: asyncio.Future[None] = loop.create_future()
-    logger = LineLogger(on_line)
+    logger = LineLogger(on_line, redact=redact)
 
     def on_readable() -> None:
         try:

@@ -45,7 +45,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     ctx = AppContext(
         settings=settings,
         db=Database(settings.resolved_database_url),
-        box=SecretBox.from_settings(settings.secret_key, settings.data_dir),
+        box=SecretBox.from_settings(
+            settings.secret_key, settings.data_dir, settings.resolved_secret_key_file
+        ),
         catalog=load_catalog(),
     )
 

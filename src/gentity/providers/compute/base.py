@@ -52,6 +52,17 @@ class GuestLaunch:
     """Extra environment for the agent only, e.g. ``ANTHROPIC_API_KEY``."""
     install: InstallStep | None = None
     restart: str = "always"
+    secret_env: tuple[str, ...] = ()
+    """The names in ``agent_env`` whose values are secrets (the catalog's key variable). The
+    guest gets them as ``secretEnv`` and redacts those values from the instance's log."""
+
+    def secret_values(self) -> list[str]:
+        """Every value the instance's log must never show: the guest secret and the keys.
+
+        For logs a provider writes itself (e.g. install output), with
+        :class:`gentity.guest.logfile.Redactor`.
+        """
+        return [self.secret, *(self.agent_env[n] for n in self.secret_env if n in self.agent_env)]
 
 
 @dataclass(frozen=True)

@@ -147,6 +147,12 @@ class Instance(Base):
     destroyed_at: Mapped[datetime | None] = mapped_column(default=None)
 
 
+#: Every column that holds a :class:`~gentity.server.security.crypto.SecretBox` ciphertext,
+#: sealed with its row's ``id`` as context. ``gentity secrets rotate`` re-encrypts exactly these:
+#: a new encrypted column must be listed here (a test checks every binary column is).
+ENCRYPTED_COLUMNS = (Instance.api_key_ciphertext, Instance.guest_secret_ciphertext)
+
+
 class InstanceEvent(Base):
     """One status change of an instance, with the reason it happened."""
 

@@ -261,6 +261,7 @@ def _launch(ctx: AppContext, inst: Instance) -> GuestLaunch:
         secret=guest_secret(ctx, inst),
         agent_env=agent_env,
         install=install,
+        secret_env=(model.api_key_env,) if model.api_key_env in agent_env else (),
     )
 
 

@@ -36,7 +36,13 @@ from pathlib import Path
 import anyio.to_thread
 
 from gentity.guest import client as guest_client
-from gentity.guest.logfile import LogWriter, follow_offsets, offset_before_last, tail
+from gentity.guest.logfile import (
+    LogWriter,
+    Redactor,
+    follow_offsets,
+    offset_before_last,
+    tail,
+)
 from gentity.providers.compute.base import (
     ComputeProvider,
     GuestLaunch,
@@ -103,10 +109,13 @@ class LocalProvider(ComputeProvider):
         *,
         warm_spares: int = 0,
         uid_range: tuple[int, int] = (1_000_000, 1_999_999),
+        key_dir: Path | None = None,
     ) -> None:
         self.data_dir = data_dir
         self.warm_spares = warm_spares
         self.uid_range = uid_range
+        # The directory of a key file kept outside the data directory: hidden like it.
+        self.key_dir = key_dir
         self._spares: list[Booted] = []
         self._spares_lock = threading.Lock()
         self._refilling: asyncio.Future[None] | None = None
@@ -121,10 +130,12 @@ class LocalProvider(ComputeProvider):
 
     @classmethod
     def from_settings(cls, settings: Settings) -> LocalProvider:
+        key_file = settings.resolved_secret_key_file
         return cls(
             settings.data_dir,
             warm_spares=settings.local_warm_spares,
             uid_range=uids.parse_range(settings.local_uid_range),
+            key_dir=None if key_file.is_relative_to(settings.data_dir) else key_file.parent,
         )
 
     def paths(self, handle: MachineHandle) -> InstancePaths:
@@ -212,7 +223,8 @@ class LocalProvider(ComputeProvider):
         await anyio.to_thread.run_sync(self._prepare_start, paths)
         extra_path: list[str] = []
         if launch.install is not None:
-            with LogWriter(paths.log_file) as writer:
+            redact = Redactor(launch.secret_values())
+            with LogWriter(paths.log_file, redact=redact) as writer:
                 await anyio.to_thread.run_sync(
                     ensure_installed, self.agents_dir, launch.agent, launch.install, writer
                 )
@@ -229,6 +241,7 @@ class LocalProvider(ComputeProvider):
             "command": launch.command,
             "shell": ["bash", "-l"],
             "env": {**env, **launch.agent_env},
+            "secretEnv": list(launch.secret_env),
             "restart": launch.restart,
             "hostname": str(handle.data.get("hostname", handle.ref))[:63],
             "childCgroupFd": booted.cgroup_fd,
@@ -306,6 +319,7 @@ class LocalProvider(ComputeProvider):
                     env=guest_environment(SANDBOX_HOME, []),
                     command=guest_command(),
                     readonly_paths=[self.agents_dir],
+                    hidden_dirs=[self.key_dir] if self.key_dir else [],
                     uid=uid,
                     seccomp_fd=seccomp_fd,
                     info_fd=info_write,

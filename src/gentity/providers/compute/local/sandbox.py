@@ -194,6 +194,8 @@ class SandboxSpec:
     env: dict[str, str]
     command: list[str]
     readonly_paths: list[Path] = field(default_factory=list)
+    hidden_dirs: list[Path] = field(default_factory=list)
+    """Hidden besides the data directory, e.g. where a key file kept outside it lives."""
     uid: int | None = None
     """The instance's host uid, when the server is root and can switch to it."""
     seccomp_fd: int | None = None
@@ -247,6 +249,9 @@ def sandbox_argv(bwrap: str, spec: SandboxSpec) -> list[str]:
         elif Path(hidden).exists():
             argv += ["--ro-bind", "/dev/null", hidden]
     argv += ["--tmpfs", str(spec.data_dir)]
+    for directory in spec.hidden_dirs:
+        if directory.is_dir():
+            argv += ["--tmpfs", str(directory)]
     # The interpreter and the package may live under a hidden or private directory (pyenv in
     # /root, a checkout under a 0700 directory): bring them back, reachable by the instance.
     shared = _python_paths() + spec.readonly_paths
