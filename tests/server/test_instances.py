@@ -61,7 +61,8 @@ def test_shell_instance_lifecycle(bearer: httpx.Client, settings: Settings, toke
     assert "stopped" in second.json()["error"]
     assert act("start").json() == {"ok": True}
     assert bearer.get(f"/api/instances/{iid}").json()["status"] == "running"
-    assert (instance_dir(settings, iid) / "volume" / "notes.txt").read_text() == "persisted\n"
+    volume = instance_dir(settings, iid) / "disk" / "home"
+    assert (volume / "notes.txt").read_text() == "persisted\n"
     assert act("restart").json() == {"ok": True}
     assert bearer.get(f"/api/instances/{iid}").json()["status"] == "running"
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import stat
 from pathlib import Path
 
 import httpx
@@ -36,7 +35,7 @@ def seed_fake_claude(settings: Settings) -> None:
     (cache / "bin").mkdir(parents=True)
     binary = cache / "bin" / "claude"
     binary.write_text(FAKE_CLAUDE)
-    binary.chmod(binary.stat().st_mode | stat.S_IXUSR)
+    binary.chmod(0o755)  # as npm leaves it: the instance runs it as its own uid
     (cache / ".installed").write_text("@anthropic-ai/claude-code\n")
 
 

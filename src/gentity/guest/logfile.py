@@ -149,6 +149,11 @@ class LogWriter:
             while data:  # a regular file takes it all at once; be correct anyway
                 data = data[os.write(self._fd, data) :]
 
+    def chown(self, uid: int) -> None:
+        """Hand the file to ``uid`` (the instance's), through the open descriptor."""
+        if self._fd is not None:
+            os.fchown(self._fd, uid, uid)
+
     def close(self) -> None:
         """Close the file; later writes are ignored."""
         if self._fd is not None:

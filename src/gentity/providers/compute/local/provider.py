@@ -31,6 +31,7 @@ import threading
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 
 import anyio.to_thread
@@ -38,6 +39,7 @@ import anyio.to_thread
 from gentity.guest import client as guest_client
 from gentity.guest.logfile import (
     LogWriter,
+    NotARegularFile,
     Redactor,
     follow_offsets,
     offset_before_last,
@@ -66,7 +68,11 @@ from gentity.providers.compute.local.sandbox import (
     sandbox_argv,
     setpriv_path,
 )
-from gentity.providers.compute.local.seccomp import open_filter_fd
+from gentity.providers.compute.local.seccomp import (
+    SeccompUnavailable,
+    filter_program,
+    open_filter_fd,
+)
 from gentity.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -262,6 +268,7 @@ class LocalProvider(ComputeProvider):
         uid = self._uid_of(paths)
         if moved and uid is not None:
             _chown_tree(paths.disk, uid)
+        _give_log_file(paths, os.getuid() if uid is None else uid)
 
     def _boot(self, handle: MachineHandle, paths: InstancePaths) -> Booted:
         """A sandboxed guest waiting for its config: a warm spare when one fits, else new."""
@@ -305,9 +312,9 @@ class LocalProvider(ComputeProvider):
         exit_read: int | None = None
         try:
             if bwrap:
-                seccomp_fd = open_filter_fd()
+                seccomp_fd = _seccomp_fd()
                 info_read, info_write = os.pipe()
-                handed += [seccomp_fd, info_write]
+                handed += [info_write] + ([seccomp_fd] if seccomp_fd is not None else [])
                 if own_network:
                     # The sandbox holds the write end: slirp4netns exits when it is gone.
                     exit_read, exit_write = os.pipe()
@@ -640,6 +647,22 @@ def _bind_socket(path: Path) -> int:
     return sock.detach()
 
 
+@cache
+def _seccomp_problem() -> str | None:
+    """Why no seccomp filter can be built here (libseccomp missing), or None."""
+    try:
+        filter_program()
+    except SeccompUnavailable as exc:
+        log.warning("local instances run WITHOUT a seccomp filter: %s", exc)
+        return str(exc)
+    return None
+
+
+def _seccomp_fd() -> int | None:
+    """The compiled filter for bubblewrap's ``--seccomp``, or None when it cannot be built."""
+    return None if _seccomp_problem() is not None else open_filter_fd()
+
+
 def _set_hostname(sandbox_pid: int, hostname: str) -> None:
     """Name a warm spare's UTS namespace after the instance that took it over.
 
@@ -667,6 +690,20 @@ def _move_legacy_layout(paths: InstancePaths) -> bool:
     if (paths.root / "logs").is_dir():
         os.rename(paths.root / "logs", paths.logs)
     return True
+
+
+def _give_log_file(paths: InstancePaths, owner: int) -> None:
+    """Make sure the log is a regular file the guest can append to, before anything (the
+    install below) writes to it. Whatever the instance planted in its place (a link, a FIFO)
+    is removed: unlinking a name never follows it."""
+    try:
+        writer = LogWriter(paths.log_file)
+    except NotARegularFile:
+        log.warning("instance %s: its log was not a regular file; replaced", paths.root.name)
+        paths.log_file.unlink()
+        writer = LogWriter(paths.log_file)
+    with writer:
+        writer.chown(owner)
 
 
 def _chown_tree(top: Path, uid: int) -> None:
