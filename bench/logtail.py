@@ -11,6 +11,7 @@ are also timed through ``gentity.guest.logfile.tail`` directly.
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import shutil
@@ -21,6 +22,7 @@ from bench.context import Context, say
 from bench.report import Figure
 from bench.stats import median, ms, percentile, ratio, size
 from gentity.guest.logfile import format_timestamp, tail
+from gentity.providers.compute.local import volumes
 
 GOAL_RATIO = 2.0
 LINES = 1000
@@ -134,6 +136,15 @@ async def measure(
     return results
 
 
+def grow_volume(root: Path, needed: int) -> None:
+    """The logs live on the instance's volume (1 GB for a shell): grow it, stopped, to hold
+    both files with room to spare."""
+    size_gb = max(2, math.ceil(needed * 1.2 / 2**30) + 1)
+    volumes.unmount(root)
+    volumes.resize(root, size_gb)
+    volumes.ensure_mounted(root)
+
+
 def big_size(ctx: Context) -> tuple[int, str | None]:
     wanted = ctx.plan.log_big_bytes
     free = shutil.disk_usage(ctx.server.data_dir).free
@@ -158,7 +169,9 @@ async def run(ctx: Context) -> Figure:
     say(f"[4] log tail: {LINES} lines of a {size(plan.log_small_bytes)} vs a {size(big)} log")
     instance_id = await ctx.server.create_shell()
     await ctx.server.action(instance_id, "stop")
-    logs = ctx.server.instance_dir(instance_id) / "logs"
+    root = ctx.server.instance_dir(instance_id)
+    grow_volume(root, plan.log_small_bytes + big)
+    logs = root / "disk" / "logs"
     log = logs / "agent.log"
     files = {"small": logs / "bench-small.log", "big": logs / "bench-big.log"}
     block = make_block(BLOCK_BYTES)

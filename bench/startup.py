@@ -51,7 +51,7 @@ def guest_milestones(root: Path, since: float) -> dict[str, float]:
     spawned = spawn_time(root / "guest.pid")
     if spawned is not None:
         found["spawn"] = spawned - since
-    log = root / "logs" / "agent.log"
+    log = root / "disk" / "logs" / "agent.log"
     try:
         lines = log.read_text(errors="replace").splitlines()
     except OSError:

@@ -93,7 +93,7 @@ async def run(ctx: Context) -> Figure:
     )
     plan = ctx.plan
     instance_id = await ctx.work_instance()
-    volume = ctx.server.instance_dir(instance_id) / "volume"
+    volume = ctx.server.instance_dir(instance_id) / "disk" / "home"
     payload = volume / "bench-payload.txt"
     write_payload(payload, plan.throughput_bytes)
     # The shell starts in its home, the volume (shown at another path inside the sandbox).

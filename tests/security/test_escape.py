@@ -14,6 +14,7 @@ import json
 import os
 import re
 import secrets
+import shutil
 import socket
 import time
 from collections.abc import Iterator
@@ -22,8 +23,6 @@ from pathlib import Path
 import httpx
 import pytest
 
-from gentity.providers.compute.local import network, volumes
-from gentity.providers.compute.local.sandbox import bwrap_path
 from gentity.settings import Settings
 from tests.conftest import LiveServer
 from tests.server.terminal_client import Terminal, ws_url
@@ -41,8 +40,8 @@ def _require(condition: bool, why: str) -> None:
 @pytest.fixture(autouse=True)
 def _sandbox_required() -> None:
     _require(os.geteuid() == 0, "the escape suite runs as root, like the server on CI")
-    _require(bwrap_path() is not None, "bubblewrap is installed")
-    _require(network.slirp4netns_path() is not None, "slirp4netns is installed")
+    _require(shutil.which("bwrap") is not None, "bubblewrap is installed")
+    _require(shutil.which("slirp4netns") is not None, "slirp4netns is installed")
 
 
 @pytest.fixture
@@ -330,6 +329,8 @@ def test_a_fork_bomb_stays_in_its_instance_and_the_guest_survives(
 def test_the_volume_has_a_quota(
     server: LiveServer, bearer: httpx.Client, token: str, settings: Settings
 ) -> None:
+    from gentity.providers.compute.local import volumes
+
     _require(volumes.quota_support() is None, f"volume quotas: {volumes.quota_support()}")
     iid = create_shell(bearer)["id"]  # the shell agent's volume is 1 GB
     (code, output), (_, df) = attack(
