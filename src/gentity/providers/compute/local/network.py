@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import secrets
 import select
 import shutil
 import subprocess
@@ -54,7 +55,7 @@ def resolv_conf(directory: Path) -> Path:
     path = directory / "resolv.conf"
     if not path.exists():
         directory.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_suffix(f".{os.getpid()}")
+        temporary = path.with_name(f".resolv.conf.{os.getpid()}.{secrets.token_hex(4)}")
         temporary.write_text(f"nameserver {DNS_SERVER}\n")
         temporary.chmod(0o644)
         os.replace(temporary, path)

@@ -182,15 +182,19 @@ class LocalProvider(ComputeProvider):
                 "hostname": spec.subdomain,
             },
         )
-        await anyio.to_thread.run_sync(self._make_directories, self.paths(handle), spec.volume_gb)
+        # The volume is made at the first start, unless a warm spare brings its own.
+        await anyio.to_thread.run_sync(self._make_root, self.paths(handle))
         return handle
 
-    def _make_directories(self, paths: InstancePaths, volume_gb: int) -> None:
-        """The instance's directories and its volume (idempotent)."""
+    def _make_root(self, paths: InstancePaths) -> None:
         self._ensure_runtime_dir()
         self.instances_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         for directory in (paths.root, paths.run):
             directory.mkdir(exist_ok=True, mode=0o700)
+
+    def _make_directories(self, paths: InstancePaths, volume_gb: int) -> None:
+        """The instance's directories and its volume (idempotent)."""
+        self._make_root(paths)
         uid = self._uid_of(paths)
         owner = os.getuid() if uid is None else uid
         unlimited = volumes.create(paths.root, volume_gb, owner, owner)
@@ -226,16 +230,22 @@ class LocalProvider(ComputeProvider):
         if (await self.status(handle)).state is MachineState.RUNNING:
             return
         paths = self.paths(handle)
-        await anyio.to_thread.run_sync(self._prepare_start, paths)
+        fresh = await anyio.to_thread.run_sync(self._prepare_start, paths)
+        # The sandbox boots (or a spare is taken over) while the agent installs: its guest
+        # waits for the configuration, which needs the install's path.
+        booted = await anyio.to_thread.run_sync(self._boot, handle, paths, fresh)
         extra_path: list[str] = []
         if launch.install is not None:
             redact = Redactor(launch.secret_values())
-            with LogWriter(paths.log_file, redact=redact) as writer:
-                await anyio.to_thread.run_sync(
-                    ensure_installed, self.agents_dir, launch.agent, launch.install, writer
-                )
+            try:
+                with LogWriter(paths.log_file, redact=redact) as writer:
+                    await anyio.to_thread.run_sync(
+                        ensure_installed, self.agents_dir, launch.agent, launch.install, writer
+                    )
+            except BaseException:
+                await anyio.to_thread.run_sync(_end_waiting_guest, booted.process)
+                raise
             extra_path.append(str(bin_dir(self.agents_dir, launch.agent)))
-        booted = await anyio.to_thread.run_sync(self._boot, handle, paths)
         sandboxed = bwrap_path() is not None
         view = paths.view(sandboxed)
         env = guest_environment(view.home, extra_path)
@@ -258,28 +268,44 @@ class LocalProvider(ComputeProvider):
         if self.warm_spares:
             self._refill_soon()
 
-    def _prepare_start(self, paths: InstancePaths) -> None:
+    def _prepare_start(self, paths: InstancePaths) -> bool:
+        """Mount what a start needs; whether the instance never started (has no volume)."""
         if not paths.root.is_dir():
             raise ProviderError("the instance's volume is missing")
         moved = _move_legacy_layout(paths)
+        if not paths.disk.exists():
+            return True
         volumes.ensure_mounted(paths.root)  # after a reboot, the mount is gone
         if not paths.volume.is_dir():
             raise ProviderError("the instance's volume is missing")
         uid = self._uid_of(paths)
         if moved and uid is not None:
             _chown_tree(paths.disk, uid)
-        _give_log_file(paths, os.getuid() if uid is None else uid)
+        return False
 
-    def _boot(self, handle: MachineHandle, paths: InstancePaths) -> Booted:
-        """A sandboxed guest waiting for its config: a warm spare when one fits, else new."""
+    def _boot(self, handle: MachineHandle, paths: InstancePaths, fresh: bool) -> Booted:
+        """A sandboxed guest waiting for its config: a warm spare when one fits, else new.
+
+        The log file exists and belongs to the instance afterwards."""
+        cpus, memory_mb = int(handle.data["cpus"]), int(handle.data["memoryMb"])
+        volume_gb = int(handle.data.get("volumeGb", SPARE_VOLUME_GB))
+        spare = self._take_spare(volume_gb) if fresh else None
+        if spare is not None:
+            self._take_over(spare, handle, paths, volume_gb)
+            booted = spare
+        else:
+            if fresh:
+                self._make_directories(paths, volume_gb)
+            booted = self._spawn(handle.ref, paths, cpus=cpus, memory_mb=memory_mb)
+        _give_log_file(paths, os.getuid() if booted.uid is None else booted.uid)
+        return booted
+
+    def _take_over(
+        self, spare: Booted, handle: MachineHandle, paths: InstancePaths, volume_gb: int
+    ) -> None:
+        """The spare's directories become the instance's; its processes keep running."""
         cpus, memory_mb = int(handle.data["cpus"]), int(handle.data["memoryMb"])
         hostname = str(handle.data.get("hostname", handle.ref))[:63]
-        volume_gb = int(handle.data.get("volumeGb", SPARE_VOLUME_GB))
-        spare = self._take_spare(paths, volume_gb)
-        if spare is None:
-            return self._spawn(handle.ref, paths, cpus=cpus, memory_mb=memory_mb)
-        # The spare's directories become the instance's; its processes keep running.
-        volumes.destroy(paths.root)
         shutil.rmtree(paths.root)
         if spare.uid is not None:
             uids.move(spare.uid, paths.root)
@@ -292,7 +318,6 @@ class LocalProvider(ComputeProvider):
         if spare.sandbox_pid is not None:
             _set_hostname(spare.sandbox_pid, hostname)
         spare.paths = paths
-        return spare
 
     def _spawn(self, ref: str, paths: InstancePaths, *, cpus: int, memory_mb: int) -> Booted:
         """Start the sandbox and the guest in it; the guest then waits for its config."""
@@ -381,9 +406,8 @@ class LocalProvider(ComputeProvider):
     # instance can (its volume is empty, like the spare's); later starts boot cold. A spare
     # whose server goes away reads end-of-file instead of a config, and exits.
 
-    def _take_spare(self, paths: InstancePaths, volume_gb: int) -> Booted | None:
-        fresh = not any(paths.volume.iterdir()) and not any(paths.logs.iterdir())
-        if not fresh or bwrap_path() is None:
+    def _take_spare(self, volume_gb: int) -> Booted | None:
+        if bwrap_path() is None:
             return None
         # A spare's volume is the smallest; a larger one needs growing while it is mounted.
         if volume_gb != SPARE_VOLUME_GB and not volumes.can_grow_online():
@@ -588,6 +612,15 @@ class LocalProvider(ComputeProvider):
         except OSError:
             name = handle.ref
         return InstanceCgroup(name or handle.ref)
+
+
+def _end_waiting_guest(process: subprocess.Popen[bytes]) -> None:
+    """A guest still waiting for its config exits at end-of-file on stdin."""
+    with contextlib.suppress(OSError):
+        if process.stdin:
+            process.stdin.close()
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        process.wait(timeout=GUEST_STOP_GRACE)
 
 
 def _send_config(process: subprocess.Popen[bytes], config: bytes) -> None:
