@@ -166,6 +166,10 @@ class LocalProvider(ComputeProvider):
             warnings.append("not root: every local instance runs as the server's own uid")
         if network.slirp4netns_path() is None:
             warnings.append("slirp4netns missing: local instances share the host's network")
+        if _seccomp_problem() is not None:
+            warnings.append(f"no seccomp filter for local instances: {_seccomp_problem()}")
+        if volumes.quota_support() is not None:
+            warnings.append(f"volume sizes are not enforced: {volumes.quota_support()}")
         if not InstanceCgroup("probe").enabled:
             warnings.append("no writable cgroups: local instances have no resource limits")
         return warnings
