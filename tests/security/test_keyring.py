@@ -30,8 +30,10 @@ from gentity.server.security import crypto
 from gentity.server.security.crypto import SecretBox, SecretBoxError
 from gentity.settings import Settings
 from tests.conftest import LiveServer
+from tests.fake_agents import create_claude as request_claude
+from tests.fake_agents import seed_fake_claude
 from tests.server.terminal_client import Terminal, ws_url
-from tests.server.test_secrets import seed_fake_claude
+from tests.server.test_secrets import FAKE_CLAUDE
 
 KEY = "sk-ant-keyring-canary-3c9e0a7f1d"
 T = TypeVar("T")
@@ -160,14 +162,8 @@ def run_cli(settings: Settings, *args: str, **env: str) -> subprocess.CompletedP
 
 def create_claude(client: httpx.Client, settings: Settings) -> str:
     if not (settings.data_dir / "agents" / "claude-code").exists():
-        seed_fake_claude(settings)
-    body = {
-        "agentType": "claude-code",
-        "modelProvider": "anthropic",
-        "modelName": "claude-sonnet-4-5",
-        "apiKey": KEY,
-    }
-    created = client.post("/api/instances", json=body)
+        seed_fake_claude(settings, FAKE_CLAUDE)
+    created = request_claude(client, KEY)
     assert created.status_code == 200, created.text
     return str(created.json()["id"])
 

@@ -19,6 +19,7 @@ import pytest
 from sqlalchemy import select
 
 from gentity.settings import Settings
+from tests.fake_agents import create_claude, seed_fake_claude
 from tests.guest.conftest import GuestProc, anyio_backend, guest_factory
 
 __all__ = ["anyio_backend", "guest_factory"]  # the guest tests' fixtures, used here too
@@ -77,15 +78,6 @@ def redacted_pieces(messages: list[str], label: str) -> int:
 # --- through a real instance ---------------------------------------------------------------
 
 
-def seed_fake_claude(settings: Settings) -> None:
-    cache = settings.data_dir / "agents" / "claude-code"
-    (cache / "bin").mkdir(parents=True)
-    binary = cache / "bin" / "claude"
-    binary.write_text(FAKE_CLAUDE)
-    binary.chmod(0o755)  # as npm leaves it: the instance runs it as its own uid
-    (cache / ".installed").write_text("@anthropic-ai/claude-code\n")
-
-
 def read_guest_secret(settings: Settings, iid: str) -> str:
     from gentity.server.db.database import Database
     from gentity.server.db.orm import Instance
@@ -118,14 +110,8 @@ def wait_for_log(client: httpx.Client, iid: str, text: str, timeout: float = 20)
 def test_an_instance_log_holds_neither_the_key_nor_the_guest_secret(
     bearer: httpx.Client, token: str, settings: Settings
 ) -> None:
-    seed_fake_claude(settings)
-    body = {
-        "agentType": "claude-code",
-        "modelProvider": "anthropic",
-        "modelName": "claude-sonnet-4-5",
-        "apiKey": KEY,
-    }
-    created = bearer.post("/api/instances", json=body)
+    seed_fake_claude(settings, FAKE_CLAUDE)
+    created = create_claude(bearer, KEY)
     assert created.status_code == 200, created.text
     iid = created.json()["id"]
     secret = read_guest_secret(settings, iid)

@@ -19,6 +19,7 @@ import pytest
 
 from gentity.settings import Settings
 from tests.conftest import POSTGRES_DSN
+from tests.fake_agents import create_claude, seed_fake_claude
 from tests.server.terminal_client import Terminal, ws_url
 
 CANARY = "sk-ant-canary-7f3e9c1d5b"
@@ -29,16 +30,6 @@ exec bash --norc -i
 """
 
 
-def seed_fake_claude(settings: Settings) -> None:
-    """A pre-installed "claude" in the shared agent cache, so no download is needed."""
-    cache = settings.data_dir / "agents" / "claude-code"
-    (cache / "bin").mkdir(parents=True)
-    binary = cache / "bin" / "claude"
-    binary.write_text(FAKE_CLAUDE)
-    binary.chmod(0o755)  # as npm leaves it: the instance runs it as its own uid
-    (cache / ".installed").write_text("@anthropic-ai/claude-code\n")
-
-
 def test_canary_key_is_only_in_the_agents_environment(
     bearer: httpx.Client,
     token: str,
@@ -47,14 +38,8 @@ def test_canary_key_is_only_in_the_agents_environment(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.DEBUG)
-    seed_fake_claude(settings)
-    body = {
-        "agentType": "claude-code",
-        "modelProvider": "anthropic",
-        "modelName": "claude-sonnet-4-5",
-        "apiKey": CANARY,
-    }
-    created = bearer.post("/api/instances", json=body)
+    seed_fake_claude(settings, FAKE_CLAUDE)
+    created = create_claude(bearer, CANARY)
     assert created.status_code == 200, created.text
     iid = created.json()["id"]
     responses = [created.text]
