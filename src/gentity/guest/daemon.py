@@ -100,6 +100,7 @@ class Guest:
         self._log.write("info", f"guest started (pid {os.getpid()}, listening on {shown})")
         with contextlib.suppress(OSError):  # tells a launcher the real address (tcp port 0)
             print(json.dumps({"ready": True, "listen": shown, "pid": os.getpid()}), flush=True)
+        _let_go_of_the_launchers_output()
         supervisor = asyncio.create_task(self._supervise())
         await stop.wait()
         await self._shutdown(server, supervisor)
@@ -529,6 +530,20 @@ class Guest:
 
 # Small synchronous helpers, kept out of async functions on purpose: they touch
 # only local files and return at once.
+
+
+def _let_go_of_the_launchers_output() -> None:
+    """Point stdout and stderr at /dev/null once the launcher has read what it waits for.
+
+    They are a file of the launcher's, outside the instance's volume and quota; the agent
+    runs as this process's uid and could make it write there without end. From here on
+    the log is where the daemon reports.
+    """
+    with contextlib.suppress(OSError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 1)
+        os.dup2(devnull, 2)
+        os.close(devnull)
 
 
 def _open_lock(spec: p.InstallConfig) -> int:
