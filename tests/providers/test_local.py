@@ -166,3 +166,32 @@ def test_abandoned_empty_spare_groups_are_swept() -> None:
     finally:
         left.remove()
         fresh.remove()
+
+
+def test_an_instance_from_before_the_disk_layout_starts_with_its_files(
+    provider: LocalProvider,
+) -> None:
+    """Instances made before volumes moved under ``disk/`` keep their files and can write."""
+    secret = secrets.token_urlsafe(16)
+
+    async def scenario() -> None:
+        handle = await provider.create(spec())
+        root = provider.paths(handle).root
+        (root / "volume").mkdir()
+        (root / "volume" / "notes.txt").write_text("from before\n")  # owned by root
+        (root / "logs").mkdir()
+        await provider.start(handle, launch(secret))
+        await wait_agent(provider, handle, secret)
+        out = await shell_output(
+            provider,
+            handle,
+            secret,
+            "cat notes.txt && echo more >> notes.txt && echo appended-$((2+3))",
+            "appended-5",
+        )
+        assert "from before" in out
+        assert (provider.paths(handle).volume / "notes.txt").read_text() == "from before\nmore\n"
+        await provider.destroy(handle)
+        assert not root.exists()
+
+    run(scenario())
