@@ -12,6 +12,7 @@ from gentity.providers.compute.base import MachineState
 from gentity.providers.compute.local.cgroups import InstanceCgroup, capabilities
 from gentity.providers.compute.local.provider import LocalProvider
 from gentity.providers.compute.local.sandbox import bwrap_path
+from tests.conftest import require
 from tests.providers.contract import (
     ProviderContract,
     launch,
@@ -49,8 +50,8 @@ def test_processes_outlive_the_provider_object(tmp_path: Path) -> None:
     run(scenario())
 
 
-@pytest.mark.skipif(not capabilities().v1, reason="no writable cgroup v1 controllers here")
 def test_limits_are_applied_and_destroy_leaves_nothing(provider: LocalProvider) -> None:
+    require(bool(capabilities().v1), "writable cgroup v1 controllers")
     secret = secrets.token_urlsafe(16)
 
     async def scenario() -> None:
@@ -81,8 +82,8 @@ def _zombie(pid: int) -> bool:
         return True
 
 
-@pytest.mark.skipif(bwrap_path() is None, reason="bubblewrap is not installed")
 def test_sandbox_hides_the_host_and_other_instances(tmp_path: Path) -> None:
+    require(bwrap_path() is not None, "bubblewrap")
     secret = secrets.token_urlsafe(16)
     data = tmp_path / "data"
     (data / "secret.key").parent.mkdir(parents=True)
@@ -150,8 +151,8 @@ def test_missing_instance_directory_is_missing(provider: LocalProvider) -> None:
     run(scenario())
 
 
-@pytest.mark.skipif(not capabilities().v1, reason="no writable cgroup v1 controllers here")
 def test_abandoned_empty_spare_groups_are_swept() -> None:
+    require(bool(capabilities().v1), "writable cgroup v1 controllers")
     from gentity.providers.compute.local.cgroups import sweep_abandoned_spare_groups
 
     left = InstanceCgroup(f".spare-test{secrets.token_hex(4)}")

@@ -24,24 +24,16 @@ import httpx
 import pytest
 
 from gentity.settings import Settings
-from tests.conftest import LiveServer
+from tests.conftest import LiveServer, require
 from tests.server.terminal_client import Terminal, ws_url
 from tests.server.test_instances import create_shell, instance_dir
 
 
-def _require(condition: bool, why: str) -> None:
-    """A missing isolation mechanism fails under CI: a skip there would hide it."""
-    if not condition:
-        if os.environ.get("CI"):
-            pytest.fail(f"required under CI: {why}")
-        pytest.skip(why)
-
-
 @pytest.fixture(autouse=True)
 def _sandbox_required() -> None:
-    _require(os.geteuid() == 0, "the escape suite runs as root, like the server on CI")
-    _require(shutil.which("bwrap") is not None, "bubblewrap is installed")
-    _require(shutil.which("slirp4netns") is not None, "slirp4netns is installed")
+    require(os.geteuid() == 0, "the escape suite runs as root, like the server on CI")
+    require(shutil.which("bwrap") is not None, "bubblewrap is installed")
+    require(shutil.which("slirp4netns") is not None, "slirp4netns is installed")
 
 
 @pytest.fixture
@@ -330,7 +322,7 @@ def test_the_volume_has_a_quota(
     server: LiveServer, bearer: httpx.Client, token: str, settings: Settings
 ) -> None:
     loops = Path("/dev/loop-control").exists() and shutil.which("mkfs.ext4") is not None
-    _require(loops, "loop devices and mkfs.ext4 for volume quotas")
+    require(loops, "loop devices and mkfs.ext4 for volume quotas")
     iid = create_shell(bearer)["id"]  # the shell agent's volume is 1 GB
     (code, output), (_, df) = attack(
         server,

@@ -108,8 +108,7 @@ def _run(command: list[str], target: Path, log: LogWriter) -> None:
         )
     except FileNotFoundError as exc:
         raise AgentInstallError(f"install failed: {name} not found") from exc
-    assert process.stdout is not None
-    for raw in process.stdout:
+    for raw in process.stdout or ():  # always a pipe here (stdout=PIPE)
         line = raw.decode(errors="replace").rstrip()
         if line:
             last_line = line

@@ -628,7 +628,8 @@ def _end_waiting_guest(process: subprocess.Popen[bytes]) -> None:
 
 
 def _send_config(process: subprocess.Popen[bytes], config: bytes) -> None:
-    assert process.stdin is not None
+    if process.stdin is None:
+        raise ProviderError("the guest daemon has no configuration channel")
     try:
         with process.stdin:
             process.stdin.write(config)
