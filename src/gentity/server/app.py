@@ -44,7 +44,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     _private_directory(settings.data_dir)
     ctx = AppContext(
         settings=settings,
-        db=Database(settings.resolved_database_url),
+        db=Database(settings.resolved_database_url, settings.database_limits),
         box=SecretBox.from_settings(
             settings.secret_key, settings.data_dir, settings.resolved_secret_key_file
         ),

@@ -10,6 +10,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse
 
@@ -36,6 +37,23 @@ def unauthorized() -> ApiError:
 def not_found() -> ApiError:
     # One body for "does not exist" and "belongs to someone else".
     return ApiError(404, "Not Found")
+
+
+DATABASE_UNAVAILABLE = "The database is unavailable; try again shortly"
+
+
+def is_database_outage(exc: BaseException) -> bool:
+    """Whether ``exc`` means the database cannot be reached or did not answer in time (not a
+    bug in a query): refused or dropped connections, a full pool, a timeout, a full disk."""
+    from gentity.server.db.bounded import DatabaseUnavailable
+
+    if isinstance(exc, DatabaseUnavailable | sa_exc.TimeoutError):
+        return True
+    if isinstance(exc, sa_exc.DBAPIError):
+        return exc.connection_invalidated or isinstance(
+            exc, sa_exc.OperationalError | sa_exc.InterfaceError
+        )
+    return False
 
 
 def error_response(
@@ -80,6 +98,10 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unhandled(request: Request, exc: Exception) -> JSONResponse:
+        if is_database_outage(exc):
+            # The operator needs the driver's message; the client only needs to retry.
+            log.warning("database unavailable on %s %s: %s", request.method, request.url.path, exc)
+            return error_response(503, DATABASE_UNAVAILABLE, {"Retry-After": "5"})
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         return error_response(500, "Internal Server Error")
 

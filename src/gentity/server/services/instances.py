@@ -202,6 +202,7 @@ async def act(ctx: AppContext, db: AsyncSession, row: Instance, action: Instance
             await set_status(session, inst, S.RESTARTING, "restart requested")
             await _boot(ctx, session, inst, restart=True)
 
+    await release(db)
     try:
         await run_operation(ctx, row.id, operate)
     except TransitionError as exc:
@@ -295,6 +296,14 @@ async def wait_for_agent(address: str, secret: str) -> dict[str, Any]:
 
 
 # --- running operations --------------------------------------------------------------------
+
+
+async def release(db: AsyncSession) -> None:
+    """End the request's read transaction before a long wait, so its pooled connection (and, on
+    SQLite, the WAL snapshot it pins) is not held while the operation runs in its own session.
+    Loaded rows stay usable (the sessions do not expire them on commit)."""
+    await db.commit()
+
 
 Operation = Callable[[AsyncSession, Instance], Awaitable[None]]
 
