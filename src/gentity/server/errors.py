@@ -14,6 +14,8 @@ from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse
 
+from gentity.server.db.bounded import DatabaseUnavailable
+
 log = logging.getLogger(__name__)
 
 
@@ -45,8 +47,6 @@ DATABASE_UNAVAILABLE = "The database is unavailable; try again shortly"
 def is_database_outage(exc: BaseException) -> bool:
     """Whether ``exc`` means the database cannot be reached or did not answer in time (not a
     bug in a query): refused or dropped connections, a full pool, a timeout, a full disk."""
-    from gentity.server.db.bounded import DatabaseUnavailable
-
     if isinstance(exc, DatabaseUnavailable | sa_exc.TimeoutError):
         return True
     if isinstance(exc, sa_exc.DBAPIError):
@@ -96,12 +96,20 @@ def install_error_handlers(app: FastAPI) -> None:
         message = exc.detail if isinstance(exc.detail, str) else HTTPStatus(exc.status_code).phrase
         return error_response(exc.status_code, message, exc.headers)
 
+    async def _database(request: Request, exc: Exception) -> JSONResponse:
+        # Handled here rather than by the catch-all below, which Starlette runs outside every
+        # middleware (and then re-raises): an outage is an answer, not a crash.
+        if not is_database_outage(exc):
+            return await _unhandled(request, exc)
+        # The operator needs the driver's message; the client only needs to retry.
+        log.warning("database unavailable on %s %s: %s", request.method, request.url.path, exc)
+        return error_response(503, DATABASE_UNAVAILABLE, {"Retry-After": "5"})
+
+    for kind in (DatabaseUnavailable, sa_exc.TimeoutError, sa_exc.DBAPIError):
+        app.add_exception_handler(kind, _database)
+
     @app.exception_handler(Exception)
     async def _unhandled(request: Request, exc: Exception) -> JSONResponse:
-        if is_database_outage(exc):
-            # The operator needs the driver's message; the client only needs to retry.
-            log.warning("database unavailable on %s %s: %s", request.method, request.url.path, exc)
-            return error_response(503, DATABASE_UNAVAILABLE, {"Retry-After": "5"})
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         return error_response(500, "Internal Server Error")
 
