@@ -25,6 +25,10 @@ class AppContext:
     compute: ComputeProvider | None = None
     background: set[asyncio.Task[None]] = field(default_factory=set)
     """Operations that outlive the request that started them (kept referenced until done)."""
+    operations: dict[str, set[asyncio.Task[None]]] = field(default_factory=dict)
+    """This process's operations in flight, by instance: a destroy cancels them."""
+    destroying: dict[str, asyncio.Task[None]] = field(default_factory=dict)
+    """This process's destroys in flight, by instance: a second DELETE waits for the first."""
     credentials: CredentialWatch = field(init=False)
     """Open streams by credential, ended when it is revoked (see ``revocation``)."""
 

@@ -213,25 +213,32 @@ async def act(ctx: AppContext, db: AsyncSession, row: Instance, action: Instance
 
 
 async def destroy(ctx: AppContext, db: AsyncSession, row: Instance) -> None:
-    if row.status == S.DESTROYING.value:
-        raise ApiError(409, "the instance is already being destroyed")
+    """Destroy the instance, whatever it is doing: an operation in flight here (a create, start
+    or restart) is cancelled first. Returns once machine and volume are gone; a second DELETE
+    meanwhile waits for the first. A teardown that fails leaves the row ``destroying`` (502)
+    and is retried by the next DELETE or by the reconciler."""
 
     async def operate(session: AsyncSession, inst: Instance) -> None:
-        await set_status(session, inst, S.DESTROYING, "destroy requested")
+        if S(inst.status) is not S.DESTROYING:
+            await set_status(session, inst, S.DESTROYING, "destroy requested")
         await teardown(ctx, session, inst)
 
+    await release(db)
     try:
-        await run_operation(ctx, row.id, operate)
+        await run_operation(ctx, row.id, operate, destroy=True)
     except TransitionError as exc:
         raise ApiError(409, f"cannot destroy the instance now: {exc}") from exc
     await db.refresh(row)
     if row.status != S.DESTROYED.value:
-        raise ApiError(502, row.error_message or "the instance could not be destroyed")
+        raise ApiError(502, "the instance could not be destroyed yet; it will be retried")
 
 
 async def teardown(ctx: AppContext, session: AsyncSession, inst: Instance) -> None:
     if inst.provider_ref is not None:
         await _provider(ctx).destroy(handle_of(inst))
+    else:
+        # A create cancelled (or killed) before it saved the handle may have made something.
+        await _provider(ctx).destroy_unrecorded(inst.id)
     inst.api_key_ciphertext = None  # nothing left to decrypt once the machine is gone
     await session.commit()
     await set_status(session, inst, S.DESTROYED, "machine and volume destroyed")
@@ -308,15 +315,64 @@ async def release(db: AsyncSession) -> None:
 Operation = Callable[[AsyncSession, Instance], Awaitable[None]]
 
 
-async def run_operation(ctx: AppContext, instance_id: str, operation: Operation) -> None:
+async def run_operation(
+    ctx: AppContext, instance_id: str, operation: Operation, *, destroy: bool = False
+) -> None:
     """Run ``operation`` to completion even if the caller is cancelled, under a lease.
 
     A provider or guest failure moves the instance to ``error`` with the failure's message.
+    A destroy cancels this process's other operations on the instance and waits for them to
+    unwind before it starts; their callers get a 409.
     """
+    if destroy:
+        running = ctx.destroying.get(instance_id)
+        if running is None:
+            # Registered before anything awaits, so no operation can start in between.
+            running = asyncio.create_task(_destroy_after_others(ctx, instance_id, operation))
+            _track(ctx, running)
+            ctx.destroying[instance_id] = running
+            running.add_done_callback(lambda _: ctx.destroying.pop(instance_id, None))
+        await asyncio.shield(running)
+        return
+    if instance_id in ctx.destroying:
+        raise ApiError(409, "the instance is being destroyed")
     task = asyncio.create_task(_supervised(ctx, instance_id, operation))
+    _track(ctx, task)
+    tasks = ctx.operations.setdefault(instance_id, set())
+    tasks.add(task)
+    task.add_done_callback(lambda _: _forget(ctx, instance_id, task))
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        caller = asyncio.current_task()
+        if task.cancelled() and caller is not None and not caller.cancelling():
+            # Not our caller that went away: a DELETE cancelled the operation.
+            raise ApiError(409, "the instance was destroyed before this finished") from None
+        raise
+
+
+async def _destroy_after_others(ctx: AppContext, instance_id: str, operation: Operation) -> None:
+    others = ctx.operations.get(instance_id, set())
+    for task in others:
+        task.cancel()
+    if others:
+        # Each unwinds (a provider step in a worker thread finishes first) before the
+        # teardown starts, so nothing is created after it has removed everything.
+        await asyncio.wait(set(others))
+    await _supervised(ctx, instance_id, operation)
+
+
+def _track(ctx: AppContext, task: asyncio.Task[None]) -> None:
     ctx.background.add(task)
     task.add_done_callback(ctx.background.discard)
-    await asyncio.shield(task)
+
+
+def _forget(ctx: AppContext, instance_id: str, task: asyncio.Task[None]) -> None:
+    tasks = ctx.operations.get(instance_id)
+    if tasks is not None:
+        tasks.discard(task)
+        if not tasks:
+            del ctx.operations[instance_id]
 
 
 async def _supervised(ctx: AppContext, instance_id: str, operation: Operation) -> None:
