@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from gentity.catalog import Catalog
 from gentity.server.db.database import Database
@@ -23,7 +23,7 @@ class AppContext:
     box: SecretBox
     catalog: Catalog
     compute: ComputeProvider | None = None
-    background: set[asyncio.Task[None]] = field(default_factory=set)
+    background: set[asyncio.Task[Any]] = field(default_factory=set)
     """Operations that outlive the request that started them (kept referenced until done)."""
     operations: dict[str, set[asyncio.Task[None]]] = field(default_factory=dict)
     """This process's operations in flight, by instance: a destroy cancels them."""
