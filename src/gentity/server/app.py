@@ -20,6 +20,7 @@ from gentity.server.db.database import Database
 from gentity.server.errors import install_error_handlers
 from gentity.server.logging import install_secret_filters
 from gentity.server.middleware import BodySizeLimit, CrossOriginGuard, SecurityHeaders
+from gentity.server.node import node_id
 from gentity.server.proxies import TrustedProxyHeaders
 from gentity.server.reconciler import reconcile_once, run_forever
 from gentity.server.routers import auth, catalog, health, instances, terminal, tokens
@@ -49,6 +50,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             settings.secret_key, settings.data_dir, settings.resolved_secret_key_file
         ),
         catalog=load_catalog(),
+        node_id=node_id(settings.data_dir),
     )
 
     @asynccontextmanager

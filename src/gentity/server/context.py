@@ -29,6 +29,8 @@ class AppContext:
     """This process's operations in flight, by instance: a destroy cancels them."""
     destroying: dict[str, asyncio.Task[None]] = field(default_factory=dict)
     """This process's destroys in flight, by instance: a second DELETE waits for the first."""
+    node_id: str = ""
+    """This server's id in ``Instance.operation_owner`` (see ``server.node``)."""
     credentials: CredentialWatch = field(init=False)
     """Open streams by credential, ended when it is revoked (see ``revocation``)."""
 

@@ -146,6 +146,9 @@ class Instance(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
     destroyed_at: Mapped[datetime | None] = mapped_column(default=None)
+    operation_owner: Mapped[str | None] = mapped_column(String(64), default=None)
+    """The node (see ``server.node``) running an operation on the instance, while one runs: a
+    restarted server settles its own interrupted operations at once, not after the lease."""
 
 
 #: Every column that holds a :class:`~gentity.server.security.crypto.SecretBox` ciphertext,

@@ -41,8 +41,10 @@ from gentity.server.services.instance_status import TransitionError, record_crea
 
 log = logging.getLogger(__name__)
 
-LEASE_RENEW_SECONDS = 20.0
-LEASE_TTL = timedelta(seconds=90)
+# Another replica takes over an operation whose owner stopped renewing within LEASE_TTL; the
+# owner's own restart does not wait for it (see ``owned_elsewhere``).
+LEASE_RENEW_SECONDS = 10.0
+LEASE_TTL = timedelta(seconds=30)
 AGENT_READY_TIMEOUT = 30.0
 _SUBDOMAIN_ATTEMPTS = 8
 
@@ -375,7 +377,30 @@ def _forget(ctx: AppContext, instance_id: str, task: asyncio.Task[None]) -> None
             del ctx.operations[instance_id]
 
 
+def in_flight_here(ctx: AppContext, instance_id: str) -> bool:
+    return bool(ctx.operations.get(instance_id)) or instance_id in ctx.destroying
+
+
+def abandoned(ctx: AppContext, row: Instance) -> bool:
+    """Whether nobody is carrying out the operation a transitional row is in: its lease ran
+    out, or it was this node's and this process is not running it (the server restarted)."""
+    if in_flight_here(ctx, row.id):
+        return False
+    if row.operation_owner == ctx.node_id:
+        return True
+    return utcnow() - row.updated_at >= LEASE_TTL
+
+
+async def _own(ctx: AppContext, instance_id: str, owner: str | None) -> None:
+    async with ctx.db.session() as session:
+        await session.execute(
+            update(Instance).where(Instance.id == instance_id).values(operation_owner=owner)
+        )
+        await session.commit()
+
+
 async def _supervised(ctx: AppContext, instance_id: str, operation: Operation) -> None:
+    await _own(ctx, instance_id, ctx.node_id)
     lease = asyncio.create_task(_renew_lease(ctx, instance_id))
     try:
         async with ctx.db.session() as session:
@@ -400,6 +425,9 @@ async def _supervised(ctx: AppContext, instance_id: str, operation: Operation) -
                     )
     finally:
         lease.cancel()
+        # Shielded: a cancelled operation must still give its row up.
+        with contextlib.suppress(Exception):
+            await asyncio.shield(_own(ctx, instance_id, None))
 
 
 async def _renew_lease(ctx: AppContext, instance_id: str) -> None:
