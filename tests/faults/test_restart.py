@@ -46,8 +46,9 @@ def test_restart_settles_its_own_operations(
     unsaved = create_shell(api)["id"]  # killed before its machine's handle was saved
     first.stop()
 
+    # Owned by a server process of this node that is gone (its boot lock is free).
     node = (settings.data_dir / "node-id").read_text().strip()
-    owned = {"operation_owner": node, "updated_at": utcnow()}
+    owned = {"operation_owner": f"{node}/0123456789abcdef", "updated_at": utcnow()}
     _leave(settings, booted, status="starting", **owned)
     _leave(settings, unsaved, status="provisioning", provider_ref=None, **owned)
     assert (settings.data_dir / "instances" / unsaved).exists()

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from gentity.catalog import Catalog
 from gentity.server.db.database import Database
+from gentity.server.node import NodeIdentity
 from gentity.server.revocation import CredentialWatch
 from gentity.server.security.crypto import SecretBox
 from gentity.settings import Settings
@@ -29,8 +30,8 @@ class AppContext:
     """This process's operations in flight, by instance: a destroy cancels them."""
     destroying: dict[str, asyncio.Task[None]] = field(default_factory=dict)
     """This process's destroys in flight, by instance: a second DELETE waits for the first."""
-    node_id: str = ""
-    """This server's id in ``Instance.operation_owner`` (see ``server.node``)."""
+    node: NodeIdentity | None = None
+    """Who this server is in ``Instance.operation_owner`` (see ``server.node``)."""
     credentials: CredentialWatch = field(init=False)
     """Open streams by credential, ended when it is revoked (see ``revocation``)."""
 

@@ -382,11 +382,13 @@ def in_flight_here(ctx: AppContext, instance_id: str) -> bool:
 
 
 def abandoned(ctx: AppContext, row: Instance) -> bool:
-    """Whether nobody is carrying out the operation a transitional row is in: its lease ran
-    out, or it was this node's and this process is not running it (the server restarted)."""
+    """Whether nobody is carrying out the operation a transitional row is in: its owner is a
+    server of this node that exited (or this one, which is not running it), or its lease ran
+    out."""
     if in_flight_here(ctx, row.id):
         return False
-    if row.operation_owner == ctx.node_id:
+    owner = row.operation_owner
+    if owner is not None and ctx.node is not None and ctx.node.is_gone(owner):
         return True
     return utcnow() - row.updated_at >= LEASE_TTL
 
@@ -400,7 +402,7 @@ async def _own(ctx: AppContext, instance_id: str, owner: str | None) -> None:
 
 
 async def _supervised(ctx: AppContext, instance_id: str, operation: Operation) -> None:
-    await _own(ctx, instance_id, ctx.node_id)
+    await _own(ctx, instance_id, ctx.node.owner if ctx.node else None)
     lease = asyncio.create_task(_renew_lease(ctx, instance_id))
     try:
         async with ctx.db.session() as session:
