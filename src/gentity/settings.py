@@ -8,10 +8,13 @@ from __future__ import annotations
 import ipaddress
 import os
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+if TYPE_CHECKING:
+    from gentity.server.db.database import DatabaseLimits
 
 
 def default_data_dir() -> Path:
@@ -37,6 +40,17 @@ class Settings(BaseSettings):
 
     database_url: str | None = None
     """SQLAlchemy URL; ``postgresql://…`` for production. Empty means SQLite in ``data_dir``."""
+
+    database_connect_timeout_seconds: float = Field(default=5.0, gt=0, le=300)
+    """Seconds to open a new database connection (PostgreSQL) before answering 503."""
+    database_statement_timeout_seconds: float = Field(default=15.0, gt=0, le=3600)
+    """Seconds any one database call may take (waiting for a connection, a lock or an answer)
+    before it fails and the request is answered 503."""
+    database_pool_timeout_seconds: float = Field(default=5.0, gt=0, le=300)
+    """Seconds a request waits for a free pooled connection before it is answered 503."""
+    database_pool_size: int = Field(default=10, ge=1, le=1000)
+    database_max_overflow: int = Field(default=10, ge=0, le=1000)
+    """Connections opened past ``database_pool_size`` under load, closed again when idle."""
 
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=1, le=65535)
@@ -144,6 +158,18 @@ class Settings(BaseSettings):
     def resolved_secret_key_file(self) -> Path:
         """The key file in use (whether or not ``secret_key`` overrides it)."""
         return self.secret_key_file or self.data_dir / "secret.key"
+
+    @property
+    def database_limits(self) -> DatabaseLimits:
+        from gentity.server.db.database import DatabaseLimits
+
+        return DatabaseLimits(
+            connect_timeout=self.database_connect_timeout_seconds,
+            statement_timeout=self.database_statement_timeout_seconds,
+            pool_timeout=self.database_pool_timeout_seconds,
+            pool_size=self.database_pool_size,
+            max_overflow=self.database_max_overflow,
+        )
 
     @property
     def resolved_database_url(self) -> str:

@@ -33,7 +33,7 @@ async def _rotate(settings: Settings) -> str:
     from gentity.server.security.crypto import SecretBox, SecretBoxError
     from gentity.server.services.secret_keys import RotationError, reseal_all, rotate_key_file
 
-    db = Database(settings.resolved_database_url)
+    db = Database(settings.resolved_database_url, settings.database_limits)
     try:
         await db.migrate()
         if settings.secret_key:

@@ -41,7 +41,7 @@ async def _create(settings: Settings, email: str, password: str, admin: bool) ->
     from gentity.server.db.database import Database
     from gentity.server.services.accounts import AccountError, create_user
 
-    db = Database(settings.resolved_database_url)
+    db = Database(settings.resolved_database_url, settings.database_limits)
     try:
         await db.migrate()
         async with db.session() as session:
@@ -72,7 +72,7 @@ async def _set_disabled(settings: Settings, email: str, *, disabled: bool) -> No
     from gentity.server.db.database import Database
     from gentity.server.services.accounts import AccountError, set_disabled
 
-    db = Database(settings.resolved_database_url)
+    db = Database(settings.resolved_database_url, settings.database_limits)
     try:
         await db.migrate()
         async with db.session() as session:

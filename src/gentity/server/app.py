@@ -20,6 +20,7 @@ from gentity.server.db.database import Database
 from gentity.server.errors import install_error_handlers
 from gentity.server.logging import install_secret_filters
 from gentity.server.middleware import BodySizeLimit, CrossOriginGuard, SecurityHeaders
+from gentity.server.node import NodeIdentity
 from gentity.server.proxies import TrustedProxyHeaders
 from gentity.server.reconciler import reconcile_once, run_forever
 from gentity.server.routers import auth, catalog, health, instances, terminal, tokens
@@ -44,7 +45,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     _private_directory(settings.data_dir)
     ctx = AppContext(
         settings=settings,
-        db=Database(settings.resolved_database_url),
+        db=Database(settings.resolved_database_url, settings.database_limits),
         box=SecretBox.from_settings(
             settings.secret_key, settings.data_dir, settings.resolved_secret_key_file
         ),
@@ -53,6 +54,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        ctx.node = NodeIdentity(settings.data_dir)
         await ctx.db.migrate()
         ctx.compute = create_provider(settings)
         for warning in ctx.compute.isolation_warnings():
@@ -73,6 +75,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await ctx.credentials.close()
             await ctx.compute.close()
             await ctx.db.close()
+            ctx.node.close()
 
     app = FastAPI(
         title="Gentity",

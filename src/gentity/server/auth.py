@@ -49,7 +49,11 @@ async def db_session(request: Request) -> AsyncIterator[AsyncSession]:
         yield session
 
 
-Db = Annotated[AsyncSession, Depends(db_session)]
+# scope="function": the session closes (and its connection goes back to the pool) when the
+# handler returns, not when the response has been sent. A log follow's response lasts for
+# hours; with the default scope each one would hold a pooled connection for as long, and a
+# dozen followers would starve every other request.
+Db = Annotated[AsyncSession, Depends(db_session, scope="function")]
 Ctx = Annotated[AppContext, Depends(context)]
 
 

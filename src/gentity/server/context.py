@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from gentity.catalog import Catalog
 from gentity.server.db.database import Database
+from gentity.server.node import NodeIdentity
 from gentity.server.revocation import CredentialWatch
 from gentity.server.security.crypto import SecretBox
 from gentity.settings import Settings
@@ -23,8 +24,14 @@ class AppContext:
     box: SecretBox
     catalog: Catalog
     compute: ComputeProvider | None = None
-    background: set[asyncio.Task[None]] = field(default_factory=set)
+    background: set[asyncio.Task[Any]] = field(default_factory=set)
     """Operations that outlive the request that started them (kept referenced until done)."""
+    operations: dict[str, set[asyncio.Task[None]]] = field(default_factory=dict)
+    """This process's operations in flight, by instance: a destroy cancels them."""
+    destroying: dict[str, asyncio.Task[None]] = field(default_factory=dict)
+    """This process's destroys in flight, by instance: a second DELETE waits for the first."""
+    node: NodeIdentity | None = None
+    """Who this server is in ``Instance.operation_owner`` (see ``server.node``)."""
     credentials: CredentialWatch = field(init=False)
     """Open streams by credential, ended when it is revoked (see ``revocation``)."""
 

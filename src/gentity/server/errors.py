@@ -10,8 +10,11 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse
+
+from gentity.server.db.bounded import DatabaseUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +39,21 @@ def unauthorized() -> ApiError:
 def not_found() -> ApiError:
     # One body for "does not exist" and "belongs to someone else".
     return ApiError(404, "Not Found")
+
+
+DATABASE_UNAVAILABLE = "The database is unavailable; try again shortly"
+
+
+def is_database_outage(exc: BaseException) -> bool:
+    """Whether ``exc`` means the database cannot be reached or did not answer in time (not a
+    bug in a query): refused or dropped connections, a full pool, a timeout, a full disk."""
+    if isinstance(exc, DatabaseUnavailable | sa_exc.TimeoutError):
+        return True
+    if isinstance(exc, sa_exc.DBAPIError):
+        return exc.connection_invalidated or isinstance(
+            exc, sa_exc.OperationalError | sa_exc.InterfaceError
+        )
+    return False
 
 
 def error_response(
@@ -77,6 +95,18 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         message = exc.detail if isinstance(exc.detail, str) else HTTPStatus(exc.status_code).phrase
         return error_response(exc.status_code, message, exc.headers)
+
+    async def _database(request: Request, exc: Exception) -> JSONResponse:
+        # Handled here rather than by the catch-all below, which Starlette runs outside every
+        # middleware (and then re-raises): an outage is an answer, not a crash.
+        if not is_database_outage(exc):
+            return await _unhandled(request, exc)
+        # The operator needs the driver's message; the client only needs to retry.
+        log.warning("database unavailable on %s %s: %s", request.method, request.url.path, exc)
+        return error_response(503, DATABASE_UNAVAILABLE, {"Retry-After": "5"})
+
+    for kind in (DatabaseUnavailable, sa_exc.TimeoutError, sa_exc.DBAPIError):
+        app.add_exception_handler(kind, _database)
 
     @app.exception_handler(Exception)
     async def _unhandled(request: Request, exc: Exception) -> JSONResponse:

@@ -23,7 +23,6 @@ from gentity.guest import client as guest_client
 from gentity.models import InstanceStatus as S
 from gentity.providers.compute.base import MachineState, ProviderError
 from gentity.server.context import AppContext
-from gentity.server.db.ids import utcnow
 from gentity.server.db.orm import Instance
 from gentity.server.services import instances
 from gentity.server.services.instance_status import TRANSITIONAL, TransitionError, set_status
@@ -74,7 +73,7 @@ async def _reconcile(ctx: AppContext, session: AsyncSession, row: Instance) -> N
                 error_message=f"stopped unexpectedly ({why})",
             )
         return
-    if utcnow() - row.updated_at < instances.LEASE_TTL:
+    if not instances.abandoned(ctx, row):
         return  # an operation is (probably) still under way somewhere
     log.warning("instance %s was left %s; finishing it", row.id, status.value)
     if status is S.DESTROYING:
@@ -85,6 +84,17 @@ async def _reconcile(ctx: AppContext, session: AsyncSession, row: Instance) -> N
         await set_status(session, row, S.STOPPED, "stop completed by the reconciler")
     elif row.provider_ref is not None and await _guest_runs_agent(ctx, row):
         await set_status(session, row, S.RUNNING, "start completed before an interruption")
+    elif row.provider_ref is None:
+        # A create interrupted before its machine's handle was saved: remove whatever it made
+        # on disk. The row stays, in error, for its owner to see and delete.
+        await ctx.compute.destroy_unrecorded(row.id)
+        await set_status(
+            session,
+            row,
+            S.ERROR,
+            "interrupted",
+            error_message="interrupted while being created; delete it and create it again",
+        )
     else:
         with contextlib.suppress(ProviderError):
             if row.provider_ref is not None:

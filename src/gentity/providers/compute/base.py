@@ -139,6 +139,12 @@ class ComputeProvider(abc.ABC):
         """Remove the machine and its volume for good. Idempotent."""
 
     @abc.abstractmethod
+    async def destroy_unrecorded(self, instance_id: str) -> None:
+        """Remove whatever a :meth:`create` for ``instance_id`` made before it returned its
+        handle (it was cancelled, or the server died, before the handle was saved). Idempotent;
+        nothing to do for a provider whose create makes nothing until it returns."""
+
+    @abc.abstractmethod
     async def status(self, handle: MachineHandle) -> MachineStatus:
         """What the machine is doing right now."""
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import fcntl
 import logging
 import os
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,8 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 
+from gentity.server.db.bounded import BoundedSession, DatabaseUnavailable
+
 log = logging.getLogger(__name__)
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
@@ -33,23 +37,55 @@ MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 _MIGRATION_LOCK_KEY = 0x67656E74697479
 
 
+@dataclass(frozen=True)
+class DatabaseLimits:
+    """How long to wait for the database, and how many connections to keep.
+
+    The defaults are the documented ``GENTITY_DATABASE_*`` settings'.
+    """
+
+    connect_timeout: float = 5.0
+    """Seconds to open a new connection (PostgreSQL)."""
+    statement_timeout: float = 15.0
+    """Seconds any one call may wait: for a pooled connection, a lock, or an answer."""
+    pool_timeout: float = 5.0
+    """Seconds to wait for a free pooled connection before giving up."""
+    pool_size: int = 10
+    max_overflow: int = 10
+
+
 class Database:
     """One engine and session factory for the whole process."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, limits: DatabaseLimits | None = None) -> None:
         self.url = make_url(url)
+        self.limits = limits = limits or DatabaseLimits()
         self.is_sqlite = self.url.get_backend_name() == "sqlite"
-        kwargs: dict[str, Any] = {}
+        kwargs: dict[str, Any] = {
+            "pool_pre_ping": True,
+            "pool_size": limits.pool_size,
+            "max_overflow": limits.max_overflow,
+            "pool_timeout": limits.pool_timeout,
+        }
         if self.is_sqlite:
             if self.url.database:
                 _create_private_file(Path(self.url.database))
-            kwargs["connect_args"] = {"timeout": 30}
+            kwargs["connect_args"] = {"timeout": limits.statement_timeout}
         else:
-            kwargs.update(pool_pre_ping=True, pool_size=10, max_overflow=10)
+            kwargs["connect_args"] = _postgres_connect_args(limits)
         self.engine: AsyncEngine = create_async_engine(self.url, **kwargs)
-        if self.is_sqlite:
-            event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
-        self.sessionmaker = async_sessionmaker(self.engine, expire_on_commit=False)
+        pragmas = _sqlite_pragmas if self.is_sqlite else _postgres_session_settings
+        event.listen(
+            self.engine.sync_engine,
+            "connect",
+            lambda conn, _record: pragmas(conn, limits),
+        )
+        self.sessionmaker = async_sessionmaker(
+            self.engine,
+            class_=BoundedSession,
+            expire_on_commit=False,
+            deadline=limits.statement_timeout,
+        )
 
     @asynccontextmanager
     async def session(self) -> AsyncIterator[AsyncSession]:
@@ -97,8 +133,13 @@ class Database:
                 conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": _MIGRATION_LOCK_KEY})
 
     async def ping(self) -> None:
-        async with self.engine.connect() as conn:
-            await conn.execute(text("SELECT 1"))
+        """One round trip, within the statement timeout; raises when the database is not there."""
+        try:
+            async with asyncio.timeout(self.limits.statement_timeout):
+                async with self.engine.connect() as conn:
+                    await conn.execute(text("SELECT 1"))
+        except TimeoutError as exc:
+            raise DatabaseUnavailable("the database did not answer in time") from exc
 
     async def close(self) -> None:
         await self.engine.dispose()
@@ -114,12 +155,37 @@ def _create_private_file(path: Path) -> None:
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
 
 
-def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+def _postgres_connect_args(limits: DatabaseLimits) -> dict[str, Any]:
+    # libpq counts connect_timeout in whole seconds and ignores anything under 2. Keepalives
+    # and tcp_user_timeout let the kernel give up on a peer that vanished (a partition)
+    # instead of retransmitting for a quarter of an hour.
+    return {
+        "connect_timeout": max(2, round(limits.connect_timeout)),
+        "keepalives": 1,
+        "keepalives_idle": 10,
+        "keepalives_interval": 5,
+        "keepalives_count": 3,
+        "tcp_user_timeout": int(limits.statement_timeout * 1000),
+    }
+
+
+def _postgres_session_settings(dbapi_conn: Any, limits: DatabaseLimits) -> None:
+    # The server ends a statement that runs (or waits for a lock) too long on its own, so a
+    # stuck query frees its connection and locks even if this process goes away.
+    autocommit = dbapi_conn.autocommit
+    dbapi_conn.autocommit = True
+    cursor = dbapi_conn.cursor()
+    cursor.execute(f"SET statement_timeout = {int(limits.statement_timeout * 1000)}")
+    cursor.close()
+    dbapi_conn.autocommit = autocommit
+
+
+def _sqlite_pragmas(dbapi_conn: Any, limits: DatabaseLimits) -> None:
     # WAL lets readers run beside the one writer; busy_timeout makes a second writer wait
-    # instead of failing at once with "database is locked".
+    # (within the statement timeout) instead of failing at once with "database is locked".
     cursor = dbapi_conn.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute(f"PRAGMA busy_timeout={int(limits.statement_timeout * 1000)}")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.close()

@@ -16,6 +16,7 @@ from sqlalchemy import (
     String,
     Text,
     TypeDecorator,
+    UniqueConstraint,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -145,6 +146,9 @@ class Instance(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
     destroyed_at: Mapped[datetime | None] = mapped_column(default=None)
+    operation_owner: Mapped[str | None] = mapped_column(String(64), default=None)
+    """The node (see ``server.node``) running an operation on the instance, while one runs: a
+    restarted server settles its own interrupted operations at once, not after the lease."""
 
 
 #: Every column that holds a :class:`~gentity.server.security.crypto.SecretBox` ciphertext,
@@ -166,3 +170,27 @@ class InstanceEvent(Base):
     to_status: Mapped[str] = mapped_column(String(32))
     reason: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class IdempotencyKey(Base):
+    """A request made with an ``Idempotency-Key`` header, and the answer it got.
+
+    A retry with the same key (same user, same route) within 24 hours gets the stored answer
+    instead of doing the work again; ``status_code`` is empty while the first is still running.
+    """
+
+    __tablename__ = "idempotency_keys"
+    __table_args__ = (
+        UniqueConstraint("user_id", "scope", "key", name="uq_idempotency_keys_user_scope_key"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    scope: Mapped[str] = mapped_column(String(128))
+    """The method and path the key was used on: a key means one thing per route."""
+    key: Mapped[str] = mapped_column(String(255))
+    request_hash: Mapped[str] = mapped_column(String(64))
+    """sha256 of the request body: reusing a key for a different request is refused."""
+    status_code: Mapped[int | None] = mapped_column(Integer, default=None)
+    response: Mapped[dict[str, Any] | None] = mapped_column(default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)

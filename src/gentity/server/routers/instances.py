@@ -6,13 +6,14 @@ from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Request
+from starlette.responses import JSONResponse
 
 from gentity import models
 from gentity.server.auth import Auth, AuthFirstRoute, Ctx, Db, Principal
 from gentity.server.context import AppContext
 from gentity.server.errors import ApiError
 from gentity.server.params import parse_cursor, parse_int
-from gentity.server.services import instances
+from gentity.server.services import idempotency, instances
 from gentity.server.sse import EventStreamResponse, LogStream, log_events
 
 router = APIRouter(prefix="/api/instances", tags=["instances"], route_class=AuthFirstRoute)
@@ -26,12 +27,38 @@ async def list_instances(principal: Auth, db: Db) -> models.InstanceList:
     return models.InstanceList(instances=[instances.to_wire(r) for r in rows])
 
 
+IdempotencyHeader = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        description="Retry safely: the same key within 24 h gets the first request's answer",
+    ),
+]
+
+
+def _answer(answer: idempotency.Answer) -> JSONResponse:
+    status, body = answer
+    return JSONResponse(body, status_code=status)
+
+
 @router.post("", response_model=models.InstanceCreated)
 async def create_instance(
-    body: models.InstanceCreateRequest, principal: Auth, ctx: Ctx, db: Db
-) -> models.InstanceCreated:
+    body: models.InstanceCreateRequest,
+    principal: Auth,
+    ctx: Ctx,
+    idempotency_key: IdempotencyHeader = None,
+) -> JSONResponse:
     """Create an instance and block until its machine and agent are running."""
-    return await instances.create(ctx, db, principal.user.id, body)
+    key = idempotency.validate_key(idempotency_key)
+
+    async def create() -> models.InstanceCreated:
+        # A session of its own: the work may outlive this request (and its session).
+        async with ctx.db.session() as session:
+            return await instances.create(ctx, session, principal.user.id, body)
+
+    return _answer(
+        await idempotency.run_once(ctx, principal.user.id, key, "POST /api/instances", body, create)
+    )
 
 
 @router.get("/{instance_id}", response_model=models.Instance)
@@ -49,11 +76,24 @@ async def delete_instance(instance_id: str, principal: Auth, ctx: Ctx, db: Db) -
 
 @router.post("/{instance_id}/action", response_model=models.Ok)
 async def instance_action(
-    instance_id: str, body: models.InstanceActionRequest, principal: Auth, ctx: Ctx, db: Db
-) -> models.Ok:
-    row = await instances.get_owned(db, principal.user.id, instance_id)
-    await instances.act(ctx, db, row, body.action)
-    return models.Ok()
+    instance_id: str,
+    body: models.InstanceActionRequest,
+    principal: Auth,
+    ctx: Ctx,
+    db: Db,
+    idempotency_key: IdempotencyHeader = None,
+) -> JSONResponse:
+    key = idempotency.validate_key(idempotency_key)
+    await instances.get_owned(db, principal.user.id, instance_id)  # 404 before any key is used
+
+    async def act() -> models.Ok:
+        async with ctx.db.session() as session:
+            fresh = await instances.get_owned(session, principal.user.id, instance_id)
+            await instances.act(ctx, session, fresh, body.action)
+        return models.Ok()
+
+    scope = f"POST /api/instances/{instance_id}/action"
+    return _answer(await idempotency.run_once(ctx, principal.user.id, key, scope, body, act))
 
 
 def _parse_follow(raw: str | None) -> bool:

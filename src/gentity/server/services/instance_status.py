@@ -23,7 +23,9 @@ TRANSITIONS: dict[S, frozenset[S]] = {
     S.STOPPED: frozenset({S.STARTING, S.ERROR, S.DESTROYING}),
     S.RESTARTING: frozenset({S.RUNNING, S.ERROR, S.DESTROYING}),
     S.ERROR: frozenset({S.STARTING, S.RESTARTING, S.STOPPED, S.DESTROYING}),
-    S.DESTROYING: frozenset({S.DESTROYED, S.ERROR}),
+    # A destroy that fails stays `destroying` and is retried (by DELETE or the reconciler):
+    # the user asked for the instance to be gone, nothing may bring it back.
+    S.DESTROYING: frozenset({S.DESTROYED}),
     S.DESTROYED: frozenset(),
 }
 

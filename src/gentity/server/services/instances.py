@@ -41,8 +41,10 @@ from gentity.server.services.instance_status import TransitionError, record_crea
 
 log = logging.getLogger(__name__)
 
-LEASE_RENEW_SECONDS = 20.0
-LEASE_TTL = timedelta(seconds=90)
+# Another replica takes over an operation whose owner stopped renewing within LEASE_TTL; the
+# owner's own restart does not wait for it (see ``owned_elsewhere``).
+LEASE_RENEW_SECONDS = 10.0
+LEASE_TTL = timedelta(seconds=30)
 AGENT_READY_TIMEOUT = 30.0
 _SUBDOMAIN_ATTEMPTS = 8
 
@@ -202,6 +204,7 @@ async def act(ctx: AppContext, db: AsyncSession, row: Instance, action: Instance
             await set_status(session, inst, S.RESTARTING, "restart requested")
             await _boot(ctx, session, inst, restart=True)
 
+    await release(db)
     try:
         await run_operation(ctx, row.id, operate)
     except TransitionError as exc:
@@ -212,25 +215,32 @@ async def act(ctx: AppContext, db: AsyncSession, row: Instance, action: Instance
 
 
 async def destroy(ctx: AppContext, db: AsyncSession, row: Instance) -> None:
-    if row.status == S.DESTROYING.value:
-        raise ApiError(409, "the instance is already being destroyed")
+    """Destroy the instance, whatever it is doing: an operation in flight here (a create, start
+    or restart) is cancelled first. Returns once machine and volume are gone; a second DELETE
+    meanwhile waits for the first. A teardown that fails leaves the row ``destroying`` (502)
+    and is retried by the next DELETE or by the reconciler."""
 
     async def operate(session: AsyncSession, inst: Instance) -> None:
-        await set_status(session, inst, S.DESTROYING, "destroy requested")
+        if S(inst.status) is not S.DESTROYING:
+            await set_status(session, inst, S.DESTROYING, "destroy requested")
         await teardown(ctx, session, inst)
 
+    await release(db)
     try:
-        await run_operation(ctx, row.id, operate)
+        await run_operation(ctx, row.id, operate, destroy=True)
     except TransitionError as exc:
         raise ApiError(409, f"cannot destroy the instance now: {exc}") from exc
     await db.refresh(row)
     if row.status != S.DESTROYED.value:
-        raise ApiError(502, row.error_message or "the instance could not be destroyed")
+        raise ApiError(502, "the instance could not be destroyed yet; it will be retried")
 
 
 async def teardown(ctx: AppContext, session: AsyncSession, inst: Instance) -> None:
     if inst.provider_ref is not None:
         await _provider(ctx).destroy(handle_of(inst))
+    else:
+        # A create cancelled (or killed) before it saved the handle may have made something.
+        await _provider(ctx).destroy_unrecorded(inst.id)
     inst.api_key_ciphertext = None  # nothing left to decrypt once the machine is gone
     await session.commit()
     await set_status(session, inst, S.DESTROYED, "machine and volume destroyed")
@@ -296,21 +306,103 @@ async def wait_for_agent(address: str, secret: str) -> dict[str, Any]:
 
 # --- running operations --------------------------------------------------------------------
 
+
+async def release(db: AsyncSession) -> None:
+    """End the request's read transaction before a long wait, so its pooled connection (and, on
+    SQLite, the WAL snapshot it pins) is not held while the operation runs in its own session.
+    Loaded rows stay usable (the sessions do not expire them on commit)."""
+    await db.commit()
+
+
 Operation = Callable[[AsyncSession, Instance], Awaitable[None]]
 
 
-async def run_operation(ctx: AppContext, instance_id: str, operation: Operation) -> None:
+async def run_operation(
+    ctx: AppContext, instance_id: str, operation: Operation, *, destroy: bool = False
+) -> None:
     """Run ``operation`` to completion even if the caller is cancelled, under a lease.
 
     A provider or guest failure moves the instance to ``error`` with the failure's message.
+    A destroy cancels this process's other operations on the instance and waits for them to
+    unwind before it starts; their callers get a 409.
     """
+    if destroy:
+        running = ctx.destroying.get(instance_id)
+        if running is None:
+            # Registered before anything awaits, so no operation can start in between.
+            running = asyncio.create_task(_destroy_after_others(ctx, instance_id, operation))
+            _track(ctx, running)
+            ctx.destroying[instance_id] = running
+            running.add_done_callback(lambda _: ctx.destroying.pop(instance_id, None))
+        await asyncio.shield(running)
+        return
+    if instance_id in ctx.destroying:
+        raise ApiError(409, "the instance is being destroyed")
     task = asyncio.create_task(_supervised(ctx, instance_id, operation))
+    _track(ctx, task)
+    tasks = ctx.operations.setdefault(instance_id, set())
+    tasks.add(task)
+    task.add_done_callback(lambda _: _forget(ctx, instance_id, task))
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        caller = asyncio.current_task()
+        if task.cancelled() and caller is not None and not caller.cancelling():
+            # Not our caller that went away: a DELETE cancelled the operation.
+            raise ApiError(409, "the instance was destroyed before this finished") from None
+        raise
+
+
+async def _destroy_after_others(ctx: AppContext, instance_id: str, operation: Operation) -> None:
+    others = ctx.operations.get(instance_id, set())
+    for task in others:
+        task.cancel()
+    if others:
+        # Each unwinds (a provider step in a worker thread finishes first) before the
+        # teardown starts, so nothing is created after it has removed everything.
+        await asyncio.wait(set(others))
+    await _supervised(ctx, instance_id, operation)
+
+
+def _track(ctx: AppContext, task: asyncio.Task[None]) -> None:
     ctx.background.add(task)
     task.add_done_callback(ctx.background.discard)
-    await asyncio.shield(task)
+
+
+def _forget(ctx: AppContext, instance_id: str, task: asyncio.Task[None]) -> None:
+    tasks = ctx.operations.get(instance_id)
+    if tasks is not None:
+        tasks.discard(task)
+        if not tasks:
+            del ctx.operations[instance_id]
+
+
+def in_flight_here(ctx: AppContext, instance_id: str) -> bool:
+    return bool(ctx.operations.get(instance_id)) or instance_id in ctx.destroying
+
+
+def abandoned(ctx: AppContext, row: Instance) -> bool:
+    """Whether nobody is carrying out the operation a transitional row is in: its owner is a
+    server of this node that exited (or this one, which is not running it), or its lease ran
+    out."""
+    if in_flight_here(ctx, row.id):
+        return False
+    owner = row.operation_owner
+    if owner is not None and ctx.node is not None and ctx.node.is_gone(owner):
+        return True
+    return utcnow() - row.updated_at >= LEASE_TTL
+
+
+async def _own(ctx: AppContext, instance_id: str, owner: str | None) -> None:
+    async with ctx.db.session() as session:
+        await session.execute(
+            update(Instance).where(Instance.id == instance_id).values(operation_owner=owner)
+        )
+        await session.commit()
 
 
 async def _supervised(ctx: AppContext, instance_id: str, operation: Operation) -> None:
+    await _own(ctx, instance_id, ctx.node.owner if ctx.node else None)
     lease = asyncio.create_task(_renew_lease(ctx, instance_id))
     try:
         async with ctx.db.session() as session:
@@ -335,6 +427,9 @@ async def _supervised(ctx: AppContext, instance_id: str, operation: Operation) -
                     )
     finally:
         lease.cancel()
+        # Shielded: a cancelled operation must still give its row up.
+        with contextlib.suppress(Exception):
+            await asyncio.shield(_own(ctx, instance_id, None))
 
 
 async def _renew_lease(ctx: AppContext, instance_id: str) -> None:

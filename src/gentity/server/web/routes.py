@@ -8,18 +8,17 @@ cookie on that host.
 
 from __future__ import annotations
 
-from typing import Annotated
 from urllib.parse import quote
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.datastructures import Headers
 from starlette.responses import RedirectResponse, Response
 
 from gentity.server.auth import (
+    Db,
     Principal,
-    db_session,
     resolve_principal,
     secure_cookie,
     set_session_cookie,
@@ -33,8 +32,6 @@ from gentity.server.web.hosts import instance_subdomain, main_origin, subdomain_
 from gentity.server.web.pages import not_found, render
 
 router = APIRouter(include_in_schema=False)
-
-Db = Annotated[AsyncSession, Depends(db_session)]
 
 
 def _ctx(request: Request) -> AppContext:

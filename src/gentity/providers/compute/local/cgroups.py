@@ -8,6 +8,7 @@ missing is detected at run time and logged once; instances still run without it.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import signal
@@ -141,10 +142,23 @@ class InstanceCgroup:
                 return
             time.sleep(0.02)
 
-    def remove(self) -> None:
+    def remove(self, timeout: float = 5.0) -> None:
+        """Remove the groups, killing again whatever joined them since the last kill: a start
+        cancelled by a destroy may have a process that joins its group a moment later."""
+        deadline = time.monotonic() + timeout
         for path in self._all_groups():
-            with contextlib.suppress(FileNotFoundError):
-                path.rmdir()
+            while True:
+                try:
+                    path.rmdir()
+                except FileNotFoundError:
+                    pass
+                except OSError as exc:
+                    if exc.errno != errno.EBUSY or time.monotonic() > deadline:
+                        raise
+                    self.kill(timeout=max(0.1, deadline - time.monotonic()))
+                    time.sleep(0.02)
+                    continue
+                break
 
 
 def _write(path: Path, value: str) -> None:

@@ -564,6 +564,11 @@ class LocalProvider(ComputeProvider):
         await self.stop(handle)
         await anyio.to_thread.run_sync(self._remove, self.paths(handle), self.cgroup_of(handle))
 
+    async def destroy_unrecorded(self, instance_id: str) -> None:
+        # Everything create() makes is named after the instance (its directory, socket and
+        # cgroup, or the spare's cgroup recorded in its directory): the id is a whole handle.
+        await self.destroy(MachineHandle(ref=instance_id))
+
     async def status(self, handle: MachineHandle) -> MachineStatus:
         paths = self.paths(handle)
         if not paths.root.exists():
