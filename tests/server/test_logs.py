@@ -126,7 +126,8 @@ def test_follow_streams_new_lines_and_resumes(
 
 def test_disconnect_leaves_no_stream_behind(server: LiveServer, bearer: httpx.Client) -> None:
     iid = create_shell(bearer)["id"]
-    log_file = server.app.state.ctx.settings.data_dir / "instances" / iid / "logs" / "agent.log"
+    instance = server.app.state.ctx.settings.data_dir / "instances" / iid
+    log_file = instance / "disk" / "logs" / "agent.log"
 
     def open_log_handles() -> int:
         count = 0
@@ -152,6 +153,28 @@ def test_disconnect_leaves_no_stream_behind(server: LiveServer, bearer: httpx.Cl
     # The server still answers promptly.
     assert bearer.get("/healthz").status_code == 200
     bearer.delete(f"/api/instances/{iid}")
+
+
+def test_destroy_ends_its_log_followers(server: LiveServer, bearer: httpx.Client) -> None:
+    """A follower holds the log open on the instance's volume: destroying the instance still
+    finishes promptly, and the follow ends instead of waiting on a log that is gone."""
+    iid = create_shell(bearer)["id"]
+    ended = threading.Event()
+
+    def follow() -> None:
+        url = f"{server.url}/api/instances/{iid}/logs?follow=1"
+        with httpx.stream("GET", url, headers=bearer.headers, timeout=60) as response:
+            for _ in response.iter_lines():
+                pass
+        ended.set()
+
+    follower = threading.Thread(target=follow, daemon=True)
+    follower.start()
+    time.sleep(0.5)  # the stream is open and reading the log
+    started = time.monotonic()
+    assert bearer.delete(f"/api/instances/{iid}").status_code == 200
+    assert time.monotonic() - started < 10
+    assert ended.wait(10), "the follow did not end after the instance was destroyed"
 
 
 def _server_tasks(server: LiveServer) -> int:

@@ -202,6 +202,11 @@ def _open_regular(path: str | os.PathLike[str], flags: int, *, writing: bool = F
     return fd
 
 
+def _directory_gone(path: str | os.PathLike[str]) -> bool:
+    # A stat of a local directory; kept out of the async function like the opens above.
+    return not os.path.isdir(os.path.dirname(os.fspath(path)) or ".")
+
+
 def _open_nofollow(path: str | os.PathLike[str]) -> IO[bytes]:
     return os.fdopen(_open_regular(path, os.O_RDONLY), "rb")
 
@@ -273,8 +278,9 @@ async def follow_offsets(
     ``start`` resumes right after a line whose offset a previous follow yielded; without it,
     following starts at the current end of the file (or waits for it to exist). Yields a
     line only once its newline has arrived, and starts over from the beginning
-    when the file is truncated or replaced (different inode). Polls with
-    ``asyncio.sleep`` when idle. The file is closed when the consumer stops
+    when the file is truncated or replaced (different inode), and ends when the file's
+    directory is gone. Polls with ``asyncio.sleep`` when idle. The file is closed when the
+    consumer stops
     (``break``, ``aclose()`` or cancellation).
     """
     f: IO[bytes] | None = None
@@ -317,6 +323,8 @@ async def follow_offsets(
                 continue
             # At the end: was the file replaced or truncated meanwhile? (A removed
             # file is waited for: its successor will have a different inode.)
+            if _directory_gone(path):
+                return  # the instance was destroyed: there is nothing more to follow
             with contextlib.suppress(FileNotFoundError):
                 st = os.lstat(path)  # the name, not where a planted symlink points
                 if (st.st_dev, st.st_ino) != ident:

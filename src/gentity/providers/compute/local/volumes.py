@@ -63,6 +63,7 @@ _TOOLS = ("mkfs.ext4", "e2fsck", "resize2fs", "mount", "umount", "losetup")
 QUICK_TIMEOUT = 30.0
 FSCK_TIMEOUT = 600.0
 UNMOUNT_TIMEOUT = 10.0
+DESTROY_UNMOUNT_TIMEOUT = 2.0
 
 
 class VolumeError(ProviderError):
@@ -217,15 +218,21 @@ def unmount(root: Path, timeout: float = UNMOUNT_TIMEOUT) -> None:
         _unmount(root, timeout)
 
 
-def destroy(root: Path, timeout: float = UNMOUNT_TIMEOUT) -> None:
+def destroy(root: Path, timeout: float = DESTROY_UNMOUNT_TIMEOUT) -> None:
     """Unmount the volume and delete it with all its data (image, or plain directory).
 
+    A volume still in use after ``timeout`` (a log the control plane was following, still
+    open) is detached lazily: its data is going anyway, and the last user lets go of it.
     The instance's root directory itself is left to the caller.
     """
     if not root.is_dir():
         return
     with _locked(root):
-        _unmount(root, timeout)
+        try:
+            _unmount(root, timeout)
+        except VolumeError:
+            log.warning("%s still in use at destroy: detached lazily", mount_point(root))
+            _check(["umount", "--lazy", str(mount_point(root))], "unmount")
         image_path(root).unlink(missing_ok=True)
         image_path(root).with_name(IMAGE_NAME + ".partial").unlink(missing_ok=True)
         target = mount_point(root)
