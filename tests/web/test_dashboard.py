@@ -51,7 +51,9 @@ def _sign_out_and_back_in(page: Page) -> None:
 
 
 def _create_instance(page: Page) -> str:
-    page.get_by_role("link", name="New instance").click()
+    # An empty list has one "new" button: the empty state's.
+    expect(page.get_by_role("link", name="New instance")).to_be_hidden()
+    page.get_by_role("link", name="Create your first instance").click()
     expect(page.get_by_label("Claude Code", exact=True)).to_be_visible()
     page.get_by_label("Claude Code", exact=True).check()
     expect(page.get_by_label("API key")).to_be_visible()
@@ -102,6 +104,7 @@ def _reconnects(page: Page, sockets: list[WebSocketRoute]) -> None:
 
 def _stop_and_start(page: Page) -> None:
     page.get_by_role("button", name="Stop", exact=True).click()
+    page.get_by_role("dialog").get_by_role("button", name="Stop instance").click()
     expect(page.locator(STATUS)).to_have_text("Stopped", timeout=60_000)
     expect(page.locator(TERMINAL_STATE)).to_contain_text("stopped")
     expect(page.get_by_role("button", name="Start", exact=True)).to_be_enabled()

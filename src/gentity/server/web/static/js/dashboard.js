@@ -9,6 +9,7 @@ const list = document.getElementById("instances");
 const rowTemplate = document.getElementById("instance-row");
 const empty = document.querySelector("[data-empty]");
 const listError = document.querySelector("[data-list-error]");
+const newButton = document.querySelector("[data-new-instance]");
 const rows = new Map(); // id -> {node, instance}
 let timer = null;
 
@@ -78,6 +79,8 @@ function render(instances) {
     }
   }
   empty.hidden = instances.length > 0;
+  // An empty list has one call to action: the empty state's own button.
+  newButton.hidden = instances.length === 0;
 }
 
 async function refresh() {
