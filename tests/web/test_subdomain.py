@@ -28,6 +28,18 @@ def test_subdomain_terminal_is_for_its_owner_only(
     sub_origin = f"http://{subdomain}.localhost:{server.port}"
     expect(owner.locator("[data-terminal-state]")).to_have_text("Connected", timeout=30_000)
 
+    # Straight to the subdomain, as a bookmark would: the main host is the one the owner
+    # signed in on (127.0.0.1, what the server prints), so there is no second sign-in.
+    direct = browsing.context(signed_in_as=owner).new_page()
+    direct.goto(f"{sub_origin}/")
+    expect(direct).to_have_url(f"{sub_origin}/")
+    expect(direct.locator("[data-terminal-state]")).to_have_text("Connected", timeout=30_000)
+    # And localhost is the same dashboard, under its one name.
+    direct.goto(f"http://localhost:{server.port}/dashboard")
+    expect(direct).to_have_url(f"{server.url}/dashboard")
+    expect(direct.get_by_role("button", name="Sign out")).to_be_visible()
+    direct.close()
+
     # The owner follows "Open full screen": a new tab on the subdomain, signed in by handoff.
     handoffs: list[str] = []
 
@@ -71,9 +83,7 @@ def test_subdomain_terminal_is_for_its_owner_only(
     # Anonymous: sent to sign in on the main host, which then hands over (to owners only).
     anonymous = browsing.page()
     anonymous.goto(f"{sub_origin}/")
-    expect(anonymous).to_have_url(
-        f"http://localhost:{server.port}/login?next=/dashboard/open/{subdomain}"
-    )
+    expect(anonymous).to_have_url(f"{server.url}/login?next=/dashboard/open/{subdomain}")
 
     # Another user, signed in: a 404 page, on the subdomain link and on the handoff route.
     make_user("other@example.com")
