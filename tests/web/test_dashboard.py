@@ -10,7 +10,7 @@ from playwright.sync_api import Page, WebSocketRoute, expect
 
 from tests.conftest import PASSWORD, LiveServer
 from tests.web.conftest import PHONE, Browsing, screenshot
-from tests.web.helpers import ADMIN, run_in_terminal
+from tests.web.helpers import ADMIN, assert_header_and_content_line_up, run_in_terminal
 
 STATUS = ".page-head [data-field=status]"
 TERMINAL_STATE = "[data-terminal-state]"
@@ -82,6 +82,7 @@ def _terminal_and_logs(page: Page) -> None:
     # The agent's output goes to its log, which the page follows.
     expect(page.locator("[data-logs]")).to_contain_text("hello-42", timeout=15_000)
     screenshot(page, "07-instance")
+    assert_header_and_content_line_up(page)
 
 
 def _reconnects(page: Page, sockets: list[WebSocketRoute]) -> None:
@@ -203,6 +204,11 @@ def test_dashboard_end_to_end(browsing: Browsing, server: LiveServer) -> None:
         small.wait_for_load_state("networkidle")
         if "instances/" in path:
             expect(small.locator(TERMINAL_STATE)).to_have_text("Connected", timeout=30_000)
+            # A log line's message gets the width, not its time and level.
+            message = small.locator("[data-logs] .log__message").first.bounding_box()
+            logs = small.locator("[data-logs]").bounding_box()
+            assert message and logs and message["width"] > 0.85 * logs["width"], (message, logs)
+        assert_header_and_content_line_up(small)
         assert small.evaluate("document.documentElement.scrollWidth <= window.innerWidth + 1"), (
             f"{path} scrolls sideways on a phone"
         )

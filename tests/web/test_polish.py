@@ -131,3 +131,18 @@ def test_cancel_is_disabled_while_an_instance_is_created(browsing: Browsing) -> 
     held[0].fulfill(status=503, json={"error": "no capacity"})
     expect(page.locator("[data-error]")).to_contain_text("no capacity")
     expect(cancel).to_be_enabled()
+
+
+def test_the_create_form_is_centred_at_a_readable_width(browsing: Browsing) -> None:
+    page = browsing.page({"width": 1440, "height": 900})
+    set_up_admin(page)
+    page.goto("/dashboard/new")
+    expect(page.get_by_label("Shell", exact=True)).to_be_visible()
+    form = page.locator("#new-form").bounding_box()
+    heading = page.get_by_role("heading", name="New instance").bounding_box()
+    assert form and heading
+    assert abs(form["x"] + form["width"] / 2 - 720) < 2, form
+    assert 480 <= form["width"] <= 800, form
+    # The heading sits over the form, not off at the page's edge.
+    assert abs(heading["x"] - form["x"]) < 2, (heading, form)
+    screenshot(page, "polish-new-instance-1440")

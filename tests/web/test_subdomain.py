@@ -13,7 +13,7 @@ import pytest
 from playwright.sync_api import Request, expect
 
 from tests.conftest import LiveServer
-from tests.web.conftest import Browsing, screenshot
+from tests.web.conftest import PHONE, Browsing, screenshot
 from tests.web.helpers import create_shell_instance, run_in_terminal, set_up_admin, sign_in
 
 
@@ -67,6 +67,14 @@ def test_subdomain_terminal_is_for_its_owner_only(
         full.wait_for_timeout(100)
     else:
         raise AssertionError("the terminal did not shrink with the window")
+    # On a phone every control of the top bar is whole: nothing cut off with an ellipsis.
+    full.set_viewport_size(PHONE)
+    bar = full.locator(".fullscreen__bar")
+    for child in bar.locator("> *:visible").all():
+        whole = child.evaluate("node => node.scrollWidth <= node.clientWidth + 1")
+        assert whole, child.inner_text()
+    assert full.evaluate("document.documentElement.scrollWidth <= window.innerWidth + 1")
+    screenshot(full, "phone-subdomain-terminal", full_page=False)
     full.set_viewport_size({"width": 1366, "height": 860})
     screenshot(full, "20-subdomain-terminal", full_page=False)
     assert len(handoffs) == 1
