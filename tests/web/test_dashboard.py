@@ -67,6 +67,7 @@ def _create_instance(page: Page) -> str:
     page.get_by_label("Shell", exact=True).check()
     expect(page.get_by_label("API key")).to_be_hidden()
     expect(page.get_by_label("Model")).to_have_value("none/bash")
+    expect(page.get_by_label("Model").locator("option")).to_have_text(["Bash login shell"])
     page.get_by_role("button", name="Create instance").click()
     expect(page.locator("[data-progress]")).to_be_visible()
     screenshot(page, "06-new-instance-creating")
@@ -76,6 +77,8 @@ def _create_instance(page: Page) -> str:
 
 def _terminal_and_logs(page: Page) -> None:
     expect(page.locator(STATUS)).to_have_text("Running")
+    expect(page.locator(".details [data-field=agent]")).to_have_text("Shell")
+    expect(page.locator(".details [data-field=model]")).to_have_text("Bash login shell")
     expect(page.locator(TERMINAL_STATE)).to_have_text("Connected", timeout=30_000)
     run_in_terminal(page, "echo hello-$((6*7))")
     expect(page.locator(TERMINAL_ROWS)).to_contain_text("hello-42", timeout=15_000)

@@ -84,6 +84,9 @@ def test_stop_and_restart_ask_first_and_errors_can_be_dismissed(browsing: Browsi
     page.reload()
     row = page.locator("[data-instance]")
     expect(row.locator(".status")).to_have_text("Running")
+    # The catalog's names, not its identifiers ("shell · none/bash").
+    expect(row.locator(".instance__meta").first).to_have_text("Shell · Bash login shell")
+    expect(row.locator("[data-field=model]")).to_have_attribute("title", "none/bash")
     dialog = page.get_by_role("dialog")
     for action, label in (("stop", "Stop"), ("restart", "Restart")):
         # Cancel (and Escape) leave the agent alone.

@@ -2,6 +2,7 @@
 import "./common.js";
 import { api } from "./api.js";
 import { renderStatus, runAction, updateActionButtons } from "./actions.js";
+import { loadAgents, showLabels } from "./catalog.js";
 import { setTime, showMessage } from "./ui.js";
 
 const POLL_MS = 3000;
@@ -12,6 +13,7 @@ const listError = document.querySelector("[data-list-error]");
 const newButton = document.querySelector("[data-new-instance]");
 const rows = new Map(); // id -> {node, instance}
 let timer = null;
+let agents = [];
 
 function field(node, name) {
   return node.querySelector(`[data-field="${name}"]`);
@@ -41,8 +43,7 @@ function fillRow(entry, instance) {
   const link = field(node, "link");
   link.textContent = instance.name;
   link.href = `/dashboard/instances/${encodeURIComponent(instance.id)}`;
-  field(node, "agent").textContent = instance.agentType;
-  field(node, "model").textContent = `${instance.modelProvider}/${instance.modelName}`;
+  showLabels(agents, instance, field(node, "agent"), field(node, "model"));
   field(node, "subdomain").textContent = instance.subdomain;
   setTime(field(node, "created"), instance.createdAt);
   showMessage(field(node, "errorMessage"), instance.errorMessage || "");
@@ -103,4 +104,8 @@ document.addEventListener("visibilitychange", () => {
   else clearTimeout(timer);
 });
 
-refresh();
+loadAgents()
+  .then((found) => {
+    agents = found;
+  })
+  .finally(refresh);

@@ -4,6 +4,7 @@ import { api } from "./api.js";
 import { renderStatus, runAction, updateActionButtons } from "./actions.js";
 import { LogsPane } from "./logs.js";
 import { TerminalPane } from "./terminal.js";
+import { loadAgents, showLabels } from "./catalog.js";
 import { setTime, showMessage } from "./ui.js";
 
 const POLL_MS = 3000;
@@ -16,6 +17,7 @@ const terminal = new TerminalPane(document.querySelector("[data-terminal]"), ins
 const logs = new LogsPane(document.querySelector("[aria-labelledby=logs-heading]"), instanceId);
 let instance = null;
 let timer = null;
+let agents = [];
 
 function fields(name) {
   return document.querySelectorAll(`[data-field="${name}"]`);
@@ -26,8 +28,7 @@ function render(current) {
   for (const node of fields("name")) node.textContent = current.name;
   document.title = `${current.name} · Gentity`;
   for (const node of fields("status")) renderStatus(node, current.status);
-  for (const node of fields("agent")) node.textContent = current.agentType;
-  for (const node of fields("model")) node.textContent = `${current.modelProvider}/${current.modelName}`;
+  showLabels(agents, current, fields("agent")[0], fields("model")[0]);
   for (const node of fields("created")) setTime(node, current.createdAt);
   for (const node of fields("errorMessage")) showMessage(node, current.errorMessage || "");
   updateActionButtons(actions, current.status);
@@ -84,5 +85,9 @@ document.addEventListener("visibilitychange", () => {
   else clearTimeout(timer);
 });
 
-refresh();
+loadAgents()
+  .then((found) => {
+    agents = found;
+  })
+  .finally(refresh);
 logs.start();

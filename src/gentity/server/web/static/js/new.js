@@ -65,7 +65,7 @@ function onAgentChange() {
   }
   for (const model of agent.models) {
     const value = `${model.provider}/${model.name}`;
-    modelSelect.append(el("option", { value, text: `${model.label} (${model.provider})` }));
+    modelSelect.append(el("option", { value, text: model.label }));
   }
   modelSelect.disabled = false;
   apiKeyField.hidden = !agent.requiresApiKey;
