@@ -114,6 +114,15 @@ def _stop_and_start(page: Page) -> None:
     expect(page.get_by_role("button", name="Start", exact=True)).to_be_enabled()
     expect(page.get_by_role("button", name="Stop", exact=True)).to_be_disabled()
     screenshot(page, "08-instance-stopped")
+    # The full-screen page of a stopped instance says so, and offers the way to start it.
+    with page.context.expect_page() as opened:
+        page.get_by_role("link", name="Open full screen").click()
+    full = opened.value
+    expect(full.locator("[data-field=status]")).to_have_text("Stopped")
+    full.get_by_role("link", name="Start in the dashboard").click()
+    expect(full).to_have_url(page.url)
+    expect(full.get_by_role("button", name="Start", exact=True)).to_be_enabled()
+    full.close()
     page.get_by_role("button", name="Start", exact=True).click()
     expect(page.locator(STATUS)).to_have_text("Running", timeout=60_000)
     # The terminal comes back by itself, and works.
@@ -168,10 +177,22 @@ def _delete_from_list(page: Page) -> None:
     page.keyboard.press("Escape")
     expect(dialog).to_be_hidden()
     expect(row).to_have_count(1)
+    # Another tab has the instance open while it is deleted here.
+    other = page.context.new_page()
+    other.goto(row.get_by_role("link").first.get_attribute("href") or "")
+    expect(other.locator(STATUS)).to_have_text("Running")
+    # Not following its log: a followed log keeps the volume busy and holds up the delete
+    # (a server-side matter, tracked separately from the page's).
+    other.get_by_label("Follow").uncheck()
     row.get_by_role("button", name="Delete").click()
     dialog.get_by_role("button", name="Delete instance").click()
     expect(row).to_have_count(0, timeout=60_000)
     expect(page.locator("[data-empty]")).to_be_visible()
+    # That tab says it is gone, with a badge to match and nothing left to press.
+    expect(other.locator("[data-refresh-error]")).to_have_text("This instance no longer exists.")
+    expect(other.locator(STATUS)).to_have_text("Deleted")
+    expect(other.get_by_role("button", name="Stop", exact=True)).to_be_disabled()
+    other.close()
 
 
 @pytest.mark.timeout(420)

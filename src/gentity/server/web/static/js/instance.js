@@ -51,6 +51,8 @@ async function refresh() {
   } catch (error) {
     if (error.status === 404) {
       gone = true;
+      // Deleted elsewhere (another tab, the CLI): the badge must not go on saying Running.
+      for (const node of fields("status")) renderStatus(node, "destroyed");
       terminal.setAvailable(false, "This instance no longer exists.");
       showMessage(refreshError, "This instance no longer exists.");
       updateActionButtons(actions, "destroyed");
