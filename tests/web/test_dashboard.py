@@ -169,6 +169,7 @@ def _delete_from_list(page: Page) -> None:
     row = page.locator("[data-instance]")
     expect(row).to_have_count(1)
     expect(row.locator(".status")).to_have_text("Running")
+    row.locator("summary").click()
     row.get_by_role("button", name="Delete").click()
     dialog = page.locator("#confirm-dialog")
     expect(dialog).to_be_visible()
@@ -184,6 +185,7 @@ def _delete_from_list(page: Page) -> None:
     # Not following its log: a followed log keeps the volume busy and holds up the delete
     # (a server-side matter, tracked separately from the page's).
     other.get_by_label("Follow").uncheck()
+    row.locator("summary").click()
     row.get_by_role("button", name="Delete").click()
     dialog.get_by_role("button", name="Delete instance").click()
     expect(row).to_have_count(0, timeout=60_000)

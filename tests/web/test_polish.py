@@ -90,16 +90,19 @@ def test_stop_and_restart_ask_first_and_errors_can_be_dismissed(browsing: Browsi
     dialog = page.get_by_role("dialog")
     for action, label in (("stop", "Stop"), ("restart", "Restart")):
         # Cancel (and Escape) leave the agent alone.
+        row.locator("summary").click()
         row.get_by_role("button", name=label, exact=True).click()
         expect(dialog).to_be_visible()
         expect(dialog.get_by_role("heading")).to_have_text(f"{label} scratch?")
         dialog.get_by_role("button", name="Cancel").click()
         expect(dialog).to_be_hidden()
+        row.locator("summary").click()
         row.get_by_role("button", name=label, exact=True).click()
         page.keyboard.press("Escape")
         expect(dialog).to_be_hidden()
         assert actions == []
         # Confirmed, it runs; the server's refusal is shown and can be dismissed.
+        row.locator("summary").click()
         row.get_by_role("button", name=label, exact=True).click()
         if action == "stop":
             screenshot(page, "polish-stop-dialog", full_page=False)
@@ -110,8 +113,6 @@ def test_stop_and_restart_ask_first_and_errors_can_be_dismissed(browsing: Browsi
         actions.clear()
         error.get_by_role("button", name="Dismiss").click()
         expect(error).to_be_hidden()
-    # With instances, the header's button is the one primary action.
-    expect(page.locator(".button--primary:visible")).to_have_count(1)
 
 
 def test_cancel_is_disabled_while_an_instance_is_created(browsing: Browsing) -> None:
@@ -149,3 +150,73 @@ def test_the_create_form_is_centred_at_a_readable_width(browsing: Browsing) -> N
     # The heading sits over the form, not off at the page's edge.
     assert abs(heading["x"] - form["x"]) < 2, (heading, form)
     screenshot(page, "polish-new-instance-1440")
+
+
+def test_the_list_opens_rows_searches_sorts_and_offers_only_allowed_actions(
+    browsing: Browsing,
+) -> None:
+    page = browsing.page({"width": 1440, "height": 900})
+    set_up_admin(page)
+    instances = [
+        {**INSTANCE, "id": "cfake1", "name": "beta", "subdomain": "sh-bbbbbb"},
+        {
+            **INSTANCE,
+            "id": "cfake2",
+            "name": "alpha",
+            "subdomain": "cl-aaaaaa",
+            "agentType": "claude-code",
+            "modelProvider": "anthropic",
+            "modelName": "claude-sonnet-4-5",
+            "status": "stopped",
+            "createdAt": "2026-01-03T03:04:05Z",
+        },
+    ]
+    page.route(
+        re.compile(r"/api/instances$"),
+        lambda route: route.fulfill(json={"instances": instances}),
+    )
+    page.reload()
+    rows = page.locator("[data-instance]")
+    expect(rows).to_have_count(2)
+    # Newest first; then by name.
+    expect(rows.locator(".instance__name")).to_have_text(["alpha", "beta"])
+    page.get_by_label("Sort by").select_option("name")
+    expect(rows.locator(".instance__name")).to_have_text(["alpha", "beta"])
+    page.get_by_label("Sort by").select_option("status")
+    expect(rows.locator(".instance__name")).to_have_text(["beta", "alpha"])
+    beta = rows.filter(has_text="beta")
+    # "Open" is the primary action; the subdomain is a link to the full-screen terminal.
+    expect(beta.get_by_role("link", name="Open beta")).to_have_attribute(
+        "href", "/dashboard/instances/cfake1"
+    )
+    expect(beta.get_by_role("link", name="sh-bbbbbb")).to_have_attribute(
+        "href", "/dashboard/open/sh-bbbbbb"
+    )
+    # Relative times, the exact one on hover.
+    created = beta.locator("time")
+    expect(created).to_have_text(re.compile(r"ago|yesterday|last"))
+    expect(created).to_have_attribute("title", re.compile(r"2026"))
+    # The menu lists what the status allows, nothing greyed out.
+    beta.locator("summary").click()
+    expect(beta.get_by_role("button", name="Stop", exact=True)).to_be_visible()
+    expect(beta.get_by_role("button", name="Start", exact=True)).to_be_hidden()
+    screenshot(page, "polish-dashboard-menu", full_page=False)
+    page.keyboard.press("Escape")
+    expect(beta.get_by_role("button", name="Stop", exact=True)).to_be_hidden()
+    alpha = rows.filter(has_text="alpha")
+    alpha.locator("summary").click()
+    expect(alpha.get_by_role("button", name="Start", exact=True)).to_be_visible()
+    expect(alpha.get_by_role("button", name="Stop", exact=True)).to_be_hidden()
+    page.keyboard.press("Escape")
+    # Search by name, agent or model as shown.
+    page.get_by_label("Search instances").fill("claude sonnet")
+    expect(rows.filter(visible=True)).to_have_count(1)
+    expect(rows.filter(visible=True).locator(".instance__name")).to_have_text("alpha")
+    page.get_by_label("Search instances").fill("nothing like it")
+    expect(rows.filter(visible=True)).to_have_count(0)
+    expect(page.locator("[data-no-match]")).to_be_visible()
+    page.get_by_label("Search instances").fill("")
+    expect(rows.filter(visible=True)).to_have_count(2)
+    # A click anywhere on the row opens the instance.
+    beta.locator(".instance__meta").first.click()
+    expect(page).to_have_url(re.compile(r"/dashboard/instances/cfake1$"))
