@@ -1,10 +1,13 @@
 """Screenshots of every page at a laptop's and a phone's size, light and dark, for review.
 
 Saved under ``test-output/screenshots/pages/`` (git-ignored; CI keeps ``test-output/`` as an
-artifact). Each page must also fit the width it is shown at: nothing scrolls sideways.
+artifact). Each page must also fit the width it is shown at (nothing scrolls sideways) and
+pass axe-core's accessibility rules (vendored in ``tests/web/vendor/axe-core``).
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 from playwright.sync_api import Page, ViewportSize, expect
@@ -18,6 +21,14 @@ SIZES: dict[str, ViewportSize] = {
     "390x844": {"width": 390, "height": 844},
 }
 TERMINAL_STATE = "[data-terminal-state]"
+AXE = Path(__file__).parent / "vendor" / "axe-core" / "axe.min.js"
+# Each violation as "rule (impact): the elements", enough to find it.
+AXE_RUN = """async () => {
+  const result = await axe.run(document, { resultTypes: ["violations"] });
+  return result.violations.map(
+    (v) => `${v.id} (${v.impact}): ${v.nodes.map((n) => n.target.join(" ")).join(", ")}`
+  );
+}"""
 
 
 def _settle(page: Page, path: str) -> None:
@@ -28,6 +39,9 @@ def _settle(page: Page, path: str) -> None:
     assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth + 1"), (
         f"{path} scrolls sideways at {page.viewport_size}"
     )
+    page.add_script_tag(path=AXE)
+    violations = page.evaluate(AXE_RUN)
+    assert violations == [], (path, page.viewport_size, violations)
 
 
 @pytest.mark.timeout(300)
@@ -51,8 +65,8 @@ def test_every_page_at_both_sizes_light_and_dark(browsing: Browsing, server: Liv
     }
     for size, viewport in SIZES.items():
         for scheme in ("light", "dark"):
-            signed_in = browsing.context(viewport, signed_in_as=admin)
-            anonymous = browsing.context(viewport)
+            signed_in = browsing.context(viewport, signed_in_as=admin, bypass_csp=True)
+            anonymous = browsing.context(viewport, bypass_csp=True)
             page = signed_in.new_page()
             page.emulate_media(color_scheme=scheme)
             for name, path in pages.items():
