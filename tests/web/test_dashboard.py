@@ -6,7 +6,7 @@ import re
 
 import httpx
 import pytest
-from playwright.sync_api import Page, WebSocketRoute, expect
+from playwright.sync_api import Page, Route, WebSocketRoute, expect
 
 from tests.conftest import PASSWORD, LiveServer
 from tests.web.conftest import PHONE, Browsing, screenshot
@@ -131,6 +131,32 @@ def _stop_and_start(page: Page) -> None:
     expect(page.locator(TERMINAL_ROWS)).to_contain_text("again-49", timeout=15_000)
 
 
+def _restart(page: Page) -> None:
+    """A restart asked for here reads as one: a Restarting badge, no "process exited" report."""
+    held: list[Route] = []
+    page.route(re.compile(r"/action$"), lambda route: held.append(route))
+    page.get_by_role("button", name="Restart", exact=True).click()
+    page.get_by_role("dialog").get_by_role("button", name="Restart instance").click()
+    # The server has not answered yet (the test holds the request); polls meanwhile do not
+    # put "Running" back on the badge.
+    for _ in range(100):
+        if held:
+            break
+        page.wait_for_timeout(50)
+    expect(page.locator(STATUS)).to_have_text("Restarting")
+    page.wait_for_timeout(3500)
+    expect(page.locator(STATUS)).to_have_text("Restarting")
+    held[0].continue_()
+    page.unroute(re.compile(r"/action$"))
+    expect(page.locator(TERMINAL_ROWS)).to_contain_text(
+        "restarted: a fresh session", timeout=60_000
+    )
+    expect(page.locator(TERMINAL_ROWS)).not_to_contain_text("exited with")
+    expect(page.locator(TERMINAL_STATE)).to_have_text("Connected", timeout=30_000)
+    expect(page.locator(STATUS)).to_have_text("Running")
+    screenshot(page, "08b-instance-restarted")
+
+
 def _tokens(page: Page, server: LiveServer) -> None:
     page.get_by_role("link", name="API tokens").click()
     expect(page).to_have_url(re.compile(r"/dashboard/settings/tokens$"))
@@ -214,6 +240,7 @@ def test_dashboard_end_to_end(browsing: Browsing, server: LiveServer) -> None:
     _terminal_and_logs(page)
     _reconnects(page, sockets)
     _stop_and_start(page)
+    _restart(page)
 
     page.goto("/dashboard")
     expect(page.locator("[data-instance] .status")).to_have_text("Running")

@@ -60,9 +60,11 @@ const CONFIRM = {
 
 // Run `action` on `instance`; true when the server accepted it. Errors land in `errorSlot`,
 // with a button to dismiss them.
-export async function runAction(instance, action, { container, button, errorSlot }) {
+// `onConfirmed` runs once the user has said yes, before the request is sent.
+export async function runAction(instance, action, { container, button, errorSlot, onConfirmed }) {
   const ask = CONFIRM[action];
   if (ask && !(await confirmDialog(ask(instance.name)))) return false;
+  onConfirmed?.();
   showDismissible(errorSlot, "");
   const label = button.textContent;
   container.dataset.busy = action;

@@ -27,7 +27,7 @@ function render(current) {
   instance = current;
   for (const node of fields("name")) node.textContent = current.name;
   document.title = `${current.name} · Gentity`;
-  for (const node of fields("status")) renderStatus(node, current.status);
+  for (const node of fields("status")) renderStatus(node, transition || current.status);
   showLabels(agents, current, fields("agent")[0], fields("model")[0]);
   for (const node of fields("created")) setTime(node, current.createdAt);
   for (const node of fields("errorMessage")) showMessage(node, current.errorMessage || "");
@@ -42,6 +42,10 @@ function statusReason(status) {
 }
 
 let gone = false;
+// While an action from this page is under way its badge says so (Stopping, Restarting…), even
+// where the server answers only once it is done.
+const TRANSITION = { start: "starting", stop: "stopping", restart: "restarting" };
+let transition = null;
 
 async function refresh() {
   clearTimeout(timer);
@@ -72,8 +76,22 @@ for (const button of actions.querySelectorAll("[data-action]")) {
     if (!instance) return;
     const action = button.dataset.action;
     // A refusal stays next to the buttons until the next action; polling does not clear it.
-    const ok = await runAction(instance, action, { container: actions, button, errorSlot: actionError });
-    if (!ok) return;
+    const ok = await runAction(instance, action, {
+      container: actions,
+      button,
+      errorSlot: actionError,
+      onConfirmed: () => {
+        transition = TRANSITION[action] || null;
+        if (transition) for (const node of fields("status")) renderStatus(node, transition);
+        if (action === "restart") terminal.expectRestart();
+      },
+    });
+    transition = null;
+    if (!ok) {
+      terminal.cancelRestart();
+      if (instance) render(instance);
+      return;
+    }
     if (action === "delete") {
       location.assign("/dashboard");
       return;
