@@ -102,14 +102,23 @@ class Browsing:
     contexts: list[BrowserContext] = field(default_factory=list)
 
     def context(
-        self, viewport: ViewportSize | None = None, signed_in_as: Page | None = None
+        self,
+        viewport: ViewportSize | None = None,
+        signed_in_as: Page | None = None,
+        *,
+        bypass_csp: bool = False,
     ) -> BrowserContext:
-        """A fresh browser profile; ``signed_in_as`` copies that page's cookies into it."""
+        """A fresh browser profile; ``signed_in_as`` copies that page's cookies into it.
+
+        ``bypass_csp`` lets the test inject a checker (axe-core) the page's CSP would refuse;
+        the pages' own compliance with their CSP is checked by every other context.
+        """
         made = self.browser.new_context(
             base_url=self.server.url,
             viewport=viewport or LAPTOP,
             locale="en-GB",
             storage_state=signed_in_as.context.storage_state() if signed_in_as else None,
+            bypass_csp=bypass_csp,
         )
         made.set_default_timeout(15_000)
         made.on("page", self.problems.watch)

@@ -51,3 +51,20 @@ def run_in_terminal(page: Page, command: str) -> None:
     page.locator("[data-terminal-screen]").click()
     page.keyboard.type(command)
     page.keyboard.press("Enter")
+
+
+# The left and right edges of the header's content and of the page's content, padding excluded.
+_EDGES = """() => {
+  const inner = (node) => {
+    const box = node.getBoundingClientRect();
+    const style = getComputedStyle(node);
+    return [box.left + parseFloat(style.paddingLeft), box.right - parseFloat(style.paddingRight)];
+  };
+  const header = document.querySelector(".site-header__inner");
+  return [inner(header), inner(document.querySelector("main"))];
+}"""
+
+
+def assert_header_and_content_line_up(page: Page) -> None:
+    header, content = page.evaluate(_EDGES)
+    assert [round(x) for x in header] == [round(x) for x in content], (page.url, header, content)

@@ -6,11 +6,11 @@ import re
 
 import httpx
 import pytest
-from playwright.sync_api import Page, WebSocketRoute, expect
+from playwright.sync_api import Page, Route, WebSocketRoute, expect
 
 from tests.conftest import PASSWORD, LiveServer
 from tests.web.conftest import PHONE, Browsing, screenshot
-from tests.web.helpers import ADMIN, run_in_terminal
+from tests.web.helpers import ADMIN, assert_header_and_content_line_up, run_in_terminal
 
 STATUS = ".page-head [data-field=status]"
 TERMINAL_STATE = "[data-terminal-state]"
@@ -51,7 +51,9 @@ def _sign_out_and_back_in(page: Page) -> None:
 
 
 def _create_instance(page: Page) -> str:
-    page.get_by_role("link", name="New instance").click()
+    # An empty list has one "new" button: the empty state's.
+    expect(page.get_by_role("link", name="New instance")).to_be_hidden()
+    page.get_by_role("link", name="Create your first instance").click()
     expect(page.get_by_label("Claude Code", exact=True)).to_be_visible()
     page.get_by_label("Claude Code", exact=True).check()
     expect(page.get_by_label("API key")).to_be_visible()
@@ -65,6 +67,7 @@ def _create_instance(page: Page) -> str:
     page.get_by_label("Shell", exact=True).check()
     expect(page.get_by_label("API key")).to_be_hidden()
     expect(page.get_by_label("Model")).to_have_value("none/bash")
+    expect(page.get_by_label("Model").locator("option")).to_have_text(["Bash login shell"])
     page.get_by_role("button", name="Create instance").click()
     expect(page.locator("[data-progress]")).to_be_visible()
     screenshot(page, "06-new-instance-creating")
@@ -74,12 +77,15 @@ def _create_instance(page: Page) -> str:
 
 def _terminal_and_logs(page: Page) -> None:
     expect(page.locator(STATUS)).to_have_text("Running")
+    expect(page.locator(".details [data-field=agent]")).to_have_text("Shell")
+    expect(page.locator(".details [data-field=model]")).to_have_text("Bash login shell")
     expect(page.locator(TERMINAL_STATE)).to_have_text("Connected", timeout=30_000)
     run_in_terminal(page, "echo hello-$((6*7))")
     expect(page.locator(TERMINAL_ROWS)).to_contain_text("hello-42", timeout=15_000)
     # The agent's output goes to its log, which the page follows.
     expect(page.locator("[data-logs]")).to_contain_text("hello-42", timeout=15_000)
     screenshot(page, "07-instance")
+    assert_header_and_content_line_up(page)
 
 
 def _reconnects(page: Page, sockets: list[WebSocketRoute]) -> None:
@@ -102,17 +108,53 @@ def _reconnects(page: Page, sockets: list[WebSocketRoute]) -> None:
 
 def _stop_and_start(page: Page) -> None:
     page.get_by_role("button", name="Stop", exact=True).click()
+    page.get_by_role("dialog").get_by_role("button", name="Stop instance").click()
     expect(page.locator(STATUS)).to_have_text("Stopped", timeout=60_000)
     expect(page.locator(TERMINAL_STATE)).to_contain_text("stopped")
     expect(page.get_by_role("button", name="Start", exact=True)).to_be_enabled()
     expect(page.get_by_role("button", name="Stop", exact=True)).to_be_disabled()
     screenshot(page, "08-instance-stopped")
+    # The full-screen page of a stopped instance says so, and offers the way to start it.
+    with page.context.expect_page() as opened:
+        page.get_by_role("link", name="Open full screen").click()
+    full = opened.value
+    expect(full.locator("[data-field=status]")).to_have_text("Stopped")
+    full.get_by_role("link", name="Start in the dashboard").click()
+    expect(full).to_have_url(page.url)
+    expect(full.get_by_role("button", name="Start", exact=True)).to_be_enabled()
+    full.close()
     page.get_by_role("button", name="Start", exact=True).click()
     expect(page.locator(STATUS)).to_have_text("Running", timeout=60_000)
     # The terminal comes back by itself, and works.
     expect(page.locator(TERMINAL_STATE)).to_have_text("Connected", timeout=30_000)
     run_in_terminal(page, "echo again-$((7*7))")
     expect(page.locator(TERMINAL_ROWS)).to_contain_text("again-49", timeout=15_000)
+
+
+def _restart(page: Page) -> None:
+    """A restart asked for here reads as one: a Restarting badge, no "process exited" report."""
+    held: list[Route] = []
+    page.route(re.compile(r"/action$"), lambda route: held.append(route))
+    page.get_by_role("button", name="Restart", exact=True).click()
+    page.get_by_role("dialog").get_by_role("button", name="Restart instance").click()
+    # The server has not answered yet (the test holds the request); polls meanwhile do not
+    # put "Running" back on the badge.
+    for _ in range(100):
+        if held:
+            break
+        page.wait_for_timeout(50)
+    expect(page.locator(STATUS)).to_have_text("Restarting")
+    page.wait_for_timeout(3500)
+    expect(page.locator(STATUS)).to_have_text("Restarting")
+    held[0].continue_()
+    page.unroute(re.compile(r"/action$"))
+    expect(page.locator(TERMINAL_ROWS)).to_contain_text(
+        "restarted: a fresh session", timeout=60_000
+    )
+    expect(page.locator(TERMINAL_ROWS)).not_to_contain_text("exited with")
+    expect(page.locator(TERMINAL_STATE)).to_have_text("Connected", timeout=30_000)
+    expect(page.locator(STATUS)).to_have_text("Running")
+    screenshot(page, "08b-instance-restarted")
 
 
 def _tokens(page: Page, server: LiveServer) -> None:
@@ -153,6 +195,7 @@ def _delete_from_list(page: Page) -> None:
     row = page.locator("[data-instance]")
     expect(row).to_have_count(1)
     expect(row.locator(".status")).to_have_text("Running")
+    row.locator("summary").click()
     row.get_by_role("button", name="Delete").click()
     dialog = page.locator("#confirm-dialog")
     expect(dialog).to_be_visible()
@@ -161,10 +204,23 @@ def _delete_from_list(page: Page) -> None:
     page.keyboard.press("Escape")
     expect(dialog).to_be_hidden()
     expect(row).to_have_count(1)
+    # Another tab has the instance open while it is deleted here.
+    other = page.context.new_page()
+    other.goto(row.get_by_role("link").first.get_attribute("href") or "")
+    expect(other.locator(STATUS)).to_have_text("Running")
+    # Not following its log: a followed log keeps the volume busy and holds up the delete
+    # (a server-side matter, tracked separately from the page's).
+    other.get_by_label("Follow").uncheck()
+    row.locator("summary").click()
     row.get_by_role("button", name="Delete").click()
     dialog.get_by_role("button", name="Delete instance").click()
     expect(row).to_have_count(0, timeout=60_000)
     expect(page.locator("[data-empty]")).to_be_visible()
+    # That tab says it is gone, with a badge to match and nothing left to press.
+    expect(other.locator("[data-refresh-error]")).to_have_text("This instance no longer exists.")
+    expect(other.locator(STATUS)).to_have_text("Deleted")
+    expect(other.get_by_role("button", name="Stop", exact=True)).to_be_disabled()
+    other.close()
 
 
 @pytest.mark.timeout(420)
@@ -184,6 +240,7 @@ def test_dashboard_end_to_end(browsing: Browsing, server: LiveServer) -> None:
     _terminal_and_logs(page)
     _reconnects(page, sockets)
     _stop_and_start(page)
+    _restart(page)
 
     page.goto("/dashboard")
     expect(page.locator("[data-instance] .status")).to_have_text("Running")
@@ -200,6 +257,11 @@ def test_dashboard_end_to_end(browsing: Browsing, server: LiveServer) -> None:
         small.wait_for_load_state("networkidle")
         if "instances/" in path:
             expect(small.locator(TERMINAL_STATE)).to_have_text("Connected", timeout=30_000)
+            # A log line's message gets the width, not its time and level.
+            message = small.locator("[data-logs] .log__message").first.bounding_box()
+            logs = small.locator("[data-logs]").bounding_box()
+            assert message and logs and message["width"] > 0.85 * logs["width"], (message, logs)
+        assert_header_and_content_line_up(small)
         assert small.evaluate("document.documentElement.scrollWidth <= window.innerWidth + 1"), (
             f"{path} scrolls sideways on a phone"
         )

@@ -79,7 +79,7 @@ def test_a_code_opens_one_session_on_its_own_subdomain_once(
         # Dashboard pages are not served on a subdomain: they live on the main host.
         moved = sub_client.get("/dashboard", headers={"Host": _sub_host(server, sub)})
         assert moved.status_code == 303
-        assert moved.headers["location"] == f"http://localhost:{server.port}/dashboard"
+        assert moved.headers["location"] == f"http://127.0.0.1:{server.port}/dashboard"
 
 
 def test_forged_expired_and_orphaned_codes_are_refused(
@@ -115,7 +115,7 @@ def test_anonymous_and_unknown_subdomains(server: LiveServer, admin: httpx.Clien
         answer = anonymous.get("/", headers={"Host": f"sh-abcdef.localhost:{server.port}"})
         assert answer.status_code == 303
         assert answer.headers["location"] == (
-            f"http://localhost:{server.port}/dashboard/open/sh-abcdef"
+            f"http://127.0.0.1:{server.port}/dashboard/open/sh-abcdef"
         )
     missing = admin.get("/dashboard/open/sh-abcdef")
     assert missing.status_code == 404 and "text/html" in missing.headers["content-type"]

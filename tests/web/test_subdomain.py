@@ -13,7 +13,7 @@ import pytest
 from playwright.sync_api import Request, expect
 
 from tests.conftest import LiveServer
-from tests.web.conftest import Browsing, screenshot
+from tests.web.conftest import PHONE, Browsing, screenshot
 from tests.web.helpers import create_shell_instance, run_in_terminal, set_up_admin, sign_in
 
 
@@ -27,6 +27,18 @@ def test_subdomain_terminal_is_for_its_owner_only(
     subdomain = owner.locator("[data-field=subdomainLink]").inner_text()
     sub_origin = f"http://{subdomain}.localhost:{server.port}"
     expect(owner.locator("[data-terminal-state]")).to_have_text("Connected", timeout=30_000)
+
+    # Straight to the subdomain, as a bookmark would: the main host is the one the owner
+    # signed in on (127.0.0.1, what the server prints), so there is no second sign-in.
+    direct = browsing.context(signed_in_as=owner).new_page()
+    direct.goto(f"{sub_origin}/")
+    expect(direct).to_have_url(f"{sub_origin}/")
+    expect(direct.locator("[data-terminal-state]")).to_have_text("Connected", timeout=30_000)
+    # And localhost is the same dashboard, under its one name.
+    direct.goto(f"http://localhost:{server.port}/dashboard")
+    expect(direct).to_have_url(f"{server.url}/dashboard")
+    expect(direct.get_by_role("button", name="Sign out")).to_be_visible()
+    direct.close()
 
     # The owner follows "Open full screen": a new tab on the subdomain, signed in by handoff.
     handoffs: list[str] = []
@@ -55,6 +67,14 @@ def test_subdomain_terminal_is_for_its_owner_only(
         full.wait_for_timeout(100)
     else:
         raise AssertionError("the terminal did not shrink with the window")
+    # On a phone every control of the top bar is whole: nothing cut off with an ellipsis.
+    full.set_viewport_size(PHONE)
+    bar = full.locator(".fullscreen__bar")
+    for child in bar.locator("> *:visible").all():
+        whole = child.evaluate("node => node.scrollWidth <= node.clientWidth + 1")
+        assert whole, child.inner_text()
+    assert full.evaluate("document.documentElement.scrollWidth <= window.innerWidth + 1")
+    screenshot(full, "phone-subdomain-terminal", full_page=False)
     full.set_viewport_size({"width": 1366, "height": 860})
     screenshot(full, "20-subdomain-terminal", full_page=False)
     assert len(handoffs) == 1
@@ -71,9 +91,7 @@ def test_subdomain_terminal_is_for_its_owner_only(
     # Anonymous: sent to sign in on the main host, which then hands over (to owners only).
     anonymous = browsing.page()
     anonymous.goto(f"{sub_origin}/")
-    expect(anonymous).to_have_url(
-        f"http://localhost:{server.port}/login?next=/dashboard/open/{subdomain}"
-    )
+    expect(anonymous).to_have_url(f"{server.url}/login?next=/dashboard/open/{subdomain}")
 
     # Another user, signed in: a 404 page, on the subdomain link and on the handoff route.
     make_user("other@example.com")

@@ -83,6 +83,44 @@ def _base_name(name: str) -> str:
     return "localhost" if _is_loopback(name) else name
 
 
+def _loopback_name(settings: Settings) -> str:
+    """The loopback name ``gentity serve`` prints when no public URL is set (``127.0.0.1``)."""
+    bound = settings.host
+    return bound if _is_loopback(bound) else "127.0.0.1"
+
+
+def _same_host(a: HostName, b: HostName, scheme: str) -> bool:
+    default = 443 if scheme == "https" else 80
+    return a.name == b.name and (a.port or default) == (b.port or default)
+
+
+def canonical_url(request: Request, settings: Settings) -> str | None:
+    """Where a main-host page request belongs when it came in under another name of this
+    server, or None when it is already there (or on an instance's subdomain).
+
+    Cookies are per host, so one dashboard must have one origin: with ``GENTITY_PUBLIC_URL``
+    that is the public URL, whatever name reached us; without it, only the loopback names are
+    aliases (``localhost`` and ``127.0.0.1`` are the same server), and the one ``gentity
+    serve`` prints wins. The scheme is not compared: behind a TLS proxy the request is http.
+    """
+    host = request_host(request)
+    if host is None or instance_subdomain(request, settings) is not None:
+        return None
+    public = _public_host(settings)
+    if public:
+        scheme, canonical = public
+        if _same_host(host, canonical, scheme):
+            return None
+        origin = f"{scheme}://{canonical.netloc}"
+    else:
+        name = _loopback_name(settings)
+        if not _is_loopback(host.name) or host.name == name:
+            return None
+        origin = f"{request.url.scheme}://{HostName(name, host.port).netloc}"
+    query = f"?{request.url.query}" if request.url.query else ""
+    return f"{origin}{request.url.path}{query}"
+
+
 def instance_subdomain(request: Request, settings: Settings) -> str | None:
     """The instance subdomain this request was addressed to, or None on the main host."""
     host = request_host(request)
@@ -110,7 +148,9 @@ def main_origin(request: Request, settings: Settings) -> str:
     if host is None:
         return ""
     _, _, parent = host.name.partition(".")
-    return f"{request.url.scheme}://{HostName(parent, host.port).netloc}"
+    # ``<sub>.localhost`` hangs off the loopback address the dashboard is known by.
+    name = _loopback_name(settings) if parent == "localhost" and not public else parent
+    return f"{request.url.scheme}://{HostName(name, host.port).netloc}"
 
 
 def subdomain_origin(request: Request, settings: Settings, subdomain: str) -> str | None:

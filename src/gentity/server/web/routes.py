@@ -28,7 +28,12 @@ from gentity.server.db.ids import utcnow
 from gentity.server.db.orm import Instance
 from gentity.server.services import accounts
 from gentity.server.web import handoff
-from gentity.server.web.hosts import instance_subdomain, main_origin, subdomain_origin
+from gentity.server.web.hosts import (
+    canonical_url,
+    instance_subdomain,
+    main_origin,
+    subdomain_origin,
+)
 from gentity.server.web.pages import not_found, render
 
 router = APIRouter(include_in_schema=False)
@@ -85,11 +90,16 @@ def _to_login(request: Request) -> Response:
 
 
 def _off_subdomain(request: Request) -> Response | None:
-    """Dashboard pages live on the main host only; send a subdomain visitor over there."""
-    if instance_subdomain(request, _ctx(request).settings) is None:
+    """Dashboard pages live on the main host only, under one name: send a visitor on a
+    subdomain, or on another name of this server, over there before anything else (a sign-in
+    on a second name would be a second, separate session)."""
+    settings = _ctx(request).settings
+    if (elsewhere := canonical_url(request, settings)) is not None:
+        return _redirect(elsewhere)
+    if instance_subdomain(request, settings) is None:
         return None
     here = request.url.path + (f"?{request.url.query}" if request.url.query else "")
-    return _redirect(main_origin(request, _ctx(request).settings) + here)
+    return _redirect(main_origin(request, settings) + here)
 
 
 async def _owned_instance(
@@ -109,6 +119,8 @@ async def root(request: Request, db: Db) -> Response:
     sub = instance_subdomain(request, _ctx(request).settings)
     if sub is not None:
         return await _subdomain_terminal(request, db, sub)
+    if (away := _off_subdomain(request)) is not None:
+        return away
     if await accounts.count_users(db) == 0:
         return _redirect("/setup")
     if await _principal(request, db) is None:
@@ -281,5 +293,7 @@ async def _subdomain_terminal(request: Request, db: AsyncSession, sub: str) -> R
 @router.get("/dashboard/{rest:path}")
 async def unknown_page(request: Request, db: Db, rest: str) -> Response:
     """A browser following a stale link gets a page, not a JSON error."""
+    if (away := _off_subdomain(request)) is not None:
+        return away
     principal = await _principal(request, db)
     return not_found(request, user=principal.user if principal else None)

@@ -2,7 +2,7 @@
 // Buttons are enabled only where the status allows the action; the server still decides, and
 // its refusal (409) is shown next to the buttons.
 import { api } from "./api.js";
-import { confirmDialog, showMessage } from "./ui.js";
+import { confirmDialog, showDismissible } from "./ui.js";
 
 const ALLOWED = {
   start: ["stopped", "error"],
@@ -38,18 +38,34 @@ export function updateActionButtons(container, status) {
   }
 }
 
-// Run `action` on `instance`; true when the server accepted it. Errors land in `errorSlot`.
-export async function runAction(instance, action, { container, button, errorSlot }) {
-  if (action === "delete") {
-    const confirmed = await confirmDialog({
-      title: `Delete ${instance.name}?`,
-      body:
-        "This destroys the machine and its volume, with every file on it. It cannot be undone.",
-      confirmLabel: "Delete instance",
-    });
-    if (!confirmed) return false;
-  }
-  showMessage(errorSlot, "");
+// What each action asks before it runs: stopping or restarting ends whatever the agent is doing,
+// deleting loses the volume. Start asks nothing.
+const CONFIRM = {
+  stop: (name) => ({
+    title: `Stop ${name}?`,
+    body: "The agent and everything running in its terminal end now. Files on the volume are kept; start it again at any time.",
+    confirmLabel: "Stop instance",
+  }),
+  restart: (name) => ({
+    title: `Restart ${name}?`,
+    body: "The agent and everything running in its terminal end and start afresh. Files on the volume are kept.",
+    confirmLabel: "Restart instance",
+  }),
+  delete: (name) => ({
+    title: `Delete ${name}?`,
+    body: "This destroys the machine and its volume, with every file on it. It cannot be undone.",
+    confirmLabel: "Delete instance",
+  }),
+};
+
+// Run `action` on `instance`; true when the server accepted it. Errors land in `errorSlot`,
+// with a button to dismiss them.
+// `onConfirmed` runs once the user has said yes, before the request is sent.
+export async function runAction(instance, action, { container, button, errorSlot, onConfirmed }) {
+  const ask = CONFIRM[action];
+  if (ask && !(await confirmDialog(ask(instance.name)))) return false;
+  onConfirmed?.();
+  showDismissible(errorSlot, "");
   const label = button.textContent;
   container.dataset.busy = action;
   updateActionButtons(container, instance.status);
@@ -61,7 +77,7 @@ export async function runAction(instance, action, { container, button, errorSlot
     return true;
   } catch (error) {
     const verb = action === "delete" ? "delete" : action;
-    showMessage(errorSlot, `Could not ${verb} ${instance.name}: ${error.message}`);
+    showDismissible(errorSlot, `Could not ${verb} ${instance.name}: ${error.message}`);
     return false;
   } finally {
     delete container.dataset.busy;

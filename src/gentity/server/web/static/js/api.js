@@ -28,10 +28,12 @@ function describe(status, body) {
 }
 
 // What to do when the session is gone; pages on an instance subdomain override it.
-let onUnauthorized = () => {
+export function signInAgain() {
   const here = location.pathname + location.search;
   location.assign(`/login?next=${encodeURIComponent(here)}`);
-};
+}
+
+let onUnauthorized = signInAgain;
 
 export function setUnauthorizedHandler(handler) {
   onUnauthorized = handler;

@@ -1,27 +1,47 @@
-// /dashboard: the user's instances, refreshed every few seconds, with lifecycle buttons.
+// /dashboard: the user's instances, refreshed every few seconds. Each row opens its instance;
+// lifecycle actions sit in a menu. Search and sort work on the rows already loaded.
 import "./common.js";
 import { api } from "./api.js";
 import { renderStatus, runAction, updateActionButtons } from "./actions.js";
-import { setTime, showMessage } from "./ui.js";
+import { loadAgents, showLabels } from "./catalog.js";
+import { formatDate, relativeTime, showMessage } from "./ui.js";
 
 const POLL_MS = 3000;
 const list = document.getElementById("instances");
 const rowTemplate = document.getElementById("instance-row");
 const empty = document.querySelector("[data-empty]");
 const listError = document.querySelector("[data-list-error]");
+const newButton = document.querySelector("[data-new-instance]");
+const tools = document.querySelector("[data-list-tools]");
+const search = document.getElementById("search");
+const sort = document.getElementById("sort");
+const noMatch = document.querySelector("[data-no-match]");
 const rows = new Map(); // id -> {node, instance}
 let timer = null;
+let agents = [];
+let latest = [];
 
 function field(node, name) {
   return node.querySelector(`[data-field="${name}"]`);
+}
+
+function closeMenus(except) {
+  for (const menu of list.querySelectorAll("details[data-menu][open]")) {
+    if (menu !== except) menu.open = false;
+  }
 }
 
 function createRow(instance) {
   const node = rowTemplate.content.firstElementChild.cloneNode(true);
   node.dataset.instanceId = instance.id;
   const entry = { node, instance };
+  const menu = node.querySelector("[data-menu]");
+  menu.addEventListener("toggle", () => menu.open && closeMenus(menu));
   for (const button of node.querySelectorAll("[data-action]")) {
     button.addEventListener("click", async () => {
+      menu.open = false;
+      // The menu's button is where focus returns after the confirmation dialog.
+      menu.querySelector("summary").focus();
       const ok = await runAction(entry.instance, button.dataset.action, {
         container: node,
         button,
@@ -30,6 +50,11 @@ function createRow(instance) {
       if (ok) refresh();
     });
   }
+  // A click anywhere else on the row opens the instance, as its name does.
+  node.addEventListener("click", (event) => {
+    if (event.target.closest("a, button, summary, details, [role=alert]")) return;
+    location.assign(field(node, "link").href);
+  });
   return entry;
 }
 
@@ -37,25 +62,51 @@ function createRow(instance) {
 function fillRow(entry, instance) {
   const { node } = entry;
   entry.instance = instance;
+  const href = `/dashboard/instances/${encodeURIComponent(instance.id)}`;
   const link = field(node, "link");
   link.textContent = instance.name;
-  link.href = `/dashboard/instances/${encodeURIComponent(instance.id)}`;
-  field(node, "agent").textContent = instance.agentType;
-  field(node, "model").textContent = `${instance.modelProvider}/${instance.modelName}`;
-  field(node, "subdomain").textContent = instance.subdomain;
-  setTime(field(node, "created"), instance.createdAt);
+  link.href = href;
+  const open = field(node, "open");
+  open.href = href;
+  open.setAttribute("aria-label", `Open ${instance.name}`);
+  field(node, "menuButton").setAttribute("aria-label", `Actions for ${instance.name}`);
+  showLabels(agents, instance, field(node, "agent"), field(node, "model"));
+  const subdomain = field(node, "subdomain");
+  subdomain.textContent = instance.subdomain;
+  subdomain.href = `/dashboard/open/${encodeURIComponent(instance.subdomain)}`;
+  subdomain.title = "Open the terminal full screen";
+  const created = field(node, "created");
+  created.textContent = relativeTime(instance.createdAt);
+  created.setAttribute("datetime", instance.createdAt);
+  created.title = formatDate(instance.createdAt);
   showMessage(field(node, "errorMessage"), instance.errorMessage || "");
   renderStatus(field(node, "status"), instance.status);
   node.dataset.status = instance.status;
   updateActionButtons(node, instance.status);
 }
 
+const ORDER = {
+  created: (a, b) => (a.createdAt < b.createdAt ? 1 : a.createdAt > b.createdAt ? -1 : 0),
+  name: (a, b) => a.name.localeCompare(b.name),
+  status: (a, b) => a.status.localeCompare(b.status) || a.name.localeCompare(b.name),
+};
+
+// Every word of the search appears in the name, subdomain, agent or model (as shown).
+function matches(node, words) {
+  const shown = ["link", "subdomain", "agent", "model"].map((name) => field(node, name).textContent);
+  const text = shown.join(" ").toLowerCase();
+  return words.every((word) => text.includes(word));
+}
+
 function render(instances) {
+  latest = instances;
   list.querySelector("[data-loading]")?.remove();
   list.removeAttribute("aria-busy");
   const seen = new Set();
+  const words = search.value.toLowerCase().split(/\s+/).filter(Boolean);
   let previous = null;
-  for (const instance of instances) {
+  let shown = 0;
+  for (const instance of [...instances].sort(ORDER[sort.value] || ORDER.created)) {
     seen.add(instance.id);
     let entry = rows.get(instance.id);
     if (!entry) {
@@ -63,7 +114,9 @@ function render(instances) {
       rows.set(instance.id, entry);
     }
     fillRow(entry, instance);
-    // Keep the server's order (newest first) without re-inserting rows that are in place.
+    entry.node.hidden = !matches(entry.node, words);
+    if (!entry.node.hidden) shown += 1;
+    // Keep the chosen order without re-inserting rows that are in place.
     const expected = previous ? previous.nextElementSibling : list.firstElementChild;
     if (expected !== entry.node) {
       if (previous) previous.after(entry.node);
@@ -78,6 +131,10 @@ function render(instances) {
     }
   }
   empty.hidden = instances.length > 0;
+  tools.hidden = instances.length === 0;
+  noMatch.hidden = instances.length === 0 || shown > 0;
+  // An empty list has one call to action: the empty state's own button.
+  newButton.hidden = instances.length === 0;
 }
 
 async function refresh() {
@@ -94,10 +151,28 @@ async function refresh() {
   }
 }
 
+search.addEventListener("input", () => render(latest));
+sort.addEventListener("change", () => render(latest));
+// A click outside a menu, or Escape, closes it.
+document.addEventListener("click", (event) => {
+  if (!event.target.closest("details[data-menu]")) closeMenus(null);
+});
+document.addEventListener("keydown", (event) => {
+  if (event.key !== "Escape") return;
+  const open = list.querySelector("details[data-menu][open]");
+  if (!open) return;
+  open.open = false;
+  open.querySelector("summary").focus();
+});
+
 // A hidden tab does not poll; it catches up the moment it is shown again.
 document.addEventListener("visibilitychange", () => {
   if (!document.hidden) refresh();
   else clearTimeout(timer);
 });
 
-refresh();
+loadAgents()
+  .then((found) => {
+    agents = found;
+  })
+  .finally(refresh);

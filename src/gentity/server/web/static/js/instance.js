@@ -4,6 +4,7 @@ import { api } from "./api.js";
 import { renderStatus, runAction, updateActionButtons } from "./actions.js";
 import { LogsPane } from "./logs.js";
 import { TerminalPane } from "./terminal.js";
+import { loadAgents, showLabels } from "./catalog.js";
 import { setTime, showMessage } from "./ui.js";
 
 const POLL_MS = 3000;
@@ -16,6 +17,7 @@ const terminal = new TerminalPane(document.querySelector("[data-terminal]"), ins
 const logs = new LogsPane(document.querySelector("[aria-labelledby=logs-heading]"), instanceId);
 let instance = null;
 let timer = null;
+let agents = [];
 
 function fields(name) {
   return document.querySelectorAll(`[data-field="${name}"]`);
@@ -25,9 +27,8 @@ function render(current) {
   instance = current;
   for (const node of fields("name")) node.textContent = current.name;
   document.title = `${current.name} · Gentity`;
-  for (const node of fields("status")) renderStatus(node, current.status);
-  for (const node of fields("agent")) node.textContent = current.agentType;
-  for (const node of fields("model")) node.textContent = `${current.modelProvider}/${current.modelName}`;
+  for (const node of fields("status")) renderStatus(node, transition || current.status);
+  showLabels(agents, current, fields("agent")[0], fields("model")[0]);
   for (const node of fields("created")) setTime(node, current.createdAt);
   for (const node of fields("errorMessage")) showMessage(node, current.errorMessage || "");
   updateActionButtons(actions, current.status);
@@ -41,6 +42,10 @@ function statusReason(status) {
 }
 
 let gone = false;
+// While an action from this page is under way its badge says so (Stopping, Restarting…), even
+// where the server answers only once it is done.
+const TRANSITION = { start: "starting", stop: "stopping", restart: "restarting" };
+let transition = null;
 
 async function refresh() {
   clearTimeout(timer);
@@ -50,6 +55,8 @@ async function refresh() {
   } catch (error) {
     if (error.status === 404) {
       gone = true;
+      // Deleted elsewhere (another tab, the CLI): the badge must not go on saying Running.
+      for (const node of fields("status")) renderStatus(node, "destroyed");
       terminal.setAvailable(false, "This instance no longer exists.");
       showMessage(refreshError, "This instance no longer exists.");
       updateActionButtons(actions, "destroyed");
@@ -69,8 +76,22 @@ for (const button of actions.querySelectorAll("[data-action]")) {
     if (!instance) return;
     const action = button.dataset.action;
     // A refusal stays next to the buttons until the next action; polling does not clear it.
-    const ok = await runAction(instance, action, { container: actions, button, errorSlot: actionError });
-    if (!ok) return;
+    const ok = await runAction(instance, action, {
+      container: actions,
+      button,
+      errorSlot: actionError,
+      onConfirmed: () => {
+        transition = TRANSITION[action] || null;
+        if (transition) for (const node of fields("status")) renderStatus(node, transition);
+        if (action === "restart") terminal.expectRestart();
+      },
+    });
+    transition = null;
+    if (!ok) {
+      terminal.cancelRestart();
+      if (instance) render(instance);
+      return;
+    }
     if (action === "delete") {
       location.assign("/dashboard");
       return;
@@ -84,5 +105,9 @@ document.addEventListener("visibilitychange", () => {
   else clearTimeout(timer);
 });
 
-refresh();
+loadAgents()
+  .then((found) => {
+    agents = found;
+  })
+  .finally(refresh);
 logs.start();

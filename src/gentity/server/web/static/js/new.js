@@ -11,6 +11,7 @@ const apiKeyField = form.querySelector("[data-api-key-field]");
 const progress = form.querySelector("[data-progress]");
 const elapsed = form.querySelector("[data-elapsed]");
 const submit = form.querySelector("[data-submit]");
+const cancel = form.querySelector("[data-cancel]");
 let agents = [];
 
 function selectedAgent() {
@@ -64,7 +65,7 @@ function onAgentChange() {
   }
   for (const model of agent.models) {
     const value = `${model.provider}/${model.name}`;
-    modelSelect.append(el("option", { value, text: `${model.label} (${model.provider})` }));
+    modelSelect.append(el("option", { value, text: model.label }));
   }
   modelSelect.disabled = false;
   apiKeyField.hidden = !agent.requiresApiKey;
@@ -90,8 +91,15 @@ function setCreating(creating) {
   submit.disabled = creating;
   submit.textContent = creating ? "Creating…" : "Create instance";
   progress.hidden = !creating;
+  // The server has no way to call a create off, so Cancel would only pretend to.
+  if (creating) cancel.setAttribute("aria-disabled", "true");
+  else cancel.removeAttribute("aria-disabled");
   form.setAttribute("aria-busy", String(creating));
 }
+
+cancel.addEventListener("click", (event) => {
+  if (cancel.getAttribute("aria-disabled") === "true") event.preventDefault();
+});
 
 form.addEventListener("change", (event) => {
   if (event.target.name === "agent") onAgentChange();

@@ -30,6 +30,7 @@ export class TerminalPane {
     this.retryTimer = null;
     this.wanted = false; // whether we should be connected (the instance is running)
     this.exited = false;
+    this.restarting = false; // a restart asked for on this page: its exit is no crash
 
     this.term = new window.Terminal({
       cursorBlink: true,
@@ -118,6 +119,10 @@ export class TerminalPane {
       this.attempts = 0;
       // The server replays recent output first: start from a clean screen.
       this.term.reset();
+      if (this.restarting) {
+        this.restarting = false;
+        this.term.write("\x1b[2m[restarted: a fresh session; earlier output is gone]\x1b[0m\r\n");
+      }
       this.fit();
       this.send({ type: "resize", cols: this.term.cols, rows: this.term.rows });
       this.setState("Connected", { tone: "on" });
@@ -139,6 +144,10 @@ export class TerminalPane {
     }
     if (message.type === "output" && typeof message.data === "string") {
       this.term.write(message.data);
+    } else if (message.type === "exit" && this.restarting) {
+      this.exited = true;
+      this.term.write("\r\n\x1b[2m[restarting the instance…]\x1b[0m\r\n");
+      this.setState("Restarting…", { tone: "busy" });
     } else if (message.type === "exit") {
       this.exited = true;
       const how = message.signal ? `signal ${message.signal}` : `code ${message.exitCode}`;
@@ -168,6 +177,16 @@ export class TerminalPane {
       tone: "busy",
     });
     this.retryTimer = setTimeout(() => this.connect(), delay);
+  }
+
+  // The next exit is a restart this page asked for: say so instead of reporting a crash.
+  expectRestart() {
+    this.restarting = true;
+  }
+
+  // The restart did not happen (refused or failed): exits are news again.
+  cancelRestart() {
+    this.restarting = false;
   }
 
   disconnect() {

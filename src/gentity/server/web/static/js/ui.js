@@ -20,6 +20,16 @@ export function showMessage(target, message) {
   target.hidden = !message;
 }
 
+// Like showMessage, with a "Dismiss" button that hides the message again.
+export function showDismissible(target, message) {
+  if (!target || !message) return showMessage(target, "");
+  const dismiss = el("button", { type: "button", className: "dismiss", "aria-label": "Dismiss", text: "×" });
+  dismiss.addEventListener("click", () => showMessage(target, ""));
+  target.replaceChildren(el("span", { text: message }), dismiss);
+  target.classList.add("form-error--dismissible");
+  target.hidden = false;
+}
+
 // Show an error for a form next to the field it names ("email: not a valid address" sits
 // under the email input), else in the form's general error slot. Inputs are left as typed.
 export function showFormError(form, message, fieldName) {
