@@ -213,6 +213,7 @@ class PtySession:
         replay_bytes: int = 0,
         logger: LineLogger | None = None,
         on_activity: Callable[[], None] | None = None,
+        on_output: Callable[[bytes], None] | None = None,
     ) -> None:
         self._argv = list(argv)
         self._executable = executable
@@ -224,6 +225,7 @@ class PtySession:
         self.replay = ReplayBuffer(replay_bytes) if replay_bytes > 0 else None
         self._logger = logger
         self._on_activity = on_activity
+        self._on_output = on_output
         self.viewers: set[Viewer] = set()
         self.pid: int | None = None
         self.started_at: float | None = None
@@ -412,6 +414,8 @@ class PtySession:
                 self.viewers.discard(viewer)
         if self._logger is not None:
             self._logger.feed(data)
+        if self._on_output is not None:
+            self._on_output(data)
         if any(v.backlog > HIGH_WATER for v in self.viewers):
             self._pause_reading()
 
