@@ -20,7 +20,10 @@ async def test_crash_backoff_and_recovery(guest_factory, tmp_path: Path) -> None
     volume = tmp_path / "volume"
     volume.mkdir()
     # Fails twice, then stays up waiting for input like an agent at its prompt.
-    script = 'n=$(cat runs 2>/dev/null || echo 0); echo $((n+1)) > runs; [ "$n" -ge 2 ] || exit 3; echo "> "; exec cat'
+    script = (
+        "n=$(cat runs 2>/dev/null || echo 0); echo $((n+1)) > runs; "
+        '[ "$n" -ge 2 ] || exit 3; echo "> "; exec cat'
+    )
     guest: GuestProc = guest_factory(
         command=["bash", "-c", script], ready={"quietMs": 300}, restart="always"
     )
