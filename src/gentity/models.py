@@ -152,6 +152,35 @@ class InstanceStatus(StrEnum):
     DESTROYED = "destroyed"
 
 
+class AgentState(StrEnum):
+    """What the agent inside a running instance is doing, as its guest reports it."""
+
+    INSTALLING = "installing"
+    """Its CLI is being installed (first use of this agent on this host)."""
+    STARTING = "starting"
+    """Its process runs but is not waiting for input yet."""
+    READY = "ready"
+    """Up and waiting for input, by the catalog's readiness rule for the agent."""
+    CRASHED = "crashed"
+    """It failed (install, start or a failing exit) and is not restarted."""
+    BACKOFF = "backoff"
+    """It exited; it is restarted after a delay that grows while it keeps crashing."""
+    EXITED = "exited"
+    """It exited cleanly and is not restarted."""
+
+
+class AgentHealth(WireModel):
+    """The agent's health inside a running instance."""
+
+    state: AgentState
+    restarts: int
+    last_exit_code: int | None
+    """The last exit code (128 + the signal number when a signal ended it)."""
+    last_exit_at: datetime | None
+    ready_at: datetime | None
+    """When the current run became ready (null while not ready)."""
+
+
 class Instance(WireModel):
     id: str
     name: str
@@ -164,6 +193,9 @@ class Instance(WireModel):
     error_message: str | None
     created_at: datetime
     updated_at: datetime
+    agent: AgentHealth | None = None
+    """The agent's health while the instance runs; null otherwise or when its guest does
+    not answer in time."""
 
 
 class InstanceList(WireModel):

@@ -194,3 +194,11 @@ async def test_line_logger() -> None:
     logger.feed(b"tail")
     logger.close()
     assert lines[-1] == "tail"
+
+
+def test_cursor_moves_between_words_keep_the_words_apart() -> None:
+    # Ink moves right instead of printing spaces; ratatui jumps over blank cells.
+    assert strip_terminal("Unable\x1b[1Cto\x1b[2Cconnect") == "Unable to  connect"
+    assert strip_terminal("to\x1b[3;12HAnthropic\x1b[20Gservices\x1b[K") == "to Anthropic services"
+    assert strip_terminal("\x1b[1;1H\x1b[1mbold\x1b[0m\x1b[5`x") == "bold x"
+    assert strip_terminal("é\x1b[31m中\x1b[0m") == "é中"  # no move, no gap

@@ -6,11 +6,12 @@ The data is ``agents.json`` beside this module; :func:`load_catalog` validates i
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 
 from gentity import models as wire
+from gentity.guest.protocol import ReadyRule
 
 _DATA = Path(__file__).with_name("agents.json")
 
@@ -44,6 +45,8 @@ class CatalogAgent:
     models: tuple[CatalogModel, ...]
     install: InstallSpec | None
     command: tuple[str, ...]
+    ready: ReadyRule = field(default_factory=ReadyRule)
+    """When the agent counts as ready (up and waiting for input); the guest applies it."""
 
     @property
     def requires_api_key(self) -> bool:
@@ -106,6 +109,15 @@ def load_catalog(path: Path = _DATA) -> Catalog:
                 ),
                 install=InstallSpec(**a["install"]) if a["install"] else None,
                 command=tuple(a["command"]),
+                ready=_ready_rule(a.get("ready")),
             )
         )
     return Catalog(agents=tuple(agents))
+
+
+def _ready_rule(raw: dict[str, object] | None) -> ReadyRule:
+    if raw is None:
+        return ReadyRule()
+    quiet, pattern = raw.get("quietMs", 1000), raw.get("pattern")
+    assert isinstance(quiet, int) and (pattern is None or isinstance(pattern, str))
+    return ReadyRule(quiet_ms=quiet, pattern=pattern)

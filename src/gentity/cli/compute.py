@@ -7,10 +7,12 @@ from collections.abc import Callable
 from typing import Annotated
 
 import typer
+from rich.text import Text
 
 from gentity import models
 from gentity.cli.apikeys import read_api_key
 from gentity.cli.output import (
+    Cell,
     JsonFlag,
     fail,
     fields,
@@ -32,6 +34,14 @@ InstanceId = Annotated[
 ]
 
 LEVEL_COLORS = {"error": "red", "warn": "yellow", "debug": "bright_black"}
+AGENT_STYLES = {
+    models.AgentState.READY: "green",
+    models.AgentState.STARTING: "yellow",
+    models.AgentState.INSTALLING: "yellow",
+    models.AgentState.BACKOFF: "red",
+    models.AgentState.CRASHED: "red",
+    models.AgentState.EXITED: "bright_black",
+}
 
 
 @app.command("create")
@@ -98,7 +108,7 @@ def list_instances(as_json: JsonFlag = False) -> None:
         note("No instances yet. Create one with: gentity compute create --agent shell")
         return
     table(
-        ["ID", "NAME", "AGENT", "MODEL", "STATUS", "CREATED"],
+        ["ID", "NAME", "AGENT", "MODEL", "STATUS", "HEALTH", "CREATED"],
         (
             (
                 i.id,
@@ -106,11 +116,40 @@ def list_instances(as_json: JsonFlag = False) -> None:
                 i.agent_type,
                 f"{i.model_provider}/{i.model_name}",
                 status(i.status.value),
+                _health(i),
                 when(i.created_at),
             )
             for i in instances
         ),
     )
+
+
+def _health(instance: models.Instance) -> Text | str:
+    """The agent's state, with its restarts when it has any; "-" unless it runs."""
+    agent = instance.agent
+    if agent is None:
+        return "unknown" if instance.status is models.InstanceStatus.RUNNING else "-"
+    text = agent.state.value
+    if agent.restarts:
+        text += f" ({agent.restarts} restarts)"
+    return Text(text, style=AGENT_STYLES.get(agent.state, ""))
+
+
+def _agent_fields(instance: models.Instance) -> list[tuple[str, Cell]]:
+    agent = instance.agent
+    if agent is None:
+        return [("Agent state", _health(instance))]
+    last_exit = "-"
+    if agent.last_exit_code is not None:
+        last_exit = f"code {agent.last_exit_code}"
+        if agent.last_exit_at is not None:
+            last_exit += f", {when(agent.last_exit_at)}"
+    return [
+        ("Agent state", _health(instance)),
+        ("Restarts", str(agent.restarts)),
+        ("Last exit", last_exit),
+        ("Ready since", when(agent.ready_at) if agent.ready_at else "-"),
+    ]
 
 
 @app.command("show")
@@ -128,6 +167,7 @@ def show(instance_id: InstanceId, as_json: JsonFlag = False) -> None:
             ("Status", status(instance.status.value)),
             *([("Error", instance.error_message)] if instance.error_message else []),
             ("Agent", instance.agent_type),
+            *_agent_fields(instance),
             ("Model", f"{instance.model_provider}/{instance.model_name}"),
             ("Subdomain", instance.subdomain),
             ("Region", instance.region or "-"),

@@ -32,7 +32,7 @@ from typing import Any
 import typer
 from websockets.exceptions import ConnectionClosed
 
-from gentity.client import AsyncClient, AsyncTerminal, TerminalOutput
+from gentity.client import ApiError, AsyncClient, AsyncTerminal, TerminalOutput
 
 DETACH_KEY = b"\x1d"  # Ctrl-], as in telnet
 CLOSED_WITHOUT_STATUS = 255
@@ -58,13 +58,25 @@ async def _session(instance_id: str, shell: bool, eof_timeout: float) -> int:
     fd = sys.stdin.fileno()
     interactive = os.isatty(fd)
     cols, rows = _size(fd) if interactive else (None, None)
-    async with (
-        AsyncClient() as client,
-        client.attach(instance_id, shell=shell, cols=cols, rows=rows) as terminal,
-    ):
-        # Raw mode only once connected, so a refusal prints as a normal error line.
-        with _raw_mode(fd) if interactive else contextlib.nullcontext():
-            code, message = await _Pump(terminal, fd, interactive, eof_timeout).run()
+    try:
+        async with (
+            AsyncClient() as client,
+            client.attach(instance_id, shell=shell, cols=cols, rows=rows) as terminal,
+        ):
+            # Raw mode only once connected, so a refusal prints as a normal error line.
+            with _raw_mode(fd) if interactive else contextlib.nullcontext():
+                code, message = await _Pump(terminal, fd, interactive, eof_timeout).run()
+    except ApiError as exc:
+        if exc.status != 409 or shell or "agent" not in exc.message:
+            raise
+        message = exc.message.split("; its log says why")[0]
+        typer.echo(f"Error: {message}.", err=True)
+        typer.echo(
+            f"See why with: gentity compute logs {instance_id}\n"
+            f"Open a shell instead with: gentity compute ssh --shell {instance_id}",
+            err=True,
+        )
+        return 1
     if message:
         typer.echo(message, err=True)
     return code

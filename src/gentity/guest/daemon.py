@@ -25,10 +25,12 @@ import stat
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from typing import Any, Final
 
 from gentity.guest import protocol as p
 from gentity.guest.logfile import LineLogger, LogWriter, Redactor, format_timestamp
+from gentity.guest.readiness import Readiness
 from gentity.guest.session import ChildWatcher, PtySession, Viewer, describe_exit, run_piped
 
 BACKOFF_MIN: Final = 0.5
@@ -73,6 +75,10 @@ class Guest:
         self._agent: PtySession | None = None
         self._size = (config.cols, config.rows)
         self._restarts = 0
+        self._agent_state = p.AGENT_INSTALLING if config.install else p.AGENT_STARTING
+        self._last_exit_code: int | None = None
+        self._last_exit_at: float | None = None
+        self._ready_at: float | None = None
         self._last_activity: float | None = None
         self._shells: set[PtySession] = set()
         self._connections: set[asyncio.StreamWriter] = set()
@@ -226,6 +232,13 @@ class Guest:
             "restarts": self._restarts,
             "startedAt": format_timestamp(started) if started is not None else None,
             "lastActivity": format_timestamp(activity) if activity is not None else None,
+            "agent": {
+                "state": self._agent_state,
+                "restarts": self._restarts,
+                "lastExitCode": self._last_exit_code,
+                "lastExitAt": _stamp(self._last_exit_at),
+                "readyAt": _stamp(self._ready_at),
+            },
             "viewers": len(live.viewers) if live is not None else 0,
             "shells": len(self._shells),
             "pid": os.getpid(),
@@ -320,6 +333,7 @@ class Guest:
     def _fail(self, message: str) -> None:
         message = self._redact(message)  # health shows it (e.g. the last install line)
         self.error = message
+        self._agent_state = p.AGENT_CRASHED
         self._log.write("error", message)
         self._set_state(p.STATE_ERROR)
 
@@ -345,6 +359,7 @@ class Guest:
         rows: int,
         replay_bytes: int = 0,
         logger: LineLogger | None = None,
+        on_output: Callable[[bytes], None] | None = None,
     ) -> PtySession:
         # The child env is built per spawn and not kept: PtySession drops it too.
         env = {**os.environ, **extra_env}
@@ -362,6 +377,7 @@ class Guest:
             replay_bytes=replay_bytes,
             logger=logger,
             on_activity=self._touch,
+            on_output=on_output,
         )
         try:
             session.start()
@@ -381,6 +397,9 @@ class Guest:
             delay = BACKOFF_MIN
             while True:
                 self._set_state(p.STATE_STARTING)
+                self._agent_state = p.AGENT_STARTING
+                self._ready_at = None
+                readiness = Readiness(self._config.ready, self._on_agent_ready)
                 logger = LineLogger(
                     emit_lines=lambda lines: self._log.write_lines("info", lines),
                     redact=self._redact,
@@ -392,21 +411,31 @@ class Guest:
                         *self._size,
                         replay_bytes=self._config.replay_bytes,
                         logger=logger,
+                        on_output=readiness.feed,
                     )
                 except StartError as exc:
+                    readiness.cancel()
                     self._fail(f"cannot start agent: {exc}")
                     return
                 self._agent = agent
                 self._log.write("info", f"agent started (pid {agent.pid})")
                 self._set_state(p.STATE_RUNNING)
-                await agent.wait()
+                try:
+                    await agent.wait()
+                finally:
+                    readiness.cancel()
                 returncode = agent.returncode or 0
+                # A signal reads as the shell reports it: 128 + its number.
+                self._last_exit_code = returncode if returncode >= 0 else 128 - returncode
+                self._last_exit_at = time.time()
                 level = "warn" if returncode else "info"
                 self._log.write(level, f"agent exited with {_describe(returncode)}")
                 policy = self._config.restart
                 if policy == "never" or (policy == "on-failure" and returncode == 0):
+                    self._agent_state = p.AGENT_EXITED if returncode == 0 else p.AGENT_CRASHED
                     self._set_state(p.STATE_EXITED)
                     return
+                self._agent_state = p.AGENT_BACKOFF
                 if time.time() - (agent.started_at or 0.0) >= STABLE_RUN:
                     delay = BACKOFF_MIN
                 self._set_state(p.STATE_STARTING)
@@ -416,6 +445,13 @@ class Guest:
                 self._restarts += 1
         except Exception as exc:
             self._fail(f"internal error: {type(exc).__name__}: {exc}")
+
+    def _on_agent_ready(self) -> None:
+        self._agent_state = p.AGENT_READY
+        self._ready_at = time.time()
+        self._log.write("info", "agent ready")
+        self._changed.set()
+        self._changed = asyncio.Event()
 
     async def _install(self, spec: p.InstallConfig) -> str | None:
         """Run the install step under the shared lock; returns the error, or None."""
@@ -544,6 +580,10 @@ def _let_go_of_the_launchers_output() -> None:
         os.dup2(devnull, 1)
         os.dup2(devnull, 2)
         os.close(devnull)
+
+
+def _stamp(when: float | None) -> str | None:
+    return format_timestamp(when) if when is not None else None
 
 
 def _open_lock(spec: p.InstallConfig) -> int:

@@ -353,8 +353,11 @@ _TERMINAL_NOISE = re.compile(
 
 
 # Full-screen programs (Ink-based agents among them) move the cursor right instead of
-# printing spaces; in a text log that gap should stay a gap.
+# printing spaces; in a text log that gap should stay a gap. Diff-based renderers (ratatui,
+# Ink) also jump over blank cells with absolute moves (CUP, CHA, HPA, HPR): the column the
+# jump lands on is unknown here, but a word boundary it certainly is.
 _CURSOR_FORWARD = re.compile(r"\x1b\[(\d{0,3})C")
+_CURSOR_JUMP = re.compile(r"(?<=\S)(?:\x1b\[[\d;]*[HfG`a])+(?=[^\s\x1b])")
 
 
 _CONTROLS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
@@ -366,6 +369,7 @@ def strip_terminal(text: str) -> str:
     """Remove ANSI/VT escape sequences, carriage returns and other control characters."""
     if "\x1b" in text or "\x9b" in text:
         text = _CURSOR_FORWARD.sub(lambda m: " " * int(m.group(1) or 1), text)
+        text = _CURSOR_JUMP.sub(" ", text)
         return _TERMINAL_NOISE.sub("", text)
     # Plain output (the bulk of a build log or a `cat`): only CRs and stray controls to drop,
     # which is several times faster than the full pattern above.

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -48,6 +49,28 @@ STATE_EXITED: Final = "exited"
 STATE_ERROR: Final = "error"
 
 RESTART_POLICIES: Final = ("always", "on-failure", "never")
+
+# The agent's own state, as health reports it under "agent" (the guest's state above says
+# what the supervisor does; this says whether the agent can be worked with).
+AGENT_INSTALLING: Final = "installing"
+AGENT_STARTING: Final = "starting"
+"""Its process runs, but its readiness rule has not held yet."""
+AGENT_READY: Final = "ready"
+"""Up and waiting for input: the readiness rule (quiet period, prompt pattern) held."""
+AGENT_CRASHED: Final = "crashed"
+"""It failed (install, start, or a failed exit) and will not be restarted."""
+AGENT_BACKOFF: Final = "backoff"
+"""It exited and the supervisor waits before restarting it."""
+AGENT_EXITED: Final = "exited"
+"""It exited cleanly and the restart policy does not bring it back."""
+AGENT_STATES: Final = (
+    AGENT_INSTALLING,
+    AGENT_STARTING,
+    AGENT_READY,
+    AGENT_CRASHED,
+    AGENT_BACKOFF,
+    AGENT_EXITED,
+)
 
 #: Terminal sizes are clamped to this range.
 MIN_SIZE: Final = 1
@@ -237,6 +260,15 @@ class InstallConfig:
     env: dict[str, str] = field(repr=False)
 
 
+@dataclass(frozen=True)
+class ReadyRule:
+    """When the agent counts as ready: its output has been quiet for ``quiet_ms`` and, if
+    ``pattern`` is set, its screen text (escape sequences removed) has matched it."""
+
+    quiet_ms: int = 1000
+    pattern: str | None = None
+
+
 @dataclass
 class Config:
     """Parsed daemon config; see :func:`parse_config` for the JSON field names."""
@@ -258,6 +290,7 @@ class Config:
     child_cgroup_fd: int | None = None
     """An open ``cgroup.procs`` of a group below the guest's own: every child writes itself
     there, so a fork bomb in the agent hits that group's limit and leaves the guest room."""
+    ready: ReadyRule = field(default_factory=ReadyRule)
     secret_env: list[str] = field(default_factory=list)
     """Names in ``env`` and ``install.env`` whose values are secrets (the model API key):
     the guest redacts them, and its own secret, from every log record it writes."""
@@ -294,7 +327,7 @@ def _abs_path(data: dict[str, Any], name: str) -> str:
 def parse_config(data: object) -> Config:
     """Validate the JSON config object (fields: secret, listen, logFile, workdir,
     command, shell, env, secretEnv, restart, install, replayBytes, cols, rows, hostname,
-    childCgroupFd)."""
+    childCgroupFd, ready: {quietMs, pattern})."""
     if not isinstance(data, dict):
         raise ConfigError("config must be a JSON object")
     secret = data.get("secret")
@@ -348,7 +381,27 @@ def parse_config(data: object) -> Config:
         hostname=_hostname(data.get("hostname")),
         child_cgroup_fd=_optional_fd(data.get("childCgroupFd")),
         secret_env=_names(data.get("secretEnv")),
+        ready=_ready_rule(data.get("ready")),
     )
+
+
+def _ready_rule(value: object) -> ReadyRule:
+    if value is None:
+        return ReadyRule()
+    if not isinstance(value, dict):
+        raise ConfigError("ready must be an object")
+    quiet = value.get("quietMs", 1000)
+    if isinstance(quiet, bool) or not isinstance(quiet, int) or not 0 <= quiet <= 600_000:
+        raise ConfigError("ready.quietMs must be an integer from 0 to 600000")
+    pattern = value.get("pattern")
+    if pattern is not None:
+        if not isinstance(pattern, str) or not pattern:
+            raise ConfigError("ready.pattern must be a non-empty string or null")
+        try:
+            re.compile(pattern)
+        except re.error:
+            raise ConfigError("ready.pattern is not a valid regular expression") from None
+    return ReadyRule(quiet_ms=quiet, pattern=pattern)
 
 
 def _optional_fd(value: object) -> int | None:

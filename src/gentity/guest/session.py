@@ -22,6 +22,7 @@ from typing import Final
 
 from gentity.guest import protocol
 from gentity.guest.logfile import LineLogger, Redactor
+from gentity.guest.replay import ReplayBuffer
 
 #: Pending output a viewer may lag behind before it is dropped.
 VIEWER_QUEUE_LIMIT: Final = 4 * 1024 * 1024
@@ -39,6 +40,9 @@ READ_BATCH: Final = 256 * 1024
 INPUT_QUEUE_LIMIT: Final = 1024 * 1024
 #: After the process exits, wait this long for the rest of its output.
 DRAIN_GRACE: Final = 0.5
+#: A full-screen program redraws when its terminal changes size; on attach the size dips by
+#: one row for this long, so the new viewer gets a whole screen, not just recent changes.
+REDRAW_DIP: Final = 0.05
 
 
 def describe_exit(returncode: int) -> tuple[int | None, str | None]:
@@ -75,28 +79,6 @@ def session_pids(sid: int) -> list[int]:
         except (OSError, ValueError, IndexError):
             continue
     return pids
-
-
-class RingBuffer:
-    """Keeps the most recent ``capacity`` bytes of output for replay."""
-
-    def __init__(self, capacity: int) -> None:
-        self.capacity = capacity
-        self._buf = bytearray()
-
-    def append(self, data: bytes) -> None:
-        """Add data, dropping the oldest bytes beyond capacity."""
-        self._buf += data
-        excess = len(self._buf) - self.capacity
-        if excess > 0:
-            del self._buf[:excess]
-
-    def getvalue(self) -> bytes:
-        """Return the buffered bytes."""
-        return bytes(self._buf)
-
-    def __len__(self) -> int:
-        return len(self._buf)
 
 
 class Viewer:
@@ -231,6 +213,7 @@ class PtySession:
         replay_bytes: int = 0,
         logger: LineLogger | None = None,
         on_activity: Callable[[], None] | None = None,
+        on_output: Callable[[bytes], None] | None = None,
     ) -> None:
         self._argv = list(argv)
         self._executable = executable
@@ -239,9 +222,10 @@ class PtySession:
         self._size = (cols, rows)
         self._watcher = watcher
         self._cgroup_fd = cgroup_fd
-        self.replay = RingBuffer(replay_bytes) if replay_bytes > 0 else None
+        self.replay = ReplayBuffer(replay_bytes) if replay_bytes > 0 else None
         self._logger = logger
         self._on_activity = on_activity
+        self._on_output = on_output
         self.viewers: set[Viewer] = set()
         self.pid: int | None = None
         self.started_at: float | None = None
@@ -289,14 +273,33 @@ class PtySession:
         self._watcher.watch(proc, self._on_child_exit)
 
     def attach(self, viewer: Viewer) -> None:
-        """Send the replay buffer to the viewer, then stream live output to it."""
-        if (
-            self.replay is not None
-            and len(self.replay)
-            and not viewer.send_output(self.replay.getvalue())
-        ):
-            return
+        """Send the replay buffer to the viewer, then stream live output to it.
+
+        The replay never holds a terminal query (see :mod:`gentity.guest.replay`). A
+        full-screen program is asked to redraw, since the oldest part of its screen may
+        have fallen out of the buffer.
+        """
+        replay = self.replay
+        if replay is not None:
+            if len(replay) and not viewer.send_output(replay.getvalue()):
+                return
+            if replay.full_screen:
+                self.redraw()
         self.viewers.add(viewer)
+
+    def redraw(self) -> None:
+        """Make a full-screen program repaint: shrink the terminal by a row, then restore it."""
+        cols, rows = self._size
+        if self._master < 0 or rows < 2:
+            return
+        with contextlib.suppress(OSError):
+            self._set_winsize(self._master, cols, rows - 1)
+        self._loop.call_later(REDRAW_DIP, self._restore_size)
+
+    def _restore_size(self) -> None:
+        if self._master >= 0:
+            with contextlib.suppress(OSError):
+                self._set_winsize(self._master, *self._size)
 
     def detach(self, viewer: Viewer) -> None:
         """Stop sending output to the viewer (the process keeps running)."""
@@ -411,6 +414,8 @@ class PtySession:
                 self.viewers.discard(viewer)
         if self._logger is not None:
             self._logger.feed(data)
+        if self._on_output is not None:
+            self._on_output(data)
         if any(v.backlog > HIGH_WATER for v in self.viewers):
             self._pause_reading()
 

@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, ClassVar
 
+from gentity.guest.protocol import ReadyRule
+
 
 class ProviderError(Exception):
     """The provider could not do what was asked; the message is safe to show the user.
@@ -52,6 +54,8 @@ class GuestLaunch:
     """Extra environment for the agent only, e.g. ``ANTHROPIC_API_KEY``."""
     install: InstallStep | None = None
     restart: str = "always"
+    ready: ReadyRule = field(default_factory=ReadyRule)
+    """When the agent counts as ready (the catalog's rule); reported by the guest's health."""
     secret_env: tuple[str, ...] = ()
     """The names in ``agent_env`` whose values are secrets (the catalog's key variable). The
     guest gets them as ``secretEnv`` and redacts those values from the instance's log."""

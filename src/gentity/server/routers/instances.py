@@ -22,9 +22,9 @@ MAX_LOG_LINES = 1000
 
 
 @router.get("", response_model=models.InstanceList)
-async def list_instances(principal: Auth, db: Db) -> models.InstanceList:
+async def list_instances(principal: Auth, ctx: Ctx, db: Db) -> models.InstanceList:
     rows = await instances.list_for(db, principal.user.id)
-    return models.InstanceList(instances=[instances.to_wire(r) for r in rows])
+    return models.InstanceList(instances=await instances.to_wire_with_health(ctx, rows))
 
 
 IdempotencyHeader = Annotated[
@@ -62,8 +62,9 @@ async def create_instance(
 
 
 @router.get("/{instance_id}", response_model=models.Instance)
-async def get_instance(instance_id: str, principal: Auth, db: Db) -> models.Instance:
-    return instances.to_wire(await instances.get_owned(db, principal.user.id, instance_id))
+async def get_instance(instance_id: str, principal: Auth, ctx: Ctx, db: Db) -> models.Instance:
+    row = await instances.get_owned(db, principal.user.id, instance_id)
+    return (await instances.to_wire_with_health(ctx, [row]))[0]
 
 
 @router.delete("/{instance_id}", response_model=models.Ok)

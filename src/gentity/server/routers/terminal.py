@@ -30,6 +30,7 @@ from fastapi import APIRouter, WebSocket
 from starlette.responses import JSONResponse
 from starlette.websockets import WebSocketDisconnect
 
+from gentity import models
 from gentity.guest import client as guest_client
 from gentity.guest.protocol import Exit, Output
 from gentity.models import InstanceStatus
@@ -80,16 +81,21 @@ async def terminal(websocket: WebSocket, instance_id: str) -> None:
         return
     handle = instances.handle_of(row)
     op = "shell" if websocket.query_params.get("shell") in ("1", "true") else "attach"
+    address = ctx.compute.guest_address(handle)
     try:
         session = await guest_client.open_session(
-            ctx.compute.guest_address(handle),
+            address,
             instances.guest_secret(ctx, row),
             op=op,  # type: ignore[arg-type]
             cols=cols,
             rows=rows,
         )
     except guest_client.GuestError as exc:
-        await _deny(websocket, 502, str(exc))
+        agent = await instances.agent_health(ctx, row) if op == "attach" else None
+        if agent is not None and agent.state is not models.AgentState.READY:
+            await _deny(websocket, 409, agent_down_message(agent))
+        else:  # the guest's address is the provider's business, not the user's
+            await _deny(websocket, 502, str(exc).replace(f" at {address}", ""))
         return
     # Registered before the upgrade, so a revocation from now on ends this terminal.
     with ctx.credentials.watch(principal.credential) as ended:
@@ -202,3 +208,23 @@ def _valid_size(value: object) -> TypeGuard[int]:
 
 def _message(kind: str, **fields: Any) -> str:
     return json.dumps({"type": kind, **fields}, separators=(",", ":"))
+
+
+def agent_down_message(agent: models.AgentHealth) -> str:
+    """Why the agent's session cannot be joined, in words."""
+    words = {
+        models.AgentState.INSTALLING: "the agent is still being installed",
+        models.AgentState.STARTING: "the agent is still starting",
+        models.AgentState.CRASHED: "the agent crashed and is not restarted",
+        models.AgentState.BACKOFF: "the agent keeps exiting; it is restarted after a delay",
+        models.AgentState.EXITED: "the agent has exited and is not restarted",
+    }
+    message = words.get(agent.state, f"the agent is {agent.state.value}")
+    details = []
+    if agent.last_exit_code is not None:
+        details.append(f"last exit code {agent.last_exit_code}")
+    if agent.restarts:
+        details.append(f"restarted {agent.restarts} times")
+    if details:
+        message += f" ({', '.join(details)})"
+    return message + "; its log says why, and a shell (?shell=1) still works"

@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any
 
+from pydantic import ValidationError
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -46,6 +47,10 @@ log = logging.getLogger(__name__)
 LEASE_RENEW_SECONDS = 10.0
 LEASE_TTL = timedelta(seconds=30)
 AGENT_READY_TIMEOUT = 30.0
+#: Asking guests for the agent's health: per guest, how many at once, and for a whole list.
+HEALTH_TIMEOUT = 2.0
+HEALTH_CONCURRENCY = 16
+HEALTH_LIST_BUDGET = 3.0
 _SUBDOMAIN_ATTEMPTS = 8
 
 
@@ -63,6 +68,45 @@ def to_wire(row: Instance) -> models.Instance:
         created_at=row.created_at,
         updated_at=row.updated_at,
     )
+
+
+async def agent_health(ctx: AppContext, row: Instance) -> models.AgentHealth | None:
+    """The agent's health from its guest; None unless the instance runs and its guest answers
+    in time (the instance's status stays the truth about the machine)."""
+    if row.status != S.RUNNING or row.provider_ref is None or ctx.compute is None:
+        return None
+    try:
+        address = ctx.compute.guest_address(handle_of(row))
+        info = await guest_client.health(address, guest_secret(ctx, row), timeout=HEALTH_TIMEOUT)
+        return models.AgentHealth.model_validate(info.get("agent"))
+    except (guest_client.GuestError, ProviderError, ValidationError):
+        return None
+
+
+async def to_wire_with_health(ctx: AppContext, rows: list[Instance]) -> list[models.Instance]:
+    """Wire instances with their agents' health, asked of their guests concurrently (at most
+    HEALTH_CONCURRENCY at once; whatever has not answered within HEALTH_LIST_BUDGET is null)."""
+    limit = asyncio.Semaphore(HEALTH_CONCURRENCY)
+
+    async def one(row: Instance) -> models.AgentHealth | None:
+        async with limit:
+            return await agent_health(ctx, row)
+
+    tasks = [asyncio.create_task(one(row)) for row in rows if row.status == S.RUNNING]
+    if tasks:
+        _, pending = await asyncio.wait(tasks, timeout=HEALTH_LIST_BUDGET)
+        for task in pending:
+            task.cancel()
+    answers = iter(tasks)
+    wires = []
+    for row in rows:
+        wire = to_wire(row)
+        if row.status == S.RUNNING:
+            task = next(answers)
+            if task.done() and not task.cancelled():
+                wire.agent = task.result()
+        wires.append(wire)
+    return wires
 
 
 def handle_of(row: Instance) -> MachineHandle:
@@ -272,6 +316,7 @@ def _launch(ctx: AppContext, inst: Instance) -> GuestLaunch:
         agent_env=agent_env,
         install=install,
         secret_env=(model.api_key_env,) if model.api_key_env in agent_env else (),
+        ready=agent.ready,
     )
 
 

@@ -263,6 +263,7 @@ class LocalProvider(ComputeProvider):
             "env": {**env, **launch.agent_env},
             "secretEnv": list(launch.secret_env),
             "restart": launch.restart,
+            "ready": {"quietMs": launch.ready.quiet_ms, "pattern": launch.ready.pattern},
             "hostname": str(handle.data.get("hostname", handle.ref))[:63],
             "childCgroupFd": booted.cgroup_fd,
         }
