@@ -6,32 +6,18 @@ owned by this node, lease still fresh), then starting a server on the same data 
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Callable
 
 import httpx
-from sqlalchemy import update
 
-from gentity.server.db.database import Database
 from gentity.server.db.ids import utcnow
-from gentity.server.db.orm import Instance
 from gentity.settings import Settings
 from tests.conftest import LiveServer, mint_token, signup
 from tests.server.test_instances import create_shell
+from tests.server.test_reconciler import set_row
 
 CONVERGENCE_SECONDS = 10
-
-
-def _leave(settings: Settings, iid: str, **values: object) -> None:
-    async def run() -> None:
-        db = Database(settings.resolved_database_url)
-        async with db.session() as s:
-            await s.execute(update(Instance).where(Instance.id == iid).values(**values))
-            await s.commit()
-        await db.close()
-
-    asyncio.run(run())
 
 
 def test_restart_settles_its_own_operations(
@@ -49,8 +35,8 @@ def test_restart_settles_its_own_operations(
     # Owned by a server process of this node that is gone (its boot lock is free).
     node = (settings.data_dir / "node-id").read_text().strip()
     owned = {"operation_owner": f"{node}/0123456789abcdef", "updated_at": utcnow()}
-    _leave(settings, booted, status="starting", **owned)
-    _leave(settings, unsaved, status="provisioning", provider_ref=None, **owned)
+    set_row(settings, booted, status="starting", **owned)
+    set_row(settings, unsaved, status="provisioning", provider_ref=None, **owned)
     assert (settings.data_dir / "instances" / unsaved).exists()
 
     started = time.monotonic()

@@ -26,7 +26,7 @@ def _reconcile(server: LiveServer) -> None:
     asyncio.run_coroutine_threadsafe(reconcile_once(ctx), server.server_loop).result(30)
 
 
-def _set_row(settings: Settings, iid: str, **values: object) -> None:
+def set_row(settings: Settings, iid: str, **values: object) -> None:
     async def run() -> None:
         db = Database(settings.resolved_database_url)
         async with db.session() as s:
@@ -70,20 +70,20 @@ def test_interrupted_operations_are_settled(
     stale = utcnow() - timedelta(minutes=10)
     # Left "starting" by a crash while the machine actually came up: completed.
     up = create_shell(bearer)["id"]
-    _set_row(settings, up, status="starting", updated_at=stale)
+    set_row(settings, up, status="starting", updated_at=stale)
     # Left "stopping": completed.
     stopping = create_shell(bearer)["id"]
-    _set_row(settings, stopping, status="stopping", updated_at=stale)
+    set_row(settings, stopping, status="stopping", updated_at=stale)
     # Left "destroying": completed, machine and volume gone.
     doomed = create_shell(bearer)["id"]
-    _set_row(settings, doomed, status="destroying", updated_at=stale)
+    set_row(settings, doomed, status="destroying", updated_at=stale)
     # Left "restarting" with nothing running: failed, with a reason.
     broken = create_shell(bearer)["id"]
     bearer.post(f"/api/instances/{broken}/action", json={"action": "stop"})
-    _set_row(settings, broken, status="restarting", updated_at=stale)
+    set_row(settings, broken, status="restarting", updated_at=stale)
     # A fresh transitional row is someone's operation in flight: left alone.
     busy = create_shell(bearer)["id"]
-    _set_row(settings, busy, status="starting", updated_at=utcnow())
+    set_row(settings, busy, status="starting", updated_at=utcnow())
 
     _reconcile(server)
 
@@ -99,7 +99,7 @@ def test_interrupted_operations_are_settled(
     assert status(busy)["status"] == "starting"
     for iid in (up, stopping, broken):
         bearer.delete(f"/api/instances/{iid}")
-    _set_row(settings, busy, status="running")
+    set_row(settings, busy, status="running")
     bearer.delete(f"/api/instances/{busy}")
 
 
