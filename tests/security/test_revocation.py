@@ -78,6 +78,17 @@ def _cookie_header(client: httpx.Client) -> str:
     return "; ".join(f"{k}={v}" for k, v in client.cookies.items())
 
 
+async def behind_the_servers_back(settings: Settings, statement: Any) -> None:
+    """Change the database through a connection of its own, as another replica would."""
+    db = Database(settings.resolved_database_url)
+    try:
+        async with db.session() as session:
+            await session.execute(statement)
+            await session.commit()
+    finally:
+        await db.close()
+
+
 def test_revoking_a_token_ends_its_follow_and_terminal(
     server: LiveServer, bearer: httpx.Client, token: str, admin: httpx.Client
 ) -> None:
@@ -168,17 +179,12 @@ def test_disabling_the_user_elsewhere_ends_their_streams(
     token = other_user.headers["Authorization"].removeprefix("Bearer ")
 
     async def disable() -> None:
-        db = Database(settings.resolved_database_url)
-        try:
-            async with db.session() as session:
-                await session.execute(
-                    update(User)
-                    .where(User.email == "other@example.com")
-                    .values(disabled_at=datetime.now(UTC))
-                )
-                await session.commit()
-        finally:
-            await db.close()
+        await behind_the_servers_back(
+            settings,
+            update(User)
+            .where(User.email == "other@example.com")
+            .values(disabled_at=datetime.now(UTC)),
+        )
 
     asyncio.run(
         assert_streams_end(
@@ -202,16 +208,10 @@ def test_an_expiring_token_ends_its_streams(
 
     async def expire() -> None:
         # Expire it in the database, as time would: no API call tells the server.
-        db = Database(settings.resolved_database_url)
-        try:
-            async with db.session() as session:
-                past = datetime.now(UTC) - timedelta(seconds=1)
-                await session.execute(
-                    update(ApiToken).where(ApiToken.id == record["id"]).values(expires_at=past)
-                )
-                await session.commit()
-        finally:
-            await db.close()
+        past = datetime.now(UTC) - timedelta(seconds=1)
+        await behind_the_servers_back(
+            settings, update(ApiToken).where(ApiToken.id == record["id"]).values(expires_at=past)
+        )
 
     asyncio.run(
         assert_streams_end(
