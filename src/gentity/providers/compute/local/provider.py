@@ -102,6 +102,8 @@ class Booted:
     sandbox_pid: int | None = None
     """The host pid of the sandbox's first process (to set its hostname)."""
     uid: int | None = None
+    spare: bool = False
+    """Started ahead of need and taken over by an instance."""
 
 
 class LocalProvider(ComputeProvider):
@@ -268,7 +270,21 @@ class LocalProvider(ComputeProvider):
             "childCgroupFd": booted.cgroup_fd,
         }
         # The secrets travel over this pipe only: not argv, not the environment, not a file.
-        await anyio.to_thread.run_sync(_send_config, booted.process, json.dumps(config).encode())
+        try:
+            await anyio.to_thread.run_sync(
+                _send_config, booted.process, json.dumps(config).encode()
+            )
+        except ProviderError:
+            if not booted.spare:
+                raise
+            # A warm spare that died while it waited must not fail the start: boot cold.
+            log.warning("instance %s: its warm spare had exited; starting cold", handle.ref)
+            await anyio.to_thread.run_sync(self._stop_sync, handle)
+            booted = await anyio.to_thread.run_sync(self._boot, handle, paths, False)
+            config.update(listen=f"fd:{booted.listen_fd}", childCgroupFd=booted.cgroup_fd)
+            await anyio.to_thread.run_sync(
+                _send_config, booted.process, json.dumps(config).encode()
+            )
         await self._wait_until_ready(handle, paths, launch.secret, booted.process)
         if self.warm_spares:
             self._refill_soon()
@@ -297,6 +313,7 @@ class LocalProvider(ComputeProvider):
         spare = self._take_spare(volume_gb) if fresh else None
         if spare is not None:
             self._take_over(spare, handle, paths, volume_gb)
+            spare.spare = True
             booted = spare
         else:
             if fresh:
