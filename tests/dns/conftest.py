@@ -1,15 +1,20 @@
-"""The fake Cloudflare API as a real process."""
+"""The fake Cloudflare API as a real process, and a provider pointed at it."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 import pytest
+
+from gentity.providers.dns.cloudflare.client import CloudflareClient
+from gentity.providers.dns.cloudflare.provider import CloudflareDns
+from gentity.providers.dns.ratelimit import TokenBucket
 
 TOKEN = "Xk3v9QeLr7TtY2pWm5sZa8NcB4uHd6Jf1GqR0oPi"
 """Shaped like a real Cloudflare API token (40 characters of [A-Za-z0-9_-])."""
@@ -89,3 +94,22 @@ def start_fake() -> Iterator[Callable[..., FakeCloudflare]]:
 @pytest.fixture
 def fake(start_fake: Callable[..., FakeCloudflare]) -> FakeCloudflare:
     return start_fake()
+
+
+@asynccontextmanager
+async def provider_for(
+    fake: FakeCloudflare, *, token: str = TOKEN, zone_id: str | None = None, **client: Any
+) -> AsyncIterator[CloudflareDns]:
+    """A provider for ``fake`` that retries fast and is not slowed by the rate limit."""
+    options: dict[str, Any] = {
+        "timeout": 2.0,
+        "retries": 2,
+        "backoff": 0.01,
+        "bucket": TokenBucket(1000, 1000),
+        **client,
+    }
+    provider = CloudflareDns(CloudflareClient(fake.url, token, **options), zone_id or fake.zone_id)
+    try:
+        yield provider
+    finally:
+        await provider.close()
