@@ -131,7 +131,7 @@ async def test_a_retry_after_longer_than_we_wait_fails_at_once(fake: FakeCloudfl
         started = time.monotonic()
         with pytest.raises(DnsError) as caught:
             await dns.ensure_record("inst", NAME, "a.fly.dev")
-    assert time.monotonic() - started < 1.0
+    assert time.monotonic() - started < 10  # not the 120 s asked for
     assert caught.value.kind is DnsErrorKind.RATE_LIMITED
     assert "throttling" in str(caught.value) and "120s" in str(caught.value)
     assert len(fake.requests("POST")) == 1
@@ -168,7 +168,7 @@ async def test_a_hang_is_a_timeout(fake: FakeCloudflare) -> None:
         started = time.monotonic()
         with pytest.raises(DnsError) as caught:
             await dns.delete_records("inst")
-    assert time.monotonic() - started < 2
+    assert time.monotonic() - started < 4  # the fake would answer after 5 s
     assert caught.value.kind is DnsErrorKind.TIMEOUT
 
 
