@@ -68,8 +68,16 @@ def test_create_returns_the_fqdn_and_get_patch_delete(fake: FakeCloudflare) -> N
         120,
         "cl-abc.example.com",
     )
+    replaced = fake.api.put(url, json={"type": "A", "name": "cl-abc", "content": "192.0.2.9"})
+    replaced_record = replaced.json()["result"]
+    assert (replaced_record["type"], replaced_record["ttl"], replaced_record["comment"]) == (
+        "A",
+        1,
+        None,
+    )
+    assert replaced_record["created_on"] == created["created_on"]
     assert fake.api.delete(url).json()["result"] == {"id": created["id"]}
-    for method in ("GET", "PATCH", "DELETE"):
+    for method in ("GET", "PATCH", "PUT", "DELETE"):
         assert_error(fake.api.request(method, url, json={}), 404, 81044)
 
 
@@ -162,7 +170,7 @@ def test_faults_answer_n_times_then_stop(fake: FakeCloudflare) -> None:
 
 def test_unknown_routes_and_zones_are_enveloped(fake: FakeCloudflare) -> None:
     assert_error(fake.api.get("/nothing"), 404, 7000)
-    assert_error(fake.api.put(f"{records_url(fake)}/abc", json={}), 405, 7001)
+    assert_error(fake.api.post(f"{records_url(fake)}/abc", json={}), 405, 7001)
     body = assert_error(fake.api.get("/zones/0123/dns_records"), 400, 7003)
     assert body["errors"][1]["code"] == 7000
     assert_error(fake.api.post(records_url(fake), content=b"not json"), 400, 9207)

@@ -7,8 +7,11 @@ wild) wherever a client can tell the difference: every answer is the
 ``{"success", "errors", "messages", "result"}`` envelope; names come back fully qualified and in
 lower case; the duplicate (81053, 81054, 81057), not-found (81044), validation (1004 with an
 ``error_chain``) and authentication (9106, 6003/6111, 10000) errors carry the real codes and
-statuses. Any well-formed ``Bearer`` token is accepted unless ``--token`` names the only one.
-Zone ids are derived from zone names, so they stay the same from one run to the next.
+statuses. Records can be created, listed (filters ``type``, ``name``, ``content``, ``comment``
+and ``proxied``, with ``.exact``/``.contains``/``.startswith``/``.endswith`` and ``match``;
+``page``/``per_page``), read, patched, overwritten and deleted. Any well-formed ``Bearer``
+token is accepted unless ``--token`` names the only one. Zone ids are derived from zone
+names, so they stay the same from one run to the next.
 
 What no real API has, under ``/__fake__`` (no authentication):
 
@@ -374,10 +377,12 @@ def create_app(zones: Iterable[str] = ("example.com",), token: str | None = None
     async def get_record(request: Request) -> Response:
         return _envelope(existing(request)[2])
 
-    async def patch_record(request: Request) -> Response:
+    async def update_record(request: Request) -> Response:
+        """PATCH changes the fields given; PUT replaces the record, defaults and all."""
         zone_id, records, record = existing(request)
         body = await _json_object(request)
-        new = {**record, **body, "id": record["id"]}
+        base = record if request.method == "PATCH" else {"ttl": 1, "proxied": False}
+        new = {**base, **body, "id": record["id"]}
         new["name"] = fake.fqdn(zone_id, new.get("name"))
         fake.validate(zone_id, records, new)
         records[record["id"]] = _stored(new, record)
@@ -416,7 +421,7 @@ def create_app(zones: Iterable[str] = ("example.com",), token: str | None = None
         Route(records, fake.api(list_records)),
         Route(records, fake.api(create_record), methods=["POST"]),
         Route(records + "/{record_id}", fake.api(get_record)),
-        Route(records + "/{record_id}", fake.api(patch_record), methods=["PATCH"]),
+        Route(records + "/{record_id}", fake.api(update_record), methods=["PATCH", "PUT"]),
         Route(records + "/{record_id}", fake.api(delete_record), methods=["DELETE"]),
         Route("/__fake__/faults", add_fault, methods=["POST"]),
         Route("/__fake__/faults", clear_faults, methods=["DELETE"]),
