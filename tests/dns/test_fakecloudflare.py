@@ -163,6 +163,7 @@ def test_faults_answer_n_times_then_stop(fake: FakeCloudflare) -> None:
     assert time.monotonic() - started >= 0.5
     fake.fault(status=500, times=5)
     fake.control.delete("/__fake__/faults")
+    assert fake.control.post("/__fake__/faults", json={"stauts": 500}).status_code == 400
     assert fake.api.get("/user/tokens/verify").status_code == 200
     logged = fake.requests("GET")
     assert logged[-1] == {"method": "GET", "path": "/user/tokens/verify", "params": {}}

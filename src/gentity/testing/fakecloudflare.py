@@ -74,7 +74,7 @@ def _invalid(code: int, message: str) -> ApiError:
 
 
 def _envelope(
-    result: Any, status: int = 200, info: dict[str, int] | None = None, messages: Any = ()
+    result: Any, info: dict[str, int] | None = None, messages: Iterable[dict[str, Any]] = ()
 ) -> JSONResponse:
     body: dict[str, Any] = {
         "success": True,
@@ -84,7 +84,7 @@ def _envelope(
     }
     if info is not None:
         body["result_info"] = info
-    return JSONResponse(body, status_code=status)
+    return JSONResponse(body)
 
 
 def _now() -> str:
@@ -93,6 +93,8 @@ def _now() -> str:
 
 @dataclass
 class Fault:
+    """What to do instead of (or before) serving the next matching requests."""
+
     method: str | None = None
     path: str | None = None
     status: int | None = None
@@ -394,8 +396,11 @@ def create_app(zones: Iterable[str] = ("example.com",), token: str | None = None
         return _envelope({"id": record["id"]})
 
     async def add_fault(request: Request) -> Response:
-        body = await request.json()
-        fake.faults.append(Fault(**body))
+        try:
+            fault = Fault(**await request.json())
+        except (ValueError, TypeError) as exc:
+            return JSONResponse({"error": f"not a fault: {exc}"}, 400)
+        fake.faults.append(fault)
         return JSONResponse({"faults": len(fake.faults)})
 
     async def clear_faults(request: Request) -> Response:
