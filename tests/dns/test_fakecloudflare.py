@@ -100,14 +100,20 @@ def test_duplicates(fake: FakeCloudflare) -> None:
         ({"type": "CNAME", "name": "x", "content": "a.fly.dev", "ttl": 30}, 9021),
         ({"type": "CNAME", "name": "x", "content": "a.fly.dev", "ttl": 86401}, 9021),
         ({"type": "TXT", "name": "x", "content": "hello", "proxied": True}, 9004),
-        ({"type": "A", "name": "x", "content": "a.fly.dev"}, 9005),
-        ({"type": "AAAA", "name": "x", "content": "192.0.2.1"}, 9006),
         ({"type": "MX", "name": "x", "content": "mail.example.com"}, 9000),
     ],
 )
 def test_validation(fake: FakeCloudflare, record: dict, code: int) -> None:
     body = assert_error(fake.api.post(records_url(fake), json=record), 400, 1004)
     assert body["errors"][0]["error_chain"][0]["code"] == code
+    assert fake.records() == []
+
+
+def test_addresses_must_fit_the_type(fake: FakeCloudflare) -> None:
+    a = {"type": "A", "name": "x", "content": "a.fly.dev"}
+    assert_error(fake.api.post(records_url(fake), json=a), 400, 9005)
+    aaaa = {"type": "AAAA", "name": "x", "content": "192.0.2.1"}
+    assert_error(fake.api.post(records_url(fake), json=aaaa), 400, 9006)
     assert fake.records() == []
 
 

@@ -7,8 +7,11 @@ wild) wherever a client can tell the difference: every answer is the
 ``{"success", "errors", "messages", "result"}`` envelope; names come back fully qualified and in
 lower case; the duplicate (81053, 81054, 81057), not-found (81044), validation (1004 with an
 ``error_chain``) and authentication (9106, 6003/6111, 10000) errors carry the real codes and
-statuses. Records can be created, listed (filters ``type``, ``name``, ``content``, ``comment``
-and ``proxied``, with ``.exact``/``.contains``/``.startswith``/``.endswith`` and ``match``;
+statuses, as do bad addresses (9005, 9006) and, inside a validation error's chain, a bad TTL
+(9021) or proxying (9004); the fake's other validation codes are plausible stand-ins.
+
+Records can be created, listed (filters ``type``, ``name``, ``content``, ``comment`` and
+``proxied``, with ``.exact``/``.contains``/``.startswith``/``.endswith`` and ``match``;
 ``page``/``per_page``), read, patched, overwritten and deleted. Any well-formed ``Bearer``
 token is accepted unless ``--token`` names the only one. Zone ids are derived from zone
 names, so they stay the same from one run to the next.
@@ -233,9 +236,13 @@ class FakeCloudflare:
                 version = 0
             if version != (4 if kind == "A" else 6):
                 number = "4" if kind == "A" else "6"
-                raise _invalid(
-                    9005 if kind == "A" else 9006,
-                    f"Content for {kind} record must be a valid IPv{number} address.",
+                # Observed as a top-level error, not in a 1004 chain.
+                raise ApiError(
+                    400,
+                    _error(
+                        9005 if kind == "A" else 9006,
+                        f"Content for {kind} record must be a valid IPv{number} address.",
+                    ),
                 )
         ttl = new.get("ttl")
         if (
