@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 if TYPE_CHECKING:
@@ -102,6 +102,15 @@ class Settings(BaseSettings):
     """Host uids the local provider gives instances, one each, when the server runs as root
     (``FIRST-LAST``). Root inside an instance is that uid outside it. Servers sharing a host
     share the claims, in ``/var/lib/gentity/uids``."""
+
+    dns_provider: str = "none"
+    """Which DNS provider gives instances their subdomain records (``none``, ``cloudflare``)."""
+
+    cloudflare_api_url: str = "https://api.cloudflare.com/client/v4"
+    cloudflare_api_token: SecretStr | None = None
+    """A Cloudflare API token with Zone > DNS > Edit on the zone. A secret: never logged."""
+    cloudflare_zone_id: str | None = None
+    """The id (32 hex digits) of the Cloudflare zone instance records are made in."""
 
     reconcile_interval_seconds: float = Field(default=15.0, gt=0)
     log_level: Literal["debug", "info", "warning", "error"] = "info"

@@ -1,0 +1,2 @@
+"""DNS providers: the records that give instances their subdomains. One interface (``base``),
+one registry."""

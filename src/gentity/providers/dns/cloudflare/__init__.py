@@ -1,0 +1,1 @@
+"""The ``cloudflare`` DNS provider: records in one Cloudflare zone, over the v4 REST API."""
