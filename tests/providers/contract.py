@@ -69,6 +69,13 @@ async def shell_output(
     return seen.decode(errors="replace")
 
 
+async def start(
+    provider: ComputeProvider, handle: MachineHandle, launch: GuestLaunch
+) -> MachineHandle:
+    """Start, and carry on with the handle the provider may have replaced."""
+    return await provider.start(handle, launch) or handle
+
+
 class ProviderContract:
     """Behaviour every provider promises (see ``providers/compute/base.py``)."""
 
@@ -78,8 +85,8 @@ class ProviderContract:
         async def scenario() -> None:
             handle = await provider.create(spec())
             assert (await provider.status(handle)).state is MachineState.STOPPED
-            await provider.start(handle, launch(secret))
-            await provider.start(handle, launch(secret))  # idempotent
+            handle = await start(provider, handle, launch(secret))
+            handle = await start(provider, handle, launch(secret))  # idempotent
             assert (await provider.status(handle)).state is MachineState.RUNNING
             first = await wait_agent(provider, handle, secret)
             out = await shell_output(
@@ -91,13 +98,13 @@ class ProviderContract:
             assert (await provider.status(handle)).state is MachineState.STOPPED
             with pytest.raises(guest_client.GuestError):
                 await guest_client.health(provider.guest_address(handle), secret, timeout=1)
-            await provider.start(handle, launch(secret))
+            handle = await start(provider, handle, launch(secret))
             await wait_agent(provider, handle, secret)
             out = await shell_output(
                 provider, handle, secret, "cat kept.txt; echo done-$((0+1))", "done-1"
             )
             assert "keep" in out  # the volume survived stop/start
-            await provider.restart(handle, launch(secret))
+            handle = await provider.restart(handle, launch(secret)) or handle
             second = await wait_agent(provider, handle, secret)
             assert second["startedAt"] != first["startedAt"]  # a fresh agent
             records = await provider.tail_logs(handle, 1000)
@@ -149,6 +156,24 @@ class ProviderContract:
                         if record["message"] == "line-b":
                             break
                 await resume.aclose()  # type: ignore[attr-defined]
+            finally:
+                await provider.destroy(handle)
+
+        run(scenario())
+
+    def test_restart_from_stopped(self, provider: ComputeProvider) -> None:
+        """Restarting a stopped machine starts it: the dashboard offers restart in any state."""
+        secret = secrets.token_urlsafe(16)
+
+        async def scenario() -> None:
+            handle = await provider.create(spec())
+            try:
+                handle = await start(provider, handle, launch(secret))
+                await wait_agent(provider, handle, secret)
+                await provider.stop(handle)
+                handle = await provider.restart(handle, launch(secret)) or handle
+                assert (await provider.status(handle)).state is MachineState.RUNNING
+                await wait_agent(provider, handle, secret)
             finally:
                 await provider.destroy(handle)
 

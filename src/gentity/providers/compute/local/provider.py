@@ -73,6 +73,7 @@ from gentity.providers.compute.local.seccomp import (
     filter_program,
     open_filter_fd,
 )
+from gentity.providers.compute.local.settings import LocalSettings
 from gentity.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -137,12 +138,12 @@ class LocalProvider(ComputeProvider):
         self.runtime_dir = Path(f"/tmp/gentity-{os.getuid()}/{digest}")  # noqa: S108
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> LocalProvider:
+    def from_settings(cls, settings: Settings, local: LocalSettings) -> LocalProvider:
         key_file = settings.resolved_secret_key_file
         return cls(
             settings.data_dir,
-            warm_spares=settings.local_warm_spares,
-            uid_range=uids.parse_range(settings.local_uid_range),
+            warm_spares=local.warm_spares,
+            uid_range=uids.parse_range(local.uid_range),
             key_dir=None if key_file.is_relative_to(settings.data_dir) else key_file.parent,
         )
 
