@@ -1,6 +1,8 @@
-"""The contract every compute provider must pass. Subclass and provide a ``provider`` fixture.
+"""The contract every compute provider must pass.
 
-Tests are plain async functions run with ``asyncio.run`` so they need no plugin.
+Subclass :class:`ProviderContract` and provide two fixtures: ``provider``, and ``elsewhere``, the
+same provider as another server (another host) would run it. Tests are plain async functions
+run with ``asyncio.run`` so they need no plugin.
 """
 
 from __future__ import annotations
@@ -8,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 from collections.abc import Awaitable
-from typing import TypeVar
+from typing import ClassVar, TypeVar
 
 import pytest
 
@@ -20,7 +22,9 @@ from gentity.providers.compute.base import (
     MachineHandle,
     MachineSpec,
     MachineState,
+    ProviderUnavailable,
 )
+from gentity.providers.compute.registry import Providers
 
 T = TypeVar("T")
 
@@ -78,6 +82,10 @@ async def start(
 
 class ProviderContract:
     """Behaviour every provider promises (see ``providers/compute/base.py``)."""
+
+    machines_belong_to_a_host: ClassVar[bool]
+    """Whether only a server on the machine's host can act on it (``local``), or any server
+    can (a cloud API): what ``unreachable`` must say to the ``elsewhere`` provider."""
 
     def test_lifecycle(self, provider: ComputeProvider) -> None:
         secret = secrets.token_urlsafe(16)
@@ -174,6 +182,30 @@ class ProviderContract:
                 handle = await provider.restart(handle, launch(secret)) or handle
                 assert (await provider.status(handle)).state is MachineState.RUNNING
                 await wait_agent(provider, handle, secret)
+            finally:
+                await provider.destroy(handle)
+
+        run(scenario())
+
+    def test_unreachable_from_elsewhere(
+        self, provider: ComputeProvider, elsewhere: ComputeProvider
+    ) -> None:
+        """The server that made a machine can act on it; another host's server can too when
+        the provider's machines are reachable from anywhere, and is told why not otherwise."""
+
+        async def scenario() -> None:
+            handle = await provider.create(spec())
+            try:
+                assert provider.unreachable(handle) is None
+                why = elsewhere.unreachable(handle)
+                if not self.machines_belong_to_a_host:
+                    assert why is None
+                    return
+                assert why is not None
+                assert handle.ref in why
+                providers = Providers({provider.name: elsewhere}, provider.name)
+                with pytest.raises(ProviderUnavailable, match=handle.ref):
+                    providers.reachable(provider.name, handle)
             finally:
                 await provider.destroy(handle)
 

@@ -159,6 +159,14 @@ def test_a_provider_this_server_does_not_run_is_unavailable(tmp_path: Path) -> N
         providers.reachable("fly", MachineHandle(ref="x"))
 
 
+def test_a_machine_of_another_host_is_unavailable(tmp_path: Path) -> None:
+    here = Providers({"local": LocalProvider(tmp_path / "here")}, "local")
+    theirs = MachineHandle(ref="cl-x", data={"host": "f00d", "hostName": "web-2"})
+    with pytest.raises(ProviderUnavailable, match=r"instance cl-x runs on web-2 \(f00d\)"):
+        here.reachable("local", theirs)
+    assert here.reachable("local", MachineHandle(ref="cl-y")) is here.default  # made before
+
+
 def test_a_name_registered_twice_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     group = registry.ENTRY_POINT_GROUP
     twice = [

@@ -31,7 +31,7 @@ import threading
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, cached_property
 from pathlib import Path
 
 import anyio.to_thread
@@ -57,6 +57,7 @@ from gentity.providers.compute.base import (
 from gentity.providers.compute.local import network, processes, uids, volumes
 from gentity.providers.compute.local.cgroups import InstanceCgroup, sweep_abandoned_spare_groups
 from gentity.providers.compute.local.install import bin_dir, ensure_installed
+from gentity.providers.compute.local.ownership import Host
 from gentity.providers.compute.local.sandbox import (
     DEFAULT_PATH,
     SANDBOX_HOME,
@@ -119,8 +120,10 @@ class LocalProvider(ComputeProvider):
         warm_spares: int = 0,
         uid_range: tuple[int, int] = (1_000_000, 1_999_999),
         key_dir: Path | None = None,
+        host_id: str | None = None,
     ) -> None:
         self.data_dir = data_dir
+        self._host_id = host_id
         self.warm_spares = warm_spares
         self.uid_range = uid_range
         # The directory of a key file kept outside the data directory: hidden like it.
@@ -145,7 +148,15 @@ class LocalProvider(ComputeProvider):
             warm_spares=local.warm_spares,
             uid_range=uids.parse_range(local.uid_range),
             key_dir=None if key_file.is_relative_to(settings.data_dir) else key_file.parent,
+            host_id=local.host_id,
         )
+
+    @cached_property
+    def host(self) -> Host:
+        return Host.of(self.data_dir, self._host_id)
+
+    def unreachable(self, handle: MachineHandle) -> str | None:
+        return self.host.unreachable(handle.ref, handle.data)
 
     def paths(self, handle: MachineHandle) -> InstancePaths:
         return InstancePaths.under(self.instances_dir, handle.ref, self.runtime_dir)
@@ -187,6 +198,7 @@ class LocalProvider(ComputeProvider):
                 "memoryMb": spec.memory_mb,
                 "volumeGb": spec.volume_gb,
                 "hostname": spec.subdomain,
+                **self.host.record(),
             },
         )
         # The volume is made at the first start, unless a warm spare brings its own.

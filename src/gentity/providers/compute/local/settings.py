@@ -23,6 +23,10 @@ class LocalSettings(ProviderSettings):
     (``FIRST-LAST``). Root inside an instance is that uid outside it. Servers sharing a host
     share the claims, in ``/var/lib/gentity/uids``."""
 
+    host_id: str | None = Field(default=None, min_length=1, max_length=128)
+    """Who this server is as the owner of local instances (see ``ownership``). Unset, a random
+    id kept in the data directory (``host-id``)."""
+
     @field_validator("uid_range")
     @classmethod
     def _uid_range(cls, value: str) -> str:
