@@ -80,12 +80,31 @@ async def start(
     return await provider.start(handle, launch) or handle
 
 
+async def states_during(
+    provider: ComputeProvider, handle: MachineHandle, operation: Awaitable[T]
+) -> tuple[list[MachineState], T]:
+    """Every distinct state ``status`` reported while ``operation`` ran, in order, and what the
+    operation returned."""
+    task = asyncio.ensure_future(operation)
+    seen: list[MachineState] = []
+    while True:
+        state = (await provider.status(handle)).state
+        if not seen or seen[-1] is not state:
+            seen.append(state)
+        if task.done():
+            return seen, await task
+        await asyncio.sleep(0.002)
+
+
 class ProviderContract:
     """Behaviour every provider promises (see ``providers/compute/base.py``)."""
 
     machines_belong_to_a_host: ClassVar[bool]
     """Whether only a server on the machine's host can act on it (``local``), or any server
     can (a cloud API): what ``unreachable`` must say to the ``elsewhere`` provider."""
+    reports_its_operations: ClassVar[bool]
+    """Whether ``status`` shows this provider object's own start, stop and destroy as in
+    progress while they run (``local`` knows them; a cloud API may answer too late to see)."""
 
     def test_lifecycle(self, provider: ComputeProvider) -> None:
         secret = secrets.token_urlsafe(16)
@@ -184,6 +203,34 @@ class ProviderContract:
                 await wait_agent(provider, handle, secret)
             finally:
                 await provider.destroy(handle)
+
+        run(scenario())
+
+    def test_operations_in_progress_are_not_failures(self, provider: ComputeProvider) -> None:
+        """While an operation runs, ``status`` says where the machine is or that it is on its
+        way (an in-progress state), never something that reads as a failure."""
+        secret = secrets.token_urlsafe(16)
+        S = MachineState
+
+        async def scenario() -> None:
+            handle = await provider.create(spec())
+            starting, handle = await states_during(
+                provider, handle, start(provider, handle, launch(secret))
+            )
+            stopping, _ = await states_during(provider, handle, provider.stop(handle))
+            destroying, _ = await states_during(provider, handle, provider.destroy(handle))
+            assert set(starting) <= {S.STOPPED, S.STARTING, S.RUNNING}, starting
+            assert starting[-1] is S.RUNNING
+            assert set(stopping) <= {S.RUNNING, S.STOPPING, S.STOPPED}, stopping
+            assert stopping[-1] is S.STOPPED
+            assert set(destroying) <= {S.STOPPED, S.DESTROYING, S.MISSING}, destroying
+            assert destroying[-1] is S.MISSING
+            assert all(s.in_progress for s in (S.STARTING, S.STOPPING, S.DESTROYING))
+            assert not any(s.in_progress for s in (S.RUNNING, S.STOPPED, S.MISSING))
+            if self.reports_its_operations:
+                assert S.STARTING in starting, starting
+                assert S.STOPPING in stopping, stopping
+                assert S.DESTROYING in destroying, destroying
 
         run(scenario())
 

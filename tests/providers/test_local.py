@@ -36,6 +36,7 @@ def elsewhere(tmp_path: Path) -> LocalProvider:
 
 class TestLocalContract(ProviderContract):
     machines_belong_to_a_host = True
+    reports_its_operations = True
 
 
 def test_processes_outlive_the_provider_object(tmp_path: Path) -> None:

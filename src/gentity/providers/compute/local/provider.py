@@ -75,6 +75,7 @@ from gentity.providers.compute.local.seccomp import (
     open_filter_fd,
 )
 from gentity.providers.compute.local.settings import LocalSettings
+from gentity.providers.compute.local.transitions import InFlight, shows
 from gentity.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -124,6 +125,7 @@ class LocalProvider(ComputeProvider):
     ) -> None:
         self.data_dir = data_dir
         self._host_id = host_id
+        self.in_flight = InFlight()
         self.warm_spares = warm_spares
         self.uid_range = uid_range
         # The directory of a key file kept outside the data directory: hidden like it.
@@ -245,6 +247,7 @@ class LocalProvider(ComputeProvider):
             if stat.S_IMODE(info.st_mode) & 0o077:
                 directory.chmod(0o700)
 
+    @shows(MachineState.STARTING)
     async def start(self, handle: MachineHandle, launch: GuestLaunch) -> None:
         if (await self.status(handle)).state is MachineState.RUNNING:
             return
@@ -569,6 +572,7 @@ class LocalProvider(ComputeProvider):
                 raise ProviderError("the guest daemon did not answer within 20 s")
             await asyncio.sleep(0.005)
 
+    @shows(MachineState.STOPPING)
     async def stop(self, handle: MachineHandle) -> None:
         await anyio.to_thread.run_sync(self._stop_sync, handle)
 
@@ -591,6 +595,7 @@ class LocalProvider(ComputeProvider):
             paths.socket.unlink()
         processes.forget(paths.pid_file)
 
+    @shows(MachineState.DESTROYING)
     async def destroy(self, handle: MachineHandle) -> None:
         await self.stop(handle)
         await anyio.to_thread.run_sync(self._remove, self.paths(handle), self.cgroup_of(handle))
@@ -601,6 +606,9 @@ class LocalProvider(ComputeProvider):
         await self.destroy(MachineHandle(ref=instance_id))
 
     async def status(self, handle: MachineHandle) -> MachineStatus:
+        return self.in_flight.overlay(handle.ref, self._seen(handle))
+
+    def _seen(self, handle: MachineHandle) -> MachineStatus:
         paths = self.paths(handle)
         if not paths.root.exists():
             return MachineStatus(MachineState.MISSING)
