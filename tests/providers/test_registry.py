@@ -167,6 +167,11 @@ def test_a_machine_of_another_host_is_unavailable(tmp_path: Path) -> None:
     assert here.reachable("local", MachineHandle(ref="cl-y")) is here.default  # made before
 
 
+def test_a_provider_must_call_itself_by_its_registered_name(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="registered as 'fly' calls itself 'local'"):
+        Providers({"fly": LocalProvider(tmp_path)}, "fly")
+
+
 def test_a_name_registered_twice_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     group = registry.ENTRY_POINT_GROUP
     twice = [

@@ -105,6 +105,12 @@ class Providers:
     def __init__(self, providers: Mapping[str, ComputeProvider], default: str) -> None:
         if default not in providers:
             raise ValueError(f"the default compute provider {default!r} is not among them")
+        for name, provider in providers.items():
+            # Instance rows record ``provider.name``, and are looked up by it here.
+            if provider.name != name:
+                raise ValueError(
+                    f"the compute provider registered as {name!r} calls itself {provider.name!r}"
+                )
         self._providers = dict(providers)
         self._default = default
 
