@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -28,6 +29,9 @@ def default_data_dir() -> Path:
 _SHARED_DIRECTORIES = frozenset(
     ("/", "/etc", "/usr", "/bin", "/sbin", "/lib", "/lib64", "/opt", "/var", "/srv", "/tmp")  # noqa: S108
 )
+
+# An entry point's name, as plugins register providers (``local``, ``fly``).
+_PROVIDER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
 class Settings(BaseSettings):
@@ -92,16 +96,12 @@ class Settings(BaseSettings):
     login_failure_window_seconds: int = Field(default=15 * 60, ge=1)
 
     compute_provider: str = "local"
-    """Which compute provider runs instances (``local``)."""
+    """Which compute provider runs new instances (``local``, or one a plugin installed)."""
 
-    local_warm_spares: int = Field(default=1, ge=0, le=16)
-    """How many sandboxes the local provider keeps started ahead of need, so that creating an
-    instance does not wait for its guest daemon to start. 0 turns it off."""
-
-    local_uid_range: str = "1000000-1999999"
-    """Host uids the local provider gives instances, one each, when the server runs as root
-    (``FIRST-LAST``). Root inside an instance is that uid outside it. Servers sharing a host
-    share the claims, in ``/var/lib/gentity/uids``."""
+    compute_providers: str = ""
+    """Other compute providers this server also runs, comma-separated (``fly``), so that it
+    serves instances that were made by them. Each reads its own ``GENTITY_<NAME>_*`` settings
+    (e.g. ``GENTITY_LOCAL_WARM_SPARES``; see ``providers/compute/registry.py``)."""
 
     dns_provider: str = "none"
     """Which DNS provider gives instances their subdomain records (``none``, ``cloudflare``)."""
@@ -115,13 +115,26 @@ class Settings(BaseSettings):
     reconcile_interval_seconds: float = Field(default=15.0, gt=0)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
-    @field_validator("local_uid_range")
+    @field_validator("compute_provider")
     @classmethod
-    def _uid_range(cls, value: str) -> str:
-        from gentity.providers.compute.local.uids import parse_range
-
-        parse_range(value)  # raises ValueError with the reason
+    def _provider_name(cls, value: str) -> str:
+        if not _PROVIDER_NAME.fullmatch(value):
+            raise ValueError(f"{value!r} is not a compute provider name")
         return value
+
+    @field_validator("compute_providers")
+    @classmethod
+    def _provider_names(cls, value: str) -> str:
+        for name in value.split(","):
+            if name.strip():
+                cls._provider_name(name.strip())
+        return value
+
+    @property
+    def enabled_compute_providers(self) -> list[str]:
+        """The default compute provider, then the other enabled ones, each once."""
+        names = [self.compute_provider, *(n.strip() for n in self.compute_providers.split(","))]
+        return list(dict.fromkeys(n for n in names if n))
 
     @field_validator("trusted_proxies")
     @classmethod

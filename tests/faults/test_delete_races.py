@@ -21,10 +21,13 @@ from tests.server.test_instances import SHELL, create_shell
 
 @pytest.fixture
 def api(
-    server_factory: Callable[[Settings], LiveServer], settings_factory: Callable[..., Settings]
+    server_factory: Callable[[Settings], LiveServer],
+    settings_factory: Callable[..., Settings],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> httpx.Client:
     # Cold boots (no warm spare) leave time to catch each operation in flight.
-    server = server_factory(settings_factory(local_warm_spares=0))
+    monkeypatch.setenv("GENTITY_LOCAL_WARM_SPARES", "0")
+    server = server_factory(settings_factory())
     client = httpx.Client(base_url=server.url, timeout=60)
     assert signup(client, "admin@example.com").status_code == 200
     client.headers["Authorization"] = f"Bearer {mint_token(client)}"

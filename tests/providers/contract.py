@@ -1,6 +1,8 @@
-"""The contract every compute provider must pass. Subclass and provide a ``provider`` fixture.
+"""The contract every compute provider must pass.
 
-Tests are plain async functions run with ``asyncio.run`` so they need no plugin.
+Subclass :class:`ProviderContract` and provide two fixtures: ``provider``, and ``elsewhere``, the
+same provider as another server (another host) would run it. Tests are plain async functions
+run with ``asyncio.run`` so they need no plugin.
 """
 
 from __future__ import annotations
@@ -8,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 from collections.abc import Awaitable
-from typing import TypeVar
+from typing import ClassVar, TypeVar
 
 import pytest
 
@@ -20,7 +22,9 @@ from gentity.providers.compute.base import (
     MachineHandle,
     MachineSpec,
     MachineState,
+    ProviderUnavailable,
 )
+from gentity.providers.compute.registry import Providers
 
 T = TypeVar("T")
 
@@ -69,8 +73,38 @@ async def shell_output(
     return seen.decode(errors="replace")
 
 
+async def start(
+    provider: ComputeProvider, handle: MachineHandle, launch: GuestLaunch
+) -> MachineHandle:
+    """Start, and carry on with the handle the provider may have replaced."""
+    return await provider.start(handle, launch) or handle
+
+
+async def states_during(
+    provider: ComputeProvider, handle: MachineHandle, operation: Awaitable[T]
+) -> tuple[list[MachineState], T]:
+    """Every distinct state ``status`` reported while ``operation`` ran, in order, and what the
+    operation returned."""
+    task = asyncio.ensure_future(operation)
+    seen: list[MachineState] = []
+    while True:
+        state = (await provider.status(handle)).state
+        if not seen or seen[-1] is not state:
+            seen.append(state)
+        if task.done():
+            return seen, await task
+        await asyncio.sleep(0.002)
+
+
 class ProviderContract:
     """Behaviour every provider promises (see ``providers/compute/base.py``)."""
+
+    machines_belong_to_a_host: ClassVar[bool]
+    """Whether only a server on the machine's host can act on it (``local``), or any server
+    can (a cloud API): what ``unreachable`` must say to the ``elsewhere`` provider."""
+    reports_its_operations: ClassVar[bool]
+    """Whether ``status`` shows this provider object's own start, stop and destroy as in
+    progress while they run (``local`` knows them; a cloud API may answer too late to see)."""
 
     def test_lifecycle(self, provider: ComputeProvider) -> None:
         secret = secrets.token_urlsafe(16)
@@ -78,8 +112,8 @@ class ProviderContract:
         async def scenario() -> None:
             handle = await provider.create(spec())
             assert (await provider.status(handle)).state is MachineState.STOPPED
-            await provider.start(handle, launch(secret))
-            await provider.start(handle, launch(secret))  # idempotent
+            handle = await start(provider, handle, launch(secret))
+            handle = await start(provider, handle, launch(secret))  # idempotent
             assert (await provider.status(handle)).state is MachineState.RUNNING
             first = await wait_agent(provider, handle, secret)
             out = await shell_output(
@@ -91,13 +125,13 @@ class ProviderContract:
             assert (await provider.status(handle)).state is MachineState.STOPPED
             with pytest.raises(guest_client.GuestError):
                 await guest_client.health(provider.guest_address(handle), secret, timeout=1)
-            await provider.start(handle, launch(secret))
+            handle = await start(provider, handle, launch(secret))
             await wait_agent(provider, handle, secret)
             out = await shell_output(
                 provider, handle, secret, "cat kept.txt; echo done-$((0+1))", "done-1"
             )
             assert "keep" in out  # the volume survived stop/start
-            await provider.restart(handle, launch(secret))
+            handle = await provider.restart(handle, launch(secret)) or handle
             second = await wait_agent(provider, handle, secret)
             assert second["startedAt"] != first["startedAt"]  # a fresh agent
             records = await provider.tail_logs(handle, 1000)
@@ -149,6 +183,76 @@ class ProviderContract:
                         if record["message"] == "line-b":
                             break
                 await resume.aclose()  # type: ignore[attr-defined]
+            finally:
+                await provider.destroy(handle)
+
+        run(scenario())
+
+    def test_restart_from_stopped(self, provider: ComputeProvider) -> None:
+        """Restarting a stopped machine starts it: the dashboard offers restart in any state."""
+        secret = secrets.token_urlsafe(16)
+
+        async def scenario() -> None:
+            handle = await provider.create(spec())
+            try:
+                handle = await start(provider, handle, launch(secret))
+                await wait_agent(provider, handle, secret)
+                await provider.stop(handle)
+                handle = await provider.restart(handle, launch(secret)) or handle
+                assert (await provider.status(handle)).state is MachineState.RUNNING
+                await wait_agent(provider, handle, secret)
+            finally:
+                await provider.destroy(handle)
+
+        run(scenario())
+
+    def test_operations_in_progress_are_not_failures(self, provider: ComputeProvider) -> None:
+        """While an operation runs, ``status`` says where the machine is or that it is on its
+        way (an in-progress state), never something that reads as a failure."""
+        secret = secrets.token_urlsafe(16)
+        S = MachineState
+
+        async def scenario() -> None:
+            handle = await provider.create(spec())
+            starting, handle = await states_during(
+                provider, handle, start(provider, handle, launch(secret))
+            )
+            stopping, _ = await states_during(provider, handle, provider.stop(handle))
+            destroying, _ = await states_during(provider, handle, provider.destroy(handle))
+            assert set(starting) <= {S.STOPPED, S.STARTING, S.RUNNING}, starting
+            assert starting[-1] is S.RUNNING
+            assert set(stopping) <= {S.RUNNING, S.STOPPING, S.STOPPED}, stopping
+            assert stopping[-1] is S.STOPPED
+            assert set(destroying) <= {S.STOPPED, S.DESTROYING, S.MISSING}, destroying
+            assert destroying[-1] is S.MISSING
+            assert all(s.in_progress for s in (S.STARTING, S.STOPPING, S.DESTROYING))
+            assert not any(s.in_progress for s in (S.RUNNING, S.STOPPED, S.MISSING))
+            if self.reports_its_operations:
+                assert S.STARTING in starting, starting
+                assert S.STOPPING in stopping, stopping
+                assert S.DESTROYING in destroying, destroying
+
+        run(scenario())
+
+    def test_unreachable_from_elsewhere(
+        self, provider: ComputeProvider, elsewhere: ComputeProvider
+    ) -> None:
+        """The server that made a machine can act on it; another host's server can too when
+        the provider's machines are reachable from anywhere, and is told why not otherwise."""
+
+        async def scenario() -> None:
+            handle = await provider.create(spec())
+            try:
+                assert provider.unreachable(handle) is None
+                why = elsewhere.unreachable(handle)
+                if not self.machines_belong_to_a_host:
+                    assert why is None
+                    return
+                assert why is not None
+                assert handle.ref in why
+                providers = Providers({provider.name: elsewhere}, provider.name)
+                with pytest.raises(ProviderUnavailable, match=handle.ref):
+                    providers.reachable(provider.name, handle)
             finally:
                 await provider.destroy(handle)
 

@@ -28,8 +28,15 @@ def provider(tmp_path: Path) -> LocalProvider:
     return LocalProvider(tmp_path / "data")
 
 
+@pytest.fixture
+def elsewhere(tmp_path: Path) -> LocalProvider:
+    """A server on another host: a data directory of its own, so an owner of its own."""
+    return LocalProvider(tmp_path / "elsewhere")
+
+
 class TestLocalContract(ProviderContract):
-    pass
+    machines_belong_to_a_host = True
+    reports_its_operations = True
 
 
 def test_processes_outlive_the_provider_object(tmp_path: Path) -> None:

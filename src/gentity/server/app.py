@@ -13,7 +13,7 @@ from fastapi import FastAPI
 
 from gentity import __version__
 from gentity.catalog import load_catalog
-from gentity.providers.compute.registry import create_provider
+from gentity.providers.compute.registry import Providers
 from gentity.server import web
 from gentity.server.context import AppContext
 from gentity.server.db.database import Database
@@ -50,16 +50,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             settings.secret_key, settings.data_dir, settings.resolved_secret_key_file
         ),
         catalog=load_catalog(),
+        providers=Providers.from_settings(settings),
     )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         ctx.node = NodeIdentity(settings.data_dir)
         await ctx.db.migrate()
-        ctx.compute = create_provider(settings)
-        for warning in ctx.compute.isolation_warnings():
+        for warning in ctx.providers.isolation_warnings():
             log.warning("ISOLATION: %s (see docs/security.md)", warning)
-        await ctx.compute.adopt()
+        await ctx.providers.adopt()
         # The first pass runs before serving, so rows left by a crash are settled at once.
         await reconcile_once(ctx)
         reconciler = asyncio.create_task(run_forever(ctx), name="reconciler")
@@ -73,7 +73,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             if ctx.background:
                 await asyncio.wait(set(ctx.background), timeout=30)
             await ctx.credentials.close()
-            await ctx.compute.close()
+            await ctx.providers.close()
             await ctx.db.close()
             ctx.node.close()
 

@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from gentity.catalog import Catalog
+from gentity.providers.compute.base import ComputeProvider
+from gentity.providers.compute.registry import Providers
 from gentity.server.db.database import Database
 from gentity.server.node import NodeIdentity
 from gentity.server.revocation import CredentialWatch
 from gentity.server.security.crypto import SecretBox
 from gentity.settings import Settings
-
-if TYPE_CHECKING:
-    from gentity.providers.compute.base import ComputeProvider
 
 
 @dataclass
@@ -23,7 +22,8 @@ class AppContext:
     db: Database
     box: SecretBox
     catalog: Catalog
-    compute: ComputeProvider | None = None
+    providers: Providers
+    """The compute providers this server runs; an instance uses the one its row names."""
     background: set[asyncio.Task[Any]] = field(default_factory=set)
     """Operations that outlive the request that started them (kept referenced until done)."""
     operations: dict[str, set[asyncio.Task[None]]] = field(default_factory=dict)
@@ -37,3 +37,8 @@ class AppContext:
 
     def __post_init__(self) -> None:
         self.credentials = CredentialWatch(self.db)
+
+    @property
+    def compute(self) -> ComputeProvider:
+        """The default provider, the one new instances get."""
+        return self.providers.default

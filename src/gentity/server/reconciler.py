@@ -4,7 +4,9 @@ Runs at start-up and then every ``GENTITY_RECONCILE_INTERVAL_SECONDS``:
 
 - a ``running`` instance whose machine is no longer running is marked ``error`` with the reason;
 - a transitional row (``starting``, ``stopping``…) whose operation lease has expired, e.g.
-  because the server crashed mid-way, is completed or failed, never left hanging.
+  because the server crashed mid-way, is completed or failed, never left hanging;
+- an instance this server cannot reach (``ComputeProvider.unreachable``: a ``local`` instance
+  of another host) is left alone, whatever its row says.
 
 Several replicas may run it at once: every status change is a compare-and-set, so the first
 replica to act wins and the others' changes are refused harmlessly.
@@ -21,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from gentity.guest import client as guest_client
 from gentity.models import InstanceStatus as S
-from gentity.providers.compute.base import MachineState, ProviderError
+from gentity.providers.compute.base import MachineState, ProviderError, ProviderUnavailable
 from gentity.server.context import AppContext
 from gentity.server.db.orm import Instance
 from gentity.server.services import instances
@@ -58,6 +60,11 @@ async def reconcile_once(ctx: AppContext) -> None:
 
 async def _reconcile(ctx: AppContext, session: AsyncSession, row: Instance) -> None:
     assert ctx.compute is not None
+    if row.provider_ref is not None:
+        try:
+            ctx.providers.reachable(row.provider, instances.handle_of(row))
+        except ProviderUnavailable:
+            return  # another host's machine (or provider's): its own servers reconcile it
     status = S(row.status)
     if status is S.RUNNING:
         if row.provider_ref is None:

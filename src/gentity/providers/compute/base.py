@@ -33,6 +33,16 @@ class ProviderError(Exception):
     """
 
 
+class ProviderUnavailable(Exception):
+    """This server cannot act on the machine: its provider is not enabled here, or the machine
+    belongs to another host (see :meth:`ComputeProvider.unreachable`). The message says which,
+    for the user.
+
+    Not a :class:`ProviderError`: nothing happened to the machine, so nothing about it may be
+    recorded (no ``error`` status); the HTTP layer answers ``503`` and another server can act.
+    """
+
+
 @dataclass(frozen=True)
 class InstallStep:
     """How the guest installs the agent's CLI before the first launch."""
@@ -90,7 +100,13 @@ class MachineHandle:
 
 
 class MachineState(StrEnum):
-    """What the provider sees, independent of what the control plane believes."""
+    """What the provider sees, independent of what the control plane believes.
+
+    ``STARTING``, ``STOPPING`` and ``DESTROYING`` mean an operation is in progress, not a
+    failure: whoever watches (the reconciler) looks again later instead of concluding that the
+    machine died. A provider reports them as far as it can see them (a cloud API says so; the
+    local provider knows its own operations in flight).
+    """
 
     RUNNING = "running"
     """The machine is up and its guest daemon answers."""
@@ -98,6 +114,20 @@ class MachineState(StrEnum):
     """The machine exists (with its volume) but nothing runs."""
     MISSING = "missing"
     """The provider has no such machine (destroyed, or never created)."""
+    STARTING = "starting"
+    """Booting: on its way to ``RUNNING``."""
+    STOPPING = "stopping"
+    """Shutting down: on its way to ``STOPPED``."""
+    DESTROYING = "destroying"
+    """Being removed: on its way to ``MISSING``."""
+
+    @property
+    def in_progress(self) -> bool:
+        """An operation is under way; the state will change by itself."""
+        return self in _IN_PROGRESS
+
+
+_IN_PROGRESS = frozenset((MachineState.STARTING, MachineState.STOPPING, MachineState.DESTROYING))
 
 
 @dataclass(frozen=True)
@@ -122,21 +152,27 @@ class ComputeProvider(abc.ABC):
         """Allocate the machine and its volume, without starting anything."""
 
     @abc.abstractmethod
-    async def start(self, handle: MachineHandle, launch: GuestLaunch) -> None:
+    async def start(self, handle: MachineHandle, launch: GuestLaunch) -> MachineHandle | None:
         """Boot the machine and its guest daemon with ``launch``.
 
         Returns once the guest daemon answers on :meth:`guest_address`; whether the agent itself
         came up is the guest's to report. Starting a running machine is a no-op.
+
+        Returns the machine's new handle when starting changed it (a cloud provider may have
+        replaced the machine, or learnt its address), which the caller stores in place of the
+        old one; None when the handle is unchanged.
         """
 
     @abc.abstractmethod
     async def stop(self, handle: MachineHandle) -> None:
         """Stop every process of the machine, keeping the volume. Idempotent."""
 
-    async def restart(self, handle: MachineHandle, launch: GuestLaunch) -> None:
-        """Stop, then start. Providers with a native restart may do better."""
+    async def restart(self, handle: MachineHandle, launch: GuestLaunch) -> MachineHandle | None:
+        """Stop, then start; from a stopped machine, just start. Returns as :meth:`start` does.
+
+        Providers with a native restart may do better."""
         await self.stop(handle)
-        await self.start(handle, launch)
+        return await self.start(handle, launch)
 
     @abc.abstractmethod
     async def destroy(self, handle: MachineHandle) -> None:
@@ -151,6 +187,16 @@ class ComputeProvider(abc.ABC):
     @abc.abstractmethod
     async def status(self, handle: MachineHandle) -> MachineStatus:
         """What the machine is doing right now."""
+
+    def unreachable(self, handle: MachineHandle) -> str | None:
+        """None when this server can act on the machine; else why not, for the user.
+
+        A provider whose machines are reachable from anywhere (a cloud API) keeps this default.
+        One whose machines live on a host (``local``) names the host that runs it and this one:
+        the server then answers ``503`` with the message, and its reconciler leaves the machine
+        to the host that runs it. Cheap and without I/O: asked before every operation.
+        """
+        return None
 
     @abc.abstractmethod
     def guest_address(self, handle: MachineHandle) -> str:

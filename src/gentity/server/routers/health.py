@@ -26,7 +26,7 @@ async def readyz(ctx: Ctx) -> JSONResponse | dict[str, object]:
     """The database answers within its statement timeout; otherwise 503 so a load balancer
     routes elsewhere.
 
-    ``database`` says how long the round trip took; ``detail`` lists what the compute provider
+    ``database`` says how long the round trip took; ``detail`` lists what the compute providers
     cannot enforce on this host (a missing sandbox or network tool): the server still serves,
     but an operator should know.
     """
@@ -39,7 +39,7 @@ async def readyz(ctx: Ctx) -> JSONResponse | dict[str, object]:
             {"error": "Database unreachable"}, status_code=503, headers={"Retry-After": "5"}
         )
     elapsed_ms = round((time.monotonic() - started) * 1000, 1)
-    warnings = ctx.compute.isolation_warnings() if ctx.compute is not None else []
+    warnings = ctx.providers.isolation_warnings()
     return {
         "status": "ok",
         "database": {"status": "ok", "latencyMs": elapsed_ms},

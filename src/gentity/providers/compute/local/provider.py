@@ -31,7 +31,7 @@ import threading
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, cached_property
 from pathlib import Path
 
 import anyio.to_thread
@@ -57,6 +57,7 @@ from gentity.providers.compute.base import (
 from gentity.providers.compute.local import network, processes, uids, volumes
 from gentity.providers.compute.local.cgroups import InstanceCgroup, sweep_abandoned_spare_groups
 from gentity.providers.compute.local.install import bin_dir, ensure_installed
+from gentity.providers.compute.local.ownership import Host
 from gentity.providers.compute.local.sandbox import (
     DEFAULT_PATH,
     SANDBOX_HOME,
@@ -73,6 +74,8 @@ from gentity.providers.compute.local.seccomp import (
     filter_program,
     open_filter_fd,
 )
+from gentity.providers.compute.local.settings import LocalSettings
+from gentity.providers.compute.local.transitions import InFlight, shows
 from gentity.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -118,8 +121,11 @@ class LocalProvider(ComputeProvider):
         warm_spares: int = 0,
         uid_range: tuple[int, int] = (1_000_000, 1_999_999),
         key_dir: Path | None = None,
+        host_id: str | None = None,
     ) -> None:
         self.data_dir = data_dir
+        self._host_id = host_id
+        self.in_flight = InFlight()
         self.warm_spares = warm_spares
         self.uid_range = uid_range
         # The directory of a key file kept outside the data directory: hidden like it.
@@ -137,14 +143,22 @@ class LocalProvider(ComputeProvider):
         self.runtime_dir = Path(f"/tmp/gentity-{os.getuid()}/{digest}")  # noqa: S108
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> LocalProvider:
+    def from_settings(cls, settings: Settings, local: LocalSettings) -> LocalProvider:
         key_file = settings.resolved_secret_key_file
         return cls(
             settings.data_dir,
-            warm_spares=settings.local_warm_spares,
-            uid_range=uids.parse_range(settings.local_uid_range),
+            warm_spares=local.warm_spares,
+            uid_range=uids.parse_range(local.uid_range),
             key_dir=None if key_file.is_relative_to(settings.data_dir) else key_file.parent,
+            host_id=local.host_id,
         )
+
+    @cached_property
+    def host(self) -> Host:
+        return Host.of(self.data_dir, self._host_id)
+
+    def unreachable(self, handle: MachineHandle) -> str | None:
+        return self.host.unreachable(handle.ref, handle.data)
 
     def paths(self, handle: MachineHandle) -> InstancePaths:
         return InstancePaths.under(self.instances_dir, handle.ref, self.runtime_dir)
@@ -186,6 +200,7 @@ class LocalProvider(ComputeProvider):
                 "memoryMb": spec.memory_mb,
                 "volumeGb": spec.volume_gb,
                 "hostname": spec.subdomain,
+                **self.host.record(),
             },
         )
         # The volume is made at the first start, unless a warm spare brings its own.
@@ -232,6 +247,7 @@ class LocalProvider(ComputeProvider):
             if stat.S_IMODE(info.st_mode) & 0o077:
                 directory.chmod(0o700)
 
+    @shows(MachineState.STARTING)
     async def start(self, handle: MachineHandle, launch: GuestLaunch) -> None:
         if (await self.status(handle)).state is MachineState.RUNNING:
             return
@@ -556,6 +572,7 @@ class LocalProvider(ComputeProvider):
                 raise ProviderError("the guest daemon did not answer within 20 s")
             await asyncio.sleep(0.005)
 
+    @shows(MachineState.STOPPING)
     async def stop(self, handle: MachineHandle) -> None:
         await anyio.to_thread.run_sync(self._stop_sync, handle)
 
@@ -578,6 +595,7 @@ class LocalProvider(ComputeProvider):
             paths.socket.unlink()
         processes.forget(paths.pid_file)
 
+    @shows(MachineState.DESTROYING)
     async def destroy(self, handle: MachineHandle) -> None:
         await self.stop(handle)
         await anyio.to_thread.run_sync(self._remove, self.paths(handle), self.cgroup_of(handle))
@@ -588,6 +606,9 @@ class LocalProvider(ComputeProvider):
         await self.destroy(MachineHandle(ref=instance_id))
 
     async def status(self, handle: MachineHandle) -> MachineStatus:
+        return self.in_flight.overlay(handle.ref, self._seen(handle))
+
+    def _seen(self, handle: MachineHandle) -> MachineStatus:
         paths = self.paths(handle)
         if not paths.root.exists():
             return MachineStatus(MachineState.MISSING)
