@@ -6,9 +6,9 @@ import json
 import signal
 import subprocess
 import time
-from typing import Any
 
 import pytest
+from typer.core import TyperGroup
 from typer.main import get_command
 
 from gentity.cli.apikeys import api_key_env
@@ -71,7 +71,9 @@ def test_create_needs_a_key_and_never_takes_it_as_an_option(logged_in: Cli) -> N
     bad_model = logged_in("compute", "create", "--agent", "codex", "--model", "nope")
     assert_one_line_error(bad_model, "codex has no model nope; choose from: openai/gpt-5-codex")
     assert logged_in.json("compute", "ls") == {"instances": []}
-    create: Any = get_command(compute_app).commands["create"]  # type: ignore[attr-defined]
+    group = get_command(compute_app)
+    assert isinstance(group, TyperGroup)
+    create = group.commands["create"]
     assert not any("key" in (p.name or "") for p in create.params)
 
 

@@ -16,7 +16,7 @@ import pytest
 from gentity.guest.client import GuestError, open_session
 from gentity.guest.logfile import tail
 
-from .conftest import GuestProc, live_members
+from .conftest import GuestFactory, GuestProc, live_members
 
 pytestmark = pytest.mark.anyio
 
@@ -30,7 +30,7 @@ def install_spec(tmp_path: Path, commands: list[list[str]], **extra: object) -> 
     }
 
 
-async def test_install_failure_is_reported(guest_factory, tmp_path: Path) -> None:
+async def test_install_failure_is_reported(guest_factory: GuestFactory, tmp_path: Path) -> None:
     guest = guest_factory(install=install_spec(tmp_path, [["false"]]))
     info = await guest.wait_for(lambda h: h["state"] == "error")
     assert info["error"] == "install failed: false exited with code 1"
@@ -43,20 +43,24 @@ async def test_install_failure_is_reported(guest_factory, tmp_path: Path) -> Non
     ]
 
 
-async def test_install_failure_quotes_the_last_output_line(guest_factory, tmp_path) -> None:
+async def test_install_failure_quotes_the_last_output_line(
+    guest_factory: GuestFactory, tmp_path: Path
+) -> None:
     script = "echo first; echo 'npm ERR! network down' >&2; exit 7"
     guest = guest_factory(install=install_spec(tmp_path, [["sh", "-c", script]]))
     info = await guest.wait_for(lambda h: h["state"] == "error")
     assert info["error"] == "install failed: sh exited with code 7: npm ERR! network down"
 
 
-async def test_install_command_not_found(guest_factory, tmp_path: Path) -> None:
+async def test_install_command_not_found(guest_factory: GuestFactory, tmp_path: Path) -> None:
     guest = guest_factory(install=install_spec(tmp_path, [["no-such-installer-xyz", "i"]]))
     info = await guest.wait_for(lambda h: h["state"] == "error")
     assert info["error"] == "install failed: no-such-installer-xyz not found"
 
 
-async def test_install_runs_once_with_its_own_env(guest_factory, tmp_path: Path) -> None:
+async def test_install_runs_once_with_its_own_env(
+    guest_factory: GuestFactory, tmp_path: Path
+) -> None:
     script = "echo inst=$INSTALL_VAR agent=${CANARY_KEY:-absent} cwd=$(pwd); echo second"
     spec = install_spec(tmp_path, [["sh", "-c", script]], env={"INSTALL_VAR": "yes"})
     env = {"PS1": "$ ", "CANARY_KEY": "sk-canary-123"}
@@ -74,12 +78,12 @@ async def test_install_runs_once_with_its_own_env(guest_factory, tmp_path: Path)
     assert "install: already installed" in again.log_text()
 
 
-async def test_install_waits_for_the_lock(guest_factory, tmp_path: Path) -> None:
+async def test_install_waits_for_the_lock(guest_factory: GuestFactory, tmp_path: Path) -> None:
     import fcntl
 
     spec = install_spec(tmp_path, [["true"]])
     (tmp_path / "cache").mkdir()
-    with open(spec["lockFile"], "w") as lock:  # type: ignore[call-overload]
+    with open(str(spec["lockFile"]), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         guest = guest_factory(install=spec)
         await asyncio.sleep(1.0)
@@ -89,7 +93,7 @@ async def test_install_waits_for_the_lock(guest_factory, tmp_path: Path) -> None
     assert "install: waiting for another install to finish" in guest.log_text()
 
 
-async def test_missing_agent_command(guest_factory) -> None:
+async def test_missing_agent_command(guest_factory: GuestFactory) -> None:
     guest = guest_factory(command=["no-such-agent-xyz", "--flag"])
     info = await guest.wait_for(lambda h: h["state"] == "error")
     assert info["error"] == "cannot start agent: no-such-agent-xyz not found"
@@ -98,7 +102,7 @@ async def test_missing_agent_command(guest_factory) -> None:
     assert guest.stop() == 0
 
 
-async def test_agent_not_executable(guest_factory, tmp_path: Path) -> None:
+async def test_agent_not_executable(guest_factory: GuestFactory, tmp_path: Path) -> None:
     volume = tmp_path / "volume"
     volume.mkdir()
     (volume / "agent.sh").write_text("#!/bin/sh\necho hi\n")
@@ -107,7 +111,7 @@ async def test_agent_not_executable(guest_factory, tmp_path: Path) -> None:
     assert info["error"] == "cannot start agent: ./agent.sh is not executable"
 
 
-async def test_sigterm_stops_everything(guest_factory) -> None:
+async def test_sigterm_stops_everything(guest_factory: GuestFactory) -> None:
     guest: GuestProc = guest_factory()
     agent_pid = (await guest.wait_for(lambda h: h["state"] == "running"))["agentPid"]
     term = await guest.attach()
@@ -134,7 +138,7 @@ async def test_sigterm_stops_everything(guest_factory) -> None:
     assert guest.proc.stderr is not None and guest.proc.stderr.read() == b""
 
 
-async def test_stale_socket_is_replaced(guest_factory) -> None:
+async def test_stale_socket_is_replaced(guest_factory: GuestFactory) -> None:
     import socket as socket_module
 
     first = guest_factory()
@@ -170,7 +174,7 @@ def test_bad_config_exits_with_a_message() -> None:
     assert result.returncode == 2 and b"invalid config" in result.stderr
 
 
-async def test_idle_rss(guest_factory) -> None:
+async def test_idle_rss(guest_factory: GuestFactory) -> None:
     guest = guest_factory()
     await guest.wait_for(lambda h: h["state"] == "running")
     term = await guest.attach()

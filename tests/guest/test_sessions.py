@@ -14,12 +14,12 @@ from gentity.guest.client import GuestError, health, open_session
 from gentity.guest.logfile import tail
 from gentity.guest.session import VIEWER_QUEUE_LIMIT
 
-from .conftest import GuestProc, pid_alive
+from .conftest import GuestFactory, GuestProc, pid_alive
 
 pytestmark = pytest.mark.anyio
 
 
-async def test_health_and_authentication(guest_factory) -> None:
+async def test_health_and_authentication(guest_factory: GuestFactory) -> None:
     guest: GuestProc = guest_factory()
     info = await guest.wait_for(lambda h: h["state"] == "running")
     assert info["ok"] is True and info["error"] is None
@@ -49,7 +49,7 @@ async def test_health_and_authentication(guest_factory) -> None:
     assert b"longer than" in await asyncio.to_thread(raw, b"x" * 70_000 + b"\n")
 
 
-async def test_attach_runs_commands(guest_factory) -> None:
+async def test_attach_runs_commands(guest_factory: GuestFactory) -> None:
     guest = guest_factory()
     term = await guest.attach()
     await term.send("echo $((40+2))\n")
@@ -59,7 +59,7 @@ async def test_attach_runs_commands(guest_factory) -> None:
     await term.close()
 
 
-async def test_two_viewers_and_replay(guest_factory) -> None:
+async def test_two_viewers_and_replay(guest_factory: GuestFactory) -> None:
     guest = guest_factory()
     first = await guest.attach()
     await first.send("echo early$((1+1))\n")
@@ -76,7 +76,7 @@ async def test_two_viewers_and_replay(guest_factory) -> None:
     await guest.wait_for(lambda h: h["viewers"] == 0)
 
 
-async def test_resize_sets_the_terminal_size(guest_factory) -> None:
+async def test_resize_sets_the_terminal_size(guest_factory: GuestFactory) -> None:
     guest = guest_factory()
     term = await guest.attach(cols=100, rows=40)
     await term.send("stty size\n")
@@ -98,7 +98,7 @@ async def test_resize_sets_the_terminal_size(guest_factory) -> None:
     await term.close()
 
 
-async def test_detach_does_not_kill_the_agent(guest_factory) -> None:
+async def test_detach_does_not_kill_the_agent(guest_factory: GuestFactory) -> None:
     guest = guest_factory()
     pid = (await guest.wait_for(lambda h: h["state"] == "running"))["agentPid"]
     for _ in range(3):
@@ -110,7 +110,7 @@ async def test_detach_does_not_kill_the_agent(guest_factory) -> None:
     assert info["state"] == "running" and info["agentPid"] == pid and info["restarts"] == 0
 
 
-async def test_slow_viewer_is_dropped_without_stalling_others(guest_factory) -> None:
+async def test_slow_viewer_is_dropped_without_stalling_others(guest_factory: GuestFactory) -> None:
     guest = guest_factory()
     slow = await guest.attach()  # never reads from here on
     fast = await guest.attach()
@@ -126,7 +126,7 @@ async def test_slow_viewer_is_dropped_without_stalling_others(guest_factory) -> 
     await fast.close()
 
 
-async def test_agent_exit_sends_exit_frame_and_restarts(guest_factory) -> None:
+async def test_agent_exit_sends_exit_frame_and_restarts(guest_factory: GuestFactory) -> None:
     guest = guest_factory()
     first_pid = (await guest.wait_for(lambda h: h["state"] == "running"))["agentPid"]
     term = await guest.attach()
@@ -147,7 +147,7 @@ async def test_agent_exit_sends_exit_frame_and_restarts(guest_factory) -> None:
     assert ("info", f"agent started (pid {info['agentPid']})") in messages
 
 
-async def test_agent_killed_by_signal(guest_factory) -> None:
+async def test_agent_killed_by_signal(guest_factory: GuestFactory) -> None:
     guest = guest_factory(restart="on-failure")
     term = await guest.attach()
     await term.send("kill -KILL $$\n")
@@ -161,7 +161,7 @@ async def test_agent_killed_by_signal(guest_factory) -> None:
     await guest.wait_for(lambda h: h["state"] == "exited")
 
 
-async def test_restart_never_leaves_state_exited(guest_factory) -> None:
+async def test_restart_never_leaves_state_exited(guest_factory: GuestFactory) -> None:
     guest = guest_factory(restart="never")
     term = await guest.attach()
     await term.send("exit 5\n")
@@ -172,7 +172,7 @@ async def test_restart_never_leaves_state_exited(guest_factory) -> None:
         await open_session(guest.address, guest.secret)
 
 
-async def test_shell_is_private_and_dies_with_its_connection(guest_factory) -> None:
+async def test_shell_is_private_and_dies_with_its_connection(guest_factory: GuestFactory) -> None:
     guest = guest_factory()
     agent_pid = (await guest.wait_for(lambda h: h["state"] == "running"))["agentPid"]
     viewer = await guest.attach()
@@ -200,7 +200,7 @@ async def test_shell_is_private_and_dies_with_its_connection(guest_factory) -> N
     await viewer.close()
 
 
-async def test_shell_exit_sends_exit_frame(guest_factory) -> None:
+async def test_shell_exit_sends_exit_frame(guest_factory: GuestFactory) -> None:
     guest = guest_factory()
     shell = await guest.attach(op="shell")
     await shell.send("exit 4\n")
@@ -220,7 +220,7 @@ def proc_files_containing(needle: bytes, name: str) -> list[str]:
     return hits
 
 
-async def test_secrets_reach_the_agent_only(guest_factory) -> None:
+async def test_secrets_reach_the_agent_only(guest_factory: GuestFactory) -> None:
     canary = "sk-canary-123"
     guest = guest_factory(env={"PS1": "$ ", "CANARY_KEY": canary, "HOME": "/tmp"})
     agent_pid = (await guest.wait_for(lambda h: h["state"] == "running"))["agentPid"]
@@ -242,7 +242,7 @@ async def test_secrets_reach_the_agent_only(guest_factory) -> None:
     assert canary not in guest.log_text() and guest.secret not in guest.log_text()
 
 
-async def test_tcp_listener(guest_factory) -> None:
+async def test_tcp_listener(guest_factory: GuestFactory) -> None:
     guest = guest_factory(listen="tcp:127.0.0.1:0")
     assert guest.address.startswith("tcp:127.0.0.1:") and not guest.address.endswith(":0")
     info = await guest.wait_for(lambda h: h["state"] == "running")
@@ -255,7 +255,7 @@ async def test_tcp_listener(guest_factory) -> None:
         await health(guest.address, "nope")
 
 
-async def test_oversized_frame_closes_the_connection(guest_factory) -> None:
+async def test_oversized_frame_closes_the_connection(guest_factory: GuestFactory) -> None:
     guest = guest_factory()
     await guest.wait_for(lambda h: h["state"] == "running")
 

@@ -76,7 +76,9 @@ class Shell:
         await self.terminal.close()
 
 
-def attack(server: LiveServer, instance_id: str, token: str, commands: list[str]) -> list:
+def attack(
+    server: LiveServer, instance_id: str, token: str, commands: list[str]
+) -> list[tuple[int, str]]:
     """Run ``commands`` in the instance's terminal; their (status, output) pairs."""
 
     async def scenario() -> list[tuple[int, str]]:

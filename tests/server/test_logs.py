@@ -8,6 +8,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -68,10 +69,12 @@ def test_tail_is_oldest_first_and_survives_stop_start(bearer: httpx.Client, toke
     bearer.delete(f"/api/instances/{iid}")
 
 
-def _read_events(lines: Iterator[str], until: Callable[[list[dict]], bool]) -> list[dict]:
+def _read_events(
+    lines: Iterator[str], until: Callable[[list[dict[str, Any]]], bool]
+) -> list[dict[str, Any]]:
     """Parse SSE events (and comments) until ``until(events)`` holds or 15 s pass."""
-    events: list[dict] = []
-    current: dict = {}
+    events: list[dict[str, Any]] = []
+    current: dict[str, Any] = {}
     deadline = time.monotonic() + 15
     for line in lines:
         if line.startswith("id: "):
@@ -88,7 +91,7 @@ def _read_events(lines: Iterator[str], until: Callable[[list[dict]], bool]) -> l
     return events
 
 
-def _has(message: str) -> Callable[[list[dict]], bool]:
+def _has(message: str) -> Callable[[list[dict[str, Any]]], bool]:
     return lambda events: any(e.get("data", {}).get("message") == message for e in events)
 
 
