@@ -45,7 +45,8 @@ async def test_not_ready_until_the_prompt_shows(guest_factory: GuestFactory) -> 
         command=["bash", "-c", script], ready={"quietMs": 100, "pattern": r"Main> $"}
     )
     info = await guest.wait_for(lambda h: h["state"] == "running")
-    await asyncio.sleep(0.5)  # quiet after "loading", but no prompt yet
+    # The sleep is the point: quiet for longer than quietMs after "loading", yet no prompt.
+    await asyncio.sleep(0.5)
     assert agent(await guest.health())["state"] == "starting"
     info = await guest.wait_for(lambda h: agent(h)["state"] == "ready")
     assert agent(info)["restarts"] == 0 and agent(info)["lastExitCode"] is None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -15,6 +16,7 @@ import pytest
 
 from gentity.guest.client import GuestError, open_session
 from gentity.guest.logfile import tail
+from tests.waiting import wait_until
 
 from .conftest import GuestFactory, GuestProc, live_members
 
@@ -86,11 +88,13 @@ async def test_install_waits_for_the_lock(guest_factory: GuestFactory, tmp_path:
     with open(str(spec["lockFile"]), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         guest = guest_factory(install=spec)
-        await asyncio.sleep(1.0)
+        await wait_until(
+            lambda: "install: waiting for another install to finish" in guest.log_text(),
+            "the install waits for the lock",
+        )
         info = await guest.health()  # health keeps answering while blocked on the lock
         assert info["state"] == "installing"
     await guest.wait_for(lambda h: h["state"] == "running")
-    assert "install: waiting for another install to finish" in guest.log_text()
 
 
 async def test_missing_agent_command(guest_factory: GuestFactory) -> None:
@@ -111,6 +115,15 @@ async def test_agent_not_executable(guest_factory: GuestFactory, tmp_path: Path)
     assert info["error"] == "cannot start agent: ./agent.sh is not executable"
 
 
+def member_cmdlines(sid: int) -> set[bytes]:
+    """Command lines (NUL-separated, as in /proc) of the live processes of session ``sid``."""
+    found = set()
+    for pid in live_members(sid):
+        with contextlib.suppress(OSError):  # it may exit while we look
+            found.add(Path(f"/proc/{pid}/cmdline").read_bytes())
+    return found
+
+
 async def test_sigterm_stops_everything(guest_factory: GuestFactory) -> None:
     guest: GuestProc = guest_factory()
     agent_pid = (await guest.wait_for(lambda h: h["state"] == "running"))["agentPid"]
@@ -119,11 +132,13 @@ async def test_sigterm_stops_everything(guest_factory: GuestFactory) -> None:
     await term.send("sleep 300 & echo bg=$!\n")
     await term.expect(rb"bg=\d+")
     await term.send("sleep 400\n")
-    await asyncio.sleep(0.3)
+    await wait_until(
+        lambda: {b"sleep\x00300\x00", b"sleep\x00400\x00"} <= member_cmdlines(agent_pid),
+        "both children of the agent run",
+    )
     shell = await guest.attach(op="shell")
     await shell.send("echo shell-ready\n")
     await shell.expect("shell-ready")
-    assert live_members(agent_pid)
     start = time.monotonic()
     guest.proc.send_signal(signal.SIGTERM)
     exit_event = await term.expect_exit()
@@ -181,7 +196,7 @@ async def test_idle_rss(guest_factory: GuestFactory) -> None:
     await term.send("echo warm$((1+1))\n")
     await term.expect("warm2")
     await term.close()
-    await asyncio.sleep(1.0)
+    await guest.wait_for(lambda h: h["viewers"] == 0)  # idle: nobody attached
     status = Path(f"/proc/{guest.proc.pid}/status").read_text()
     rss_kb = int(next(line for line in status.splitlines() if line.startswith("VmRSS:")).split()[1])
     print(f"guest idle RSS: {rss_kb} kB ({rss_kb / 1024:.1f} MiB)")
