@@ -162,18 +162,20 @@ def test_destroy_ends_its_log_followers(server: LiveServer, bearer: httpx.Client
     """A follower holds the log open on the instance's volume: destroying the instance still
     finishes promptly, and the follow ends instead of waiting on a log that is gone."""
     iid = create_shell(bearer)["id"]
+    reading = threading.Event()
     ended = threading.Event()
 
     def follow() -> None:
         url = f"{server.url}/api/instances/{iid}/logs?follow=1"
         with httpx.stream("GET", url, headers=bearer.headers, timeout=60) as response:
-            for _ in response.iter_lines():
-                pass
+            for line in response.iter_lines():
+                if line.startswith("data: "):  # a record: the server is reading the log
+                    reading.set()
         ended.set()
 
     follower = threading.Thread(target=follow, daemon=True)
     follower.start()
-    time.sleep(0.5)  # the stream is open and reading the log
+    assert reading.wait(20), "the follow delivered no record"
     started = time.monotonic()
     assert bearer.delete(f"/api/instances/{iid}").status_code == 200
     assert time.monotonic() - started < 10
