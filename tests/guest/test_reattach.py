@@ -66,7 +66,9 @@ async def test_replay_holds_no_query(guest_factory: GuestFactory, tmp_path: Path
 async def reattach_matches(guest: GuestProc, first: Term, cols: int, rows: int) -> None:
     """Attach a second viewer, stop the program, and compare both viewers' screens."""
     later = await guest.attach(cols=cols, rows=rows)
-    await asyncio.sleep(1.0)  # the redraw after attach
+    # The program redraws for the new viewer, and a redraw has no end marker to wait for:
+    # give it a second while it still runs (drain() below needs it stopped, top never idles).
+    await asyncio.sleep(1.0)
     pid = (await guest.health())["agentPid"]
     os.kill(pid, signal.SIGSTOP)
     try:

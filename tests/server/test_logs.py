@@ -17,6 +17,7 @@ from gentity.server import sse
 from tests.conftest import LiveServer
 from tests.server.terminal_client import Terminal, ws_url
 from tests.server.test_instances import create_shell
+from tests.waiting import wait_until_blocking
 
 
 def type_into(base: str, iid: str, token: str, command: str, marker: str) -> None:
@@ -147,12 +148,10 @@ def test_disconnect_leaves_no_stream_behind(server: LiveServer, bearer: httpx.Cl
         with bearer.stream("GET", f"/api/instances/{iid}/logs", params={"follow": "1"}) as r:
             # The stream is live: it replays recent lines as events.
             assert any(line.startswith("data: ") for line in r.iter_lines())
-    for _ in range(100):
-        if open_log_handles() == 0 and _server_tasks(server) <= tasks_before:
-            break
-        time.sleep(0.05)
-    assert open_log_handles() == 0
-    assert _server_tasks(server) <= tasks_before
+    wait_until_blocking(lambda: open_log_handles() == 0, "every follow closed the log file")
+    wait_until_blocking(
+        lambda: _server_tasks(server) <= tasks_before, "every follow's task on the server ended"
+    )
     # The server still answers promptly.
     assert bearer.get("/healthz").status_code == 200
     bearer.delete(f"/api/instances/{iid}")
