@@ -10,12 +10,13 @@ from typing import Any
 import pytest
 
 from tests.cli.conftest import Cli
+from tests.json_body import json_object
 
 
 def wait_show(cli: Cli, iid: str, check: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
     deadline = time.monotonic() + 60
     while True:
-        shown = cli.json("compute", "show", iid)
+        shown = json_object(cli.json("compute", "show", iid))
         if shown["agent"] is not None and check(shown["agent"]):
             return shown
         assert time.monotonic() < deadline, shown

@@ -5,10 +5,9 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import time
-from typing import Any
 
 import pytest
+from typer.core import TyperGroup
 from typer.main import get_command
 
 from gentity.cli.apikeys import api_key_env
@@ -71,7 +70,9 @@ def test_create_needs_a_key_and_never_takes_it_as_an_option(logged_in: Cli) -> N
     bad_model = logged_in("compute", "create", "--agent", "codex", "--model", "nope")
     assert_one_line_error(bad_model, "codex has no model nope; choose from: openai/gpt-5-codex")
     assert logged_in.json("compute", "ls") == {"instances": []}
-    create: Any = get_command(compute_app).commands["create"]  # type: ignore[attr-defined]
+    group = get_command(compute_app)
+    assert isinstance(group, TyperGroup)
+    create = group.commands["create"]
     assert not any("key" in (p.name or "") for p in create.params)
 
 
@@ -102,6 +103,8 @@ def test_api_key_variable(provider: str, requires: bool, env: str | None) -> Non
 
 def _follow_then_ctrl_c(logged_in: Cli, shell_instance: str) -> None:
     """``compute logs -f`` prints the history, then follows; Ctrl-C ends it quietly."""
+    history = logged_in.json("compute", "logs", shell_instance, "-n", "5")["logs"]
+    assert history
     proc = subprocess.Popen(
         logged_in.argv("compute", "logs", shell_instance, "-f", "-n", "5", "--json"),
         env=logged_in.env,
@@ -110,9 +113,9 @@ def _follow_then_ctrl_c(logged_in: Cli, shell_instance: str) -> None:
         text=True,
     )
     assert proc.stdout is not None
-    first = json.loads(proc.stdout.readline())  # history first, one JSON object per line
-    assert set(first) == {"timestamp", "level", "message"}
-    time.sleep(0.5)
+    # History first, one JSON object per line; once it is all out, the CLI waits for more.
+    for _ in history:
+        assert set(json.loads(proc.stdout.readline())) == {"timestamp", "level", "message"}
     proc.send_signal(signal.SIGINT)  # what Ctrl-C sends
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 130

@@ -12,8 +12,10 @@ import subprocess
 import termios
 import threading
 import time
+from pathlib import Path
 
 from tests.cli.conftest import Cli
+from tests.waiting import wait_until_blocking
 
 
 class PtyReader:
@@ -69,6 +71,17 @@ def _wait_until_raw(slave: int, timeout: float = 30) -> None:
         time.sleep(0.05)
 
 
+def _running(cmdline: bytes) -> bool:
+    """Whether a process with this command line (NUL-separated, as in /proc) exists."""
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if Path(f"/proc/{pid}/cmdline").read_bytes() == cmdline:
+                return True
+        except OSError:  # it exited while we looked
+            continue
+    return False
+
+
 def _spawn(cli: Cli, slave: int, *args: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         cli.argv("compute", "ssh", *args),
@@ -106,9 +119,10 @@ def test_ssh_in_a_terminal(logged_in: Cli, shell_instance: str) -> None:
         proc = _spawn(logged_in, slave, shell_instance)
         _wait_until_raw(slave)
         # Ctrl-C is a key in raw mode: it reaches the remote shell and kills `sleep` there.
-        os.write(master, b"sleep 30\r")
-        time.sleep(0.5)
+        os.write(master, b"sleep 731\r")  # an unusual duration: no other process matches it
+        wait_until_blocking(lambda: _running(b"sleep\x00731\x00"), "the remote sleep runs", 30)
         os.write(master, b"\x03")
+        wait_until_blocking(lambda: not _running(b"sleep\x00731\x00"), "Ctrl-C ended the sleep")
         os.write(master, b"echo after''-interrupt\r")
         mark = reader.wait_for(rb"after-interrupt\r\n", start=mark)
         assert proc.poll() is None

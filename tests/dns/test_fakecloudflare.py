@@ -4,21 +4,23 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Any
 
 import httpx
 import pytest
 
 from gentity.testing.fakecloudflare import create_app
 from tests.dns.conftest import TOKEN, FakeCloudflare
+from tests.json_body import json_object
 
 
 def records_url(fake: FakeCloudflare) -> str:
     return f"/zones/{fake.zone_id}/dns_records"
 
 
-def assert_error(response: httpx.Response, status: int, code: int) -> dict:
+def assert_error(response: httpx.Response, status: int, code: int) -> dict[str, Any]:
     assert response.status_code == status, response.text
-    body = response.json()
+    body = json_object(response.json())
     assert body["success"] is False and body["result"] is None and body["messages"] == []
     assert body["errors"][0]["code"] == code, body
     return body
@@ -103,7 +105,7 @@ def test_duplicates(fake: FakeCloudflare) -> None:
         ({"type": "MX", "name": "x", "content": "mail.example.com"}, 9000),
     ],
 )
-def test_validation(fake: FakeCloudflare, record: dict, code: int) -> None:
+def test_validation(fake: FakeCloudflare, record: dict[str, Any], code: int) -> None:
     body = assert_error(fake.api.post(records_url(fake), json=record), 400, 1004)
     assert body["errors"][0]["error_chain"][0]["code"] == code
     assert fake.records() == []

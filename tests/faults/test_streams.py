@@ -14,6 +14,7 @@ from gentity.settings import Settings
 from tests.conftest import LiveServer, mint_token, signup
 from tests.server.terminal_client import Terminal, ws_url
 from tests.server.test_instances import SHELL
+from tests.waiting import wait_until
 
 # Two connections and no overflow: every follower holding one would starve the API at once.
 POOL = {"database_pool_size": 2, "database_max_overflow": 0, "database_pool_timeout_seconds": 2}
@@ -43,8 +44,9 @@ def test_streams_leave_the_pool_to_the_api(
                         asyncio.create_task(_follow(api, iid, started)) for _ in range(FOLLOWERS)
                     ]
                     streams.callback(lambda: [r.cancel() for r in readers])
-                    while started.qsize() < FOLLOWERS:
-                        await asyncio.sleep(0.05)
+                    await wait_until(
+                        lambda: started.qsize() == FOLLOWERS, "every follower is streaming"
+                    )
                     for _ in range(TERMINALS):
                         term = await Terminal.open(ws_url(server.url, iid, token))
                         streams.push_async_callback(term.close)

@@ -135,8 +135,13 @@ class Term:
         await self.session.close()
 
 
+# What the guest_factory fixture hands a test: keyword overrides of the config, and
+# wait=False to skip waiting for the "ready" line.
+GuestFactory = Callable[..., GuestProc]
+
+
 @pytest.fixture
-def guest_factory(tmp_path: Path) -> Iterator[Callable[..., GuestProc]]:
+def guest_factory(tmp_path: Path) -> Iterator[GuestFactory]:
     """Start guests with a default bash config; keyword overrides replace fields."""
     started: list[GuestProc] = []
     # Unix socket paths are limited to ~107 bytes: keep them out of tmp_path.

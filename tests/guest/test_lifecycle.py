@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -15,8 +16,9 @@ import pytest
 
 from gentity.guest.client import GuestError, open_session
 from gentity.guest.logfile import tail
+from tests.waiting import wait_until
 
-from .conftest import GuestProc, live_members
+from .conftest import GuestFactory, GuestProc, live_members
 
 pytestmark = pytest.mark.anyio
 
@@ -30,7 +32,7 @@ def install_spec(tmp_path: Path, commands: list[list[str]], **extra: object) -> 
     }
 
 
-async def test_install_failure_is_reported(guest_factory, tmp_path: Path) -> None:
+async def test_install_failure_is_reported(guest_factory: GuestFactory, tmp_path: Path) -> None:
     guest = guest_factory(install=install_spec(tmp_path, [["false"]]))
     info = await guest.wait_for(lambda h: h["state"] == "error")
     assert info["error"] == "install failed: false exited with code 1"
@@ -43,20 +45,24 @@ async def test_install_failure_is_reported(guest_factory, tmp_path: Path) -> Non
     ]
 
 
-async def test_install_failure_quotes_the_last_output_line(guest_factory, tmp_path) -> None:
+async def test_install_failure_quotes_the_last_output_line(
+    guest_factory: GuestFactory, tmp_path: Path
+) -> None:
     script = "echo first; echo 'npm ERR! network down' >&2; exit 7"
     guest = guest_factory(install=install_spec(tmp_path, [["sh", "-c", script]]))
     info = await guest.wait_for(lambda h: h["state"] == "error")
     assert info["error"] == "install failed: sh exited with code 7: npm ERR! network down"
 
 
-async def test_install_command_not_found(guest_factory, tmp_path: Path) -> None:
+async def test_install_command_not_found(guest_factory: GuestFactory, tmp_path: Path) -> None:
     guest = guest_factory(install=install_spec(tmp_path, [["no-such-installer-xyz", "i"]]))
     info = await guest.wait_for(lambda h: h["state"] == "error")
     assert info["error"] == "install failed: no-such-installer-xyz not found"
 
 
-async def test_install_runs_once_with_its_own_env(guest_factory, tmp_path: Path) -> None:
+async def test_install_runs_once_with_its_own_env(
+    guest_factory: GuestFactory, tmp_path: Path
+) -> None:
     script = "echo inst=$INSTALL_VAR agent=${CANARY_KEY:-absent} cwd=$(pwd); echo second"
     spec = install_spec(tmp_path, [["sh", "-c", script]], env={"INSTALL_VAR": "yes"})
     env = {"PS1": "$ ", "CANARY_KEY": "sk-canary-123"}
@@ -74,22 +80,24 @@ async def test_install_runs_once_with_its_own_env(guest_factory, tmp_path: Path)
     assert "install: already installed" in again.log_text()
 
 
-async def test_install_waits_for_the_lock(guest_factory, tmp_path: Path) -> None:
+async def test_install_waits_for_the_lock(guest_factory: GuestFactory, tmp_path: Path) -> None:
     import fcntl
 
     spec = install_spec(tmp_path, [["true"]])
     (tmp_path / "cache").mkdir()
-    with open(spec["lockFile"], "w") as lock:  # type: ignore[call-overload]
+    with open(str(spec["lockFile"]), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         guest = guest_factory(install=spec)
-        await asyncio.sleep(1.0)
+        await wait_until(
+            lambda: "install: waiting for another install to finish" in guest.log_text(),
+            "the install waits for the lock",
+        )
         info = await guest.health()  # health keeps answering while blocked on the lock
         assert info["state"] == "installing"
     await guest.wait_for(lambda h: h["state"] == "running")
-    assert "install: waiting for another install to finish" in guest.log_text()
 
 
-async def test_missing_agent_command(guest_factory) -> None:
+async def test_missing_agent_command(guest_factory: GuestFactory) -> None:
     guest = guest_factory(command=["no-such-agent-xyz", "--flag"])
     info = await guest.wait_for(lambda h: h["state"] == "error")
     assert info["error"] == "cannot start agent: no-such-agent-xyz not found"
@@ -98,7 +106,7 @@ async def test_missing_agent_command(guest_factory) -> None:
     assert guest.stop() == 0
 
 
-async def test_agent_not_executable(guest_factory, tmp_path: Path) -> None:
+async def test_agent_not_executable(guest_factory: GuestFactory, tmp_path: Path) -> None:
     volume = tmp_path / "volume"
     volume.mkdir()
     (volume / "agent.sh").write_text("#!/bin/sh\necho hi\n")
@@ -107,7 +115,16 @@ async def test_agent_not_executable(guest_factory, tmp_path: Path) -> None:
     assert info["error"] == "cannot start agent: ./agent.sh is not executable"
 
 
-async def test_sigterm_stops_everything(guest_factory) -> None:
+def member_cmdlines(sid: int) -> set[bytes]:
+    """Command lines (NUL-separated, as in /proc) of the live processes of session ``sid``."""
+    found = set()
+    for pid in live_members(sid):
+        with contextlib.suppress(OSError):  # it may exit while we look
+            found.add(Path(f"/proc/{pid}/cmdline").read_bytes())
+    return found
+
+
+async def test_sigterm_stops_everything(guest_factory: GuestFactory) -> None:
     guest: GuestProc = guest_factory()
     agent_pid = (await guest.wait_for(lambda h: h["state"] == "running"))["agentPid"]
     term = await guest.attach()
@@ -115,11 +132,13 @@ async def test_sigterm_stops_everything(guest_factory) -> None:
     await term.send("sleep 300 & echo bg=$!\n")
     await term.expect(rb"bg=\d+")
     await term.send("sleep 400\n")
-    await asyncio.sleep(0.3)
+    await wait_until(
+        lambda: {b"sleep\x00300\x00", b"sleep\x00400\x00"} <= member_cmdlines(agent_pid),
+        "both children of the agent run",
+    )
     shell = await guest.attach(op="shell")
     await shell.send("echo shell-ready\n")
     await shell.expect("shell-ready")
-    assert live_members(agent_pid)
     start = time.monotonic()
     guest.proc.send_signal(signal.SIGTERM)
     exit_event = await term.expect_exit()
@@ -134,7 +153,7 @@ async def test_sigterm_stops_everything(guest_factory) -> None:
     assert guest.proc.stderr is not None and guest.proc.stderr.read() == b""
 
 
-async def test_stale_socket_is_replaced(guest_factory) -> None:
+async def test_stale_socket_is_replaced(guest_factory: GuestFactory) -> None:
     import socket as socket_module
 
     first = guest_factory()
@@ -170,14 +189,14 @@ def test_bad_config_exits_with_a_message() -> None:
     assert result.returncode == 2 and b"invalid config" in result.stderr
 
 
-async def test_idle_rss(guest_factory) -> None:
+async def test_idle_rss(guest_factory: GuestFactory) -> None:
     guest = guest_factory()
     await guest.wait_for(lambda h: h["state"] == "running")
     term = await guest.attach()
     await term.send("echo warm$((1+1))\n")
     await term.expect("warm2")
     await term.close()
-    await asyncio.sleep(1.0)
+    await guest.wait_for(lambda h: h["viewers"] == 0)  # idle: nobody attached
     status = Path(f"/proc/{guest.proc.pid}/status").read_text()
     rss_kb = int(next(line for line in status.splitlines() if line.startswith("VmRSS:")).split()[1])
     print(f"guest idle RSS: {rss_kb} kB ({rss_kb / 1024:.1f} MiB)")

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from gentity.guest.logfile import LineLogger, LogWriter, follow, strip_terminal, tail
+from tests.waiting import wait_until
 
 TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 
@@ -113,20 +114,21 @@ async def test_follow_yields_appended_records(tmp_path: Path) -> None:
                 return
 
     task = asyncio.create_task(consume())
-    await asyncio.sleep(0.1)
+    await wait_until(lambda: open_fds_for(path) == 1, "the follower has the log open")
     with path.open("ab") as f:
         f.write(record(1))
         f.flush()
-        await asyncio.sleep(0.1)
+        await wait_until(lambda: got == ["line 1"], "the appended record is yielded")
         f.write(record(2)[:10])  # partial line: must wait for its newline
         f.flush()
+        # The sleep is the point: several poll intervals pass and the partial line stays back.
         await asyncio.sleep(0.1)
         assert got == ["line 1"]
         f.write(record(2)[10:])
         f.flush()
-    await asyncio.sleep(0.1)
+    await wait_until(lambda: len(got) == 2, "the completed line is yielded")
     path.write_bytes(record(3))  # truncated and rewritten
-    await asyncio.sleep(0.1)
+    await wait_until(lambda: len(got) == 3, "the rewritten file's record is yielded")
     replacement = tmp_path / "new.log"
     replacement.write_bytes(record(4))
     replacement.replace(path)  # replaced: new inode
@@ -147,12 +149,12 @@ async def test_follow_waits_for_the_file_and_closes_on_break(tmp_path: Path) -> 
         raise AssertionError("unreachable")
 
     task = asyncio.create_task(first())
-    await asyncio.sleep(0.1)
+    await asyncio.sleep(0.1)  # the point: the follower polls a file that does not exist yet
     with LogWriter(path) as log:
         log.write("info", "created later")
     assert await asyncio.wait_for(task, 5) == "created later"
-    await asyncio.sleep(0)
-    assert open_fds_for(path) == 0
+    # Leaving the loop early closes the generator from the event loop's finalizer.
+    await wait_until(lambda: open_fds_for(path) == 0, "the abandoned follower closed the file")
 
 
 @pytest.mark.anyio
@@ -161,8 +163,7 @@ async def test_follow_cancellation_closes_the_file(tmp_path: Path) -> None:
     path.write_bytes(b"")
     stream = follow(path, poll_interval=0.02)
     task = asyncio.create_task(stream.__anext__())
-    await asyncio.sleep(0.1)
-    assert open_fds_for(path) == 1
+    await wait_until(lambda: open_fds_for(path) == 1, "the follower has the log open")
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
@@ -187,7 +188,7 @@ async def test_line_logger() -> None:
     assert lines == ["one", "two", "\u00e9 \ufffd"]
     logger.feed(b"$ ")  # a prompt without newline appears after a quiet period
     assert lines[-1] != "$"
-    await asyncio.sleep(0.2)
+    await wait_until(lambda: len(lines) == 4, "the quiet period flushes the prompt")
     assert lines[-1] == "$"
     logger.feed(b"x" * 25 + b"\n")
     assert lines[-3:] == ["x" * 10, "x" * 10, "x" * 5]

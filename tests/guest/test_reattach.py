@@ -13,13 +13,13 @@ from pathlib import Path
 import pyte
 import pytest
 
-from .conftest import GuestProc, Term
+from .conftest import GuestFactory, GuestProc, Term
 from .test_replay import QUERIES
 
 pytestmark = pytest.mark.anyio
 
 
-class Screen(pyte.Screen):  # type: ignore[misc]
+class Screen(pyte.Screen):
     def select_graphic_rendition(self, *attrs: int, private: bool = False) -> None:
         if not private:  # pyte fails on XTMODKEYS (CSI > 4;2 m), which vim sends
             super().select_graphic_rendition(*attrs)
@@ -41,7 +41,7 @@ async def drain(term: Term, quiet: float = 0.5) -> None:
             return
 
 
-async def test_replay_holds_no_query(guest_factory, tmp_path: Path) -> None:
+async def test_replay_holds_no_query(guest_factory: GuestFactory, tmp_path: Path) -> None:
     volume = tmp_path / "volume"
     volume.mkdir()
     (volume / "queries.bin").write_bytes(b"".join(b"q" + q for q in QUERIES) + b"\r\n")
@@ -66,7 +66,9 @@ async def test_replay_holds_no_query(guest_factory, tmp_path: Path) -> None:
 async def reattach_matches(guest: GuestProc, first: Term, cols: int, rows: int) -> None:
     """Attach a second viewer, stop the program, and compare both viewers' screens."""
     later = await guest.attach(cols=cols, rows=rows)
-    await asyncio.sleep(1.0)  # the redraw after attach
+    # The program redraws for the new viewer, and a redraw has no end marker to wait for:
+    # give it a second while it still runs (drain() below needs it stopped, top never idles).
+    await asyncio.sleep(1.0)
     pid = (await guest.health())["agentPid"]
     os.kill(pid, signal.SIGSTOP)
     try:
@@ -82,7 +84,7 @@ async def reattach_matches(guest: GuestProc, first: Term, cols: int, rows: int) 
         await later.close()
 
 
-async def test_top_reattach_renders_the_same_screen(guest_factory) -> None:
+async def test_top_reattach_renders_the_same_screen(guest_factory: GuestFactory) -> None:
     cols, rows = 100, 30
     guest = guest_factory(command=["top", "-d", "0.1"], cols=cols, rows=rows)
     first = await guest.attach(cols=cols, rows=rows)
@@ -92,7 +94,9 @@ async def test_top_reattach_renders_the_same_screen(guest_factory) -> None:
     await reattach_matches(guest, first, cols, rows)
 
 
-async def test_vim_reattach_renders_the_same_screen(guest_factory, tmp_path: Path) -> None:
+async def test_vim_reattach_renders_the_same_screen(
+    guest_factory: GuestFactory, tmp_path: Path
+) -> None:
     volume = tmp_path / "volume"
     volume.mkdir()
     (volume / "file.txt").write_text(

@@ -6,6 +6,7 @@ import asyncio
 import os
 import socket
 import stat
+import time
 from pathlib import Path
 
 import pytest
@@ -13,13 +14,14 @@ import pytest
 from gentity.guest.client import GuestError, health, open_session
 from gentity.guest.logfile import tail
 from gentity.guest.session import VIEWER_QUEUE_LIMIT
+from tests.waiting import wait_until
 
-from .conftest import GuestProc, pid_alive
+from .conftest import GuestFactory, GuestProc, Term, pid_alive
 
 pytestmark = pytest.mark.anyio
 
 
-async def test_health_and_authentication(guest_factory) -> None:
+async def test_health_and_authentication(guest_factory: GuestFactory) -> None:
     guest: GuestProc = guest_factory()
     info = await guest.wait_for(lambda h: h["state"] == "running")
     assert info["ok"] is True and info["error"] is None
@@ -49,7 +51,7 @@ async def test_health_and_authentication(guest_factory) -> None:
     assert b"longer than" in await asyncio.to_thread(raw, b"x" * 70_000 + b"\n")
 
 
-async def test_attach_runs_commands(guest_factory) -> None:
+async def test_attach_runs_commands(guest_factory: GuestFactory) -> None:
     guest = guest_factory()
     term = await guest.attach()
     await term.send("echo $((40+2))\n")
@@ -59,7 +61,7 @@ async def test_attach_runs_commands(guest_factory) -> None:
     await term.close()
 
 
-async def test_two_viewers_and_replay(guest_factory) -> None:
+async def test_two_viewers_and_replay(guest_factory: GuestFactory) -> None:
     guest = guest_factory()
     first = await guest.attach()
     await first.send("echo early$((1+1))\n")
@@ -76,41 +78,51 @@ async def test_two_viewers_and_replay(guest_factory) -> None:
     await guest.wait_for(lambda h: h["viewers"] == 0)
 
 
-async def test_resize_sets_the_terminal_size(guest_factory) -> None:
+async def until_shown(
+    term: Term, command: str, pattern: bytes, wanted: bytes, timeout: float = 10.0
+) -> None:
+    """Run ``command`` until what it prints (group 1 of ``pattern``) is ``wanted``.
+
+    The shell learns of a resize by SIGWINCH, asynchronously: a command typed right after the
+    resize may still run with the old size, a later one must see the new size.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        await term.send(command)
+        shown = (await term.expect(pattern)).group(1)
+        if shown == wanted:
+            return
+        assert time.monotonic() < deadline, f"{command!r} still shows {shown!r}, not {wanted!r}"
+
+
+async def test_resize_sets_the_terminal_size(guest_factory: GuestFactory) -> None:
     guest = guest_factory()
     term = await guest.attach(cols=100, rows=40)
     await term.send("stty size\n")
     await term.expect(r"\b40 100\r?\n")
     await term.session.resize(132, 50)
-    # Let bash handle its SIGWINCH (a prompt redraw) before the next line arrives.
-    await asyncio.sleep(0.2)
-    await term.send("stty size\n")
-    await term.expect(r"\b50 132\r?\n")
+    await until_shown(term, "stty size\n", rb"\b(\d+ \d+)\r?\n", b"50 132")
     await term.session.resize(5000, 30)  # clamped to 1..1000
-    await asyncio.sleep(0.2)
-    await term.send("stty size\n")
-    await term.expect(r"\b30 1000\r?\n")
+    await until_shown(term, "stty size\n", rb"\b(\d+ \d+)\r?\n", b"30 1000")
     # The shell itself sees SIGWINCH: bash updates $COLUMNS for the new size.
     await term.session.resize(77, 30)
-    await asyncio.sleep(0.2)
-    await term.send("echo cols=$COLUMNS\n")
-    await term.expect(r"cols=77")
+    await until_shown(term, "echo cols=$COLUMNS\n", rb"cols=(\d+)", b"77")
     await term.close()
 
 
-async def test_detach_does_not_kill_the_agent(guest_factory) -> None:
+async def test_detach_does_not_kill_the_agent(guest_factory: GuestFactory) -> None:
     guest = guest_factory()
     pid = (await guest.wait_for(lambda h: h["state"] == "running"))["agentPid"]
     for _ in range(3):
         term = await guest.attach()
         await term.send("true\n")
         await term.close()
-    await asyncio.sleep(0.3)
-    info = await guest.health()
+    # Once the guest has let every viewer go, a detach that killed the agent would show.
+    info = await guest.wait_for(lambda h: h["viewers"] == 0)
     assert info["state"] == "running" and info["agentPid"] == pid and info["restarts"] == 0
 
 
-async def test_slow_viewer_is_dropped_without_stalling_others(guest_factory) -> None:
+async def test_slow_viewer_is_dropped_without_stalling_others(guest_factory: GuestFactory) -> None:
     guest = guest_factory()
     slow = await guest.attach()  # never reads from here on
     fast = await guest.attach()
@@ -126,7 +138,7 @@ async def test_slow_viewer_is_dropped_without_stalling_others(guest_factory) -> 
     await fast.close()
 
 
-async def test_agent_exit_sends_exit_frame_and_restarts(guest_factory) -> None:
+async def test_agent_exit_sends_exit_frame_and_restarts(guest_factory: GuestFactory) -> None:
     guest = guest_factory()
     first_pid = (await guest.wait_for(lambda h: h["state"] == "running"))["agentPid"]
     term = await guest.attach()
@@ -147,7 +159,7 @@ async def test_agent_exit_sends_exit_frame_and_restarts(guest_factory) -> None:
     assert ("info", f"agent started (pid {info['agentPid']})") in messages
 
 
-async def test_agent_killed_by_signal(guest_factory) -> None:
+async def test_agent_killed_by_signal(guest_factory: GuestFactory) -> None:
     guest = guest_factory(restart="on-failure")
     term = await guest.attach()
     await term.send("kill -KILL $$\n")
@@ -161,7 +173,7 @@ async def test_agent_killed_by_signal(guest_factory) -> None:
     await guest.wait_for(lambda h: h["state"] == "exited")
 
 
-async def test_restart_never_leaves_state_exited(guest_factory) -> None:
+async def test_restart_never_leaves_state_exited(guest_factory: GuestFactory) -> None:
     guest = guest_factory(restart="never")
     term = await guest.attach()
     await term.send("exit 5\n")
@@ -172,7 +184,7 @@ async def test_restart_never_leaves_state_exited(guest_factory) -> None:
         await open_session(guest.address, guest.secret)
 
 
-async def test_shell_is_private_and_dies_with_its_connection(guest_factory) -> None:
+async def test_shell_is_private_and_dies_with_its_connection(guest_factory: GuestFactory) -> None:
     guest = guest_factory()
     agent_pid = (await guest.wait_for(lambda h: h["state"] == "running"))["agentPid"]
     viewer = await guest.attach()
@@ -184,23 +196,20 @@ async def test_shell_is_private_and_dies_with_its_connection(guest_factory) -> N
     assert shell_pid != agent_pid and pid_alive(shell_pid)
     assert (await guest.health())["shells"] == 1
     await shell.close()
-    for _ in range(100):
-        if not pid_alive(shell_pid):
-            break
-        await asyncio.sleep(0.05)
-    assert not pid_alive(shell_pid)
+    await wait_until(lambda: not pid_alive(shell_pid), "the shell is gone")
     await guest.wait_for(lambda h: h["shells"] == 0)
     # Nothing from the shell reached the agent's viewers or the agent's log.
     await viewer.send("echo sync$((5+5))\n")
     await viewer.expect("sync10")
-    await asyncio.sleep(0.3)
+    await wait_until(lambda: "sync10" in guest.log_text(), "the agent's output is logged")
+    # The shell's output came first: had it leaked, the viewer and the log would hold it now.
     assert b"shell1234" not in viewer.output
-    assert "shell1234" not in guest.log_text() and "sync10" in guest.log_text()
+    assert "shell1234" not in guest.log_text()
     assert (await guest.health())["agentPid"] == agent_pid
     await viewer.close()
 
 
-async def test_shell_exit_sends_exit_frame(guest_factory) -> None:
+async def test_shell_exit_sends_exit_frame(guest_factory: GuestFactory) -> None:
     guest = guest_factory()
     shell = await guest.attach(op="shell")
     await shell.send("exit 4\n")
@@ -220,7 +229,7 @@ def proc_files_containing(needle: bytes, name: str) -> list[str]:
     return hits
 
 
-async def test_secrets_reach_the_agent_only(guest_factory) -> None:
+async def test_secrets_reach_the_agent_only(guest_factory: GuestFactory) -> None:
     canary = "sk-canary-123"
     guest = guest_factory(env={"PS1": "$ ", "CANARY_KEY": canary, "HOME": "/tmp"})
     agent_pid = (await guest.wait_for(lambda h: h["state"] == "running"))["agentPid"]
@@ -242,7 +251,7 @@ async def test_secrets_reach_the_agent_only(guest_factory) -> None:
     assert canary not in guest.log_text() and guest.secret not in guest.log_text()
 
 
-async def test_tcp_listener(guest_factory) -> None:
+async def test_tcp_listener(guest_factory: GuestFactory) -> None:
     guest = guest_factory(listen="tcp:127.0.0.1:0")
     assert guest.address.startswith("tcp:127.0.0.1:") and not guest.address.endswith(":0")
     info = await guest.wait_for(lambda h: h["state"] == "running")
@@ -255,7 +264,7 @@ async def test_tcp_listener(guest_factory) -> None:
         await health(guest.address, "nope")
 
 
-async def test_oversized_frame_closes_the_connection(guest_factory) -> None:
+async def test_oversized_frame_closes_the_connection(guest_factory: GuestFactory) -> None:
     guest = guest_factory()
     await guest.wait_for(lambda h: h["state"] == "running")
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 from collections.abc import Awaitable
-from typing import ClassVar, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import pytest
 
@@ -48,7 +48,9 @@ def launch(secret: str) -> GuestLaunch:
     return GuestLaunch(agent="shell", command=["bash", "--norc", "-i"], secret=secret)
 
 
-async def wait_agent(provider: ComputeProvider, handle: MachineHandle, secret: str) -> dict:
+async def wait_agent(
+    provider: ComputeProvider, handle: MachineHandle, secret: str
+) -> dict[str, Any]:
     for _ in range(500):
         health = await guest_client.health(provider.guest_address(handle), secret)
         if health["state"] == "running":
@@ -175,6 +177,8 @@ class ProviderContract:
                         seen.append((c, record["message"]))
                         if record["message"] == "line-a":
                             break
+                # follow_logs is typed AsyncIterator; providers return async generators, closed
+                # here as the SSE endpoint closes them when its client leaves.
                 await stream.aclose()  # type: ignore[attr-defined]
                 resume = provider.follow_logs(handle, seen[-1][0])
                 async with asyncio.timeout(10):
@@ -182,7 +186,7 @@ class ProviderContract:
                         assert record["message"] != "line-a"  # nothing repeated
                         if record["message"] == "line-b":
                             break
-                await resume.aclose()  # type: ignore[attr-defined]
+                await resume.aclose()  # type: ignore[attr-defined]  # as above
             finally:
                 await provider.destroy(handle)
 

@@ -6,7 +6,7 @@ import asyncio
 import sys
 import textwrap
 from collections.abc import Callable, Iterator
-from importlib.metadata import EntryPoint
+from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
 
 import httpx
@@ -93,9 +93,7 @@ def _settings(tmp_path: Path, **values: str) -> Settings:
 
 
 def test_the_built_in_provider_is_declared_as_an_entry_point() -> None:
-    declared = {
-        point.name: point.value for point in registry.entry_points(group=registry.ENTRY_POINT_GROUP)
-    }
+    declared = {point.name: point.value for point in entry_points(group=registry.ENTRY_POINT_GROUP)}
     assert declared["local"] == "gentity.providers.compute.local.plugin:plugin"
     assert registry.load("local").build == LocalProvider.from_settings
 

@@ -211,7 +211,8 @@ def probe(
 ) -> dict[str, list[int]]:
     result = sandbox([sys.executable, "-c", PROBE, json.dumps(specs)], variant, filtered=filtered)
     assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)  # type: ignore[no-any-return]
+    counts: dict[str, list[int]] = json.loads(result.stdout)
+    return counts
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from gentity.providers.compute.local import volumes
+from tests.conftest import require
 
 UID = GID = 1_000_123
 GiB = 2**30
@@ -314,10 +315,10 @@ def test_concurrent_creates_each_get_their_own_volume(instances: Path) -> None:
     assert len(_mounts_on(instances)) == 1  # one shared bind of the parent, not one per racer
 
 
-@pytest.mark.skipif(shutil.which("bwrap") is None, reason="bwrap is not installed")
 def test_unmounting_also_unmounts_the_copies_in_running_sandboxes(instances: Path) -> None:
     """Every sandbox gets a (hidden) copy of the mounts present when it starts; without
     propagation those copies would keep a destroyed volume's loop device and space forever."""
+    require(shutil.which("bwrap") is not None, "bwrap (the sandbox) is not installed")
     a, b = instances / "i-a", instances / "i-b"
     volumes.create(a, 1, UID, GID)
     volumes.create(b, 1, UID + 1, GID + 1)
@@ -363,8 +364,7 @@ def _sandbox_sees(bwrap_pid: int, image: Path) -> bool:
 def test_without_loop_support_the_volume_is_a_plain_directory(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    if os.geteuid() != 0:
-        pytest.skip("chowning to the instance's uid needs root")
+    require(os.geteuid() == 0, "chowning to the instance's uid needs root")
     monkeypatch.setattr(volumes, "quota_support", lambda: "no loop devices here")
     root = tmp_path / "instances" / "i-p"
     reason = volumes.create(root, 1, UID, GID)

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from websockets.exceptions import ConnectionClosed
 
 from gentity.settings import Settings
 from tests.conftest import LiveServer, require
@@ -76,7 +77,9 @@ class Shell:
         await self.terminal.close()
 
 
-def attack(server: LiveServer, instance_id: str, token: str, commands: list[str]) -> list:
+def attack(
+    server: LiveServer, instance_id: str, token: str, commands: list[str]
+) -> list[tuple[int, str]]:
     """Run ``commands`` in the instance's terminal; their (status, output) pairs."""
 
     async def scenario() -> list[tuple[int, str]]:
@@ -236,7 +239,8 @@ def test_guest_output_never_reaches_the_error_message(
     async def kill_the_guest() -> None:
         terminal = await Terminal.open(ws_url(server.url, iid, token))
         await terminal.send("pkill -9 -f gentity.guest\r")
-        with contextlib.suppress(Exception):  # the guest takes this very connection down
+        # The guest takes this very connection down: it may end without an exit frame.
+        with contextlib.suppress(ConnectionClosed, TimeoutError):
             await terminal.wait_exit(timeout=10)
 
     asyncio.run(kill_the_guest())
@@ -281,6 +285,8 @@ def test_log_symlinks_and_fifos_neither_leak_nor_block(
                 asyncio.create_task(http.get(f"/api/instances/{iid}/logs?lines=5", headers=headers))
                 for _ in range(3)
             ]
+            # Time for the requests to reach the server and block on the FIFO, if they would;
+            # from the outside a blocked request and a slow one look alike.
             await asyncio.sleep(0.5)
             started = time.monotonic()
             health = await http.get("/healthz", timeout=3)

@@ -11,6 +11,7 @@ from typing import Any
 
 import httpx
 import pytest
+import uvicorn
 from websockets.exceptions import InvalidStatus
 
 from gentity.cli import serve as serve_command
@@ -52,7 +53,7 @@ def test_numbers_are_ascii_digits_in_range(bearer: httpx.Client, token: str) -> 
         assert_error(bearer.get(logs, params={"lines": bad}), 400)
         assert_error(bearer.get(logs, params={"follow": "1", "cursor": bad}), 400)
         with bearer.stream(
-            "GET", logs, params={"follow": "1"}, headers={"Last-Event-ID": bad.encode()}
+            "GET", logs, params={"follow": "1"}, headers=[(b"Last-Event-ID", bad.encode())]
         ) as answer:
             answer.read()
             assert_error(answer, 400)
@@ -113,7 +114,7 @@ def test_forwarding_headers_are_believed_from_listed_proxies_only(
 
     # `gentity serve` does not let uvicorn believe them either.
     seen: dict[str, Any] = {}
-    monkeypatch.setattr(serve_command.uvicorn, "run", lambda app, **kw: seen.update(kw))
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: seen.update(kw))
     monkeypatch.setenv("GENTITY_DATA_DIR", str(settings_factory().data_dir))
     serve_command.serve(host=None, port=None)
     assert seen["proxy_headers"] is False

@@ -62,7 +62,7 @@ async def assert_streams_end(
     await term.send("echo open-$((2+3))\r")
     await term.expect("open-5")
     await asyncio.wait_for(opened.wait(), 10)
-    # Both stay open while the credential is good.
+    # Both stay open while the credential is good: the sleep is the point, nothing may end.
     await asyncio.sleep(0.5)
     assert not follow.done()
     await end()

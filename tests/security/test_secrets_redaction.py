@@ -24,6 +24,7 @@ from tests.guest.conftest import GuestProc, anyio_backend, guest_factory
 
 __all__ = ["anyio_backend", "guest_factory"]  # the guest tests' fixtures, used here too
 from tests.server.terminal_client import Terminal, ws_url
+from tests.waiting import wait_until
 
 KEY = "sk-ant-redact-canary-5b0d7e2a91c4"
 GUEST_SECRET = "guest-secret-canary-8e1f4c7a02b3d6"
@@ -264,15 +265,16 @@ async def test_line_logger_holds_what_may_start_a_secret() -> None:
     lines: list[str] = []
     logger = LineLogger(lines.append, quiet=0.05, max_line=64, redact=Redactor([KEY]))
     logger.feed(f"key={KEY[:7]}".encode())
-    await asyncio.sleep(0.2)
+    await wait_until(lambda: lines != [], "the quiet period flushes the line")
     assert lines == ["key="]  # the quiet flush keeps back the start of the key
     logger.feed(f"{KEY[7:]} end\n".encode())
     assert lines == ["key=", "[redacted] end"]
     # A line longer than max_line is cut, but never inside a key.
     logger.feed(("x" * 50 + KEY + "y" * 60 + "\n").encode())
     assert KEY not in "".join(lines) and "[redacted]" in lines[-2]
+    flushed = len(lines)
     logger.feed(b"prompt s")
-    await asyncio.sleep(0.2)
+    await wait_until(lambda: len(lines) > flushed, "the quiet period flushes the prompt")
     assert lines[-1] == "prompt"
     logger.close()
     assert lines[-1] == "s"

@@ -5,20 +5,22 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from typing import Any
 
 import httpx
 
+from tests.json_body import json_object
 from tests.server.terminal_client import Terminal, ws_url
 
 from .test_instances import create_shell
 
 
 def wait_agent(
-    client: httpx.Client, iid: str, check: Callable[[dict], bool], timeout: float = 20.0
-) -> dict:
+    client: httpx.Client, iid: str, check: Callable[[dict[str, Any]], bool], timeout: float = 20.0
+) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while True:
-        one = client.get(f"/api/instances/{iid}").json()
+        one = json_object(client.get(f"/api/instances/{iid}").json())
         if one["agent"] is not None and check(one["agent"]):
             return one
         assert time.monotonic() < deadline, one

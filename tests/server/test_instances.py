@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import re
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -13,15 +14,16 @@ from sqlalchemy import select
 from gentity.server.db.database import Database
 from gentity.server.db.orm import InstanceEvent
 from gentity.settings import Settings
+from tests.json_body import json_object
 from tests.server.terminal_client import Terminal, ws_url
 
 SHELL = {"agentType": "shell", "modelProvider": "none", "modelName": "bash"}
 
 
-def create_shell(client: httpx.Client, **extra: object) -> dict:
+def create_shell(client: httpx.Client, **extra: object) -> dict[str, Any]:
     response = client.post("/api/instances", json={**SHELL, **extra})
     assert response.status_code == 200, response.text
-    return response.json()
+    return json_object(response.json())
 
 
 def instance_dir(settings: Settings, instance_id: str) -> Path:
@@ -147,7 +149,7 @@ def _guest_processes(iid: str) -> list[int]:
         ({**SHELL, "name": "x" * 201}, "name"),
     ],
 )
-def test_create_validation(bearer: httpx.Client, body: dict, fragment: str) -> None:
+def test_create_validation(bearer: httpx.Client, body: dict[str, Any], fragment: str) -> None:
     response = bearer.post("/api/instances", json=body)
     assert response.status_code == 400
     assert fragment in response.json()["error"]

@@ -8,6 +8,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -16,6 +17,7 @@ from gentity.server import sse
 from tests.conftest import LiveServer
 from tests.server.terminal_client import Terminal, ws_url
 from tests.server.test_instances import create_shell
+from tests.waiting import wait_until_blocking
 
 
 def type_into(base: str, iid: str, token: str, command: str, marker: str) -> None:
@@ -68,10 +70,12 @@ def test_tail_is_oldest_first_and_survives_stop_start(bearer: httpx.Client, toke
     bearer.delete(f"/api/instances/{iid}")
 
 
-def _read_events(lines: Iterator[str], until: Callable[[list[dict]], bool]) -> list[dict]:
+def _read_events(
+    lines: Iterator[str], until: Callable[[list[dict[str, Any]]], bool]
+) -> list[dict[str, Any]]:
     """Parse SSE events (and comments) until ``until(events)`` holds or 15 s pass."""
-    events: list[dict] = []
-    current: dict = {}
+    events: list[dict[str, Any]] = []
+    current: dict[str, Any] = {}
     deadline = time.monotonic() + 15
     for line in lines:
         if line.startswith("id: "):
@@ -88,7 +92,7 @@ def _read_events(lines: Iterator[str], until: Callable[[list[dict]], bool]) -> l
     return events
 
 
-def _has(message: str) -> Callable[[list[dict]], bool]:
+def _has(message: str) -> Callable[[list[dict[str, Any]]], bool]:
     return lambda events: any(e.get("data", {}).get("message") == message for e in events)
 
 
@@ -144,12 +148,10 @@ def test_disconnect_leaves_no_stream_behind(server: LiveServer, bearer: httpx.Cl
         with bearer.stream("GET", f"/api/instances/{iid}/logs", params={"follow": "1"}) as r:
             # The stream is live: it replays recent lines as events.
             assert any(line.startswith("data: ") for line in r.iter_lines())
-    for _ in range(100):
-        if open_log_handles() == 0 and _server_tasks(server) <= tasks_before:
-            break
-        time.sleep(0.05)
-    assert open_log_handles() == 0
-    assert _server_tasks(server) <= tasks_before
+    wait_until_blocking(lambda: open_log_handles() == 0, "every follow closed the log file")
+    wait_until_blocking(
+        lambda: _server_tasks(server) <= tasks_before, "every follow's task on the server ended"
+    )
     # The server still answers promptly.
     assert bearer.get("/healthz").status_code == 200
     bearer.delete(f"/api/instances/{iid}")
@@ -159,18 +161,20 @@ def test_destroy_ends_its_log_followers(server: LiveServer, bearer: httpx.Client
     """A follower holds the log open on the instance's volume: destroying the instance still
     finishes promptly, and the follow ends instead of waiting on a log that is gone."""
     iid = create_shell(bearer)["id"]
+    reading = threading.Event()
     ended = threading.Event()
 
     def follow() -> None:
         url = f"{server.url}/api/instances/{iid}/logs?follow=1"
         with httpx.stream("GET", url, headers=bearer.headers, timeout=60) as response:
-            for _ in response.iter_lines():
-                pass
+            for line in response.iter_lines():
+                if line.startswith("data: "):  # a record: the server is reading the log
+                    reading.set()
         ended.set()
 
     follower = threading.Thread(target=follow, daemon=True)
     follower.start()
-    time.sleep(0.5)  # the stream is open and reading the log
+    assert reading.wait(20), "the follow delivered no record"
     started = time.monotonic()
     assert bearer.delete(f"/api/instances/{iid}").status_code == 200
     assert time.monotonic() - started < 10

@@ -6,10 +6,12 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from datetime import timedelta
+from typing import Any
 
 import httpx
 from sqlalchemy import update
 
+from gentity.providers.compute.base import MachineHandle
 from gentity.providers.compute.local.provider import LocalProvider
 from gentity.server.db.database import Database
 from gentity.server.db.ids import utcnow
@@ -17,6 +19,7 @@ from gentity.server.db.orm import Instance
 from gentity.server.reconciler import reconcile_once
 from gentity.settings import Settings
 from tests.conftest import LiveServer
+from tests.json_body import json_object
 from tests.server.terminal_client import Terminal, ws_url
 from tests.server.test_instances import create_shell
 
@@ -58,9 +61,7 @@ def test_dead_machine_is_marked_with_a_reason(
     bearer.delete(f"/api/instances/{iid}")
 
 
-def _handle(iid: str):  # type: ignore[no-untyped-def]
-    from gentity.providers.compute.base import MachineHandle
-
+def _handle(iid: str) -> MachineHandle:
     return MachineHandle(ref=iid, data={"cpus": 1, "memoryMb": 512})
 
 
@@ -87,8 +88,8 @@ def test_interrupted_operations_are_settled(
 
     _reconcile(server)
 
-    def status(iid: str) -> dict:
-        return bearer.get(f"/api/instances/{iid}").json()
+    def status(iid: str) -> dict[str, Any]:
+        return json_object(bearer.get(f"/api/instances/{iid}").json())
 
     assert status(up)["status"] == "running"
     assert status(stopping)["status"] == "stopped"

@@ -31,7 +31,8 @@ def test_viewers_replay_resize_and_exit(bearer: httpx.Client, token: str) -> Non
         await first.expect("both-4")
         await second.expect("both-4")
         await second.resize(91, 37)
-        await asyncio.sleep(0.2)
+        # No wait: frames reach the guest in order, and it sizes the terminal before it
+        # writes the next input, so `stty size` already sees the new size.
         await second.send("stty size\r")
         await second.expect("37 91")
         # Detaching a viewer does not kill the agent.
