@@ -8,12 +8,13 @@ import re
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 
 from gentity.settings import Settings
-from tests.conftest import LiveServer
+from tests.conftest import LiveServer, signup
 
 REPO = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
@@ -24,6 +25,7 @@ MAX_EXAMPLES = 40
 SEED = 20261129
 
 ERROR_REF = {"$ref": "#/components/schemas/Error"}
+UTC_STAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z")
 IDEMPOTENT = {("post", "/api/instances"), ("post", "/api/instances/{instance_id}/action")}
 
 
@@ -122,3 +124,26 @@ def test_405_allows_every_method_of_the_path(server: LiveServer) -> None:
             assert response.status_code == 405, path
             allowed = {m.strip() for m in response.headers["allow"].split(",")}
             assert allowed == {m.upper() for m in operations}, path
+
+
+def test_times_are_utc_with_z_on_every_answer(
+    server_factory: Callable[[Settings], LiveServer],
+    settings_factory: Callable[..., Settings],
+    database_url: str,
+) -> None:
+    """An offset sent in is answered in UTC, by POST and GET alike, even when the database
+    session's time zone is not UTC (PostgreSQL then hands back times in that zone)."""
+    if database_url.startswith("postgresql"):
+        database_url += "%20-ctimezone%3DAsia/Kolkata"
+    server = server_factory(settings_factory(database_url=database_url))
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        assert signup(client, "admin@example.com").status_code == 200
+        minted = client.post(
+            "/api/tokens", json={"name": "laptop", "expiresAt": "2030-01-01T05:00:00+02:00"}
+        ).json()["record"]
+        listed = client.get("/api/tokens").json()["tokens"][0]
+        me = client.get("/api/auth/me").json()
+    assert minted["expiresAt"] == listed["expiresAt"] == "2030-01-01T03:00:00Z"
+    assert minted["createdAt"] == listed["createdAt"]
+    for stamp in (listed["createdAt"], me["createdAt"]):
+        assert UTC_STAMP.fullmatch(stamp), stamp
