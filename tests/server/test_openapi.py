@@ -89,6 +89,8 @@ def test_every_operation_documents_its_errors_and_credentials(client: httpx.Clie
             for status in errors:
                 body = responses[str(status)]["content"]["application/json"]["schema"]
                 assert body == ERROR_REF, (method, path, status)
+                headers = responses[str(status)].get("headers", {})
+                assert ("Retry-After" in headers) == (status in (429, 503)), (method, path)
             if path in public:
                 assert operation["security"] == [], (method, path)
                 assert 401 not in errors or path == "/api/auth/login", (method, path)

@@ -157,8 +157,22 @@ def _calls(dependant: Dependant) -> Iterator[Callable[..., Any]]:
             yield sub.call
 
 
+# Sign-in limits and database outages say when to try again; documented as optional, since a
+# 503 for another cause may not.
+_RETRY_AFTER = {
+    "Retry-After": {
+        "description": "Seconds to wait before trying again",
+        "schema": {"type": "integer", "minimum": 0},
+    }
+}
+_RETRYABLE = frozenset({429, 503})
+
+
 def _error_response(status: int) -> dict[str, Any]:
-    return {
+    response: dict[str, Any] = {
         "description": _REASONS[status],
         "content": {"application/json": {"schema": _ERROR_REF}},
     }
+    if status in _RETRYABLE:
+        response["headers"] = _RETRY_AFTER
+    return response
