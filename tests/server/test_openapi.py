@@ -53,6 +53,9 @@ def test_schemathesis_finds_nothing(
         str(MAX_EXAMPLES),
         "--seed",
         str(SEED),
+        # Seeded and stateless: no examples remembered from earlier runs, nothing written.
+        "--generation-database",
+        "none",
         "--workers",
         "1",
         "--request-timeout",
