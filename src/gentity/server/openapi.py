@@ -49,7 +49,7 @@ _REASONS = {
     422: "Idempotency-Key already used for a different request",
     429: "Too many failed sign-in attempts; see Retry-After",
     502: "The machine or the agent failed; the message says why",
-    503: "The database is unavailable; retry after Retry-After",
+    503: "Temporarily unavailable (most often the database); try again shortly",
 }
 
 SECURITY_SCHEMES: dict[str, Any] = {
