@@ -9,14 +9,23 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    GetJsonSchemaHandler,
+)
 from pydantic.alias_generators import to_camel
+from pydantic_core import CoreSchema
 
 # C0 and C1 controls (NUL, escapes, newlines, DEL, ...), Unicode line separators and the bidi
 # overrides that make a name display as something else ("trojan source").
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+_CONTROLS = r"\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069"
+_CONTROL = re.compile(f"[{_CONTROLS}]")
 
 
 def _plain_text(value: str) -> str:
@@ -34,7 +43,20 @@ def _in_utc(value: datetime) -> datetime:
         raise ValueError("must be a date before the year 10000 in UTC") from None
 
 
-PlainText = Annotated[str, AfterValidator(_plain_text)]
+class _PlainTextSchema:
+    """Says in the JSON schema what ``_plain_text`` refuses, so clients can know it too."""
+
+    PATTERN = f"^[^{_CONTROLS}]*$"
+
+    def __get_pydantic_json_schema__(
+        self, schema: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> dict[str, Any]:
+        json_schema: dict[str, Any] = handler(schema)
+        json_schema["pattern"] = self.PATTERN
+        return json_schema
+
+
+PlainText = Annotated[str, AfterValidator(_plain_text), _PlainTextSchema()]
 """A user-chosen string (a name, an email): no control characters."""
 
 

@@ -21,6 +21,7 @@ from gentity.server.errors import install_error_handlers
 from gentity.server.logging import install_secret_filters
 from gentity.server.middleware import BodySizeLimit, CrossOriginGuard, SecurityHeaders
 from gentity.server.node import NodeIdentity
+from gentity.server.openapi import install_openapi
 from gentity.server.proxies import TrustedProxyHeaders
 from gentity.server.reconciler import reconcile_once, run_forever
 from gentity.server.routers import auth, catalog, health, instances, terminal, tokens
@@ -89,6 +90,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.ctx = ctx
     install_error_handlers(app)
+    install_openapi(app)
     for router in (
         health.router,
         catalog.router,

@@ -25,7 +25,7 @@ from gentity.server.db.ids import new_id, utcnow
 
 
 class UTCDateTime(TypeDecorator[datetime]):
-    """Timezone-aware datetimes on every backend (SQLite drops the zone on the way back)."""
+    """Timezone-aware UTC datetimes on every backend (SQLite drops the zone on the way back)."""
 
     impl = DateTime(timezone=True)
     cache_ok = True
@@ -36,9 +36,12 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value.astimezone(UTC) if value is not None else None
 
     def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        if value is not None and value.tzinfo is None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
             return value.replace(tzinfo=UTC)
-        return value
+        # PostgreSQL answers in the session's time zone; the API speaks UTC only.
+        return value.astimezone(UTC)
 
 
 class Base(DeclarativeBase):

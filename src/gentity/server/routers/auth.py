@@ -18,6 +18,7 @@ from gentity.server.auth import (
 )
 from gentity.server.db.orm import User
 from gentity.server.errors import ApiError, not_found
+from gentity.server.openapi import errors
 from gentity.server.services import accounts
 
 router = APIRouter(prefix="/api/auth", tags=["auth"], route_class=AuthFirstRoute)
@@ -41,7 +42,7 @@ async def status(ctx: Ctx, db: Db) -> dict[str, bool]:
     }
 
 
-@router.post("/login", response_model=models.UserInfo)
+@router.post("/login", response_model=models.UserInfo, responses=errors(401, 429))
 async def login(
     body: models.LoginRequest, request: Request, response: Response, ctx: Ctx, db: Db
 ) -> models.UserInfo:
@@ -63,7 +64,7 @@ async def login(
     return _user_info(user)
 
 
-@router.post("/signup", response_model=models.UserInfo)
+@router.post("/signup", response_model=models.UserInfo, responses=errors(409, 429))
 async def signup(
     body: models.SignupRequest, request: Request, response: Response, ctx: Ctx, db: Db
 ) -> models.UserInfo:

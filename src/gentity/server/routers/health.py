@@ -9,6 +9,7 @@ from fastapi import APIRouter
 from starlette.responses import JSONResponse
 
 from gentity.server.auth import Ctx
+from gentity.server.openapi import errors
 
 router = APIRouter(tags=["health"])
 log = logging.getLogger(__name__)
@@ -21,7 +22,7 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", response_model=None)
+@router.get("/readyz", response_model=None, responses=errors(503))
 async def readyz(ctx: Ctx) -> JSONResponse | dict[str, object]:
     """The database answers within its statement timeout; otherwise 503 so a load balancer
     routes elsewhere.

@@ -5,14 +5,16 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Query, Request
+from fastapi import APIRouter, Header, Query
+from pydantic import WithJsonSchema
 from starlette.responses import JSONResponse
 
 from gentity import models
 from gentity.server.auth import Auth, AuthFirstRoute, Ctx, Db, Principal
 from gentity.server.context import AppContext
 from gentity.server.errors import ApiError
-from gentity.server.params import parse_cursor, parse_int
+from gentity.server.openapi import errors
+from gentity.server.params import MAX_CURSOR, parse_cursor, parse_int
 from gentity.server.services import idempotency, instances
 from gentity.server.sse import EventStreamResponse, LogStream, log_events
 
@@ -27,13 +29,17 @@ async def list_instances(principal: Auth, ctx: Ctx, db: Db) -> models.InstanceLi
     return models.InstanceList(instances=await instances.to_wire_with_health(ctx, rows))
 
 
+# Parameters arrive as text and are parsed strictly by the handlers (gentity.server.params);
+# the schemas below say what those parsers accept, so the document matches the wire.
 IdempotencyHeader = Annotated[
     str | None,
     Header(
         alias="Idempotency-Key",
         description="Retry safely: the same key within 24 h gets the first request's answer",
     ),
+    WithJsonSchema({"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[!-~]+$"}),
 ]
+_CURSOR_SCHEMA = {"type": "integer", "minimum": 0, "maximum": MAX_CURSOR}
 
 
 def _answer(answer: idempotency.Answer) -> JSONResponse:
@@ -41,7 +47,7 @@ def _answer(answer: idempotency.Answer) -> JSONResponse:
     return JSONResponse(body, status_code=status)
 
 
-@router.post("", response_model=models.InstanceCreated)
+@router.post("", response_model=models.InstanceCreated, responses=errors(409, 422, 502))
 async def create_instance(
     body: models.InstanceCreateRequest,
     principal: Auth,
@@ -67,7 +73,7 @@ async def get_instance(instance_id: str, principal: Auth, ctx: Ctx, db: Db) -> m
     return (await instances.to_wire_with_health(ctx, [row]))[0]
 
 
-@router.delete("/{instance_id}", response_model=models.Ok)
+@router.delete("/{instance_id}", response_model=models.Ok, responses=errors(409, 502))
 async def delete_instance(instance_id: str, principal: Auth, ctx: Ctx, db: Db) -> models.Ok:
     """Destroy the machine and its volume."""
     row = await instances.get_owned(db, principal.user.id, instance_id)
@@ -75,7 +81,7 @@ async def delete_instance(instance_id: str, principal: Auth, ctx: Ctx, db: Db) -
     return models.Ok()
 
 
-@router.post("/{instance_id}/action", response_model=models.Ok)
+@router.post("/{instance_id}/action", response_model=models.Ok, responses=errors(409, 422, 502))
 async def instance_action(
     instance_id: str,
     body: models.InstanceActionRequest,
@@ -109,24 +115,40 @@ def _parse_follow(raw: str | None) -> bool:
 @router.get(
     "/{instance_id}/logs",
     response_model=models.LogList,
-    responses={200: {"content": {"text/event-stream": {}}}},
+    responses={200: {"content": {"text/event-stream": {}}}, **errors(409)},
 )
 async def instance_logs(
     instance_id: str,
     principal: Auth,
     ctx: Ctx,
     db: Db,
-    request: Request,
-    lines: Annotated[str | None, Query(description="How many recent lines (1-1000)")] = None,
-    follow: Annotated[str | None, Query(description="1 to stream new lines (SSE)")] = None,
-    last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
+    lines: Annotated[
+        str | None,
+        Query(description=f"How many recent lines (1-{MAX_LOG_LINES}, default 200)"),
+        WithJsonSchema({"type": "integer", "minimum": 1, "maximum": MAX_LOG_LINES}),
+    ] = None,
+    follow: Annotated[
+        str | None,
+        Query(description="1 (or true) to stream new lines as text/event-stream"),
+        WithJsonSchema({"anyOf": [{"type": "boolean"}, {"type": "integer", "enum": [0, 1]}]}),
+    ] = None,
+    cursor: Annotated[
+        str | None,
+        Query(description="With follow: start after this event id (from an earlier stream)"),
+        WithJsonSchema(_CURSOR_SCHEMA),
+    ] = None,
+    last_event_id: Annotated[
+        str | None,
+        Header(alias="Last-Event-ID", description="With follow: resume after this event id"),
+        WithJsonSchema(_CURSOR_SCHEMA),
+    ] = None,
 ) -> models.LogList | EventStreamResponse:
     """Recent log lines, oldest first; with ``follow=1`` a ``text/event-stream`` of new ones."""
     count = parse_int(lines, "lines", 1, MAX_LOG_LINES, default=200)
     following = _parse_follow(follow)
     # Checked before anything opens: a bad cursor is a 400, not a stream that breaks later.
     resume = parse_cursor(last_event_id, "Last-Event-ID")
-    cursor = parse_cursor(request.query_params.get("cursor"), "cursor")
+    cursor = parse_cursor(cursor, "cursor")
     row = await instances.get_owned(db, principal.user.id, instance_id)
     if ctx.compute is None or row.provider_ref is None:
         if following:
