@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from typing import Any
 
 import schemathesis
 from schemathesis import AuthContext, Case
@@ -33,8 +34,8 @@ async def _mint() -> str:
 
 @schemathesis.auth()
 class MintedToken:
-    def get(self, case: Case, context: AuthContext) -> str:
+    def get(self, case: Case[Any], context: AuthContext) -> str:
         return asyncio.run(_mint())
 
-    def set(self, case: Case, data: str, context: AuthContext) -> None:
-        case.headers = {**(case.headers or {}), "Authorization": f"Bearer {data}"}
+    def set(self, case: Case[Any], data: str, context: AuthContext) -> None:
+        case.headers["Authorization"] = f"Bearer {data}"
