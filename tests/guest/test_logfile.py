@@ -12,7 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from gentity.guest.logfile import LineLogger, LogWriter, follow, strip_terminal, tail
+from gentity.guest.logreader import follow, tail
+from gentity.guest.logwriter import LogWriter
+from gentity.guest.textlines import LineLogger, strip_terminal
 from tests.waiting import wait_until
 
 TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")

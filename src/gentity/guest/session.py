@@ -21,8 +21,9 @@ from collections.abc import Callable, Sequence
 from typing import Final
 
 from gentity.guest import protocol
-from gentity.guest.logfile import LineLogger, Redactor
+from gentity.guest.redact import Redactor
 from gentity.guest.replay import ReplayBuffer
+from gentity.guest.textlines import LineLogger
 
 #: Pending output a viewer may lag behind before it is dropped.
 VIEWER_QUEUE_LIMIT: Final = 4 * 1024 * 1024

@@ -74,7 +74,7 @@ class GuestLaunch:
         """Every value the instance's log must never show: the guest secret and the keys.
 
         For logs a provider writes itself (e.g. install output), with
-        :class:`gentity.guest.logfile.Redactor`.
+        :class:`gentity.guest.redact.Redactor`.
         """
         return [self.secret, *(self.agent_env[n] for n in self.secret_env if n in self.agent_env)]
 

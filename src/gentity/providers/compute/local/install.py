@@ -14,7 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from gentity.guest.logfile import LogWriter
+from gentity.guest.logwriter import LogWriter
 from gentity.providers.compute.base import InstallStep, ProviderError
 from gentity.providers.compute.local.sandbox import DEFAULT_PATH, TLS_TRUST_VARIABLES
 
