@@ -29,11 +29,12 @@ from collections.abc import Callable
 from typing import Any, Final
 
 from gentity.guest import protocol as p
+from gentity.guest.children import ChildWatcher, describe_exit, run_piped
 from gentity.guest.logformat import format_timestamp
 from gentity.guest.logwriter import LogWriter
 from gentity.guest.readiness import Readiness
 from gentity.guest.redact import Redactor
-from gentity.guest.session import ChildWatcher, PtySession, Viewer, describe_exit, run_piped
+from gentity.guest.session import PtySession, Viewer
 from gentity.guest.textlines import LineLogger
 
 BACKOFF_MIN: Final = 0.5
