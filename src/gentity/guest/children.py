@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import fcntl
 import os
+import shutil
 import signal
 import subprocess
 import termios
@@ -17,6 +18,26 @@ from collections.abc import Callable, Sequence
 
 from gentity.guest.redact import Redactor
 from gentity.guest.textlines import LineLogger
+
+
+class StartError(Exception):
+    """A program could not be started; the message says why in plain words."""
+
+
+def resolve(program: str, env: dict[str, str], cwd: str) -> str:
+    """Path of ``program`` as a child in ``cwd`` with ``env`` would find it; StartError if
+    it is missing or not executable (said plainly, before a fork that would only fail)."""
+    if "/" in program:
+        path = os.path.join(cwd, program)
+        if not os.path.exists(path):
+            raise StartError(f"{program} not found")
+        if os.path.isdir(path) or not os.access(path, os.X_OK):
+            raise StartError(f"{program} is not executable")
+        return path
+    found = shutil.which(program, path=env.get("PATH", os.defpath))
+    if found is None:
+        raise StartError(f"{program} not found")
+    return found
 
 
 def describe_exit(returncode: int) -> tuple[int | None, str | None]:
@@ -119,7 +140,7 @@ async def run_piped(
     *,
     cwd: str,
     env: dict[str, str],
-    watcher: ChildWatcher,
+    wait_exit: Callable[[subprocess.Popen[bytes]], asyncio.Future[int]],
     on_line: Callable[[str], None],
     stop_timeout: float = 5.0,
     cgroup_fd: int | None = None,
@@ -130,7 +151,9 @@ async def run_piped(
     Returns the Popen return code; raises OSError if it cannot be started. The
     command gets its own session; if the caller is cancelled, its process group
     receives SIGTERM, then SIGKILL after ``stop_timeout`` seconds. Lines are
-    redacted with ``redact`` (see :class:`LineLogger`).
+    redacted with ``redact`` (see :class:`LineLogger`). ``wait_exit`` gives a future of
+    the return code: :meth:`ChildWatcher.exited` in the guest, a thread's ``wait`` in a
+    process that must not take over SIGCHLD.
     """
     loop = asyncio.get_running_loop()
     read_fd, write_fd = os.pipe()
@@ -152,7 +175,7 @@ async def run_piped(
         raise
     finally:
         os.close(write_fd)
-    exited = watcher.exited(proc)
+    exited = wait_exit(proc)
     eof: asyncio.Future[None] = loop.create_future()
     logger = LineLogger(on_line, redact=redact)
 

@@ -28,7 +28,7 @@ class LogWriter:
 
     def __init__(self, path: str | os.PathLike[str], *, redact: Redactor | None = None) -> None:
         self.path = os.fspath(path)
-        self._redact = redact or Redactor()
+        self.redact = redact or Redactor()
         parent = os.path.dirname(self.path)
         if parent:
             os.makedirs(parent, exist_ok=True)
@@ -49,8 +49,8 @@ class LogWriter:
         """
         if self._fd is None or not messages:
             return
-        if self._redact:
-            messages = [self._redact(m) for m in messages]
+        if self.redact:
+            messages = [self.redact(m) for m in messages]
         head = f'{{"timestamp": "{format_timestamp()}", "level": {json.dumps(level)}, "message": '
         if _JSON_UNSAFE.search("".join(messages)):
             text = "".join(f"{head}{json.dumps(m, ensure_ascii=False)}}}\n" for m in messages)
