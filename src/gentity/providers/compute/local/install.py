@@ -14,8 +14,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from gentity.catalog import InstallStep
 from gentity.guest.logwriter import LogWriter
-from gentity.providers.compute.base import InstallStep, ProviderError
+from gentity.providers.compute.base import ProviderError
 from gentity.providers.compute.local.sandbox import DEFAULT_PATH, TLS_TRUST_VARIABLES
 
 INSTALL_TIMEOUT_SECONDS = 15 * 60
