@@ -257,9 +257,7 @@ class LocalProvider(ComputeProvider):
             redact = Redactor(launch.secret_values())
             try:
                 with LogWriter(paths.log_file, redact=redact) as writer:
-                    await anyio.to_thread.run_sync(
-                        ensure_installed, self.agents_dir, launch.agent, launch.install, writer
-                    )
+                    await ensure_installed(self.agents_dir, launch.agent, launch.install, writer)
             except BaseException:
                 await anyio.to_thread.run_sync(_end_waiting_guest, booted.process)
                 raise
