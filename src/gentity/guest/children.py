@@ -1,7 +1,8 @@
 """Child processes of the guest daemon: starting them, reaping them, describing how they ended.
 
-No threads anywhere: :class:`ChildWatcher` reaps from a SIGCHLD handler on the event loop, and
-:func:`run_piped` reads a command's output from a non-blocking pipe. Standard library only.
+The guest uses no threads: :class:`ChildWatcher` reaps from a SIGCHLD handler on the event
+loop, and :func:`run_piped` reads a command's output from a non-blocking pipe (the control
+plane, which runs installs with it too, waits for exits its own way). Standard library only.
 """
 
 from __future__ import annotations
