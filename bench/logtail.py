@@ -5,7 +5,7 @@ A stopped instance's ``agent.log`` is replaced with generated JSON lines in the 
 a pre-built block in large writes, inside the data directory, and deleted afterwards. Calls
 alternate between the two files (swapped in as ``agent.log`` by an atomic rename of a hard
 link), so load drift on a shared machine does not land on one of them only. The same two files
-are also timed through ``gentity.guest.logfile.tail`` directly.
+are also timed through ``gentity.guest.logreader.tail`` directly.
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ from pathlib import Path
 from bench.context import Context, say
 from bench.report import Figure
 from bench.stats import median, ms, percentile, ratio, size
-from gentity.guest.logfile import format_timestamp, tail
+from gentity.guest.logformat import format_timestamp
+from gentity.guest.logreader import tail
 from gentity.providers.compute.local import volumes
 
 GOAL_RATIO = 2.0

@@ -22,7 +22,8 @@ from bench.pty_baseline import PtyTimeout, RawPty
 from bench.report import Figure
 from bench.stats import median, rate, ratio, size
 from bench.terminal import Terminal, TerminalError
-from gentity.guest.logfile import LineLogger, LogWriter
+from gentity.guest.logwriter import LogWriter
+from gentity.guest.textlines import LineLogger
 
 GOAL_RATIO = 0.5
 MARKER = "done-42"

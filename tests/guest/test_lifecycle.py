@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from gentity.guest.client import GuestError, open_session
-from gentity.guest.logfile import tail
+from gentity.guest.logreader import tail
 from tests.waiting import wait_until
 
 from .conftest import GuestFactory, GuestProc, live_members

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from gentity.guest.client import GuestError, health, open_session
-from gentity.guest.logfile import tail
+from gentity.guest.logreader import tail
 from gentity.guest.session import VIEWER_QUEUE_LIMIT
 from tests.waiting import wait_until
 

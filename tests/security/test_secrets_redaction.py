@@ -246,7 +246,7 @@ async def test_guest_redacts_install_output_and_the_error_it_leaves(
 
 
 def test_redactor_replaces_exact_values_of_a_useful_length() -> None:
-    from gentity.guest.logfile import Redactor
+    from gentity.guest.redact import Redactor
 
     redact = Redactor([KEY, "1", "", "short", KEY + "-longer"])
     assert not Redactor(["1", "abc"])
@@ -260,7 +260,8 @@ def test_redactor_replaces_exact_values_of_a_useful_length() -> None:
 
 @pytest.mark.anyio
 async def test_line_logger_holds_what_may_start_a_secret() -> None:
-    from gentity.guest.logfile import LineLogger, Redactor
+    from gentity.guest.redact import Redactor
+    from gentity.guest.textlines import LineLogger
 
     lines: list[str] = []
     logger = LineLogger(lines.append, quiet=0.05, max_line=64, redact=Redactor([KEY]))
@@ -281,7 +282,9 @@ async def test_line_logger_holds_what_may_start_a_secret() -> None:
 
 
 def test_log_writer_redacts_every_record(tmp_path: Path) -> None:
-    from gentity.guest.logfile import LogWriter, Redactor, tail
+    from gentity.guest.logreader import tail
+    from gentity.guest.logwriter import LogWriter
+    from gentity.guest.redact import Redactor
 
     path = tmp_path / "agent.log"
     with LogWriter(path, redact=Redactor([KEY, GUEST_SECRET])) as log:

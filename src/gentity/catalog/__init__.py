@@ -11,14 +11,22 @@ from functools import cache
 from pathlib import Path
 
 from gentity import models as wire
-from gentity.guest.protocol import ReadyRule
+from gentity.guest.protocol import ReadyRule, parse_ready_rule
 
 _DATA = Path(__file__).with_name("agents.json")
 
 
+class CatalogError(ValueError):
+    """``agents.json`` does not say what the catalog needs; the message says where."""
+
+
 @dataclass(frozen=True)
-class InstallSpec:
-    """Where an agent's CLI comes from: an npm package or a PyPI package."""
+class InstallStep:
+    """Where an agent's CLI comes from: an npm package or a PyPI package (exactly one).
+
+    A provider decides how and where to install it (the local one: into a shared cache on
+    the host, see :mod:`gentity.providers.compute.local.install`).
+    """
 
     npm: str | None = None
     pypi: str | None = None
@@ -43,7 +51,7 @@ class CatalogAgent:
     default_memory_mb: int
     default_volume_gb: int
     models: tuple[CatalogModel, ...]
-    install: InstallSpec | None
+    install: InstallStep | None
     command: tuple[str, ...]
     ready: ReadyRule = field(default_factory=ReadyRule)
     """When the agent counts as ready (up and waiting for input); the guest applies it."""
@@ -107,17 +115,29 @@ def load_catalog(path: Path = _DATA) -> Catalog:
                     CatalogModel(m["provider"], m["name"], m["label"], key_envs[m["provider"]])
                     for m in a["models"]
                 ),
-                install=InstallSpec(**a["install"]) if a["install"] else None,
+                install=_install_step(a["id"], a["install"]),
                 command=tuple(a["command"]),
-                ready=_ready_rule(a.get("ready")),
+                ready=_ready_rule(a["id"], a.get("ready")),
             )
         )
     return Catalog(agents=tuple(agents))
 
 
-def _ready_rule(raw: dict[str, object] | None) -> ReadyRule:
+def _install_step(agent_id: str, raw: object) -> InstallStep | None:
     if raw is None:
-        return ReadyRule()
-    quiet, pattern = raw.get("quietMs", 1000), raw.get("pattern")
-    assert isinstance(quiet, int) and (pattern is None or isinstance(pattern, str))
-    return ReadyRule(quiet_ms=quiet, pattern=pattern)
+        return None
+    if (
+        not isinstance(raw, dict)
+        or len(raw) != 1
+        or not isinstance(package := raw.get("npm", raw.get("pypi")), str)
+        or not package
+    ):
+        raise CatalogError(f"{agent_id}: install must be null, {{npm: name}} or {{pypi: name}}")
+    return InstallStep(npm=package) if "npm" in raw else InstallStep(pypi=package)
+
+
+def _ready_rule(agent_id: str, raw: object) -> ReadyRule:
+    try:
+        return parse_ready_rule(raw)
+    except ValueError as exc:
+        raise CatalogError(f"{agent_id}: {exc}") from None

@@ -251,8 +251,10 @@ class ConfigError(ValueError):
 
 
 @dataclass
-class InstallConfig:
-    """The optional one-time install step, shared by instances via a lock file."""
+class InstallPlan:
+    """Commands to run once for everyone who shares ``marker``: whoever holds ``lock_file``
+    runs them, the others wait and find the marker (see :mod:`gentity.guest.install`).
+    ``env`` is added to the environment of the commands only, never to the agent's."""
 
     lock_file: str
     marker: str
@@ -281,7 +283,7 @@ class Config:
     shell: list[str]
     env: dict[str, str] = field(repr=False)
     restart: str = "always"
-    install: InstallConfig | None = None
+    install: InstallPlan | None = None
     replay_bytes: int = 262144
     cols: int = 120
     rows: int = 32
@@ -349,7 +351,7 @@ def parse_config(data: object) -> Config:
         commands = raw_install.get("commands")
         if not isinstance(commands, list):
             raise ConfigError("install.commands must be a list of commands")
-        install = InstallConfig(
+        install = InstallPlan(
             lock_file=_abs_path(raw_install, "lockFile"),
             marker=_abs_path(raw_install, "marker"),
             commands=[_str_list(c, "install.commands[]") for c in commands],
@@ -381,11 +383,13 @@ def parse_config(data: object) -> Config:
         hostname=_hostname(data.get("hostname")),
         child_cgroup_fd=_optional_fd(data.get("childCgroupFd")),
         secret_env=_names(data.get("secretEnv")),
-        ready=_ready_rule(data.get("ready")),
+        ready=parse_ready_rule(data.get("ready")),
     )
 
 
-def _ready_rule(value: object) -> ReadyRule:
+def parse_ready_rule(value: object) -> ReadyRule:
+    """Validate a ``ready`` object (``{"quietMs", "pattern"}``, both optional; None for the
+    defaults). Shared with the catalog, which gives each agent its rule."""
     if value is None:
         return ReadyRule()
     if not isinstance(value, dict):

@@ -31,8 +31,9 @@ _FAST = re.compile(
     rb"(?:[^\x05\x1b\xc2]+|\xc2(?=[^\x90\x98\x9b\x9d\x9e\x9f])"
     rb"|\x1b\[[0-9;:]*[@A-HJKLMPSTXdfmr]|\x1b[()][0B]|\x1b[78=>M])+"
 )
-_CSI_BODY = re.compile(rb"[\x20-\x3f]*")
-_ESC_BODY = re.compile(rb"[\x20-\x2f]*")
+# The first byte after a sequence's parameters and intermediates (CSI), or intermediates (ESC).
+_AFTER_CSI_BODY = re.compile(rb"[^\x20-\x3f]")
+_AFTER_ESC_BODY = re.compile(rb"[^\x20-\x2f]")
 # Ends (or aborts) a control string: BEL (OSC only), ST as ESC \ or C1, CAN, SUB, or an
 # ESC that starts something else (a terminal abandons the string there).
 _STRING_END = re.compile(rb"\x07|\x1b\\|\xc2\x9c|[\x18\x1a]|\x1b(?=[^\\])|\x1b\Z|\xc2\Z")
@@ -158,9 +159,7 @@ class SequenceFilter:
             after = self._skip_string(data, start + 2)
             return len(data) if after < 0 else after
         # Plain ESC sequence: ESC, intermediates, final.
-        body = _ESC_BODY.match(data, start + 1)
-        assert body is not None
-        final_at = body.end()
+        final_at = _end_of_body(_AFTER_ESC_BODY, data, start + 1)
         if final_at >= len(data):
             return -1
         final = data[final_at]
@@ -175,9 +174,7 @@ class SequenceFilter:
 
     def _csi(self, data: bytes, start: int, out: bytearray) -> int:
         body_start = start + 2
-        body = _CSI_BODY.match(data, body_start)
-        assert body is not None
-        final_at = body.end()
+        final_at = _end_of_body(_AFTER_CSI_BODY, data, body_start)
         if final_at >= len(data):
             return -1 if final_at - start <= MAX_SEQUENCE else final_at
         final = data[final_at]
@@ -314,3 +311,10 @@ class ReplayBuffer:
             if modes[mode] or mode in _DEFAULT_ON
         ]
         return "".join(parts).encode()
+
+
+def _end_of_body(after: re.Pattern[bytes], data: bytes, pos: int) -> int:
+    """Where the body that starts at ``pos`` ends: at the first byte ``after`` matches, or at
+    the end of ``data`` when the sequence goes on in a later chunk."""
+    found = after.search(data, pos)
+    return found.start() if found is not None else len(data)

@@ -21,8 +21,9 @@ from collections.abc import Callable, Sequence
 from typing import Final
 
 from gentity.guest import protocol
-from gentity.guest.logfile import LineLogger, Redactor
+from gentity.guest.children import ChildWatcher, child_setup, describe_exit, session_pids
 from gentity.guest.replay import ReplayBuffer
+from gentity.guest.textlines import LineLogger
 
 #: Pending output a viewer may lag behind before it is dropped.
 VIEWER_QUEUE_LIMIT: Final = 4 * 1024 * 1024
@@ -43,42 +44,6 @@ DRAIN_GRACE: Final = 0.5
 #: A full-screen program redraws when its terminal changes size; on attach the size dips by
 #: one row for this long, so the new viewer gets a whole screen, not just recent changes.
 REDRAW_DIP: Final = 0.05
-
-
-def describe_exit(returncode: int) -> tuple[int | None, str | None]:
-    """Map a Popen return code to (exitCode, signal name)."""
-    if returncode >= 0:
-        return returncode, None
-    try:
-        return None, signal.Signals(-returncode).name
-    except ValueError:
-        return None, f"SIG{-returncode}"
-
-
-def session_pids(sid: int) -> list[int]:
-    """PIDs of all processes in session ``sid`` (Linux /proc; empty elsewhere).
-
-    Background jobs of an interactive shell live in their own process groups,
-    so killing the process group alone would leave them behind.
-    """
-    pids: list[int] = []
-    try:
-        names = os.listdir("/proc")
-    except OSError:
-        return pids
-    for name in names:
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/stat", "rb") as f:
-                stat = f.read()
-            # Fields after "(comm)": state ppid pgrp session ...
-            fields = stat[stat.rindex(b")") + 2 :].split()
-            if int(fields[3]) == sid:
-                pids.append(int(name))
-        except (OSError, ValueError, IndexError):
-            continue
-    return pids
 
 
 class Viewer:
@@ -130,64 +95,6 @@ class Viewer:
         """Close the connection after flushing what is queued."""
         if not self._writer.is_closing():
             self._writer.close()
-
-
-class ChildWatcher:
-    """Reaps our child processes from a SIGCHLD handler on the event loop.
-
-    Uses ``Popen.poll()`` on the registered processes only, so the exit status
-    always reaches the right callback. No threads: the default asyncio watcher
-    spawns one thread per child, and the daemon forks with ``preexec_fn``.
-    """
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
-        self._children: dict[int, tuple[subprocess.Popen[bytes], Callable[[int], None]]] = {}
-        loop.add_signal_handler(signal.SIGCHLD, self._check)
-
-    def watch(self, proc: subprocess.Popen[bytes], callback: Callable[[int], None]) -> None:
-        """Call ``callback(returncode)`` from the loop once ``proc`` has exited."""
-        self._children[proc.pid] = (proc, callback)
-        # It may have exited before we registered; the check is cheap.
-        self._loop.call_soon(self._check)
-
-    def exited(self, proc: subprocess.Popen[bytes]) -> asyncio.Future[int]:
-        """A future that gets ``proc``'s return code once it has exited."""
-        future: asyncio.Future[int] = self._loop.create_future()
-        self.watch(proc, lambda code: None if future.done() else future.set_result(code))
-        return future
-
-    def close(self) -> None:
-        """Remove the SIGCHLD handler."""
-        self._loop.remove_signal_handler(signal.SIGCHLD)
-
-    def _check(self) -> None:
-        for pid, (proc, callback) in list(self._children.items()):
-            returncode = proc.poll()
-            if returncode is not None:
-                del self._children[pid]
-                callback(returncode)
-
-
-def _acquire_controlling_tty() -> None:
-    # Runs in the child after setsid() and after the PTY slave became fd 0.
-    # Without this the terminal is not the child's controlling tty: no job
-    # control, no SIGWINCH, and /dev/tty fails.
-    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
-
-
-def _child_setup(cgroup_fd: int | None, tty: bool) -> Callable[[], None]:
-    """What a child runs between fork and exec: join the children's cgroup (so the agent's
-    process limit is not the guest's), then take the terminal."""
-
-    def setup() -> None:
-        if cgroup_fd is not None:
-            with contextlib.suppress(OSError):
-                os.write(cgroup_fd, b"0")  # "0" moves the writer itself
-        if tty:
-            _acquire_controlling_tty()
-
-    return setup
 
 
 class PtySession:
@@ -256,7 +163,7 @@ class PtySession:
                 cwd=self._cwd,
                 env=self._env,
                 start_new_session=True,
-                preexec_fn=_child_setup(self._cgroup_fd, tty=True),
+                preexec_fn=child_setup(self._cgroup_fd, tty=True),
             )
         except BaseException:
             os.close(master)
@@ -488,83 +395,3 @@ class PtySession:
             viewer.send_exit(exit_code, signal_name)
         self.viewers.clear()
         self._done.set_result((exit_code, signal_name))
-
-
-async def run_piped(
-    argv: Sequence[str],
-    executable: str,
-    *,
-    cwd: str,
-    env: dict[str, str],
-    watcher: ChildWatcher,
-    on_line: Callable[[str], None],
-    stop_timeout: float = 5.0,
-    cgroup_fd: int | None = None,
-    redact: Redactor | None = None,
-) -> int:
-    """Run a command with stdout and stderr piped into ``on_line`` as clean lines.
-
-    Returns the Popen return code; raises OSError if it cannot be started. The
-    command gets its own session; if the caller is cancelled, its process group
-    receives SIGTERM, then SIGKILL after ``stop_timeout`` seconds. Lines are
-    redacted with ``redact`` (see :class:`LineLogger`).
-    """
-    loop = asyncio.get_running_loop()
-    read_fd, write_fd = os.pipe()
-    try:
-        # Popen only forks and execs; the exit is awaited through the watcher.
-        proc = subprocess.Popen(  # noqa: ASYNC220
-            argv,
-            executable=executable,
-            stdin=subprocess.DEVNULL,
-            stdout=write_fd,
-            stderr=write_fd,
-            cwd=cwd,
-            env=env,
-            start_new_session=True,
-            preexec_fn=_child_setup(cgroup_fd, tty=False) if cgroup_fd is not None else None,
-        )
-    except BaseException:
-        os.close(read_fd)
-        raise
-    finally:
-        os.close(write_fd)
-    exited = watcher.exited(proc)
-    eof: asyncio.Future[None] = loop.create_future()
-    logger = LineLogger(on_line, redact=redact)
-
-    def on_readable() -> None:
-        try:
-            data = os.read(read_fd, 65536)
-        except BlockingIOError:
-            return
-        except OSError:
-            data = b""
-        if data:
-            logger.feed(data)
-        else:
-            loop.remove_reader(read_fd)
-            if not eof.done():
-                eof.set_result(None)
-
-    os.set_blocking(read_fd, False)
-    loop.add_reader(read_fd, on_readable)
-    try:
-        returncode = await asyncio.shield(exited)
-        # A background grandchild may hold the pipe open: don't wait for it.
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(1.0):
-                await eof
-    finally:
-        if proc.poll() is None:  # we were cancelled: stop the whole command tree
-            for sig in (signal.SIGTERM, signal.SIGKILL):
-                with contextlib.suppress(OSError):
-                    os.killpg(proc.pid, sig)
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(stop_timeout):
-                        await asyncio.shield(exited)
-                        break
-        loop.remove_reader(read_fd)
-        os.close(read_fd)
-        logger.close()
-    return returncode

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, ClassVar
 
+from gentity.catalog import InstallStep
 from gentity.guest.protocol import ReadyRule
 
 
@@ -41,14 +42,6 @@ class ProviderUnavailable(Exception):
     Not a :class:`ProviderError`: nothing happened to the machine, so nothing about it may be
     recorded (no ``error`` status); the HTTP layer answers ``503`` and another server can act.
     """
-
-
-@dataclass(frozen=True)
-class InstallStep:
-    """How the guest installs the agent's CLI before the first launch."""
-
-    npm: str | None = None
-    pypi: str | None = None
 
 
 @dataclass(frozen=True)
@@ -74,7 +67,7 @@ class GuestLaunch:
         """Every value the instance's log must never show: the guest secret and the keys.
 
         For logs a provider writes itself (e.g. install output), with
-        :class:`gentity.guest.logfile.Redactor`.
+        :class:`gentity.guest.redact.Redactor`.
         """
         return [self.secret, *(self.agent_env[n] for n in self.secret_env if n in self.agent_env)]
 

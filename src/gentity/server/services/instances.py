@@ -29,7 +29,6 @@ from gentity.models import InstanceStatus as S
 from gentity.providers.compute.base import (
     ComputeProvider,
     GuestLaunch,
-    InstallStep,
     MachineHandle,
     MachineSpec,
     ProviderError,
@@ -308,13 +307,12 @@ def _launch(ctx: AppContext, inst: Instance) -> GuestLaunch:
     if model.api_key_env and inst.api_key_ciphertext:
         # Decrypted only here, into the launch that the provider hands to the guest.
         agent_env[model.api_key_env] = ctx.box.decrypt(inst.api_key_ciphertext, context=inst.id)
-    install = InstallStep(npm=agent.install.npm, pypi=agent.install.pypi) if agent.install else None
     return GuestLaunch(
         agent=agent.id,
         command=agent.launch_command(model),
         secret=guest_secret(ctx, inst),
         agent_env=agent_env,
-        install=install,
+        install=agent.install,
         secret_env=(model.api_key_env,) if model.api_key_env in agent_env else (),
         ready=agent.ready,
     )

@@ -2,20 +2,26 @@
 
 The cache (``<data dir>/agents/<agent>``) is shared by every instance of that agent and
 mounted read-only into their sandboxes, so one instance cannot tamper with another's binaries.
-The install itself therefore runs here, in the control plane, before the guest starts; a file
-lock makes concurrent first starts of the same agent wait for one install.
+The install itself therefore runs here, in the control plane, before the guest starts, with
+the same install-once-under-a-lock as the guest's (:mod:`gentity.guest.install`): concurrent
+first starts of the same agent wait for one install.
 """
 
 from __future__ import annotations
 
-import fcntl
+import asyncio
 import os
 import subprocess
 import sys
 from pathlib import Path
 
-from gentity.guest.logfile import LogWriter
-from gentity.providers.compute.base import InstallStep, ProviderError
+import anyio
+
+from gentity.catalog import InstallStep
+from gentity.guest.install import install_once
+from gentity.guest.logwriter import LogWriter
+from gentity.guest.protocol import InstallPlan
+from gentity.providers.compute.base import ProviderError
 from gentity.providers.compute.local.sandbox import DEFAULT_PATH, TLS_TRUST_VARIABLES
 
 INSTALL_TIMEOUT_SECONDS = 15 * 60
@@ -47,22 +53,28 @@ def bin_dir(agents_dir: Path, agent_id: str) -> Path:
     return cache_dir(agents_dir, agent_id) / "bin"
 
 
-def ensure_installed(agents_dir: Path, agent_id: str, step: InstallStep, log: LogWriter) -> None:
-    """Install the agent's CLI unless a previous install finished. Blocking: run in a thread."""
+async def ensure_installed(
+    agents_dir: Path, agent_id: str, step: InstallStep, log: LogWriter
+) -> None:
+    """Install the agent's CLI unless a previous install finished; AgentInstallError if not."""
     target = cache_dir(agents_dir, agent_id)
-    marker = target / ".installed"
-    agents_dir.mkdir(parents=True, exist_ok=True)
-    with (agents_dir / f"{agent_id}.lock").open("a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if marker.exists():
-            return
-        package = step.npm or step.pypi or ""
-        source = "npm" if step.npm else "PyPI"
-        log.write("info", f"install: installing {package} from {source} (first use of {agent_id})")
-        for command in _commands(target, step):
-            _run(command, target, log)
-        marker.write_text(package + "\n")
-        log.write("info", f"install: {package} installed")
+    plan = InstallPlan(
+        lock_file=str(agents_dir / f"{agent_id}.lock"),
+        marker=str(target / ".installed"),
+        commands=_commands(target, step),
+        env={},
+    )
+    try:
+        with anyio.fail_after(INSTALL_TIMEOUT_SECONDS):
+            error = await install_once(
+                plan, cwd=str(agents_dir), env=_environment(target), log=log, wait_exit=_wait
+            )
+    except TimeoutError:
+        raise AgentInstallError(
+            f"install failed: not done after {INSTALL_TIMEOUT_SECONDS // 60} minutes"
+        ) from None
+    if error is not None:
+        raise AgentInstallError(f"install failed: {error}")
 
 
 def _commands(target: Path, step: InstallStep) -> list[list[str]]:
@@ -87,7 +99,9 @@ def _commands(target: Path, step: InstallStep) -> list[list[str]]:
     raise AgentInstallError("install failed: the catalog names no package")
 
 
-def _run(command: list[str], target: Path, log: LogWriter) -> None:
+def _environment(target: Path) -> dict[str, str]:
+    """The installers' environment: a plain PATH and the operator's npm/pip settings, and
+    nothing else of the server's (its own secrets among them)."""
     env = {
         "PATH": DEFAULT_PATH,
         "HOME": os.environ.get("HOME", str(target.parent)),  # for the user's ~/.npmrc
@@ -95,29 +109,9 @@ def _run(command: list[str], target: Path, log: LogWriter) -> None:
         "LANG": "C.UTF-8",
     }
     env.update({k: v for k, v in os.environ.items() if k.startswith(_PASSTHROUGH_PREFIXES)})
-    name = Path(command[0]).name
-    last_line = ""
-    try:
-        process = subprocess.Popen(
-            command,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env=env,
-            cwd=target.parent,
-        )
-    except FileNotFoundError as exc:
-        raise AgentInstallError(f"install failed: {name} not found") from exc
-    for raw in process.stdout or ():  # always a pipe here (stdout=PIPE)
-        line = raw.decode(errors="replace").rstrip()
-        if line:
-            last_line = line
-            log.write("info", f"install: {line}")
-    try:
-        code = process.wait(timeout=INSTALL_TIMEOUT_SECONDS)
-    except subprocess.TimeoutExpired as exc:
-        process.kill()
-        raise AgentInstallError(f"install failed: {name} timed out") from exc
-    if code != 0:
-        detail = f": {last_line}" if last_line else ""
-        raise AgentInstallError(f"install failed: {name} exited with code {code}{detail}")
+    return env
+
+
+def _wait(process: subprocess.Popen[bytes]) -> asyncio.Future[int]:
+    # A thread blocked in wait(): the server must not take over SIGCHLD as the guest does.
+    return asyncio.get_running_loop().run_in_executor(None, process.wait)

@@ -37,14 +37,10 @@ from pathlib import Path
 import anyio.to_thread
 
 from gentity.guest import client as guest_client
-from gentity.guest.logfile import (
-    LogWriter,
-    NotARegularFile,
-    Redactor,
-    follow_offsets,
-    offset_before_last,
-    tail,
-)
+from gentity.guest.logformat import NotARegularFile
+from gentity.guest.logreader import follow_offsets, offset_before_last, tail
+from gentity.guest.logwriter import LogWriter
+from gentity.guest.redact import Redactor
 from gentity.providers.compute.base import (
     ComputeProvider,
     GuestLaunch,
@@ -261,9 +257,7 @@ class LocalProvider(ComputeProvider):
             redact = Redactor(launch.secret_values())
             try:
                 with LogWriter(paths.log_file, redact=redact) as writer:
-                    await anyio.to_thread.run_sync(
-                        ensure_installed, self.agents_dir, launch.agent, launch.install, writer
-                    )
+                    await ensure_installed(self.agents_dir, launch.agent, launch.install, writer)
             except BaseException:
                 await anyio.to_thread.run_sync(_end_waiting_guest, booted.process)
                 raise

@@ -1,45 +1,23 @@
-"""Structured log: writer, tail, follow and terminal-to-line conversion."""
+"""Reading the log: tail and follow."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import os
-import re
-import stat
 import time
 from pathlib import Path
 
 import pytest
 
-from gentity.guest.logfile import LineLogger, LogWriter, follow, strip_terminal, tail
+from gentity.guest.logreader import follow, tail
+from gentity.guest.logwriter import LogWriter
 from tests.waiting import wait_until
-
-TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 
 
 def record(i: int) -> bytes:
     rec = {"timestamp": "2026-01-01T00:00:00.000Z", "level": "info", "message": f"line {i}"}
     return json.dumps(rec).encode() + b"\n"
-
-
-def test_writer_records_are_well_formed(tmp_path: Path) -> None:
-    path = tmp_path / "a" / "b" / "agent.log"
-    with LogWriter(path) as log:
-        log.write("info", "hello")
-        log.write("warn", 'quotes " and \n newlines and ünïcode')
-    assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    lines = path.read_bytes().splitlines()
-    assert len(lines) == 2
-    for line in lines:
-        rec = json.loads(line)
-        assert set(rec) == {"timestamp", "level", "message"}
-        assert TIMESTAMP.match(rec["timestamp"])
-    assert json.loads(lines[1])["message"] == 'quotes " and \n newlines and ünïcode'
-    # Append-only: a second writer adds to the file.
-    with LogWriter(path) as log:
-        log.write("error", "third")
-    assert [r["level"] for r in tail(path, 10)] == ["info", "warn", "error"]
 
 
 def test_tail_on_a_few_megabytes(tmp_path: Path) -> None:
@@ -169,37 +147,3 @@ async def test_follow_cancellation_closes_the_file(tmp_path: Path) -> None:
         await task
     await stream.aclose()
     assert open_fds_for(path) == 0
-
-
-def test_strip_terminal() -> None:
-    assert strip_terminal("\x1b[1;32mgreen\x1b[0m text\r") == "green text"
-    assert strip_terminal("\x1b]0;title\x07prompt$ ") == "prompt$ "
-    assert strip_terminal("\x1b(Babc\x1b[?2004h\x1b=") == "abc"
-    assert strip_terminal("tab\tkept\x08\x07") == "tab\tkept"
-
-
-@pytest.mark.anyio
-async def test_line_logger() -> None:
-    lines: list[str] = []
-    logger = LineLogger(lines.append, quiet=0.05, max_line=10)
-    logger.feed(b"one\r\ntw")
-    logger.feed(b"o\r\n\x1b[31m\x1b[0m\r\n\xc3")  # colour-only line is dropped
-    logger.feed(b"\xa9 \xff\n")  # UTF-8 split across chunks; invalid byte replaced
-    assert lines == ["one", "two", "\u00e9 \ufffd"]
-    logger.feed(b"$ ")  # a prompt without newline appears after a quiet period
-    assert lines[-1] != "$"
-    await wait_until(lambda: len(lines) == 4, "the quiet period flushes the prompt")
-    assert lines[-1] == "$"
-    logger.feed(b"x" * 25 + b"\n")
-    assert lines[-3:] == ["x" * 10, "x" * 10, "x" * 5]
-    logger.feed(b"tail")
-    logger.close()
-    assert lines[-1] == "tail"
-
-
-def test_cursor_moves_between_words_keep_the_words_apart() -> None:
-    # Ink moves right instead of printing spaces; ratatui jumps over blank cells.
-    assert strip_terminal("Unable\x1b[1Cto\x1b[2Cconnect") == "Unable to  connect"
-    assert strip_terminal("to\x1b[3;12HAnthropic\x1b[20Gservices\x1b[K") == "to Anthropic services"
-    assert strip_terminal("\x1b[1;1H\x1b[1mbold\x1b[0m\x1b[5`x") == "bold x"
-    assert strip_terminal("é\x1b[31m中\x1b[0m") == "é中"  # no move, no gap

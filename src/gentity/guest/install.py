@@ -1,0 +1,137 @@
+"""Installing an agent's CLI once for everyone who shares the result, with progress in a log.
+
+One implementation for both places an install runs: the guest, inside a machine whose disk
+holds the install, and the local provider, which installs into a cache on the host that it
+then mounts read-only into every sandbox (so no instance can change another's binaries).
+A file lock makes concurrent first starts wait for a single install; a marker written after
+the last command succeeded makes later starts skip it.
+
+The lock is tried without blocking, every half second, so the event loop (and the guest's
+health answers) keep going while another install runs. Standard library only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import itertools
+import os
+import shlex
+import subprocess
+from collections.abc import Callable
+from typing import Final
+
+from gentity.guest.children import StartError, describe_exit, resolve, run_piped
+from gentity.guest.logformat import format_timestamp
+from gentity.guest.logwriter import LogWriter
+from gentity.guest.protocol import InstallPlan
+
+LOCK_RETRY: Final = 0.5
+
+
+async def install_once(
+    plan: InstallPlan,
+    *,
+    cwd: str,
+    env: dict[str, str],
+    log: LogWriter,
+    wait_exit: Callable[[subprocess.Popen[bytes]], asyncio.Future[int]],
+    cgroup_fd: int | None = None,
+) -> str | None:
+    """Run the plan's commands unless its marker exists; returns the error, or None.
+
+    The commands run in ``cwd`` with exactly ``env``; each output line goes to ``log``
+    as ``install: …``, redacted like every record of that log. Cancelling stops the
+    running command's whole process group.
+    """
+    try:
+        lock = _open_lock(plan)
+    except OSError as exc:
+        return f"cannot open lock file {plan.lock_file}: {exc.strerror}"
+    try:
+        for attempt in itertools.count():
+            if _try_lock(lock):
+                break
+            if attempt == 0:
+                log.write("info", "install: waiting for another install to finish")
+            await asyncio.sleep(LOCK_RETRY)
+        if _marker_exists(plan.marker):
+            log.write("info", "install: already installed")
+            return None
+        for argv in plan.commands:
+            error = await _run(argv, cwd, env, log, wait_exit, cgroup_fd)
+            if error is not None:
+                return error
+        _write_marker(plan.marker)
+        log.write("info", "install: done")
+        return None
+    finally:
+        os.close(lock)  # also releases the flock
+
+
+async def _run(
+    argv: list[str],
+    cwd: str,
+    env: dict[str, str],
+    log: LogWriter,
+    wait_exit: Callable[[subprocess.Popen[bytes]], asyncio.Future[int]],
+    cgroup_fd: int | None,
+) -> str | None:
+    name = os.path.basename(argv[0])
+    try:
+        exe = resolve(argv[0], env, cwd)
+    except StartError as exc:
+        return str(exc)
+    log.write("info", f"install: running {shlex.join(argv)}")
+    last = [""]  # the last output line explains most failures
+
+    def on_line(line: str) -> None:
+        last[0] = line
+        log.write("info", f"install: {line}")
+
+    try:
+        returncode = await run_piped(
+            argv,
+            exe,
+            cwd=cwd,
+            env=env,
+            wait_exit=wait_exit,
+            on_line=on_line,
+            cgroup_fd=cgroup_fd,
+            redact=log.redact,
+        )
+    except OSError as exc:
+        return f"{name} could not be started: {(exc.strerror or str(exc)).lower()}"
+    if returncode == 0:
+        return None
+    code, sig_name = describe_exit(returncode)
+    what = f"{name} exited with code {code}" if sig_name is None else f"{name} killed by {sig_name}"
+    # Lines arrive redacted (run_piped applies the log's redactor), so the error can quote one.
+    return f"{what}: {last[0]}" if last[0] else what
+
+
+# Small synchronous helpers, kept out of async functions on purpose: they touch only local
+# files and return at once.
+
+
+def _open_lock(plan: InstallPlan) -> int:
+    for path in (plan.lock_file, plan.marker):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+    return os.open(plan.lock_file, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+
+
+def _try_lock(fd: int) -> bool:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
+def _marker_exists(path: str) -> bool:
+    return os.path.exists(path)
+
+
+def _write_marker(path: str) -> None:
+    with open(path, "w") as f:
+        f.write(format_timestamp() + "\n")

@@ -1,0 +1,241 @@
+"""The guest's socket: authenticates each request, then answers health or streams a terminal.
+
+Listens on a unix socket path, a socket the launcher bound and handed over (``fd:N``) or
+TCP (see :func:`gentity.guest.protocol.parse_address`). ``attach`` streams the agent's
+terminal, shared with every other viewer; ``shell`` starts a private shell that dies with
+its connection. Standard library only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import os
+import socket
+import stat
+from collections.abc import Callable
+from typing import Any, Final
+
+from gentity.guest import protocol as p
+from gentity.guest.children import StartError
+from gentity.guest.launcher import Launcher
+from gentity.guest.logwriter import LogWriter
+from gentity.guest.session import PtySession, Viewer
+from gentity.guest.supervisor import Supervisor
+
+REQUEST_TIMEOUT: Final = 5.0
+ATTACH_WAIT: Final = 5.0
+SHELL_KILL_AFTER: Final = 2.0
+
+
+class GuestServer:
+    """Serves the guest protocol for one daemon; ``health`` builds the health answer."""
+
+    def __init__(
+        self,
+        config: p.Config,
+        *,
+        secret: bytes,
+        supervisor: Supervisor,
+        launcher: Launcher,
+        log: LogWriter,
+        health: Callable[[], dict[str, Any]],
+    ) -> None:
+        self._config = config
+        self._secret = secret
+        self._supervisor = supervisor
+        self._launcher = launcher
+        self._log = log
+        self._health = health
+        self.shells: set[PtySession] = set()
+        self._connections: set[asyncio.StreamWriter] = set()
+        self._server: asyncio.Server | None = None
+        self._socket_id: tuple[int, int] | None = None
+        self.stopping = False
+        """Set on shutdown: no new shells."""
+
+    async def listen(self) -> str:
+        """Start serving; returns the address as bound (the real port for ``tcp:…:0``)."""
+        addr = p.parse_address(self._config.listen)
+        limit = p.MAX_REQUEST_BYTES
+        if addr.kind == "unix":
+            sock = self._bind_unix(addr.path)
+            self._server = await asyncio.start_unix_server(self._handle, sock=sock, limit=limit)
+            return str(addr)
+        if addr.kind == "fd":
+            # Bound by the launcher where the instance cannot touch the path; ours is the fd.
+            sock = socket.socket(fileno=addr.fd)
+            sock.set_inheritable(False)
+            if sock.family != socket.AF_UNIX:
+                raise OSError(f"{addr} is not a unix socket")
+            self._server = await asyncio.start_unix_server(self._handle, sock=sock, limit=limit)
+            return str(addr)
+        # Bound here rather than by start_server: no resolver thread in the loop.
+        family, kind, proto, _, sockaddr = socket.getaddrinfo(
+            addr.host, addr.port, type=socket.SOCK_STREAM
+        )[0]
+        sock = socket.socket(family, kind, proto)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(sockaddr)
+        sock.listen(64)
+        self._server = await asyncio.start_server(self._handle, sock=sock, limit=limit)
+        host, port = sock.getsockname()[:2]
+        return str(p.Address("tcp", host=host, port=port))
+
+    def close(self) -> None:
+        """Stop accepting connections."""
+        if self._server is not None:
+            self._server.close()
+
+    def close_connections(self) -> None:
+        """Close every open connection and remove the socket file if it is still ours."""
+        for writer in list(self._connections):
+            writer.close()
+        addr = p.parse_address(self._config.listen)
+        if addr.kind != "unix" or self._socket_id is None:
+            return
+        with contextlib.suppress(OSError):
+            st = os.lstat(addr.path)
+            if (st.st_dev, st.st_ino) == self._socket_id:  # still ours, not a successor's
+                os.unlink(addr.path)
+
+    def _bind_unix(self, path: str) -> socket.socket:
+        os.makedirs(os.path.dirname(path) or ".", mode=0o700, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            if not stat.S_ISSOCK(os.lstat(path).st_mode):
+                raise OSError(f"{path} exists and is not a socket")
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+                probe.settimeout(1.0)
+                if probe.connect_ex(path) == 0:
+                    raise OSError(f"another process is serving {path}")
+            os.unlink(path)  # stale socket of an earlier run
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old_umask = os.umask(0o177)  # born 0600: no window with a looser mode
+        try:
+            sock.bind(path)
+        except OSError:
+            sock.close()
+            raise
+        finally:
+            os.umask(old_umask)
+        os.chmod(path, 0o600)
+        st = os.stat(path)
+        self._socket_id = (st.st_dev, st.st_ino)
+        sock.listen(64)
+        return sock
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._connections.add(writer)
+        try:
+            request = await self._read_request(reader)
+            if isinstance(request, str):
+                self._reply(writer, {"ok": False, "error": request})
+            elif request["op"] == p.OP_HEALTH:
+                self._reply(writer, self._health())
+            else:
+                size = (p.clamp_size(request.get("cols")), p.clamp_size(request.get("rows")))
+                if request["op"] == p.OP_ATTACH:
+                    await self._attach(reader, writer, size)
+                else:
+                    await self._shell(reader, writer, size)
+        except (ConnectionError, p.ProtocolError):
+            pass
+        except Exception as exc:
+            self._log.write("error", f"connection handler failed: {type(exc).__name__}: {exc}")
+        finally:
+            self._connections.discard(writer)
+            writer.close()
+
+    async def _read_request(self, reader: asyncio.StreamReader) -> dict[str, Any] | str:
+        """The validated request, or the error to answer with."""
+        try:
+            async with asyncio.timeout(REQUEST_TIMEOUT):
+                line = await reader.readline()
+        except TimeoutError:
+            return "bad request: timed out waiting for the request line"
+        except ValueError:
+            return f"bad request: request line longer than {p.MAX_REQUEST_BYTES} bytes"
+        if not line.endswith(b"\n"):
+            return "bad request: connection closed before the end of the request line"
+        try:
+            request = json.loads(line)
+        except ValueError:
+            return "bad request: request line is not valid JSON"
+        if not isinstance(request, dict):
+            return "bad request: request must be a JSON object"
+        secret = request.get("secret")
+        if not isinstance(secret, str) or not hmac.compare_digest(secret.encode(), self._secret):
+            return "unauthorized"
+        if request.get("op") not in p.OPS:
+            return f"bad request: op must be one of {', '.join(p.OPS)}"
+        return request
+
+    @staticmethod
+    def _reply(writer: asyncio.StreamWriter, response: dict[str, Any]) -> None:
+        if not writer.is_closing():
+            writer.write(p.encode_line(response))
+
+    async def _attach(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        size: tuple[int | None, int | None],
+    ) -> None:
+        supervisor = self._supervisor
+        agent = None
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(ATTACH_WAIT):
+                agent = await supervisor.wait_for_agent()
+        if agent is None:
+            state = supervisor.reported_state()
+            error = supervisor.error if state == p.STATE_ERROR else None
+            self._reply(writer, {"ok": False, "error": error or f"agent is not running ({state})"})
+            return
+        if size != (None, None):
+            supervisor.resize(*size)
+        await self._serve(reader, writer, agent)
+
+    async def _shell(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        size: tuple[int | None, int | None],
+    ) -> None:
+        if self.stopping:
+            self._reply(writer, {"ok": False, "error": "guest is stopping"})
+            return
+        cols, rows = size[0] or self._config.cols, size[1] or self._config.rows
+        try:
+            session = self._launcher.start(self._config.shell, self._config.env, cols, rows)
+        except StartError as exc:
+            self._reply(writer, {"ok": False, "error": f"cannot start shell: {exc}"})
+            return
+        self.shells.add(session)
+        try:
+            await self._serve(reader, writer, session)
+        finally:
+            session.hangup(SHELL_KILL_AFTER)  # private shell: it dies with its connection
+            await session.wait()
+            self.shells.discard(session)
+
+    async def _serve(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, session: PtySession
+    ) -> None:
+        """Accept the request, stream the session to the client and apply its frames
+        until the connection closes (or the session ends and closes it)."""
+        self._reply(writer, {"ok": True})
+        viewer = Viewer(writer)
+        session.attach(viewer)  # replay, then live output: no await in between
+        try:
+            while (frame := await p.read_frame(reader)) is not None:
+                kind, payload = frame
+                if kind == p.FRAME_INPUT:
+                    session.write(payload)
+                elif kind == p.FRAME_RESIZE and (size := p.decode_resize(payload)) is not None:
+                    session.resize(*size)
+                # Unknown frame types are ignored so that newer clients keep working.
+        finally:
+            session.detach(viewer)
+            viewer.close()

@@ -1,0 +1,110 @@
+"""The install-once-under-a-lock, as the control plane runs it (exits awaited in a thread, no
+SIGCHLD handler); the guest's own use of it is covered in test_lifecycle.py."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from gentity.guest.install import install_once
+from gentity.guest.logreader import tail
+from gentity.guest.logwriter import LogWriter
+from gentity.guest.protocol import InstallPlan
+from gentity.guest.redact import Redactor
+
+pytestmark = pytest.mark.anyio
+
+
+def _wait_in_thread(process: subprocess.Popen[bytes]) -> asyncio.Future[int]:
+    return asyncio.get_running_loop().run_in_executor(None, process.wait)
+
+
+def _plan(tmp_path: Path, script: str) -> InstallPlan:
+    return InstallPlan(
+        lock_file=str(tmp_path / "agents" / "agent.lock"),
+        marker=str(tmp_path / "agents" / "agent" / ".installed"),
+        commands=[["sh", "-c", script]],
+        env={},
+    )
+
+
+async def _install(plan: InstallPlan, tmp_path: Path, log: LogWriter) -> str | None:
+    env = {"PATH": os.defpath}
+    return await install_once(plan, cwd=str(tmp_path), env=env, log=log, wait_exit=_wait_in_thread)
+
+
+def _messages(path: Path) -> list[str]:
+    return [r["message"] for r in tail(path, 100)]
+
+
+async def test_concurrent_first_starts_install_once(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    plan = _plan(tmp_path, f"echo run >> {runs}; sleep 1; echo fetched")
+    with LogWriter(tmp_path / "a.log") as first, LogWriter(tmp_path / "b.log") as second:
+        errors = await asyncio.gather(
+            _install(plan, tmp_path, first), _install(plan, tmp_path, second)
+        )
+    assert list(errors) == [None, None]
+    assert runs.read_text() == "run\n"
+    assert Path(plan.marker).exists()
+    logs = sorted([_messages(tmp_path / "a.log"), _messages(tmp_path / "b.log")], key=len)
+    waited, installed = logs
+    assert waited == [
+        "install: waiting for another install to finish",
+        "install: already installed",
+    ]
+    assert installed[-2:] == ["install: fetched", "install: done"]
+
+
+async def test_failure_leaves_no_marker_and_quotes_the_redacted_last_line(
+    tmp_path: Path,
+) -> None:
+    secret = "sk-install-canary-0123456789"
+    plan = _plan(tmp_path, f"echo 'bad key {secret}' >&2; exit 3")
+    with LogWriter(tmp_path / "a.log", redact=Redactor([secret])) as log:
+        error = await _install(plan, tmp_path, log)
+    assert error == "sh exited with code 3: bad key [redacted]"
+    assert not Path(plan.marker).exists()
+    assert "install: bad key [redacted]" in _messages(tmp_path / "a.log")
+    assert secret not in (tmp_path / "a.log").read_text()
+
+
+async def test_cancelling_stops_the_whole_command(tmp_path: Path) -> None:
+    pid_file = tmp_path / "child.pid"
+    plan = _plan(tmp_path, f"sleep 60 & echo $! > {pid_file}; wait")
+    with LogWriter(tmp_path / "a.log") as log:
+        task = asyncio.create_task(_install(plan, tmp_path, log))
+        for _ in range(100):
+            if pid_file.exists() and pid_file.read_text().strip():
+                break
+            await asyncio.sleep(0.05)
+        child = int(pid_file.read_text())
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    assert _gone(child)
+    assert not Path(plan.marker).exists()
+    # The lock went with the cancelled install: the next one runs at once.
+    again = _plan(tmp_path, "true")
+    with LogWriter(tmp_path / "b.log") as log:
+        assert await asyncio.wait_for(_install(again, tmp_path, log), 5) is None
+    assert "install: done" in _messages(tmp_path / "b.log")
+
+
+def _gone(pid: int) -> bool:
+    """True once ``pid`` has exited (a zombie waiting for its new parent counts)."""
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()[0]
+        except (FileNotFoundError, ProcessLookupError):
+            return True
+        if state == b"Z":
+            return True
+        time.sleep(0.05)
+    return False
