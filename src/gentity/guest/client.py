@@ -22,7 +22,7 @@ import contextlib
 import json
 import ssl
 import types
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
@@ -220,7 +220,7 @@ async def follow(
     cursor: str | None = None,
     lines: int | None = None,
     timeout: float = 10.0,  # noqa: ASYNC109
-) -> AsyncIterator[tuple[str, dict[str, str]]]:
+) -> AsyncGenerator[tuple[str, dict[str, str]], None]:
     """``(cursor, record)`` for each log record after ``cursor`` (one this stream or
     :func:`logs` gave out), or after the last ``lines`` records, or from now on; until the
     consumer stops or the guest goes away. Resuming from a cursor sees no record twice and
