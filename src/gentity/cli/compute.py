@@ -12,6 +12,7 @@ from rich.text import Text
 from gentity import models
 from gentity.cli.apikeys import read_api_key
 from gentity.cli.output import (
+    PLAIN_HELP,
     Cell,
     JsonFlag,
     fail,
@@ -26,7 +27,9 @@ from gentity.cli.output import (
 from gentity.client import Client
 
 app = typer.Typer(
-    help="Create, list, start, stop, watch and enter instances.", no_args_is_help=True
+    rich_markup_mode=PLAIN_HELP,
+    help="Create, list, start, stop, watch and enter instances.",
+    no_args_is_help=True,
 )
 
 InstanceId = Annotated[

@@ -6,10 +6,12 @@ import asyncio
 
 import typer
 
+from gentity.cli.output import PLAIN_HELP
 from gentity.settings import Settings
 
 app = typer.Typer(
-    help="Manage the keys that encrypt stored secrets (runs on the server's own database)."
+    rich_markup_mode=PLAIN_HELP,
+    help="Manage the keys that encrypt stored secrets (runs on the server's own database).",
 )
 
 

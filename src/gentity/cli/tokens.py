@@ -6,10 +6,12 @@ from typing import Annotated
 
 import typer
 
-from gentity.cli.output import JsonFlag, note, print_json, table, when
+from gentity.cli.output import PLAIN_HELP, JsonFlag, note, print_json, table, when
 from gentity.client import Client
 
-app = typer.Typer(help="List, create and revoke API tokens.", no_args_is_help=True)
+app = typer.Typer(
+    rich_markup_mode=PLAIN_HELP, help="List, create and revoke API tokens.", no_args_is_help=True
+)
 
 
 @app.command("ls")

@@ -8,9 +8,13 @@ from typing import Annotated
 
 import typer
 
+from gentity.cli.output import PLAIN_HELP
 from gentity.settings import Settings
 
-app = typer.Typer(help="Create and manage accounts (runs on the server's own database).")
+app = typer.Typer(
+    rich_markup_mode=PLAIN_HELP,
+    help="Create and manage accounts (runs on the server's own database).",
+)
 
 
 @app.command("create")
