@@ -42,7 +42,13 @@ def test_catalog(cli: Cli, server: LiveServer) -> None:
     result = cli("catalog", env=env)
     assert result.returncode == 0, result.stderr
     assert "claude-code" in result.stdout and "ANTHROPIC_API_KEY" in result.stdout
-    assert "none/bash" in result.stdout
+    # One row per model, with that model's own key variable, also for multi-provider agents.
+    rows = [line.split() for line in result.stdout.splitlines()]
+    assert ["shell", "Shell", "none/bash", "-"] in rows
+    assert ["openai/gpt-5", "OPENAI_API_KEY"] in rows
+    assert ["google/gemini-2.5-pro", "GEMINI_API_KEY"] in rows
+    opencode = next(i for i, row in enumerate(rows) if row[:1] == ["opencode"])
+    assert rows[opencode][-2:] == ["anthropic/claude-sonnet-4-5", "ANTHROPIC_API_KEY"]
     data = cli("catalog", "--json", env=env)
     agents = {a["id"]: a for a in httpx.Response(200, content=data.stdout).json()["agents"]}
     assert agents["shell"]["requiresApiKey"] is False
