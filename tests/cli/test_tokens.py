@@ -27,7 +27,8 @@ def test_create_list_revoke(logged_in: Cli, server: LiveServer) -> None:
     assert logged_in.json("tokens", "revoke", record["id"]) == {"ok": True}
     me = httpx.get(f"{server.url}/api/auth/me", headers={"Authorization": f"Bearer {secret}"})
     assert me.status_code == 401
-    assert_one_line_error(logged_in("tokens", "revoke", record["id"]), "Not Found (404)")
+    again = logged_in("tokens", "revoke", record["id"])
+    assert_one_line_error(again, f'no token "{record["id"]}" (see: gentity tokens ls)')
 
     created = logged_in.json("tokens", "create", "[red]json[/]")
     assert isinstance(created, dict)

@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 
 from gentity.cli.output import PLAIN_HELP, JsonFlag, note, print_json, table, when
+from gentity.cli.resolve import token_not_found
 from gentity.client import Client
 
 app = typer.Typer(
@@ -61,7 +62,7 @@ def revoke(
     as_json: JsonFlag = False,
 ) -> None:
     """Revoke a token; it stops working at once."""
-    with Client() as client:
+    with Client() as client, token_not_found(token_id):
         client.tokens.revoke(token_id)
     if as_json:
         print_json({"ok": True})
