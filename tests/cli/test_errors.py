@@ -2,23 +2,14 @@
 
 from __future__ import annotations
 
-import socket
-
 import httpx
 
-from tests.cli.conftest import Cli, assert_one_line_error
+from tests.cli.conftest import Cli, assert_one_line_error, closed_port
 from tests.conftest import LiveServer
 
 
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-    return port
-
-
 def test_wrong_url(cli: Cli) -> None:
-    url = f"http://127.0.0.1:{_closed_port()}"
+    url = f"http://127.0.0.1:{closed_port()}"
     for args in (
         ["compute", "ls"],
         ["catalog"],
