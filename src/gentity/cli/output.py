@@ -100,7 +100,8 @@ def when(value: datetime | None) -> str:
 
 def note(message: str) -> None:
     """A remark for the person at the terminal (stderr, never mixed into data)."""
-    err_console.print(message, markup=False, highlight=False)
+    # soft_wrap: no line breaks of our own, which would split paths and commands in two.
+    err_console.print(message, markup=False, highlight=False, soft_wrap=True)
 
 
 def fail(message: str, code: int = 1) -> NoReturn:

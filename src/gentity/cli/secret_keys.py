@@ -7,6 +7,7 @@ import asyncio
 import typer
 
 from gentity.cli.output import PLAIN_HELP
+from gentity.cli.server_db import check_database
 from gentity.settings import Settings
 
 app = typer.Typer(
@@ -26,6 +27,7 @@ def rotate() -> None:
     re-encrypts under that first key, and says when the others can go.
     """
     settings = Settings()
+    check_database(settings)
     message = asyncio.run(_rotate(settings))
     typer.echo(message)
 
