@@ -10,6 +10,7 @@ import typer
 from rich.text import Text
 
 from gentity import models
+from gentity.cli import completion
 from gentity.cli.apikeys import read_api_key
 from gentity.cli.output import (
     PLAIN_HELP,
@@ -38,6 +39,7 @@ InstanceId = Annotated[
     typer.Argument(
         metavar="ID",
         help="The instance: its id, a unique start of it, or its name (see: gentity compute ls).",
+        autocompletion=completion.instance_refs,
     ),
 ]
 
@@ -54,7 +56,12 @@ AGENT_STYLES = {
 
 @app.command("create")
 def create(
-    agent: Annotated[str, typer.Option(help="Agent to run (see: gentity catalog).")],
+    agent: Annotated[
+        str,
+        typer.Option(
+            help="Agent to run (see: gentity catalog).", autocompletion=completion.agent_ids
+        ),
+    ],
     model: Annotated[
         str | None, typer.Option(help="Model name (default: the agent's first model).")
     ] = None,
