@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -71,6 +72,14 @@ class Cli:
     def json(self, *args: str) -> Any:
         """Run with ``--json``; the parsed output."""
         return json.loads(self.ok(*args, "--json"))
+
+
+def closed_port() -> int:
+    """A local port nothing listens on: connecting to it is refused at once."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+    return port
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess[str], expected: str) -> None:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import stat
 
 import httpx
 
-from tests.cli.conftest import ADMIN_EMAIL, Cli, assert_one_line_error
+from tests.cli.conftest import ADMIN_EMAIL, Cli, assert_one_line_error, closed_port
 from tests.conftest import PASSWORD, LiveServer
 
 
@@ -86,3 +87,36 @@ def test_environment_overrides_the_saved_login(logged_in: Cli, server: LiveServe
     # GENTITY_TOKEN wins over the saved token.
     bogus = logged_in("whoami", env={"GENTITY_TOKEN": "gn_live_bogus"})
     assert_one_line_error(bogus, "Unauthorized (401)")
+
+
+def _works(server: LiveServer, token: str) -> bool:
+    headers = {"Authorization": f"Bearer {token}"}
+    return httpx.get(f"{server.url}/api/auth/me", headers=headers).is_success
+
+
+def test_login_again_revokes_the_token_it_replaces(logged_in: Cli, server: LiveServer) -> None:
+    first = logged_in.config()["token"]
+    again = logged_in(
+        "login", server.url, "--email", ADMIN_EMAIL, "--password-stdin", stdin=PASSWORD
+    )
+    assert again.returncode == 0, again.stderr
+    second = logged_in.config()["token"]
+    assert second != first
+    assert not _works(server, first) and _works(server, second)
+    assert "Warning" not in again.stderr
+    # Saving the same token again revokes nothing.
+    same = logged_in("login", server.url, "--token", stdin=second + "\n")
+    assert same.returncode == 0, same.stderr
+    assert _works(server, second)
+
+
+def test_a_failed_revoke_is_only_a_warning(cli: Cli, server: LiveServer, token: str) -> None:
+    cli.config_file.parent.mkdir(parents=True)
+    gone = f"http://127.0.0.1:{closed_port()}"
+    cli.config_file.write_text(json.dumps({"url": gone, "token": "gn_live_old"}))
+    result = cli("login", server.url, "--token", stdin=token + "\n")
+    assert result.returncode == 0, result.stderr
+    assert cli.config() == {"url": server.url, "token": token}
+    warning = result.stderr.strip().splitlines()[-1]
+    assert warning.startswith(f"Warning: could not revoke the previous token on {gone}")
+    assert "connection refused" in warning and "gentity tokens revoke" in warning

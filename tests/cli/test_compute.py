@@ -57,7 +57,8 @@ def test_lifecycle(logged_in: Cli, shell_instance: str) -> None:
     refused = logged_in("compute", "rm", shell_instance)
     assert_one_line_error(refused, "pass -y")
     assert "Destroyed" in logged_in.ok("compute", "rm", "-y", shell_instance)
-    assert_one_line_error(logged_in("compute", "show", shell_instance), "Not Found (404)")
+    gone = logged_in("compute", "show", shell_instance)
+    assert_one_line_error(gone, f'no instance "{shell_instance}"')
 
 
 def test_create_needs_a_key_and_never_takes_it_as_an_option(logged_in: Cli) -> None:

@@ -2,23 +2,14 @@
 
 from __future__ import annotations
 
-import socket
-
 import httpx
 
-from tests.cli.conftest import Cli, assert_one_line_error
+from tests.cli.conftest import Cli, assert_one_line_error, closed_port
 from tests.conftest import LiveServer
 
 
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-    return port
-
-
 def test_wrong_url(cli: Cli) -> None:
-    url = f"http://127.0.0.1:{_closed_port()}"
+    url = f"http://127.0.0.1:{closed_port()}"
     for args in (
         ["compute", "ls"],
         ["catalog"],
@@ -47,15 +38,19 @@ def test_unknown_instance(logged_in: Cli) -> None:
         ["compute", "stop", "nope"],
         ["compute", "start", "nope"],
         ["compute", "restart", "nope"],
-        ["compute", "rm", "-y", "nope"],
+        ["compute", "rm", "nope", "-y"],
         ["compute", "logs", "nope"],
         ["compute", "logs", "nope", "-f"],
         ["compute", "ssh", "nope"],
         ["compute", "show", "../tokens"],
-        ["compute", "stop", "[/]"],  # shown in a spinner: must not be read as rich markup
-        ["compute", "logs", "nope", "-n", "0"],
+        ["compute", "stop", "[/]"],  # in an error line: must not be read as rich markup
     ]
-    *not_found, bad_lines = logged_in.many(commands)
-    for result in not_found:
-        assert_one_line_error(result, "Not Found (404)")
+    results = logged_in.many([*commands, ["tokens", "revoke", "nope"]])
+    for args, result in zip(commands, results, strict=False):
+        assert_one_line_error(result, f'no instance "{args[2]}" (see: gentity compute ls)')
+    assert_one_line_error(results[-1], 'no token "nope" (see: gentity tokens ls)')
+
+
+def test_bad_value_is_the_servers_word(logged_in: Cli, shell_instance: str) -> None:
+    bad_lines = logged_in("compute", "logs", shell_instance, "-n", "0")
     assert_one_line_error(bad_lines, "lines: must be a whole number from 1 to 1000 (400)")

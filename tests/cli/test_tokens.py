@@ -27,7 +27,8 @@ def test_create_list_revoke(logged_in: Cli, server: LiveServer) -> None:
     assert logged_in.json("tokens", "revoke", record["id"]) == {"ok": True}
     me = httpx.get(f"{server.url}/api/auth/me", headers={"Authorization": f"Bearer {secret}"})
     assert me.status_code == 401
-    assert_one_line_error(logged_in("tokens", "revoke", record["id"]), "Not Found (404)")
+    again = logged_in("tokens", "revoke", record["id"])
+    assert_one_line_error(again, f'no token "{record["id"]}" (see: gentity tokens ls)')
 
     created = logged_in.json("tokens", "create", "[red]json[/]")
     assert isinstance(created, dict)
@@ -42,7 +43,13 @@ def test_catalog(cli: Cli, server: LiveServer) -> None:
     result = cli("catalog", env=env)
     assert result.returncode == 0, result.stderr
     assert "claude-code" in result.stdout and "ANTHROPIC_API_KEY" in result.stdout
-    assert "none/bash" in result.stdout
+    # One row per model, with that model's own key variable, also for multi-provider agents.
+    rows = [line.split() for line in result.stdout.splitlines()]
+    assert ["shell", "Shell", "none/bash", "-"] in rows
+    assert ["openai/gpt-5", "OPENAI_API_KEY"] in rows
+    assert ["google/gemini-2.5-pro", "GEMINI_API_KEY"] in rows
+    opencode = next(i for i, row in enumerate(rows) if row[:1] == ["opencode"])
+    assert rows[opencode][-2:] == ["anthropic/claude-sonnet-4-5", "ANTHROPIC_API_KEY"]
     data = cli("catalog", "--json", env=env)
     agents = {a["id"]: a for a in httpx.Response(200, content=data.stdout).json()["agents"]}
     assert agents["shell"]["requiresApiKey"] is False

@@ -9,8 +9,8 @@ from typing import Annotated
 
 import typer
 
-from gentity.cli.output import JsonFlag, fail, note, print_json
-from gentity.client import ApiError, Client
+from gentity.cli.output import JsonFlag, describe_error, fail, note, print_json
+from gentity.client import ApiError, Client, ConfigError
 from gentity.client.config import (
     TOKEN_ENV,
     SavedConfig,
@@ -18,6 +18,9 @@ from gentity.client.config import (
     resolve_base_url,
     save_config,
 )
+
+#: Revoking the replaced token is a courtesy: a server that is gone must not stall the login.
+REVOKE_TIMEOUT = 10.0
 
 
 def login(
@@ -49,10 +52,12 @@ def login(
 
     Signs in with email and password, mints a token named cli@<hostname>, signs the browser-style
     session out again and saves the URL and token in ~/.config/gentity/config.json (mode 0600).
+    The token saved before, if any, is then revoked.
     Passwords and tokens are never taken from the command line, where they would land in shell
     history and the process list.
     """
     base_url = resolve_base_url(url)
+    previous = _saved_or_nothing()
     if token:
         secret = _read_token()
         with Client(base_url, secret) as client:
@@ -70,6 +75,33 @@ def login(
     path = save_config(SavedConfig(url=base_url, token=secret))
     typer.echo(f"Logged in to {base_url} as {user.email}.")
     note(f"Token saved in {path}.")
+    if previous.token and previous.token != secret:
+        _revoke_replaced(previous.url or base_url, previous.token)
+
+
+def _saved_or_nothing() -> SavedConfig:
+    # An unreadable config file is about to be overwritten anyway: nothing to revoke there.
+    try:
+        return load_config()
+    except ConfigError:
+        return SavedConfig()
+
+
+def _revoke_replaced(url: str, secret: str) -> None:
+    """Revoke the token a new login replaced, with its own credentials (it may belong to
+    another account or server). The new login stands whatever happens here."""
+    try:
+        with Client(url, secret, timeout=REVOKE_TIMEOUT) as client:
+            _revoke(client, secret)
+    except ApiError as exc:
+        if exc.status == 401:  # already revoked or expired: nothing left to undo
+            return
+        note(
+            f"Warning: could not revoke the previous token on {url} ({describe_error(exc)}); "
+            "revoke it there with: gentity tokens revoke ID"
+        )
+    except ConfigError as exc:
+        note(f"Warning: could not revoke the previous token ({exc})")
 
 
 def logout(

@@ -16,8 +16,17 @@ def catalog(as_json: JsonFlag = False) -> None:
         return
     rows = []
     for agent in agents:
-        models = "\n".join(f"{m.provider}/{m.name}" for m in agent.models)
-        envs = sorted({env for m in agent.models if (env := api_key_env(agent, m))})
-        rows.append((agent.id, agent.name, models, "\n".join(envs) or "-"))
-    table(["AGENT", "NAME", "MODELS", "API KEY FROM"], rows)
+        # One row per model, each with the variable its own key is read from: an agent that
+        # talks to several providers needs a different key for each model.
+        for index, m in enumerate(agent.models):
+            first = index == 0
+            rows.append(
+                (
+                    agent.id if first else "",
+                    agent.name if first else "",
+                    f"{m.provider}/{m.name}",
+                    api_key_env(agent, m) or "-",
+                )
+            )
+    table(["AGENT", "NAME", "MODEL", "API KEY FROM"], rows)
     note("\nCreate one with: gentity compute create --agent AGENT [--model MODEL]")

@@ -10,8 +10,10 @@ import typer
 from rich.text import Text
 
 from gentity import models
+from gentity.cli import completion
 from gentity.cli.apikeys import read_api_key
 from gentity.cli.output import (
+    PLAIN_HELP,
     Cell,
     JsonFlag,
     fail,
@@ -23,14 +25,22 @@ from gentity.cli.output import (
     table,
     when,
 )
-from gentity.client import Client
+from gentity.cli.resolve import find_instance, instance_gone
+from gentity.client import ApiError, Client
 
 app = typer.Typer(
-    help="Create, list, start, stop, watch and enter instances.", no_args_is_help=True
+    rich_markup_mode=PLAIN_HELP,
+    help="Create, list, start, stop, watch and enter instances.",
+    no_args_is_help=True,
 )
 
 InstanceId = Annotated[
-    str, typer.Argument(metavar="ID", help="The instance id (see: gentity compute ls).")
+    str,
+    typer.Argument(
+        metavar="ID",
+        help="The instance: its id, a unique start of it, or its name (see: gentity compute ls).",
+        autocompletion=completion.instance_refs,
+    ),
 ]
 
 LEVEL_COLORS = {"error": "red", "warn": "yellow", "debug": "bright_black"}
@@ -46,7 +56,12 @@ AGENT_STYLES = {
 
 @app.command("create")
 def create(
-    agent: Annotated[str, typer.Option(help="Agent to run (see: gentity catalog).")],
+    agent: Annotated[
+        str,
+        typer.Option(
+            help="Agent to run (see: gentity catalog).", autocompletion=completion.agent_ids
+        ),
+    ],
     model: Annotated[
         str | None, typer.Option(help="Model name (default: the agent's first model).")
     ] = None,
@@ -156,7 +171,9 @@ def _agent_fields(instance: models.Instance) -> list[tuple[str, Cell]]:
 def show(instance_id: InstanceId, as_json: JsonFlag = False) -> None:
     """Show one instance."""
     with Client() as client:
-        instance = client.instances.get(instance_id)
+        found = find_instance(client, instance_id)
+        with instance_gone(instance_id):
+            instance = client.instances.get(found.id)
     if as_json:
         print_json(instance)
         return
@@ -180,21 +197,19 @@ def show(instance_id: InstanceId, as_json: JsonFlag = False) -> None:
 @app.command("start")
 def start(instance_id: InstanceId, as_json: JsonFlag = False) -> None:
     """Start a stopped instance (its volume is kept)."""
-    _drive("Starting", "Started", instance_id, as_json, lambda c: c.instances.start(instance_id))
+    _drive("Starting", "Started", instance_id, as_json, lambda c, i: c.instances.start(i))
 
 
 @app.command("stop")
 def stop(instance_id: InstanceId, as_json: JsonFlag = False) -> None:
     """Stop an instance, keeping its volume."""
-    _drive("Stopping", "Stopped", instance_id, as_json, lambda c: c.instances.stop(instance_id))
+    _drive("Stopping", "Stopped", instance_id, as_json, lambda c, i: c.instances.stop(i))
 
 
 @app.command("restart")
 def restart(instance_id: InstanceId, as_json: JsonFlag = False) -> None:
     """Restart an instance."""
-    _drive(
-        "Restarting", "Restarted", instance_id, as_json, lambda c: c.instances.restart(instance_id)
-    )
+    _drive("Restarting", "Restarted", instance_id, as_json, lambda c, i: c.instances.restart(i))
 
 
 @app.command("rm")
@@ -204,24 +219,47 @@ def remove(
     as_json: JsonFlag = False,
 ) -> None:
     """Destroy an instance and its volume, for good."""
-    if not yes:
+
+    def confirm(instance: models.Instance) -> None:
+        if yes:
+            return
         if not sys.stdin.isatty():
             fail("refusing to destroy without confirmation; pass -y")
-        typer.confirm(f"Destroy {instance_id} and its volume?", abort=True)
+        typer.confirm(f"Destroy {_label(instance)} and its volume?", abort=True)
+
     _drive(
-        "Destroying", "Destroyed", instance_id, as_json, lambda c: c.instances.delete(instance_id)
+        "Destroying",
+        "Destroyed",
+        instance_id,
+        as_json,
+        lambda c, i: c.instances.delete(i),
+        before=confirm,
     )
 
 
 def _drive(
-    verb: str, done: str, instance_id: str, as_json: bool, call: Callable[[Client], None]
+    verb: str,
+    done: str,
+    ref: str,
+    as_json: bool,
+    call: Callable[[Client, str], None],
+    before: Callable[[models.Instance], None] | None = None,
 ) -> None:
-    with Client() as client, spinner(f"{verb} {instance_id}…"):
-        call(client)
+    with Client() as client:
+        instance = find_instance(client, ref)
+        if before is not None:
+            before(instance)
+        with spinner(f"{verb} {_label(instance)}…"), instance_gone(ref):
+            call(client, instance.id)
     if as_json:
         print_json({"ok": True})
     else:
-        typer.echo(f"{done} {instance_id}.")
+        typer.echo(f"{done} {_label(instance)}.")
+
+
+def _label(instance: models.Instance) -> str:
+    """How messages name an instance: its id, and its name, which people remember."""
+    return f"{instance.id} ({instance.name})"
 
 
 @app.command("logs")
@@ -241,8 +279,10 @@ def logs(
     """Print an instance's recent log lines, or follow them as they are written."""
     color = sys.stdout.isatty() and not as_json
     with Client() as client:
+        instance = find_instance(client, instance_id)
         if not follow:
-            records = client.instances.logs(instance_id, lines)
+            with instance_gone(instance_id):
+                records = client.instances.logs(instance.id, lines)
             if as_json:
                 print_json({"logs": records})
                 return
@@ -250,10 +290,24 @@ def logs(
                 _print_log(record, color, as_json=False)
             return
         try:
-            for record in client.instances.follow_logs(instance_id, lines=lines):
-                _print_log(record, color, as_json)
+            with instance_gone(instance_id):
+                for record in client.instances.follow_logs(instance.id, lines=lines):
+                    _print_log(record, color, as_json)
         except KeyboardInterrupt:
             raise typer.Exit(130) from None
+        # The SDK ends a followed stream only when the instance answers 404 on a reconnect;
+        # ask once more so the last line says what happened rather than stopping silently.
+        note(_why_the_stream_ended(client, instance))
+
+
+def _why_the_stream_ended(client: Client, instance: models.Instance) -> str:
+    try:
+        now = client.instances.get(instance.id)
+    except ApiError as exc:
+        if exc.status != 404:
+            raise
+        return f"instance {_label(instance)} was destroyed"
+    return f"the log stream of {_label(instance)} ended ({now.status.value})"
 
 
 def _print_log(record: models.LogLine, color: bool, as_json: bool) -> None:
@@ -288,4 +342,6 @@ def ssh(
     """
     from gentity.cli.ssh import run  # loads asyncio and websockets only for this command
 
-    raise typer.Exit(run(instance_id, shell=shell, eof_timeout=eof_timeout))
+    with Client() as client:
+        found = find_instance(client, instance_id)
+    raise typer.Exit(run(found.id, shell=shell, eof_timeout=eof_timeout))

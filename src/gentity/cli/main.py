@@ -5,13 +5,14 @@ from __future__ import annotations
 import typer
 
 from gentity.cli import auth, catalog, compute, secret_keys, serve, tokens, users
-from gentity.cli.output import report_and_exit
+from gentity.cli.output import PLAIN_HELP, report_and_exit
 from gentity.client import ApiError, ConfigError
 
 app = typer.Typer(
     name="gentity",
     help="Gentity: run AI coding agents as cloud instances.",
     no_args_is_help=True,
+    rich_markup_mode=PLAIN_HELP,
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )

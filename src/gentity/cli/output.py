@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.status import Status
 from rich.table import Table
 from rich.text import Text
+from typer.core import MarkupMode
 
 from gentity.client import ApiConnectionError, ApiError, ConfigError
 
@@ -21,6 +22,10 @@ from gentity.client import ApiConnectionError, ApiError, ConfigError
 err_console = Console(stderr=True, highlight=False)
 #: Piped into grep or a file, a table should keep one row per line rather than wrap at 80.
 console = Console(highlight=False, width=None if sys.stdout.isatty() else 1000)
+
+#: Every ``typer.Typer`` here takes this: Typer's rich help labels each flag with a type
+#: (``--json <bool>``), which reads as if the flag took a value; plain help shows flags as flags.
+PLAIN_HELP: MarkupMode = None
 
 JsonFlag = Annotated[
     bool, typer.Option("--json", help="Print machine-readable JSON (camelCase, like the API).")
@@ -95,7 +100,8 @@ def when(value: datetime | None) -> str:
 
 def note(message: str) -> None:
     """A remark for the person at the terminal (stderr, never mixed into data)."""
-    err_console.print(message, markup=False, highlight=False)
+    # soft_wrap: no line breaks of our own, which would split paths and commands in two.
+    err_console.print(message, markup=False, highlight=False, soft_wrap=True)
 
 
 def fail(message: str, code: int = 1) -> NoReturn:

@@ -6,10 +6,13 @@ import asyncio
 
 import typer
 
+from gentity.cli.output import PLAIN_HELP
+from gentity.cli.server_db import check_database
 from gentity.settings import Settings
 
 app = typer.Typer(
-    help="Manage the keys that encrypt stored secrets (runs on the server's own database)."
+    rich_markup_mode=PLAIN_HELP,
+    help="Manage the keys that encrypt stored secrets (runs on the server's own database).",
 )
 
 
@@ -24,6 +27,7 @@ def rotate() -> None:
     re-encrypts under that first key, and says when the others can go.
     """
     settings = Settings()
+    check_database(settings)
     message = asyncio.run(_rotate(settings))
     typer.echo(message)
 

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 import uvicorn
 
+from gentity.cli.server_db import settings_prefix
 from gentity.settings import Settings
 
 
@@ -30,10 +31,13 @@ def serve(
     url = settings.public_url or f"http://{_display_host(settings.host)}:{settings.port}"
     typer.echo(f"Gentity {_version()} serving on {url}")
     typer.echo(f"Data directory: {settings.data_dir}")
+    # Runnable as printed from another shell: it names this server's database explicitly.
+    prefix = settings_prefix(settings)
     typer.echo(
         "Sign in: open the URL in a browser, or create the first account with\n"
-        "  gentity users create --admin --email you@example.com\n"
-        f"then run: gentity login {url}"
+        f"  {prefix}gentity users create --admin --email you@example.com\n"
+        + ("  (with the database password in place of ***)\n" if "***" in prefix else "")
+        + f"then run: gentity login {url}"
     )
     uvicorn.run(
         app,

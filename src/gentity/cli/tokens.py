@@ -6,10 +6,13 @@ from typing import Annotated
 
 import typer
 
-from gentity.cli.output import JsonFlag, note, print_json, table, when
+from gentity.cli.output import PLAIN_HELP, JsonFlag, note, print_json, table, when
+from gentity.cli.resolve import token_not_found
 from gentity.client import Client
 
-app = typer.Typer(help="List, create and revoke API tokens.", no_args_is_help=True)
+app = typer.Typer(
+    rich_markup_mode=PLAIN_HELP, help="List, create and revoke API tokens.", no_args_is_help=True
+)
 
 
 @app.command("ls")
@@ -59,7 +62,7 @@ def revoke(
     as_json: JsonFlag = False,
 ) -> None:
     """Revoke a token; it stops working at once."""
-    with Client() as client:
+    with Client() as client, token_not_found(token_id):
         client.tokens.revoke(token_id)
     if as_json:
         print_json({"ok": True})

@@ -8,9 +8,14 @@ from typing import Annotated
 
 import typer
 
+from gentity.cli.output import PLAIN_HELP
+from gentity.cli.server_db import CREATE_FLAG, check_database
 from gentity.settings import Settings
 
-app = typer.Typer(help="Create and manage accounts (runs on the server's own database).")
+app = typer.Typer(
+    rich_markup_mode=PLAIN_HELP,
+    help="Create and manage accounts (runs on the server's own database).",
+)
 
 
 @app.command("create")
@@ -22,17 +27,29 @@ def create(
     password_stdin: Annotated[
         bool, typer.Option("--password-stdin", help="Read the password from standard input.")
     ] = False,
+    create_database: Annotated[
+        bool,
+        typer.Option(
+            CREATE_FLAG, help="Start a new database when the data directory has none yet."
+        ),
+    ] = False,
 ) -> None:
     """Create an account. The first account on an empty database is always an admin.
+
+    Works on the database of this shell's settings, like gentity serve: set GENTITY_DATA_DIR
+    (or GENTITY_DATABASE_URL) as for the server. It says which data directory it uses, and
+    refuses when there is no database there unless given --create-database.
 
     The password is prompted for without echo, or read from stdin with --password-stdin;
     it is never taken from an argument, where it would land in shell history.
     """
+    settings = Settings()
+    check_database(settings, create=create_database)
     if password_stdin:
         password = sys.stdin.readline().rstrip("\r\n")
     else:
         password = typer.prompt("Password", hide_input=True, confirmation_prompt=True)
-    user_id, is_admin = asyncio.run(_create(Settings(), email, password, admin))
+    user_id, is_admin = asyncio.run(_create(settings, email, password, admin))
     role = "admin" if is_admin else "user"
     typer.echo(f"Created {role} {email.strip().lower()} ({user_id})")
 
@@ -64,7 +81,9 @@ def disable(
 ) -> None:
     """Disable an account: its tokens and sessions stop working, its open terminals and log
     streams end within seconds. Its instances keep running. --enable undoes it."""
-    asyncio.run(_set_disabled(Settings(), email, disabled=not enable))
+    settings = Settings()
+    check_database(settings)
+    asyncio.run(_set_disabled(settings, email, disabled=not enable))
     typer.echo(f"{'Enabled' if enable else 'Disabled'} {email.strip().lower()}")
 
 
