@@ -122,7 +122,7 @@ async def _guest_runs_agent(ctx: AppContext, row: Instance) -> bool:
         return False
     try:
         health = await guest_client.health(
-            ctx.compute.guest_address(handle), instances.guest_secret(ctx, row)
+            ctx.compute.guest_endpoint(handle), instances.guest_secret(ctx, row)
         )
     except guest_client.GuestError:
         return False

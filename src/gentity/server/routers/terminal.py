@@ -81,10 +81,10 @@ async def terminal(websocket: WebSocket, instance_id: str) -> None:
         return
     handle = instances.handle_of(row)
     op = "shell" if websocket.query_params.get("shell") in ("1", "true") else "attach"
-    address = ctx.compute.guest_address(handle)
+    endpoint = ctx.compute.guest_endpoint(handle)
     try:
         session = await guest_client.open_session(
-            address,
+            endpoint,
             instances.guest_secret(ctx, row),
             op=op,  # type: ignore[arg-type]
             cols=cols,
@@ -95,7 +95,7 @@ async def terminal(websocket: WebSocket, instance_id: str) -> None:
         if agent is not None and agent.state is not models.AgentState.READY:
             await _deny(websocket, 409, agent_down_message(agent))
         else:  # the guest's address is the provider's business, not the user's
-            await _deny(websocket, 502, str(exc).replace(f" at {address}", ""))
+            await _deny(websocket, 502, str(exc).replace(f" at {endpoint.address}", ""))
         return
     # Registered before the upgrade, so a revocation from now on ends this terminal.
     with ctx.credentials.watch(principal.credential) as ended:

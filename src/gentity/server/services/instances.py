@@ -32,6 +32,7 @@ from gentity.providers.compute.base import (
     MachineHandle,
     MachineSpec,
     ProviderError,
+    guest_config,
 )
 from gentity.server.context import AppContext
 from gentity.server.db.ids import new_id, random_slug, utcnow
@@ -75,8 +76,8 @@ async def agent_health(ctx: AppContext, row: Instance) -> models.AgentHealth | N
     if row.status != S.RUNNING or row.provider_ref is None or ctx.compute is None:
         return None
     try:
-        address = ctx.compute.guest_address(handle_of(row))
-        info = await guest_client.health(address, guest_secret(ctx, row), timeout=HEALTH_TIMEOUT)
+        endpoint = ctx.compute.guest_endpoint(handle_of(row))
+        info = await guest_client.health(endpoint, guest_secret(ctx, row), timeout=HEALTH_TIMEOUT)
         return models.AgentHealth.model_validate(info.get("agent"))
     except (guest_client.GuestError, ProviderError, ValidationError):
         return None
@@ -319,32 +320,44 @@ def _launch(ctx: AppContext, inst: Instance) -> GuestLaunch:
 
 
 async def _boot(ctx: AppContext, session: AsyncSession, inst: Instance, *, restart: bool) -> None:
-    """Start (or restart) the machine and wait until the guest reports the agent running."""
+    """Start (or restart) the machine, configure its guest and wait until it reports the agent
+    running. The one path by which every provider's guest gets its config and secrets."""
     provider = _provider(ctx)
-    handle = handle_of(inst)
     launch = _launch(ctx, inst)
-    if restart:
-        await provider.restart(handle, launch)
-    else:
-        await provider.start(handle, launch)
-    health = await wait_for_agent(provider.guest_address(handle), launch.secret)
+    operation = provider.restart if restart else provider.start
+    handle = await operation(handle_of(inst), launch)
+    if handle is not None:  # the provider replaced or readdressed the machine
+        inst.provider_ref, inst.provider_state = handle.ref, dict(handle.data)
+        await session.commit()
+    handle = handle_of(inst)
+    endpoint = provider.guest_endpoint(handle)
+    config = guest_config(launch, provider.guest_layout(handle, launch))
+    try:
+        await guest_client.configure(endpoint, launch.secret, config)
+        health = await wait_for_agent(endpoint, launch.secret)
+    except guest_client.GuestError as exc:
+        # Said without the guest's address: that is the provider's business, not the user's.
+        raise ProviderError(str(exc).replace(f" at {endpoint.address}", "")) from exc
     if health.get("state") == "error":
         await provider.stop(handle)
         raise ProviderError(str(health.get("error") or "the agent failed to start"))
     await set_status(session, inst, S.RUNNING, "agent running")
 
 
-async def wait_for_agent(address: str, secret: str) -> dict[str, Any]:
-    """Poll the guest until the agent runs or has failed for good."""
+async def wait_for_agent(endpoint: guest_client.GuestEndpoint, secret: str) -> dict[str, Any]:
+    """Until the guest says the agent runs or has failed for good: each ``wait`` answers as
+    soon as the guest's state changed, so there is no polling."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + AGENT_READY_TIMEOUT
-    while True:
-        health = await guest_client.health(address, secret)
-        if health.get("state") in ("running", "error"):
-            return health
-        if loop.time() > deadline:
+    health = await guest_client.health(endpoint, secret)
+    while health.get("state") not in ("running", "error"):
+        left = deadline - loop.time()
+        if left <= 0:
             raise ProviderError(f"the agent did not start (guest state: {health.get('state')})")
-        await asyncio.sleep(0.005)
+        health = await guest_client.wait(
+            endpoint, secret, since=health.get("version"), timeout=left
+        )
+    return health
 
 
 # --- running operations --------------------------------------------------------------------

@@ -1,0 +1,57 @@
+"""An instance's log: from its guest while it runs (the same on every provider), from its
+provider when it does not."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from gentity import models
+from gentity.guest import client as guest_client
+from gentity.models import InstanceStatus
+from gentity.server.context import AppContext
+from gentity.server.db.orm import Instance
+from gentity.server.errors import ApiError
+from gentity.server.services.instances import guest_secret, handle_of
+
+LogStream = AsyncIterator[tuple[str, dict[str, str]]]
+"""``(cursor, record)`` pairs as the guest streams them."""
+
+
+async def tail(ctx: AppContext, row: Instance, lines: int) -> list[models.LogLine]:
+    """The last ``lines`` records, oldest first; none before the instance has a machine."""
+    if ctx.compute is None or row.provider_ref is None:
+        return []
+    handle = handle_of(row)
+    records: list[dict[str, str]] | None = None
+    if row.status == InstanceStatus.RUNNING.value:
+        endpoint = ctx.compute.guest_endpoint(handle)
+        try:
+            records, _ = await guest_client.logs(endpoint, guest_secret(ctx, row), lines=lines)
+        except guest_client.GuestError:
+            # Its guest went away without the row knowing yet: the machine's log is still
+            # there for the provider to read.
+            records = None
+    if records is None:
+        records = await ctx.compute.tail_stopped(handle, lines)
+    return [models.LogLine.model_validate(r) for r in records]
+
+
+async def follow(ctx: AppContext, row: Instance, cursor: str | None, lines: int) -> LogStream:
+    """New records from ``cursor`` on; without one, the last ``lines`` records first. Only a
+    running instance's guest streams its log; the stream ends when the guest stops, and a
+    cursor from before resumes exactly once it runs again (the log is on its volume)."""
+    if ctx.compute is None or row.provider_ref is None:
+        raise ApiError(409, "the instance has no machine yet")
+    if row.status != InstanceStatus.RUNNING.value:
+        raise ApiError(409, f"the instance is {row.status}; start it first")
+    endpoint = ctx.compute.guest_endpoint(handle_of(row))
+    try:
+        return await guest_client.follow(
+            endpoint,
+            guest_secret(ctx, row),
+            cursor=cursor,
+            lines=None if cursor is not None else lines,
+        )
+    except guest_client.GuestError as exc:
+        # Said without the guest's address: that is the provider's business, not the user's.
+        raise ApiError(502, str(exc).replace(f" at {endpoint.address}", "")) from exc
