@@ -1,0 +1,421 @@
+"""A low-level async client of Fly's Machines API (``/v1``) and logs API (``/api/v1``).
+
+Calls map one to one onto the API and return its JSON as it comes; errors are one exception
+type, :class:`FlyApiError`, with a kind to act on. Beyond that the client keeps to Fly's rules
+so callers need not: requests are paced to the published rate limits, 429 and 503 answers are
+retried after their ``Retry-After`` (within a bound), every call has a timeout, and guarded
+mutations carry the lease nonce when one is held (:meth:`FlyApi.leased`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import email.utils
+import time
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from gentity.providers.compute.fly.errors import FlyApiError, FlyErrorKind, classify
+from gentity.providers.compute.fly.ratelimit import Pacer
+
+Json = dict[str, Any]
+
+MACHINES_URL = "https://api.machines.dev"
+LOGS_URL = "https://api.fly.io"
+NONCE_HEADER = "fly-machine-lease-nonce"
+MAX_WAIT_SECONDS = 60
+"""Fly's proxy cuts ``wait`` at 60 s, and the API refuses longer."""
+
+
+@dataclass(frozen=True)
+class Lease:
+    nonce: str
+    owner: str
+    expires_at: int
+
+
+@dataclass(frozen=True)
+class LogPage:
+    entries: list[Json]
+    """``attributes`` of each line: timestamp, message, level, instance, region, meta."""
+    next_token: str
+    """Pass back to get the lines after these; unchanged when there were none."""
+
+
+def authorization(token: str) -> str:
+    """The header value for ``token``: macaroon tokens printed as ``FlyV1 ...`` go verbatim,
+    anything else as a bearer token (an extra ``Bearer`` prefix is dropped)."""
+    token = token.strip()
+    if token.startswith("FlyV1 "):
+        return token
+    return "Bearer " + token.removeprefix("Bearer ").strip()
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    value = response.headers.get("retry-after")
+    if value is None:
+        return None
+    if value.strip().isdigit():
+        return float(value)
+    with contextlib.suppress(TypeError, ValueError):
+        when = email.utils.parsedate_to_datetime(value)
+        return max(0.0, when.timestamp() - time.time())
+    return None
+
+
+class FlyApi:
+    """The Machines and logs APIs for one token. Close with :meth:`aclose` (or ``async with``).
+
+    ``transport`` is for tests (``httpx.MockTransport``); ``timeout`` bounds every call except
+    ``wait``, which gets its own wait time on top. A 429/503 is retried up to ``retries`` times
+    when its ``Retry-After`` is at most ``max_retry_after`` seconds; otherwise it is raised.
+    """
+
+    def __init__(
+        self,
+        token: str,
+        *,
+        base_url: str = MACHINES_URL,
+        logs_url: str = LOGS_URL,
+        timeout: float = 30.0,
+        retries: int = 3,
+        max_retry_after: float = 10.0,
+        lease_wait: float = 60.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self._token = token
+        self._timeout = timeout
+        self._retries = retries
+        self._max_retry_after = max_retry_after
+        self._lease_wait = lease_wait
+        self._logs_url = logs_url.rstrip("/")
+        self._pacer = Pacer()
+        self._http = httpx.AsyncClient(
+            base_url=base_url.rstrip("/"),
+            headers={"Authorization": authorization(token), "User-Agent": "gentity"},
+            timeout=timeout,
+            transport=transport,
+        )
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def __aenter__(self) -> FlyApi:
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        await self.aclose()
+
+    # The one request path -------------------------------------------------------------
+
+    async def _request(
+        self,
+        method: str,
+        url: str,
+        *,
+        pace: str | None = None,
+        rate: tuple[float, float] = (1.0, 3.0),
+        json: Any = None,
+        params: Mapping[str, Any] | list[tuple[str, Any]] | None = None,
+        nonce: str | None = None,
+        read_timeout: float | None = None,
+    ) -> httpx.Response:
+        if pace is not None:
+            await self._pacer.turn(pace, *rate)
+        headers = {NONCE_HEADER: nonce} if nonce else {}
+        for attempt in range(self._retries + 1):
+            try:
+                response = await self._http.request(
+                    method,
+                    url,
+                    json=json,
+                    params=params,
+                    headers=headers,
+                    timeout=read_timeout or self._timeout,
+                )
+            except httpx.TimeoutException:
+                raise FlyApiError(FlyErrorKind.TIMEOUT, f"{method} {url}: timed out") from None
+            except httpx.TransportError as exc:
+                reason = self._safe(str(exc) or type(exc).__name__)
+                raise FlyApiError(FlyErrorKind.UPSTREAM, f"{method} {url}: {reason}") from None
+            if response.status_code < 400:
+                return response
+            if response.status_code in (429, 503) and attempt < self._retries:
+                delay = _retry_after(response)
+                if delay is None:
+                    delay = 0.5 * 2**attempt
+                if delay <= self._max_retry_after:
+                    await asyncio.sleep(delay)
+                    continue
+            break
+        raise self._error(response)
+
+    def _error(self, response: httpx.Response) -> FlyApiError:
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        kind, message = classify(response.status_code, body)
+        return FlyApiError(kind, self._safe(message), response.status_code)
+
+    def _safe(self, text: str) -> str:
+        """``text`` without the token, should a server or library ever echo it."""
+        secret = self._token.strip().removeprefix("FlyV1 ").removeprefix("Bearer ").strip()
+        return text.replace(secret, "[token]") if secret else text
+
+    # Token ----------------------------------------------------------------------------
+
+    async def verify(self) -> Json:
+        """Check the token works; returns what Fly knows of it (org, apps)."""
+        response = await self._request("GET", "/v1/tokens/current")
+        body: Json = response.json()
+        return body
+
+    # Apps -----------------------------------------------------------------------------
+
+    async def create_app(self, name: str, org_slug: str, network: str | None = None) -> Json:
+        body = {"name": name, "org_slug": org_slug}
+        if network:
+            body["network"] = network
+        response = await self._request("POST", "/v1/apps", json=body)
+        return response.json() if response.content else {"name": name}
+
+    async def get_app(self, name: str) -> Json:
+        body: Json = (await self._request("GET", f"/v1/apps/{name}")).json()
+        return body
+
+    async def delete_app(self, name: str) -> None:
+        """Delete an app with its machines and volumes."""
+        await self._request("DELETE", f"/v1/apps/{name}", pace="DELETE app", rate=(100 / 60, 100))
+
+    async def list_ips(self, app: str) -> list[Json]:
+        ips: list[Json] = (await self._request("GET", f"/v1/apps/{app}/ip_assignments")).json()[
+            "ips"
+        ]
+        return ips
+
+    async def assign_ip(self, app: str, kind: str = "shared_v4", **extra: str) -> Json:
+        body = {"type": kind, **extra}
+        ip: Json = (await self._request("POST", f"/v1/apps/{app}/ip_assignments", json=body)).json()
+        return ip
+
+    async def release_ip(self, app: str, ip: str) -> None:
+        await self._request("DELETE", f"/v1/apps/{app}/ip_assignments/{ip}")
+
+    # Volumes --------------------------------------------------------------------------
+
+    async def create_volume(
+        self, app: str, name: str, region: str, size_gb: int, *, encrypted: bool = True
+    ) -> Json:
+        body = {
+            "name": name,
+            "region": region,
+            "size_gb": size_gb,
+            "encrypted": encrypted,
+            # One volume per app: requiring a zone of its own can only make creation fail.
+            "require_unique_zone": False,
+        }
+        volume: Json = (await self._request("POST", f"/v1/apps/{app}/volumes", json=body)).json()
+        return volume
+
+    async def get_volume(self, app: str, volume_id: str) -> Json:
+        volume: Json = (await self._request("GET", f"/v1/apps/{app}/volumes/{volume_id}")).json()
+        return volume
+
+    async def list_volumes(self, app: str) -> list[Json]:
+        volumes: list[Json] = (await self._request("GET", f"/v1/apps/{app}/volumes")).json()
+        return volumes
+
+    async def delete_volume(self, app: str, volume_id: str) -> None:
+        await self._request("DELETE", f"/v1/apps/{app}/volumes/{volume_id}")
+
+    # Machines -------------------------------------------------------------------------
+
+    def _machine(self, app: str, machine_id: str, action: str = "") -> tuple[str, str]:
+        """(path, pacing key) of a machine call."""
+        path = f"/v1/apps/{app}/machines/{machine_id}" + (f"/{action}" if action else "")
+        return path, f"{action or 'machine'} {app}/{machine_id}"
+
+    async def create_machine(
+        self,
+        app: str,
+        config: Json,
+        *,
+        region: str | None = None,
+        name: str | None = None,
+        skip_launch: bool = False,
+    ) -> Json:
+        """Create a machine; it boots unless ``skip_launch`` (then it stays ``created``)."""
+        body: Json = {"config": config, "skip_launch": skip_launch}
+        if region:
+            body["region"] = region
+        if name:
+            body["name"] = name
+        response = await self._request(
+            "POST", f"/v1/apps/{app}/machines", pace=f"create {app}", json=body
+        )
+        machine: Json = response.json()
+        return machine
+
+    async def get_machine(self, app: str, machine_id: str) -> Json:
+        path, key = self._machine(app, machine_id)
+        machine: Json = (await self._request("GET", path, pace=f"GET {key}", rate=(5, 10))).json()
+        return machine
+
+    async def list_machines(
+        self, app: str, *, include_deleted: bool = False, metadata: Mapping[str, str] | None = None
+    ) -> list[Json]:
+        params = {f"metadata.{k}": v for k, v in (metadata or {}).items()}
+        if include_deleted:
+            params["include_deleted"] = "true"
+        response = await self._request(
+            "GET", f"/v1/apps/{app}/machines", pace=f"list {app}", params=params
+        )
+        machines: list[Json] = response.json()
+        return machines
+
+    async def start_machine(self, app: str, machine_id: str, *, nonce: str | None = None) -> Json:
+        path, key = self._machine(app, machine_id, "start")
+        answer: Json = (await self._request("POST", path, pace=key, nonce=nonce)).json()
+        return answer
+
+    async def stop_machine(
+        self,
+        app: str,
+        machine_id: str,
+        *,
+        signal: str = "SIGTERM",
+        grace_seconds: int = 10,
+        nonce: str | None = None,
+    ) -> None:
+        path, key = self._machine(app, machine_id, "stop")
+        body = {"signal": signal, "timeout": f"{grace_seconds}s"}
+        await self._request("POST", path, pace=key, json=body, nonce=nonce)
+
+    async def restart_machine(
+        self, app: str, machine_id: str, *, grace_seconds: int = 10, nonce: str | None = None
+    ) -> None:
+        path, key = self._machine(app, machine_id, "restart")
+        params = {"timeout": f"{grace_seconds}s"}
+        await self._request("POST", path, pace=key, params=params, nonce=nonce)
+
+    async def delete_machine(
+        self, app: str, machine_id: str, *, force: bool = False, nonce: str | None = None
+    ) -> None:
+        path, key = self._machine(app, machine_id)
+        params = {"force": "true"} if force else {}
+        await self._request("DELETE", path, pace=f"DELETE {key}", params=params, nonce=nonce)
+
+    async def wait_machine(
+        self,
+        app: str,
+        machine_id: str,
+        state: str = "started",
+        *,
+        version: str | None = None,
+        seconds: int = MAX_WAIT_SECONDS,
+    ) -> Json:
+        """Block until the machine is in ``state`` (a ``timeout`` error after ``seconds``,
+        at most 60). Waiting for ``stopped`` needs the ``version`` that was stopped."""
+        seconds = max(1, min(seconds, MAX_WAIT_SECONDS))
+        path, key = self._machine(app, machine_id, "wait")
+        params = {"state": state, "timeout": str(seconds)}
+        if version:
+            params["version"] = version
+        response = await self._request(
+            "GET", path, pace=key, params=params, read_timeout=seconds + self._timeout
+        )
+        answer: Json = response.json()
+        return answer
+
+    async def machine_events(self, app: str, machine_id: str, limit: int = 20) -> list[Json]:
+        """Newest first."""
+        path, key = self._machine(app, machine_id, "events")
+        response = await self._request("GET", path, pace=key, params={"limit": limit})
+        events: list[Json] = response.json()
+        return events
+
+    async def get_metadata(self, app: str, machine_id: str) -> dict[str, str]:
+        path, key = self._machine(app, machine_id, "metadata")
+        metadata: dict[str, str] = (await self._request("GET", path, pace=key)).json()
+        return metadata
+
+    async def set_metadata(self, app: str, machine_id: str, key: str, value: str) -> None:
+        path, pace = self._machine(app, machine_id, "metadata")
+        await self._request("POST", f"{path}/{key}", pace=pace, json={"value": value})
+
+    async def delete_metadata(self, app: str, machine_id: str, key: str) -> None:
+        path, pace = self._machine(app, machine_id, "metadata")
+        await self._request("DELETE", f"{path}/{key}", pace=f"DELETE {pace}")
+
+    # Leases ---------------------------------------------------------------------------
+
+    async def acquire_lease(
+        self, app: str, machine_id: str, *, ttl: int = 30, description: str = "gentity"
+    ) -> Lease:
+        """Take the machine's lease, retrying with backoff while someone else holds it (for
+        up to ``lease_wait`` seconds, then the ``lease_held`` error is raised)."""
+        path, key = self._machine(app, machine_id, "lease")
+        deadline = time.monotonic() + self._lease_wait
+        delay = 0.5
+        while True:
+            try:
+                response = await self._request(
+                    "POST", path, pace=key, json={"ttl": ttl, "description": description}
+                )
+            except FlyApiError as exc:
+                if exc.kind is not FlyErrorKind.LEASE_HELD or time.monotonic() + delay > deadline:
+                    raise
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            data = response.json()["data"]
+            return Lease(str(data["nonce"]), str(data.get("owner", "")), int(data["expires_at"]))
+
+    async def release_lease(self, app: str, machine_id: str, nonce: str) -> None:
+        """Give the lease back; one that already expired is fine."""
+        path, key = self._machine(app, machine_id, "lease")
+        try:
+            await self._request("DELETE", path, pace=f"DELETE {key}", nonce=nonce)
+        except FlyApiError as exc:
+            if exc.kind is not FlyErrorKind.NOT_FOUND:
+                raise
+
+    @contextlib.asynccontextmanager
+    async def leased(self, app: str, machine_id: str, *, ttl: int = 30) -> AsyncIterator[str]:
+        """Hold the machine's lease around a mutation; yields the nonce to pass to it."""
+        lease = await self.acquire_lease(app, machine_id, ttl=ttl)
+        try:
+            yield lease.nonce
+        finally:
+            await self.release_lease(app, machine_id, lease.nonce)
+
+    # Logs -----------------------------------------------------------------------------
+
+    async def logs(
+        self,
+        app: str,
+        *,
+        next_token: str | None = None,
+        instance: str | None = None,
+        region: str | None = None,
+    ) -> LogPage:
+        """One page of the app's log: the latest lines, or those after ``next_token``."""
+        params = {
+            name: value
+            for name, value in (
+                ("next_token", next_token),
+                ("instance", instance),
+                ("region", region),
+            )
+            if value
+        }
+        url = f"{self._logs_url}/api/v1/apps/{app}/logs"
+        body = (await self._request("GET", url, params=params)).json()
+        entries = [item["attributes"] for item in body.get("data") or []]
+        token = str((body.get("meta") or {}).get("next_token") or "") or (next_token or "")
+        return LogPage(entries, token)
