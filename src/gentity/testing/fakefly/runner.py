@@ -199,8 +199,9 @@ async def start(launch: Launch) -> Sandbox:
         process = await asyncio.create_subprocess_exec(
             *argv,
             stdin=asyncio.subprocess.DEVNULL,
+            # One pipe for both, so lines keep the order they were written in.
             stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
             env=launch.env,
             pass_fds=(info_write, block_read, exit_write),
         )
@@ -210,11 +211,8 @@ async def start(launch: Launch) -> Sandbox:
         raise LaunchError(f"could not run bwrap: {exc}") from exc
     for fd in (info_write, block_read, exit_write):
         os.close(fd)
-    assert process.stdout is not None and process.stderr is not None
-    readers = [
-        asyncio.create_task(_pump(process.stdout, launch.on_output)),
-        asyncio.create_task(_pump(process.stderr, launch.on_output)),
-    ]
+    assert process.stdout is not None
+    readers = [asyncio.create_task(_pump(process.stdout, launch.on_output))]
     sandbox: Sandbox | None = None
     try:
         init_pid = await asyncio.wait_for(_read_info(info_read), READY_TIMEOUT)

@@ -29,6 +29,7 @@ LOGS_URL = "https://api.fly.io"
 NONCE_HEADER = "fly-machine-lease-nonce"
 MAX_WAIT_SECONDS = 60
 """Fly's proxy cuts ``wait`` at 60 s, and the API refuses longer."""
+LOG_POLL_FAILURES = 10
 
 
 @dataclass(frozen=True)
@@ -419,3 +420,31 @@ class FlyApi:
         entries = [item["attributes"] for item in body.get("data") or []]
         token = str((body.get("meta") or {}).get("next_token") or "") or (next_token or "")
         return LogPage(entries, token)
+
+    async def follow_logs(
+        self, app: str, *, instance: str | None = None, next_token: str | None = None
+    ) -> AsyncIterator[Json]:
+        """Every new log line, as ``fly logs`` polls: right away after a full page, backing off
+        from 64 ms to 4 s while there is nothing; passing errors (5xx, 429, timeouts) are
+        retried the same way, up to 10 in a row."""
+        delay, failures = 0.0, 0
+        while True:
+            try:
+                page = await self.logs(app, next_token=next_token, instance=instance)
+            except FlyApiError as exc:
+                failures += 1
+                passing = exc.kind in (
+                    FlyErrorKind.UPSTREAM,
+                    FlyErrorKind.RATE_LIMITED,
+                    FlyErrorKind.TIMEOUT,
+                )
+                if not passing or failures >= LOG_POLL_FAILURES:
+                    raise
+                page = LogPage([], next_token or "")
+            else:
+                failures = 0
+            next_token = page.next_token or next_token
+            for entry in page.entries:
+                yield entry
+            delay = 0.0 if page.entries else min(max(delay * 2, 0.064), 4.0)
+            await asyncio.sleep(delay)
