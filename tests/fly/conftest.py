@@ -12,6 +12,7 @@ import httpx
 import pytest
 
 from gentity.providers.compute.fly.api import FlyApi
+from gentity.providers.compute.fly.errors import FlyApiError
 from gentity.testing.fakefly import create_app
 from gentity.testing.fakefly.fleet import Fleet
 from tests.conftest import LiveServer, require
@@ -98,3 +99,13 @@ def machine_processes(machine_id: str) -> list[int]:
         if marker in argv or variable in environ:
             found.append(int(entry))
     return found
+
+
+async def wait_started(api: FlyApi, app: str, machine_id: str) -> None:
+    """Wait until the machine runs; on failure, say what its events and log say."""
+    try:
+        await api.wait_machine(app, machine_id, "started", seconds=30)
+    except FlyApiError as exc:
+        events = await api.machine_events(app, machine_id)
+        output = [e["message"] for e in (await api.logs(app, instance=machine_id)).entries]
+        raise AssertionError(f"{exc}; events {events}; output {output}") from exc

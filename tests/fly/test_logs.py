@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from gentity.providers.compute.fly.api import FlyApi
-from tests.fly.conftest import FakeFly
+from tests.fly.conftest import FakeFly, wait_started
 
 pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("sandboxes")]
 
@@ -26,7 +26,7 @@ async def test_machine_output_pages_and_follows(fake: FakeFly, api: FlyApi) -> N
     await api.create_app("gentity-cl-logs", "personal")
     config = {"image": "x", "init": {"cmd": ["python3", "-c", CHATTY]}}
     machine = await api.create_machine("gentity-cl-logs", config, region="ord")
-    await api.wait_machine("gentity-cl-logs", machine["id"], "started", seconds=20)
+    await wait_started(api, "gentity-cl-logs", machine["id"])
     following = api.follow_logs("gentity-cl-logs", next_token="0")
     seen = [(await asyncio.wait_for(anext(following), 10))["message"] for _ in range(155)]
     await following.aclose()

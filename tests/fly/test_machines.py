@@ -9,11 +9,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from gentity.providers.compute.fly.api import FlyApi
 from gentity.providers.compute.fly.errors import FlyApiError, FlyErrorKind
-from tests.fly.conftest import FakeFly, machine_processes
+from tests.fly.conftest import FakeFly, machine_processes, wait_started
 
 pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("sandboxes")]
 
@@ -81,10 +82,11 @@ def through_edge(fake: FakeFly, app: str, message: str, deadline: float = 15.0) 
                 answer = tls.recv(1000).decode()
             if answer:
                 return answer
-        except (ConnectionError, TimeoutError, ssl.SSLEOFError):
-            pass
+            failure: object = "closed without an answer"
+        except (ConnectionError, TimeoutError, ssl.SSLEOFError) as exc:
+            failure = exc
         if time.monotonic() > give_up:
-            raise AssertionError(f"{app} did not answer through the edge")
+            raise AssertionError(f"{app} did not answer through the edge: {failure!r}")
         time.sleep(0.2)
 
 
@@ -101,7 +103,7 @@ async def test_app_volume_and_machine_lifecycle(fake: FakeFly, api: FlyApi) -> N
     )
     assert len(machine["id"]) == 14 and machine["state"] == "created"
     assert machine["instance_id"] == machine["version"] and len(machine["version"]) == 26
-    await api.wait_machine("gentity-cl-one", machine["id"], "started", seconds=20)
+    await wait_started(api, "gentity-cl-one", machine["id"])
     attached = await api.get_volume("gentity-cl-one", volume["id"])
     assert attached["attached_machine_id"] == machine["id"]
 
@@ -128,7 +130,7 @@ async def test_app_volume_and_machine_lifecycle(fake: FakeFly, api: FlyApi) -> N
 
     # A second boot starts from a fresh root filesystem but keeps the volume.
     await api.start_machine("gentity-cl-one", machine["id"])
-    await api.wait_machine("gentity-cl-one", machine["id"], "started", seconds=20)
+    await wait_started(api, "gentity-cl-one", machine["id"])
     assert through_edge(fake, "gentity-cl-one", "again").endswith("|boot 2")
 
     with pytest.raises(FlyApiError) as running_delete:
@@ -156,7 +158,7 @@ async def test_machines_of_two_apps_listen_on_the_same_port(fake: FakeFly, api: 
             "id"
         ]
     for app, machine_id in ids.items():
-        await api.wait_machine(app, machine_id, "started", seconds=20)
+        await wait_started(api, app, machine_id)
     assert through_edge(fake, "gentity-cl-a", "x").startswith("x|gentity-cl-a|")
     assert through_edge(fake, "gentity-cl-b", "y").startswith("y|gentity-cl-b|")
 
@@ -175,8 +177,9 @@ async def test_a_process_that_exits_stops_its_machine(fake: FakeFly, api: FlyApi
         "gentity-cl-exit", machine["id"], "stopped", version=machine["version"], seconds=20
     )
     exit_event = (await api.machine_events("gentity-cl-exit", machine["id"]))[0]
-    assert exit_event["type"] == "exit"
-    assert exit_event["request"]["exit_event"]["exit_code"] == 3
+    output = [e["message"] for e in (await api.logs("gentity-cl-exit")).entries]
+    assert exit_event["type"] == "exit", output
+    assert exit_event["request"]["exit_event"]["exit_code"] == 3, (exit_event, output)
     assert exit_event["request"]["exit_event"]["requested_stop"] is False
 
 
@@ -187,7 +190,7 @@ async def test_stop_kills_what_ignores_the_signal(fake: FakeFly, api: FlyApi) ->
         "subprocess.Popen(['sleep', '300']); print('up', flush=True); time.sleep(300)"
     )
     machine = await api.create_machine("gentity-cl-stubborn", config(["python3", "-c", stubborn]))
-    await api.wait_machine("gentity-cl-stubborn", machine["id"], "started", seconds=20)
+    await wait_started(api, "gentity-cl-stubborn", machine["id"])
     page = None
     for _ in range(50):  # until the child runs too
         page = await api.logs("gentity-cl-stubborn")
@@ -209,7 +212,7 @@ async def test_stop_kills_what_ignores_the_signal(fake: FakeFly, api: FlyApi) ->
 async def test_shutting_the_fake_down_kills_its_machines(fake: FakeFly, api: FlyApi) -> None:
     await api.create_app("gentity-cl-left", "personal")
     machine = await api.create_machine("gentity-cl-left", config(["sleep", "300"]))
-    await api.wait_machine("gentity-cl-left", machine["id"], "started", seconds=20)
+    await wait_started(api, "gentity-cl-left", machine["id"])
     assert machine_processes(machine["id"]) != []
     fake.server.stop()
     assert machine_processes(machine["id"]) == []
@@ -221,3 +224,51 @@ async def test_a_machine_without_a_command_is_refused(fake: FakeFly, api: FlyApi
     with pytest.raises(FlyApiError) as refused:
         await api.create_machine("gentity-cl-nocmd", {"image": "registry.fly.io/x:1"})
     assert refused.value.status == 400 and "init.cmd" in refused.value.message
+
+
+async def test_suspend_restart_and_update(fake: FakeFly, api: FlyApi) -> None:
+    app = "gentity-cl-cycle"
+    await api.create_app(app, "personal")
+    volume = await api.create_volume(app, "home", "iad", 1)
+    machine = await api.create_machine(app, config(["python3", "-c", SERVER], volume["id"]))
+    await wait_started(api, app, machine["id"])
+    assert through_edge(fake, app, "a").endswith("|boot 1")
+
+    # Suspended: frozen, not stopped; starting it again resumes the same boot.
+    with httpx.Client(base_url=f"{fake.url}/v1", headers={"Authorization": "Bearer x"}) as raw:
+        machine_path = f"/apps/{app}/machines/{machine['id']}"
+        assert raw.post(f"{machine_path}/suspend").status_code == 200
+        await api.wait_machine(app, machine["id"], "suspended", seconds=20)
+        assert raw.get(f"/apps/{app}/machines", params={"state": "started"}).json() == []
+        resumed = await api.start_machine(app, machine["id"])
+        assert resumed["previous_state"] == "suspended"
+        await wait_started(api, app, machine["id"])
+        assert through_edge(fake, app, "b").endswith("|boot 1")
+
+        listed = raw.get(f"/apps/{app}/machines", params={"state": "started", "summary": "true"})
+        assert [(m["id"], "config" in m) for m in listed.json()] == [(machine["id"], False)]
+        assert raw.get(f"/apps/{app}/machines", params={"region": "ord"}).json() == []
+    settled = await api.wait_machine(app, machine["id"], "settled", seconds=5)
+    assert settled["state"] == "started"
+
+    await api.restart_machine(app, machine["id"], grace_seconds=1)
+    await wait_started(api, app, machine["id"])
+    assert through_edge(fake, app, "c").endswith("|boot 2")
+
+    # An update replaces the whole config, gets a new version and reboots the machine.
+    current = await api.get_machine(app, machine["id"])
+    new_config = {**current["config"], "env": {"GREETING": "updated"}}
+    async with api.leased(app, machine["id"]) as nonce:
+        updated = await api.update_machine(app, machine["id"], new_config, nonce=nonce)
+    assert updated["version"] != machine["version"]
+    await wait_started(api, app, machine["id"])
+    assert through_edge(fake, app, "d").endswith("|boot 3")
+    assert (await api.get_machine(app, machine["id"]))["config"]["env"] == {"GREETING": "updated"}
+
+
+async def test_an_app_deleted_while_its_machine_boots(fake: FakeFly, api: FlyApi) -> None:
+    await api.create_app("gentity-cl-hasty", "personal")
+    machine = await api.create_machine("gentity-cl-hasty", config(["sleep", "300"]))
+    await api.delete_app("gentity-cl-hasty")
+    assert machine_processes(machine["id"]) == []
+    assert not (fake.state_dir / "machines" / machine["id"]).exists()

@@ -11,6 +11,7 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import functools
 import logging
 import shutil
 import signal
@@ -20,7 +21,7 @@ from pathlib import Path
 from gentity.testing.fakefly import ids
 from gentity.testing.fakefly.errors import FlyError, bad_request, not_found
 from gentity.testing.fakefly.logs import LogStore
-from gentity.testing.fakefly.runner import Launch, LaunchError, start
+from gentity.testing.fakefly.runner import Launch, LaunchError, Sandbox, start
 from gentity.testing.fakefly.sandbox import Placement, canonical_guest_path
 from gentity.testing.fakefly.state import App, Json, Machine
 
@@ -29,6 +30,7 @@ log = logging.getLogger(__name__)
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 DEFAULT_STOP_TIMEOUT = 5.0
 DEFAULT_MAX_RETRIES = 10
+BOOT_ATTEMPTS = 3
 
 
 def command_for(config: Json, images: Mapping[str, list[str]]) -> list[str]:
@@ -113,8 +115,9 @@ class Fleet:
 
     # Background transitions ------------------------------------------------------------
 
-    def schedule(self, machine: Machine, step: Callable[[], Awaitable[None]]) -> None:
-        """Run ``step`` after the machine's earlier transitions."""
+    def schedule(self, machine: Machine, step: Callable[[], Awaitable[None]]) -> asyncio.Task[None]:
+        """Run ``step`` after the machine's earlier transitions (await the task to know when
+        it is done)."""
         lock = self._locks.setdefault(machine.id, asyncio.Lock())
 
         async def run() -> None:
@@ -127,27 +130,39 @@ class Fleet:
         task = asyncio.create_task(run())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
     async def boot(self, app: App, machine: Machine) -> None:
         """created/stopped -> starting -> started, or back to stopped if it cannot run."""
-        if machine.state in ("destroying", "destroyed"):
-            return
+        if machine.state in ("stopping", "destroying", "destroyed"):
+            return  # stopped or destroyed before its turn came: the queued step finishes it
         await machine.set_state("starting")
         machine.stop_requested = False
         try:
-            sandbox = await start(self._launch(app, machine))
+            sandbox = await self._start(app, machine)
         except (LaunchError, ValueError, OSError) as exc:
             self.logs.add(app.name, machine.id, machine.region, f"[fakefly] boot failed: {exc}")
             machine.event("exit", "stopped", "flyd", exit_event={"exit_code": 1, "error": str(exc)})
             await machine.set_state("stopped")
             return
         machine.sandbox = sandbox
-        machine.event("start", "started", "flyd")
-        await machine.set_state("started")
         task = asyncio.create_task(self._watch(app, machine, sandbox.wait()))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         machine.task = task
+        machine.event("start", "started", "flyd")
+        if machine.state == "starting":  # not asked to stop meanwhile
+            await machine.set_state("started")
+
+    async def _start(self, app: App, machine: Machine) -> Sandbox:
+        # bubblewrap sometimes fails setting up a namespace on a busy host (netlink answers
+        # out of turn); Fly would not fail a boot for that, so neither does the fake at once.
+        for _ in range(BOOT_ATTEMPTS - 1):
+            try:
+                return await start(self._launch(app, machine))
+            except LaunchError as exc:
+                log.warning("fake machine %s: boot failed, retrying: %s", machine.id, exc)
+        return await start(self._launch(app, machine))
 
     async def _watch(self, app: App, machine: Machine, exited: Awaitable[int]) -> None:
         code = await exited
@@ -204,7 +219,9 @@ class Fleet:
 
     async def stop(self, machine: Machine, signum: int, grace: float) -> None:
         await self.halt(machine, signum, grace)
-        if machine.state not in ("destroying", "destroyed"):
+        if machine.state in ("replacing", "restarting"):
+            machine.event("stop", "stopped", "user")  # booted again next, in the same state
+        elif machine.state not in ("destroying", "destroyed"):
             machine.event("stop", "stopped", "user")
             await machine.set_state("stopped")
 
@@ -237,7 +254,8 @@ class Fleet:
         self.apps.pop(app.name, None)
         for machine in app.machines.values():
             if machine.state != "destroyed":
-                await self.destroy(app, machine)
+                # In turn, so that a boot under way finishes first and is then undone.
+                await self.schedule(machine, functools.partial(self.destroy, app, machine))
         for volume in app.volumes.values():
             volume.state = "destroyed"
             shutil.rmtree(volume.path, ignore_errors=True)

@@ -163,6 +163,7 @@ def router(fleet: Fleet) -> APIRouter:
         fleet.attach_volumes(target, machine)
         machine.event("update", "replacing" if running else "updated", "user")
         if running:  # a running machine reboots into its new config
+            await machine.set_state("replacing")
             signum, timeout = _stop_signal(machine, None), _stop_timeout(machine, None, 1e-9)
             fleet.schedule(machine, lambda: fleet.stop(machine, signum, timeout))
         if running or not body.get("skip_launch"):

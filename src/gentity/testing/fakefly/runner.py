@@ -21,6 +21,7 @@ from pathlib import Path
 from gentity.testing.fakefly.sandbox import Placement, bubblewrap_argv
 
 READY_TIMEOUT = 10.0
+EXEC_MARKER = "fakefly-exec-4f1c2e"
 
 
 class LaunchError(Exception):
@@ -102,6 +103,14 @@ class Sandbox:
         return 128 - code if code < 0 else code
 
 
+def exec_reporting(fd: int, command: list[str]) -> list[str]:
+    """``command`` preceded by a bash step that writes to ``fd``, closes it, prints the exec
+    marker and execs the command (same pid). bubblewrap can fail setting up the sandbox after
+    it reported it, so this byte is what tells that the machine's command really started."""
+    script = f'printf 1 >&{fd}; exec {fd}>&-; echo {EXEC_MARKER}; exec "$@"'
+    return ["bash", "-c", script, "fly-init", *command]
+
+
 async def _read_info(info_read: int) -> int:
     loop = asyncio.get_running_loop()
     data = b""
@@ -114,9 +123,20 @@ async def _read_info(info_read: int) -> int:
             return int(json.loads(data)["child-pid"])
 
 
-async def _pump(stream: asyncio.StreamReader, on_output: Callable[[str], None]) -> None:
+async def _pump(
+    stream: asyncio.StreamReader, on_output: Callable[[str], None], setup: list[str]
+) -> None:
+    """Lines before the exec marker are bubblewrap's (kept in ``setup``); the rest are the
+    machine's."""
+    running = False
     while line := await stream.readline():
-        on_output(line.decode(errors="replace").rstrip("\n"))
+        text = line.decode(errors="replace").rstrip("\n")
+        if running:
+            on_output(text)
+        elif text == EXEC_MARKER:
+            running = True
+        else:
+            setup.append(text)
 
 
 def _free_port() -> int:
@@ -192,9 +212,10 @@ async def start(launch: Launch) -> Sandbox:
     info_read, info_write = os.pipe()
     block_read, block_write = os.pipe()
     exit_read, exit_write = os.pipe()  # slirp4netns exits when the sandbox closes exit_write
+    ran_read, ran_write = os.pipe()
     api_socket = os.path.join(tempfile.gettempdir(), f"fakefly-{launch.hostname}.sock")
     argv = bubblewrap_argv(launch.hostname, launch.placements, info_write, block_read, [])
-    argv += launch.command
+    argv += exec_reporting(ran_write, launch.command)
     try:
         process = await asyncio.create_subprocess_exec(
             *argv,
@@ -203,16 +224,19 @@ async def start(launch: Launch) -> Sandbox:
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
             env=launch.env,
-            pass_fds=(info_write, block_read, exit_write),
+            pass_fds=(info_write, block_read, exit_write, ran_write),
         )
     except OSError as exc:
         for fd in (info_read, info_write, block_read, block_write, exit_read, exit_write):
             os.close(fd)
+        os.close(ran_read)
+        os.close(ran_write)
         raise LaunchError(f"could not run bwrap: {exc}") from exc
-    for fd in (info_write, block_read, exit_write):
+    for fd in (info_write, block_read, exit_write, ran_write):
         os.close(fd)
     assert process.stdout is not None
-    readers = [asyncio.create_task(_pump(process.stdout, launch.on_output))]
+    setup: list[str] = []
+    readers = [asyncio.create_task(_pump(process.stdout, launch.on_output, setup))]
     sandbox: Sandbox | None = None
     try:
         init_pid = await asyncio.wait_for(_read_info(info_read), READY_TIMEOUT)
@@ -223,6 +247,11 @@ async def start(launch: Launch) -> Sandbox:
         for port in launch.ports:
             sandbox.forwarded[port] = await _forward(api_socket, port)
         os.write(block_write, b"1")
+        loop = asyncio.get_running_loop()
+        ran = loop.run_in_executor(None, os.read, ran_read, 1)
+        if await asyncio.wait_for(ran, READY_TIMEOUT) != b"1":
+            said = setup[-1] if setup else "no output"
+            raise LaunchError(f"the sandbox failed before running the command: {said}")
         return sandbox
     except (LaunchError, OSError, TimeoutError) as exc:
         if sandbox is not None:
@@ -232,7 +261,7 @@ async def start(launch: Launch) -> Sandbox:
         await process.wait()
         raise exc if isinstance(exc, LaunchError) else LaunchError(str(exc)) from exc
     finally:
-        for fd in (info_read, block_write, exit_read):
+        for fd in (info_read, block_write, exit_read, ran_read):
             os.close(fd)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(api_socket)

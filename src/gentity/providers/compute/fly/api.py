@@ -279,6 +279,17 @@ class FlyApi:
         machines: list[Json] = response.json()
         return machines
 
+    async def update_machine(
+        self, app: str, machine_id: str, config: Json, *, nonce: str | None = None
+    ) -> Json:
+        """Replace the machine's whole config (a running machine reboots into it)."""
+        path, key = self._machine(app, machine_id)
+        response = await self._request(
+            "POST", path, pace=f"update {key}", json={"config": config}, nonce=nonce
+        )
+        machine: Json = response.json()
+        return machine
+
     async def start_machine(self, app: str, machine_id: str, *, nonce: str | None = None) -> Json:
         path, key = self._machine(app, machine_id, "start")
         answer: Json = (await self._request("POST", path, pace=key, nonce=nonce)).json()
