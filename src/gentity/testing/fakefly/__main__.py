@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import shlex
+import socket
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import uvicorn
+from fastapi import FastAPI
 
 from gentity.testing.fakefly.app import create_app
 
@@ -24,7 +28,10 @@ def main(argv: list[str] | None = None) -> None:
         "--host", default="127.0.0.1", help="address of the API (default: %(default)s)"
     )
     parser.add_argument(
-        "--port", type=int, default=4280, help="port of the API (default: %(default)s)"
+        "--port",
+        type=int,
+        default=4280,
+        help="port of the API, 0 for an ephemeral one (default: %(default)s)",
     )
     parser.add_argument(
         "--edge-port",
@@ -60,21 +67,24 @@ def main(argv: list[str] | None = None) -> None:
         default_region=args.region,
         rate_limits=not args.no_rate_limits,
     )
-    config = uvicorn.Config(app, host=args.host, port=args.port, log_level="warning")
-    server = uvicorn.Server(config)
-    original_startup = server.startup
+    # Bound before start-up so that the announcement can name the port, even an ephemeral one.
+    listener = socket.create_server((args.host, args.port))
+    port = listener.getsockname()[1]
+    serve = app.router.lifespan_context
 
-    async def startup(sockets: object = None) -> None:
-        await original_startup(sockets)  # type: ignore[arg-type]
-        edge = app.state.edge
-        print(
-            f"fakefly: API http://{args.host}:{args.port}/v1, edge {args.host}:{edge.port}, "
-            f"CA {edge.ca_file}",
-            flush=True,
-        )
+    @contextlib.asynccontextmanager
+    async def announced(running: FastAPI) -> AsyncIterator[None]:
+        async with serve(running):
+            edge = running.state.edge
+            print(
+                f"fakefly: API http://{args.host}:{port}/v1, edge {args.host}:{edge.port}, "
+                f"CA {edge.ca_file}",
+                flush=True,
+            )
+            yield
 
-    server.startup = startup  # type: ignore[method-assign]
-    server.run()
+    app.router.lifespan_context = announced
+    uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[listener])
 
 
 if __name__ == "__main__":

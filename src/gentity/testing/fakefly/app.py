@@ -144,6 +144,11 @@ def create_app(
         message = "not found" if exc.status_code == 404 else str(exc.detail)
         return JSONResponse({"error": message}, status_code=exc.status_code)
 
+    @app.exception_handler(Exception)
+    async def internal_error(_request: Request, _exc: Exception) -> JSONResponse:
+        # Fly answers JSON even when it fails; the traceback is in the fake's own log.
+        return JSONResponse({"error": "internal error"}, status_code=500)
+
     @app.middleware("http")
     async def gate(request: Request, call_next: Callable[[Request], Awaitable[Any]]) -> Any:
         path = request.url.path

@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse
 
 from gentity.testing.fakefly import ids
 from gentity.testing.fakefly.errors import FlyError, bad_request, not_found
-from gentity.testing.fakefly.requests import NONCE_HEADER, json_body
+from gentity.testing.fakefly.requests import NONCE_HEADER, json_body, token_owner
 from gentity.testing.fakefly.state import Json, Lease, Machine
 
 DEFAULT_TTL = 30
@@ -76,7 +76,7 @@ def router(find: MachineFinder) -> APIRouter:
         ttl = _ttl(body.get("ttl", request.query_params.get("ttl")))
         lease = take_lease(
             machine,
-            str(request.state.owner),
+            token_owner(request),
             ttl,
             str(body.get("description") or ""),
             request.headers.get(NONCE_HEADER),

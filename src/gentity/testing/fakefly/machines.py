@@ -15,7 +15,7 @@ from gentity.testing.fakefly import ids
 from gentity.testing.fakefly.errors import FlyError, bad_request, not_found, precondition
 from gentity.testing.fakefly.fleet import DEFAULT_STOP_TIMEOUT, Fleet
 from gentity.testing.fakefly.leases import guard
-from gentity.testing.fakefly.requests import flag, json_body
+from gentity.testing.fakefly.requests import flag, json_body, token_owner
 from gentity.testing.fakefly.state import App, Lease, Machine, private_ip
 
 WAIT_STATES = {"started", "stopped", "suspended", "destroyed", "failed", "settled"}
@@ -131,7 +131,7 @@ def router(fleet: Fleet) -> APIRouter:
         answer = machine.to_json()
         lease_ttl = int(body.get("lease_ttl") or 0)
         if lease_ttl > 0:
-            owner = str(request.state.owner)
+            owner = token_owner(request)
             machine.lease = Lease(ids.nonce(), owner, "", time.time() + lease_ttl, machine.version)
             answer["nonce"] = machine.lease.nonce
         if not body.get("skip_launch"):
