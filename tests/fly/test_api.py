@@ -207,3 +207,37 @@ async def test_metadata(api: FlyApi) -> None:
     assert await api.list_machines("gentity-cl-meta", metadata={"gentity_instance": "other"}) == []
     await api.delete_metadata("gentity-cl-meta", machine_id, "gentity_instance")
     assert await api.get_metadata("gentity-cl-meta", machine_id) == {}
+
+
+async def test_the_header_sent_on_the_wire() -> None:
+    seen: list[str] = []
+
+    def record(request: httpx.Request) -> httpx.Response:
+        seen.append(request.headers["authorization"])
+        return httpx.Response(200, json={"tokens": []})
+
+    for token in ("fo1_plain", "Bearer fo1_plain", "FlyV1 fm2_a,fm2_b"):
+        async with FlyApi(token, transport=httpx.MockTransport(record)) as api:
+            await api.verify()
+    assert seen == ["Bearer fo1_plain", "Bearer fo1_plain", "FlyV1 fm2_a,fm2_b"]
+
+
+async def test_an_unreachable_api_is_an_upstream_error_without_the_token() -> None:
+    def refuse(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError(f"cannot reach {request.url} with {TOKEN}", request=request)
+
+    async with FlyApi(TOKEN, transport=httpx.MockTransport(refuse)) as api:
+        with pytest.raises(FlyApiError) as error:
+            await api.get_app("gentity-cl-x")
+    assert error.value.kind is FlyErrorKind.UPSTREAM and error.value.status is None
+    assert TOKEN not in str(error.value)
+
+
+async def test_retry_after_as_an_http_date() -> None:
+    answers = [
+        httpx.Response(503, headers={"Retry-After": "Thu, 01 Jan 1970 00:00:00 GMT"}, json={}),
+        httpx.Response(200, json={"name": "gentity-cl-x"}),
+    ]
+    async with FlyApi(TOKEN, transport=httpx.MockTransport(lambda _: answers.pop(0))) as api:
+        assert (await api.get_app("gentity-cl-x"))["name"] == "gentity-cl-x"
+    assert answers == []
