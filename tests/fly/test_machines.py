@@ -272,3 +272,34 @@ async def test_an_app_deleted_while_its_machine_boots(fake: FakeFly, api: FlyApi
     await api.delete_app("gentity-cl-hasty")
     assert machine_processes(machine["id"]) == []
     assert not (fake.state_dir / "machines" / machine["id"]).exists()
+
+
+async def test_exec_runs_inside_the_machine(fake: FakeFly, api: FlyApi) -> None:
+    app = "gentity-cl-exec"
+    await api.create_app(app, "personal")
+    volume = await api.create_volume(app, "home", "iad", 1)
+    machine = await api.create_machine(app, config(["python3", "-c", SERVER], volume["id"]))
+    await wait_started(api, app, machine["id"])
+    through_edge(fake, app, "ready")  # the server has written its boot count by now
+
+    seen = await api.exec_machine(
+        app,
+        machine["id"],
+        ["sh", "-c", "cat /data/boots; hostname; echo $FLY_APP_NAME; cat"],
+        stdin="from stdin",
+    )
+    assert (seen.exit_code, seen.stdout) == (0, f"1{machine['id']}\n{app}\nfrom stdin")
+    # Its own PID namespace, and no capabilities even though the fake is root.
+    inside = await api.exec_machine(
+        app,
+        machine["id"],
+        ["sh", "-c", "grep CapEff /proc/self/status; ls /proc | grep -c '^[0-9]'"],
+    )
+    cap_line, process_count = inside.stdout.split("\n")[:2]
+    assert cap_line.split()[1] == "0000000000000000" and int(process_count) < 10
+    failed = await api.exec_machine(app, machine["id"], ["sh", "-c", "echo oops >&2; exit 4"])
+    assert (failed.exit_code, failed.stderr) == (4, "oops\n")
+    running = len(machine_processes(machine["id"]))
+    slow = await api.exec_machine(app, machine["id"], ["sleep", "30"], seconds=1)
+    assert slow.exit_code == 137
+    assert len(machine_processes(machine["id"])) == running  # the sleep was killed with it

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import shlex
 import signal
 import time
 from typing import Any
@@ -13,6 +14,7 @@ from fastapi.responses import JSONResponse
 
 from gentity.testing.fakefly import ids
 from gentity.testing.fakefly.errors import FlyError, bad_request, not_found, precondition
+from gentity.testing.fakefly.execute import run_in
 from gentity.testing.fakefly.fleet import DEFAULT_STOP_TIMEOUT, Fleet
 from gentity.testing.fakefly.leases import guard
 from gentity.testing.fakefly.requests import flag, json_body, token_owner
@@ -21,6 +23,7 @@ from gentity.testing.fakefly.state import App, Lease, Machine, private_ip
 WAIT_STATES = {"started", "stopped", "suspended", "destroyed", "failed", "settled"}
 SETTLED = {"started", "stopped", "suspended", "destroyed", "failed"}
 MAX_WAIT = 60
+EXEC_TIMEOUT = 60.0  # the public proxy cuts requests at 60 s, as it does wait
 LIST_FILTER_STATES = {"created", "started", "stopped", "suspended", "failed"}
 
 
@@ -256,6 +259,33 @@ def router(fleet: Fleet) -> APIRouter:
             raise precondition("machine is not running")
         machine.sandbox.signal(signum)
         return JSONResponse({"ok": True})
+
+    @routes.post("/{machine_id}/exec")
+    async def exec_command(app: str, machine_id: str, request: Request) -> JSONResponse:
+        machine = _live(fleet.app(app), machine_id)
+        guard(machine, request)
+        body = await json_body(request)
+        command = body.get("command")
+        if command is None and isinstance(body.get("cmd"), str):
+            command = shlex.split(body["cmd"])  # the deprecated form fly-go still sends
+        if not isinstance(command, list) or not command:
+            raise bad_request("command is required")
+        try:
+            limit = float(body.get("timeout") or EXEC_TIMEOUT)
+        except (TypeError, ValueError):
+            raise bad_request("timeout must be a number of seconds") from None
+        if machine.state != "started" or machine.sandbox is None:
+            raise precondition(f"machine is not started: {machine.state!r}")
+        exit_code, exit_signal, stdout, stderr = await run_in(
+            machine.sandbox,
+            [str(a) for a in command],
+            machine.sandbox.env,
+            str(body.get("stdin") or ""),
+            min(limit, EXEC_TIMEOUT),
+        )
+        return JSONResponse(
+            {"exit_code": exit_code, "exit_signal": exit_signal, "stdout": stdout, "stderr": stderr}
+        )
 
     @routes.post("/{machine_id}/cordon")
     async def cordon(app: str, machine_id: str, request: Request) -> JSONResponse:

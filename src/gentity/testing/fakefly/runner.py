@@ -52,6 +52,8 @@ class Sandbox:
     forwarded: dict[int, int] = field(default_factory=dict)
     """internal_port -> host loopback port."""
     readers: list[asyncio.Task[None]] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+    """The environment the machine's command got (``exec`` gets it too)."""
 
     def main_pid(self) -> int | None:
         """Host pid of the machine's main command: the only child of the namespace's init."""
@@ -240,7 +242,7 @@ async def start(launch: Launch) -> Sandbox:
     sandbox: Sandbox | None = None
     try:
         init_pid = await asyncio.wait_for(_read_info(info_read), READY_TIMEOUT)
-        sandbox = Sandbox(process=process, init_pid=init_pid, readers=readers)
+        sandbox = Sandbox(process=process, init_pid=init_pid, readers=readers, env=launch.env)
         slirp = await _start_network(init_pid, exit_read, api_socket, launch.workdir / "net.log")
         # Reaped in the background; it exits by itself when the sandbox closes its pipe.
         readers.append(asyncio.create_task(_reap(slirp)))

@@ -40,6 +40,13 @@ class Lease:
 
 
 @dataclass(frozen=True)
+class ExecResult:
+    exit_code: int
+    stdout: str
+    stderr: str
+
+
+@dataclass(frozen=True)
 class LogPage:
     entries: list[Json]
     """``attributes`` of each line: timestamp, message, level, instance, region, meta."""
@@ -343,6 +350,27 @@ class FlyApi:
         )
         answer: Json = response.json()
         return answer
+
+    async def exec_machine(
+        self, app: str, machine_id: str, command: list[str], *, stdin: str = "", seconds: int = 30
+    ) -> ExecResult:
+        """Run ``command`` in the started machine and return its whole output (not interactive,
+        at most 60 s). A failing command is a result with its exit code, not an error."""
+        seconds = max(1, min(seconds, MAX_WAIT_SECONDS))
+        path, key = self._machine(app, machine_id, "exec")
+        body: Json = {"command": command, "timeout": seconds}
+        if stdin:
+            body["stdin"] = stdin
+        response = await self._request(
+            "POST", path, pace=key, json=body, read_timeout=seconds + self._timeout
+        )
+        answer = response.json()
+        # fly-go omits zero values, so a missing exit code is a success.
+        return ExecResult(
+            int(answer.get("exit_code") or 0),
+            str(answer.get("stdout") or ""),
+            str(answer.get("stderr") or ""),
+        )
 
     async def machine_events(self, app: str, machine_id: str, limit: int = 20) -> list[Json]:
         """Newest first."""
