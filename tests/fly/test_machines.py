@@ -265,6 +265,16 @@ async def test_suspend_restart_and_update(fake: FakeFly, api: FlyApi) -> None:
     assert through_edge(fake, app, "d").endswith("|boot 3")
     assert (await api.get_machine(app, machine["id"]))["config"]["env"] == {"GREETING": "updated"}
 
+    # A suspended machine is thawed to be stopped: it acts on SIGTERM, not after the grace.
+    with httpx.Client(base_url=f"{fake.url}/v1", headers={"Authorization": "Bearer x"}) as raw:
+        assert raw.post(f"/apps/{app}/machines/{machine['id']}/suspend").status_code == 200
+    await api.wait_machine(app, machine["id"], "suspended", seconds=20)
+    started = time.monotonic()
+    await api.stop_machine(app, machine["id"], grace_seconds=30)
+    await api.wait_machine(app, machine["id"], "stopped", version=updated["version"], seconds=30)
+    assert time.monotonic() - started < 10
+    assert machine_processes(machine["id"]) == []
+
 
 async def test_an_app_deleted_while_its_machine_boots(fake: FakeFly, api: FlyApi) -> None:
     await api.create_app("gentity-cl-hasty", "personal")

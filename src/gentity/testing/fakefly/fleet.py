@@ -201,8 +201,8 @@ class Fleet:
         machine.stop_requested = True
         if sandbox is None or task is None:
             return
-        if machine.state == "suspended":
-            sandbox.pause(False)
+        if sandbox.paused:
+            sandbox.pause(False)  # a frozen process would not act on the signal
         sandbox.signal(signum)
         try:
             await asyncio.wait_for(asyncio.shield(task), grace)
@@ -231,8 +231,11 @@ class Fleet:
         machine.event("suspend", "suspended", "user")
         await machine.set_state("suspended")
 
-    async def resume(self, machine: Machine) -> None:
+    async def resume(self, app: App, machine: Machine) -> None:
+        """Thaw a suspended machine; one with nothing left to thaw boots afresh, as a Fly
+        machine whose snapshot cannot be restored does."""
         if machine.sandbox is None:
+            await self.boot(app, machine)
             return
         machine.sandbox.pause(False)
         machine.event("start", "started", "flyd")

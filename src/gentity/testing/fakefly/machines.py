@@ -193,9 +193,10 @@ def router(fleet: Fleet) -> APIRouter:
         machine = _live(target, machine_id)
         guard(machine, request)
         previous = machine.state
+        machine.restarts = 0  # the restart policy counts crashes since the last start
         if previous == "suspended":
             await machine.set_state("starting")
-            fleet.schedule(machine, lambda: fleet.resume(machine))
+            fleet.schedule(machine, lambda: fleet.resume(target, machine))
         elif previous in ("created", "stopped", "failed"):
             fleet.check_capacity(machine.region)
             await machine.set_state("starting")

@@ -54,6 +54,7 @@ class Sandbox:
     readers: list[asyncio.Task[None]] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
     """The environment the machine's command got (``exec`` gets it too)."""
+    paused: bool = False
 
     def main_pid(self) -> int | None:
         """Host pid of the machine's main command: the only child of the namespace's init."""
@@ -78,6 +79,7 @@ class Sandbox:
 
     def pause(self, paused: bool) -> None:
         """Freeze or thaw every process of the machine (the fake's suspend)."""
+        self.paused = paused
         signum = signal.SIGSTOP if paused else signal.SIGCONT
         for pid in self._namespace_pids():
             with contextlib.suppress(ProcessLookupError):
