@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import email.utils
+import random
 import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
@@ -78,9 +79,13 @@ def _retry_after(response: httpx.Response) -> float | None:
 class FlyApi:
     """The Machines and logs APIs for one token. Close with :meth:`aclose` (or ``async with``).
 
-    ``transport`` is for tests (``httpx.MockTransport``); ``timeout`` bounds every call except
-    ``wait``, which gets its own wait time on top. A 429/503 is retried up to ``retries`` times
-    when its ``Retry-After`` is at most ``max_retry_after`` seconds; otherwise it is raised.
+    ``base_url`` is the Machines API (``FLY_FLAPS_BASE_URL`` in flyctl's terms) and
+    ``logs_url`` the logs API; both point at the fake in tests. ``transport`` is for
+    ``httpx.MockTransport``. ``timeout`` bounds every call except ``wait`` and ``exec``, which
+    get their own time on top. A 429 or 503 (answers Fly gives before doing anything, so even a
+    create is safe to repeat) is retried up to ``retries`` times when its ``Retry-After`` is at
+    most ``max_retry_after`` seconds, with jittered backoff when it has none; otherwise it is
+    raised. ``lease_wait`` bounds how long :meth:`acquire_lease` waits out someone else's lease.
     """
 
     def __init__(
@@ -154,8 +159,8 @@ class FlyApi:
                 return response
             if response.status_code in (429, 503) and attempt < self._retries:
                 delay = _retry_after(response)
-                if delay is None:
-                    delay = 0.5 * 2**attempt
+                if delay is None:  # back off, with jitter so that callers spread out
+                    delay = 0.5 * 2**attempt * random.uniform(1.0, 1.5)  # noqa: S311 - not a secret
                 if delay <= self._max_retry_after:
                     await asyncio.sleep(delay)
                     continue
