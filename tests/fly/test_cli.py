@@ -12,6 +12,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from gentity.testing.fakefly import create_app
+from tests.conftest import LiveServer
 from tests.fly.conftest import machine_processes
 
 ANNOUNCEMENT = re.compile(r"^fakefly: API (http://\S+)/v1, edge 127\.0\.0\.1:(\d+), CA (\S+)$")
@@ -60,3 +62,11 @@ def test_serves_runs_image_commands_and_cleans_up_on_sigterm(tmp_path: Path) -> 
         # uvicorn shuts down gracefully, then dies of the signal it caught, as is proper.
         assert process.wait(timeout=30) == -signal.SIGTERM
     assert machine_processes(machine["id"]) == []
+
+
+def test_a_state_directory_of_its_own_is_removed_at_shutdown() -> None:
+    server = LiveServer(create_app()).start()
+    state_dir = server.app.state.fleet.state_dir
+    assert (state_dir / "ca.pem").exists()  # the edge's CA, by default
+    server.stop()
+    assert not state_dir.exists()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import re
+import shutil
 import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -133,6 +134,8 @@ def create_app(
         finally:
             await edge.close()
             await fleet.shutdown()
+            if state_dir is None:  # a directory of its own making
+                shutil.rmtree(state, ignore_errors=True)
 
     app = FastAPI(lifespan=lifespan, openapi_url=None, docs_url=None, redoc_url=None)
     app.state.fleet = fleet

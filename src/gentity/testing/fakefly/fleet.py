@@ -88,6 +88,9 @@ class Fleet:
         if not config.get("image"):
             raise bad_request("image is required")
         command_for(config, self.images)
+        for service in config.get("services") or []:
+            if not isinstance(service, dict) or not isinstance(service.get("internal_port"), int):
+                raise bad_request("services: internal_port must be an integer")
         for mount in config.get("mounts") or []:
             volume = app.volume(str(mount.get("volume", "")))
             if volume.attached_machine_id not in (None, machine_id):
