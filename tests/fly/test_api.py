@@ -241,3 +241,23 @@ async def test_retry_after_as_an_http_date() -> None:
     async with FlyApi(TOKEN, transport=httpx.MockTransport(lambda _: answers.pop(0))) as api:
         assert (await api.get_app("gentity-cl-x"))["name"] == "gentity-cl-x"
     assert answers == []
+
+
+async def test_an_answer_that_is_not_json_is_an_upstream_error() -> None:
+    def html(_: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, text="<html>maintenance</html>")
+
+    async with FlyApi(TOKEN, transport=httpx.MockTransport(html)) as api:
+        with pytest.raises(FlyApiError) as error:
+            await api.get_app("gentity-cl-x")
+    assert error.value.kind is FlyErrorKind.UPSTREAM and "not JSON" in error.value.message
+
+
+async def test_an_error_under_a_lease_is_not_hidden_by_its_release(
+    fake: FakeFly, api: FlyApi
+) -> None:
+    machine_id = await idle_machine(api, "gentity-cl-mask")
+    fake.fault("DELETE", "/lease$", respond={"status": 500, "body": {"error": "boom"}})
+    with pytest.raises(RuntimeError, match="the real problem"):
+        async with api.leased("gentity-cl-mask", machine_id):
+            raise RuntimeError("the real problem")

@@ -156,7 +156,7 @@ class FlyApi:
                 reason = self._safe(str(exc) or type(exc).__name__)
                 raise FlyApiError(FlyErrorKind.UPSTREAM, f"{method} {url}: {reason}") from None
             if response.status_code < 400:
-                return response
+                return self._checked(method, url, response)
             if response.status_code in (429, 503) and attempt < self._retries:
                 delay = _retry_after(response)
                 if delay is None:  # back off, with jitter so that callers spread out
@@ -166,6 +166,20 @@ class FlyApi:
                     continue
             break
         raise self._error(response)
+
+    @staticmethod
+    def _checked(method: str, url: str, response: httpx.Response) -> httpx.Response:
+        """``response``, once it is known to be JSON (or empty), so callers can decode it."""
+        if response.content:
+            try:
+                response.json()
+            except ValueError:
+                raise FlyApiError(
+                    FlyErrorKind.UPSTREAM,
+                    f"{method} {url}: the answer is not JSON",
+                    response.status_code,
+                ) from None
+        return response
 
     def _error(self, response: httpx.Response) -> FlyApiError:
         try:
@@ -436,8 +450,12 @@ class FlyApi:
         lease = await self.acquire_lease(app, machine_id, ttl=ttl)
         try:
             yield lease.nonce
-        finally:
-            await self.release_lease(app, machine_id, lease.nonce)
+        except BaseException:
+            # The lease expires by itself: failing to release it must not hide the real error.
+            with contextlib.suppress(FlyApiError):
+                await self.release_lease(app, machine_id, lease.nonce)
+            raise
+        await self.release_lease(app, machine_id, lease.nonce)
 
     # Logs -----------------------------------------------------------------------------
 
