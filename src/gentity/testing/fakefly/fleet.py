@@ -21,7 +21,7 @@ from pathlib import Path
 from gentity.testing.fakefly import ids
 from gentity.testing.fakefly.errors import FlyError, bad_request, not_found
 from gentity.testing.fakefly.logs import LogStore
-from gentity.testing.fakefly.runner import Launch, LaunchError, Sandbox, start
+from gentity.testing.fakefly.runner import Launch, LaunchError, start
 from gentity.testing.fakefly.sandbox import Placement, canonical_guest_path
 from gentity.testing.fakefly.state import App, Json, Machine
 
@@ -30,7 +30,6 @@ log = logging.getLogger(__name__)
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 DEFAULT_STOP_TIMEOUT = 5.0
 DEFAULT_MAX_RETRIES = 10
-BOOT_ATTEMPTS = 3
 
 
 def command_for(config: Json, images: Mapping[str, list[str]]) -> list[str]:
@@ -142,7 +141,7 @@ class Fleet:
         await machine.set_state("starting")
         machine.stop_requested = False
         try:
-            sandbox = await self._start(app, machine)
+            sandbox = await start(self._launch(app, machine))
         except (LaunchError, ValueError, OSError) as exc:
             self.logs.add(app.name, machine.id, machine.region, f"[fakefly] boot failed: {exc}")
             machine.event("exit", "stopped", "flyd", exit_event={"exit_code": 1, "error": str(exc)})
@@ -156,16 +155,6 @@ class Fleet:
         machine.event("start", "started", "flyd")
         if machine.state == "starting":  # not asked to stop meanwhile
             await machine.set_state("started")
-
-    async def _start(self, app: App, machine: Machine) -> Sandbox:
-        # bubblewrap sometimes fails setting up a namespace on a busy host (netlink answers
-        # out of turn); Fly would not fail a boot for that, so neither does the fake at once.
-        for _ in range(BOOT_ATTEMPTS - 1):
-            try:
-                return await start(self._launch(app, machine))
-            except LaunchError as exc:
-                log.warning("fake machine %s: boot failed, retrying: %s", machine.id, exc)
-        return await start(self._launch(app, machine))
 
     async def _watch(self, app: App, machine: Machine, exited: Awaitable[int]) -> None:
         code = await exited

@@ -178,6 +178,29 @@ async def _forward(api_socket: str, guest_port: int) -> int:
     raise LaunchError(f"could not forward port {guest_port}: {reply['error']}")
 
 
+def _loopback_up(init_pid: int) -> bool:
+    """Whether the sandbox's ``lo`` is up: its broadcast route exists only then (a /proc read,
+    which does not block)."""
+    try:
+        return "127.255.255.255" in Path(f"/proc/{init_pid}/net/fib_trie").read_text()
+    except OSError:
+        raise LaunchError("the sandbox exited while setting up its network") from None
+
+
+async def _loopback_ready(init_pid: int) -> None:
+    """Return once bubblewrap has brought up the sandbox's loopback.
+
+    bubblewrap configures ``lo`` over netlink after it reported the sandbox; slirp4netns
+    configuring ``tap0`` at the same moment makes bubblewrap read the other's netlink answers
+    and fail, so slirp4netns waits for bubblewrap's last step.
+    """
+    # Polled: the kernel offers no notification for another namespace's routes.
+    while True:
+        if _loopback_up(init_pid):
+            return
+        await asyncio.sleep(0.01)
+
+
 async def _start_network(
     init_pid: int, exit_fd: int, api_socket: str, output: Path
 ) -> asyncio.subprocess.Process:
@@ -245,6 +268,7 @@ async def start(launch: Launch) -> Sandbox:
     try:
         init_pid = await asyncio.wait_for(_read_info(info_read), READY_TIMEOUT)
         sandbox = Sandbox(process=process, init_pid=init_pid, readers=readers, env=launch.env)
+        await asyncio.wait_for(_loopback_ready(init_pid), READY_TIMEOUT)
         slirp = await _start_network(init_pid, exit_read, api_socket, launch.workdir / "net.log")
         # Reaped in the background; it exits by itself when the sandbox closes its pipe.
         readers.append(asyncio.create_task(_reap(slirp)))
