@@ -23,7 +23,10 @@ def _image(value: str) -> tuple[str, list[str]]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m gentity.testing.fakefly", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m gentity.testing.fakefly",
+        description="Serve a fake of the Fly Machines and logs APIs, with a TLS edge.",
+    )
     parser.add_argument(
         "--host", default="127.0.0.1", help="address of the API (default: %(default)s)"
     )
@@ -43,7 +46,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--state-dir",
         type=Path,
-        help="volumes and machine files (default: a new temporary directory)",
+        help="volumes and machine files (default: a new temporary directory, removed at shutdown)",
     )
     parser.add_argument("--region", default="iad", help="region of machines created without one")
     parser.add_argument(
