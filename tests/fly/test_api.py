@@ -7,8 +7,9 @@ import time
 import httpx
 import pytest
 
-from gentity.providers.compute.fly.api import FlyApi, authorization
+from gentity.providers.compute.fly.api import FlyApi
 from gentity.providers.compute.fly.errors import FlyApiError, FlyErrorKind
+from gentity.providers.compute.fly.http import authorization
 from tests.fly.conftest import TOKEN, FakeFly
 
 pytestmark = pytest.mark.anyio
