@@ -1,5 +1,6 @@
 """A provider's failure is an upstream failure: 502 with the provider's own message, on every
-route that reaches the provider."""
+route that reaches the provider; a machine this server cannot act on is a 503 that records
+nothing."""
 
 from __future__ import annotations
 
@@ -11,9 +12,13 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import update
 from websockets.exceptions import InvalidStatus
 
 from gentity.providers.compute.base import ComputeProvider, ProviderError
+from gentity.server.db.database import Database
+from gentity.server.db.orm import Instance
+from gentity.settings import Settings
 from tests.conftest import LiveServer
 from tests.server.terminal_client import Terminal, ws_url
 from tests.server.test_instances import SHELL, create_shell
@@ -86,4 +91,34 @@ def test_provider_errors_answer_502_with_their_message(
         assert_upstream_failure(bearer.delete(f"/api/instances/{iid}"), message)
     assert bearer.get(f"/api/instances/{iid}").json()["status"] == "destroying"
     # The next DELETE, with the provider back, finishes the job.
+    assert bearer.delete(f"/api/instances/{iid}").json() == {"ok": True}
+
+
+def test_an_instance_of_a_provider_this_server_does_not_run_is_left_alone(
+    bearer: httpx.Client, settings: Settings
+) -> None:
+    iid = create_shell(bearer)["id"]
+
+    async def set_provider(name: str) -> None:
+        db = Database(settings.resolved_database_url)
+        async with db.session() as session:
+            await session.execute(update(Instance).where(Instance.id == iid).values(provider=name))
+            await session.commit()
+        await db.close()
+
+    asyncio.run(set_provider("elsewhere"))
+    try:
+        refusals = [
+            bearer.post(f"/api/instances/{iid}/action", json={"action": "stop"}),
+            bearer.get(f"/api/instances/{iid}/logs"),
+            bearer.delete(f"/api/instances/{iid}"),
+        ]
+        for answer in refusals:
+            assert answer.status_code == 503, answer.text
+            assert "does not run the 'elsewhere' compute provider" in answer.json()["error"]
+        # Nothing happened to the machine, so nothing is recorded on the row.
+        seen = bearer.get(f"/api/instances/{iid}").json()
+        assert (seen["status"], seen["errorMessage"]) == ("running", None)
+    finally:
+        asyncio.run(set_provider("local"))
     assert bearer.delete(f"/api/instances/{iid}").json() == {"ok": True}

@@ -117,7 +117,7 @@ def _parse_follow(raw: str | None) -> bool:
 @router.get(
     "/{instance_id}/logs",
     response_model=models.LogList,
-    responses={200: {"content": {"text/event-stream": {}}}, **errors(409)},
+    responses={200: {"content": {"text/event-stream": {}}}, **errors(409, 502)},
 )
 async def instance_logs(
     instance_id: str,
