@@ -26,9 +26,9 @@ class AppContext:
     """The compute providers this server runs; an instance uses the one its row names."""
     background: set[asyncio.Task[Any]] = field(default_factory=set)
     """Operations that outlive the request that started them (kept referenced until done)."""
-    operations: dict[str, set[asyncio.Task[None]]] = field(default_factory=dict)
+    operations: dict[str, set[asyncio.Task[str | None]]] = field(default_factory=dict)
     """This process's operations in flight, by instance: a destroy cancels them."""
-    destroying: dict[str, asyncio.Task[None]] = field(default_factory=dict)
+    destroying: dict[str, asyncio.Task[str | None]] = field(default_factory=dict)
     """This process's destroys in flight, by instance: a second DELETE waits for the first."""
     node: NodeIdentity | None = None
     """Who this server is in ``Instance.operation_owner`` (see ``server.node``)."""

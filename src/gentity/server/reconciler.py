@@ -23,7 +23,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from gentity.guest import client as guest_client
 from gentity.models import InstanceStatus as S
-from gentity.providers.compute.base import MachineState, ProviderError, ProviderUnavailable
+from gentity.providers.compute.base import (
+    ComputeProvider,
+    MachineState,
+    ProviderError,
+    ProviderUnavailable,
+)
 from gentity.server.context import AppContext
 from gentity.server.db.orm import Instance
 from gentity.server.services import instances
@@ -33,8 +38,6 @@ log = logging.getLogger(__name__)
 
 
 async def reconcile_once(ctx: AppContext) -> None:
-    if ctx.compute is None:
-        return
     async with ctx.db.session() as session:
         ids = list(
             await session.scalars(
@@ -59,17 +62,15 @@ async def reconcile_once(ctx: AppContext) -> None:
 
 
 async def _reconcile(ctx: AppContext, session: AsyncSession, row: Instance) -> None:
-    assert ctx.compute is not None
-    if row.provider_ref is not None:
-        try:
-            ctx.providers.reachable(row.provider, instances.handle_of(row))
-        except ProviderUnavailable:
-            return  # another host's machine (or provider's): its own servers reconcile it
+    try:
+        provider = instances.provider_for(ctx, row)
+    except ProviderUnavailable:
+        return  # another host's machine (or provider's): its own servers reconcile it
     status = S(row.status)
     if status is S.RUNNING:
         if row.provider_ref is None:
             return
-        seen = await ctx.compute.status(instances.handle_of(row))
+        seen = await provider.status(instances.handle_of(row))
         if seen.state is not MachineState.RUNNING:
             why = f"the machine is {seen.state.value}" + (f": {seen.detail}" if seen.detail else "")
             await set_status(
@@ -79,6 +80,7 @@ async def _reconcile(ctx: AppContext, session: AsyncSession, row: Instance) -> N
                 "machine not running",
                 error_message=f"stopped unexpectedly ({why})",
             )
+            await session.commit()
         return
     if not instances.abandoned(ctx, row):
         return  # an operation is (probably) still under way somewhere
@@ -87,14 +89,16 @@ async def _reconcile(ctx: AppContext, session: AsyncSession, row: Instance) -> N
         await instances.teardown(ctx, session, row)
     elif status is S.STOPPING:
         if row.provider_ref is not None:
-            await ctx.compute.stop(instances.handle_of(row))
+            await provider.stop(instances.handle_of(row))
         await set_status(session, row, S.STOPPED, "stop completed by the reconciler")
-    elif row.provider_ref is not None and await _guest_runs_agent(ctx, row):
+        await session.commit()
+    elif row.provider_ref is not None and await _guest_runs_agent(provider, ctx, row):
         await set_status(session, row, S.RUNNING, "start completed before an interruption")
+        await session.commit()
     elif row.provider_ref is None:
         # A create interrupted before its machine's handle was saved: remove whatever it made
         # on disk. The row stays, in error, for its owner to see and delete.
-        await ctx.compute.destroy_unrecorded(row.id)
+        await provider.destroy_unrecorded(row.id)
         await set_status(
             session,
             row,
@@ -102,10 +106,10 @@ async def _reconcile(ctx: AppContext, session: AsyncSession, row: Instance) -> N
             "interrupted",
             error_message="interrupted while being created; delete it and create it again",
         )
+        await session.commit()
     else:
         with contextlib.suppress(ProviderError):
-            if row.provider_ref is not None:
-                await ctx.compute.stop(instances.handle_of(row))
+            await provider.stop(instances.handle_of(row))
         await set_status(
             session,
             row,
@@ -113,16 +117,16 @@ async def _reconcile(ctx: AppContext, session: AsyncSession, row: Instance) -> N
             "interrupted",
             error_message=f"interrupted while {status.value}; start it again",
         )
+        await session.commit()
 
 
-async def _guest_runs_agent(ctx: AppContext, row: Instance) -> bool:
-    assert ctx.compute is not None
+async def _guest_runs_agent(provider: ComputeProvider, ctx: AppContext, row: Instance) -> bool:
     handle = instances.handle_of(row)
-    if (await ctx.compute.status(handle)).state is not MachineState.RUNNING:
+    if (await provider.status(handle)).state is not MachineState.RUNNING:
         return False
     try:
         health = await guest_client.health(
-            ctx.compute.guest_address(handle), instances.guest_secret(ctx, row)
+            provider.guest_address(handle), instances.guest_secret(ctx, row)
         )
     except guest_client.GuestError:
         return False

@@ -10,13 +10,15 @@ from pydantic import WithJsonSchema
 from starlette.responses import JSONResponse
 
 from gentity import models
+from gentity.server import idempotency
 from gentity.server.auth import Auth, AuthFirstRoute, Ctx, Db, Principal
 from gentity.server.context import AppContext
 from gentity.server.errors import ApiError
 from gentity.server.openapi import errors
 from gentity.server.params import MAX_CURSOR, parse_cursor, parse_int
-from gentity.server.services import idempotency, instances
-from gentity.server.sse import EventStreamResponse, LogStream, log_events
+from gentity.server.services import instances, logs
+from gentity.server.services.logs import LogStream
+from gentity.server.sse import EventStreamResponse, log_events
 
 router = APIRouter(prefix="/api/instances", tags=["instances"], route_class=AuthFirstRoute)
 
@@ -115,7 +117,7 @@ def _parse_follow(raw: str | None) -> bool:
 @router.get(
     "/{instance_id}/logs",
     response_model=models.LogList,
-    responses={200: {"content": {"text/event-stream": {}}}, **errors(409)},
+    responses={200: {"content": {"text/event-stream": {}}}, **errors(409, 502)},
 )
 async def instance_logs(
     instance_id: str,
@@ -150,19 +152,10 @@ async def instance_logs(
     resume = parse_cursor(last_event_id, "Last-Event-ID")
     cursor = parse_cursor(cursor, "cursor")
     row = await instances.get_owned(db, principal.user.id, instance_id)
-    if ctx.compute is None or row.provider_ref is None:
-        if following:
-            raise ApiError(409, "the instance has no machine yet")
-        return models.LogList(logs=[])
-    handle = instances.handle_of(row)
     if not following:
-        records = await ctx.compute.tail_logs(handle, count)
-        return models.LogList(logs=[models.LogLine.model_validate(r) for r in records])
+        return models.LogList(logs=await logs.tail(ctx, row, count))
     # Resume after the last event the client saw; otherwise replay the last `lines` first.
-    cursor = resume or cursor
-    if cursor is None:
-        cursor = await ctx.compute.log_cursor_before(handle, count)
-    stream = ctx.compute.follow_logs(handle, cursor)
+    stream = await logs.follow(ctx, row, resume or cursor, count)
     return EventStreamResponse(
         _follow(ctx, principal, stream),
         media_type="text/event-stream",
