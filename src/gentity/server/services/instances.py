@@ -37,6 +37,7 @@ from gentity.providers.compute.base import (
 from gentity.server.context import AppContext
 from gentity.server.db.ids import new_id, random_slug, utcnow
 from gentity.server.db.orm import Instance
+from gentity.server.services import dns
 from gentity.server.services.errors import (
     Conflict,
     InvalidInput,
@@ -217,6 +218,8 @@ async def create(
 
     async def provision(session: AsyncSession, inst: Instance) -> None:
         provider = provider_for(ctx, inst)
+        # The record first: a DNS failure then fails the create with nothing else made yet.
+        await dns.ensure_record(ctx, inst)
         spec = MachineSpec(
             instance_id=inst.id,
             subdomain=inst.subdomain,
@@ -306,6 +309,7 @@ async def teardown(ctx: AppContext, session: AsyncSession, inst: Instance) -> No
     else:
         # A create cancelled (or killed) before it saved the handle may have made something.
         await provider.destroy_unrecorded(inst.id)
+    await dns.remove_records(ctx, inst)
     inst.api_key_ciphertext = None  # nothing left to decrypt once the machine is gone
     await set_status(session, inst, S.DESTROYED, "machine and volume destroyed")
     await session.commit()
