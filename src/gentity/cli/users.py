@@ -56,7 +56,8 @@ def create(
 
 async def _create(settings: Settings, email: str, password: str, admin: bool) -> tuple[str, bool]:
     from gentity.server.db.database import Database
-    from gentity.server.services.accounts import AccountError, create_user
+    from gentity.server.services.accounts import create_user
+    from gentity.server.services.errors import DomainError
 
     db = Database(settings.resolved_database_url, settings.database_limits)
     try:
@@ -64,7 +65,7 @@ async def _create(settings: Settings, email: str, password: str, admin: bool) ->
         async with db.session() as session:
             try:
                 user = await create_user(session, email, password, admin=admin)
-            except AccountError as exc:
+            except DomainError as exc:
                 typer.echo(f"Error: {exc}", err=True)
                 raise typer.Exit(1) from exc
             return user.id, user.is_admin
@@ -89,7 +90,8 @@ def disable(
 
 async def _set_disabled(settings: Settings, email: str, *, disabled: bool) -> None:
     from gentity.server.db.database import Database
-    from gentity.server.services.accounts import AccountError, set_disabled
+    from gentity.server.services.accounts import set_disabled
+    from gentity.server.services.errors import DomainError
 
     db = Database(settings.resolved_database_url, settings.database_limits)
     try:
@@ -97,7 +99,7 @@ async def _set_disabled(settings: Settings, email: str, *, disabled: bool) -> No
         async with db.session() as session:
             try:
                 await set_disabled(session, email, disabled=disabled)
-            except AccountError as exc:
+            except DomainError as exc:
                 typer.echo(f"Error: {exc}", err=True)
                 raise typer.Exit(1) from exc
     finally:

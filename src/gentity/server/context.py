@@ -9,6 +9,7 @@ from typing import Any
 from gentity.catalog import Catalog
 from gentity.providers.compute.base import ComputeProvider
 from gentity.providers.compute.registry import Providers
+from gentity.providers.dns.base import DnsProvider
 from gentity.server.db.database import Database
 from gentity.server.node import NodeIdentity
 from gentity.server.revocation import CredentialWatch
@@ -24,11 +25,13 @@ class AppContext:
     catalog: Catalog
     providers: Providers
     """The compute providers this server runs; an instance uses the one its row names."""
+    dns: DnsProvider
+    """Makes and removes instances' subdomain records (``none`` locally)."""
     background: set[asyncio.Task[Any]] = field(default_factory=set)
     """Operations that outlive the request that started them (kept referenced until done)."""
-    operations: dict[str, set[asyncio.Task[None]]] = field(default_factory=dict)
+    operations: dict[str, set[asyncio.Task[str | None]]] = field(default_factory=dict)
     """This process's operations in flight, by instance: a destroy cancels them."""
-    destroying: dict[str, asyncio.Task[None]] = field(default_factory=dict)
+    destroying: dict[str, asyncio.Task[str | None]] = field(default_factory=dict)
     """This process's destroys in flight, by instance: a second DELETE waits for the first."""
     node: NodeIdentity | None = None
     """Who this server is in ``Instance.operation_owner`` (see ``server.node``)."""

@@ -15,13 +15,27 @@ from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse
 
+from gentity.providers.compute.base import ProviderError, ProviderUnavailable
 from gentity.server.db.bounded import DatabaseUnavailable
+from gentity.server.services.errors import (
+    Conflict,
+    DomainError,
+    Forbidden,
+    InvalidInput,
+    Mismatch,
+    NotFound,
+    RateLimited,
+    Unauthenticated,
+    Unavailable,
+    UpstreamFailed,
+)
 
 log = logging.getLogger(__name__)
 
 
 class ApiError(Exception):
-    """Raise anywhere in a request to answer ``status`` with ``{"error": message}``."""
+    """Raise in the HTTP layer (parsing, authentication) to answer ``status`` with
+    ``{"error": message}``. Services raise :mod:`~gentity.server.services.errors` instead."""
 
     def __init__(
         self, status: int, message: str, *, headers: Mapping[str, str] | None = None
@@ -37,9 +51,39 @@ def unauthorized() -> ApiError:
     return ApiError(401, "Unauthorized")
 
 
-def not_found() -> ApiError:
-    # One body for "does not exist" and "belongs to someone else".
-    return ApiError(404, "Not Found")
+# The one table from what went wrong below the routers to the contract's status codes.
+STATUS: dict[type[Exception], int] = {
+    InvalidInput: 400,
+    Unauthenticated: 401,
+    Forbidden: 403,
+    NotFound: 404,
+    Conflict: 409,
+    Mismatch: 422,
+    RateLimited: 429,
+    UpstreamFailed: 502,
+    # The provider's message is written for the user (see its docstring): an upstream failure.
+    ProviderError: 502,
+    Unavailable: 503,
+    # Another server (another host's, or one that runs the provider) can act on the machine.
+    ProviderUnavailable: 503,
+}
+
+Answer = tuple[int, str, dict[str, str]]
+"""An error answer: status, message, headers."""
+
+
+Answerable = ApiError | DomainError | ProviderError | ProviderUnavailable
+"""What the HTTP layer answers through :func:`answer_for`."""
+
+
+def answer_for(exc: Answerable) -> Answer:
+    """The status, message and headers that answer ``exc``, from :data:`STATUS`."""
+    if isinstance(exc, ApiError):
+        return exc.status, exc.message, exc.headers
+    status = next(STATUS[kind] for kind in type(exc).__mro__ if kind in STATUS)
+    retry_after = getattr(exc, "retry_after", None)
+    headers = {"Retry-After": str(retry_after)} if retry_after is not None else {}
+    return status, str(exc), headers
 
 
 DATABASE_UNAVAILABLE = "The database is unavailable; try again shortly"
@@ -84,9 +128,11 @@ def describe_validation_error(errors: list[Any]) -> str:
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    @app.exception_handler(ApiError)
-    async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
-        return error_response(exc.status, exc.message, exc.headers)
+    async def _answer(_: Request, exc: Answerable) -> JSONResponse:
+        return error_response(*answer_for(exc))
+
+    for answered in (ApiError, DomainError, ProviderError, ProviderUnavailable):
+        app.exception_handler(answered)(_answer)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:

@@ -17,24 +17,30 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from gentity.guest import client as guest_client
 from gentity.models import InstanceStatus as S
-from gentity.providers.compute.base import MachineState, ProviderError, ProviderUnavailable
+from gentity.providers.compute.base import (
+    ComputeProvider,
+    MachineState,
+    ProviderError,
+    ProviderUnavailable,
+)
 from gentity.server.context import AppContext
 from gentity.server.db.orm import Instance
-from gentity.server.services import instances
+from gentity.server.services import dns, instances
 from gentity.server.services.instance_status import TRANSITIONAL, TransitionError, set_status
 
 log = logging.getLogger(__name__)
 
+SWEEP_INTERVAL_SECONDS = 600.0
+
 
 async def reconcile_once(ctx: AppContext) -> None:
-    if ctx.compute is None:
-        return
     async with ctx.db.session() as session:
         ids = list(
             await session.scalars(
@@ -59,17 +65,17 @@ async def reconcile_once(ctx: AppContext) -> None:
 
 
 async def _reconcile(ctx: AppContext, session: AsyncSession, row: Instance) -> None:
-    assert ctx.compute is not None
-    if row.provider_ref is not None:
-        try:
-            ctx.providers.reachable(row.provider, instances.handle_of(row))
-        except ProviderUnavailable:
-            return  # another host's machine (or provider's): its own servers reconcile it
+    try:
+        provider = instances.provider_for(ctx, row)
+    except ProviderUnavailable:
+        return  # another host's machine (or provider's): its own servers reconcile it
     status = S(row.status)
     if status is S.RUNNING:
         if row.provider_ref is None:
             return
-        seen = await ctx.compute.status(instances.handle_of(row))
+        seen = await provider.status(instances.handle_of(row))
+        if seen.state.in_progress:
+            return  # booting or stopping (e.g. a provider's own restart): not a failure
         if seen.state is not MachineState.RUNNING:
             why = f"the machine is {seen.state.value}" + (f": {seen.detail}" if seen.detail else "")
             await set_status(
@@ -79,6 +85,7 @@ async def _reconcile(ctx: AppContext, session: AsyncSession, row: Instance) -> N
                 "machine not running",
                 error_message=f"stopped unexpectedly ({why})",
             )
+            await session.commit()
         return
     if not instances.abandoned(ctx, row):
         return  # an operation is (probably) still under way somewhere
@@ -87,14 +94,16 @@ async def _reconcile(ctx: AppContext, session: AsyncSession, row: Instance) -> N
         await instances.teardown(ctx, session, row)
     elif status is S.STOPPING:
         if row.provider_ref is not None:
-            await ctx.compute.stop(instances.handle_of(row))
+            await provider.stop(instances.handle_of(row))
         await set_status(session, row, S.STOPPED, "stop completed by the reconciler")
-    elif row.provider_ref is not None and await _guest_runs_agent(ctx, row):
+        await session.commit()
+    elif row.provider_ref is not None and await _guest_runs_agent(provider, ctx, row):
         await set_status(session, row, S.RUNNING, "start completed before an interruption")
+        await session.commit()
     elif row.provider_ref is None:
         # A create interrupted before its machine's handle was saved: remove whatever it made
         # on disk. The row stays, in error, for its owner to see and delete.
-        await ctx.compute.destroy_unrecorded(row.id)
+        await provider.destroy_unrecorded(row.id)
         await set_status(
             session,
             row,
@@ -102,10 +111,10 @@ async def _reconcile(ctx: AppContext, session: AsyncSession, row: Instance) -> N
             "interrupted",
             error_message="interrupted while being created; delete it and create it again",
         )
+        await session.commit()
     else:
         with contextlib.suppress(ProviderError):
-            if row.provider_ref is not None:
-                await ctx.compute.stop(instances.handle_of(row))
+            await provider.stop(instances.handle_of(row))
         await set_status(
             session,
             row,
@@ -113,26 +122,41 @@ async def _reconcile(ctx: AppContext, session: AsyncSession, row: Instance) -> N
             "interrupted",
             error_message=f"interrupted while {status.value}; start it again",
         )
+        await session.commit()
 
 
-async def _guest_runs_agent(ctx: AppContext, row: Instance) -> bool:
-    assert ctx.compute is not None
+async def _guest_runs_agent(provider: ComputeProvider, ctx: AppContext, row: Instance) -> bool:
     handle = instances.handle_of(row)
-    if (await ctx.compute.status(handle)).state is not MachineState.RUNNING:
+    if (await provider.status(handle)).state is not MachineState.RUNNING:
         return False
     try:
         health = await guest_client.health(
-            ctx.compute.guest_endpoint(handle), instances.guest_secret(ctx, row)
+            provider.guest_endpoint(handle), instances.guest_secret(ctx, row)
         )
     except guest_client.GuestError:
         return False
     return health.get("state") == "running"
 
 
+async def sweep_outside(ctx: AppContext) -> None:
+    """Remove what outside services hold for instances that no longer exist (DNS records)."""
+    async with ctx.db.session() as session:
+        await dns.sweep(ctx, session)
+
+
 async def run_forever(ctx: AppContext) -> None:
+    last_sweep = -SWEEP_INTERVAL_SECONDS
     while True:
         try:
             await reconcile_once(ctx)
         except Exception:
             log.exception("reconciler pass failed")
+        # Orphans are rare (a create killed mid-way, a row removed by hand) and listing an
+        # outside service's records costs requests against its rate limit: seldom is enough.
+        if time.monotonic() - last_sweep >= SWEEP_INTERVAL_SECONDS:
+            last_sweep = time.monotonic()
+            try:
+                await sweep_outside(ctx)
+            except Exception:
+                log.exception("sweeping outside services failed")
         await asyncio.sleep(ctx.settings.reconcile_interval_seconds)

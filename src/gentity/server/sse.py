@@ -12,11 +12,11 @@ import anyio
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
+from gentity.server.services.logs import LogStream
+
 log = logging.getLogger(__name__)
 
 KEEPALIVE_SECONDS = 15.0
-
-LogStream = AsyncIterator[tuple[str, dict[str, str]]]
 
 
 class EventStreamResponse(StreamingResponse):

@@ -34,7 +34,8 @@ def _bounded(method: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Corouti
     @functools.wraps(method)
     async def call(*args: P.args, **kwargs: P.kwargs) -> R:
         session = args[0]
-        assert isinstance(session, BoundedSession)
+        if not isinstance(session, BoundedSession):  # only ever installed on BoundedSession
+            raise TypeError(f"{method.__name__} of a BoundedSession called on {session!r}")
         try:
             async with asyncio.timeout(session.deadline):
                 return await method(*args, **kwargs)

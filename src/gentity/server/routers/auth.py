@@ -16,15 +16,16 @@ from gentity.server.auth import (
     secure_cookie,
     set_session_cookie,
 )
+from gentity.server.context import AppContext
 from gentity.server.db.orm import User
-from gentity.server.errors import ApiError, not_found
 from gentity.server.openapi import errors
 from gentity.server.services import accounts
+from gentity.server.services.errors import NotFound
 
 router = APIRouter(prefix="/api/auth", tags=["auth"], route_class=AuthFirstRoute)
 
 
-def _user_info(user: User | None) -> models.UserInfo:
+def _user_info(user: User) -> models.UserInfo:
     return models.UserInfo.model_validate(user, from_attributes=True)
 
 
@@ -32,21 +33,30 @@ def _client_address(request: Request) -> str:
     return request.client.host if request.client else "unknown"
 
 
+def _signed_in(
+    request: Request, response: Response, ctx: AppContext, signed: accounts.SignedIn
+) -> models.UserInfo:
+    set_session_cookie(
+        response,
+        signed.session.secret,
+        secure=secure_cookie(request),
+        max_age=ctx.settings.session_ttl_hours * 3600,
+    )
+    return _user_info(signed.user)
+
+
 @router.get("/status")
 async def status(ctx: Ctx, db: Db) -> dict[str, bool]:
     """Public: whether the first account still has to be created, and whether sign-up is open."""
-    setup_required = await accounts.count_users(db) == 0
-    return {
-        "setupRequired": setup_required,
-        "signupOpen": setup_required or ctx.settings.allow_signup,
-    }
+    state = await accounts.signup_state(db, ctx.settings)
+    return {"setupRequired": state.setup_required, "signupOpen": state.signup_open}
 
 
 @router.post("/login", response_model=models.UserInfo, responses=errors(401, 429))
 async def login(
     body: models.LoginRequest, request: Request, response: Response, ctx: Ctx, db: Db
 ) -> models.UserInfo:
-    opened = await accounts.sign_in(
+    signed = await accounts.sign_in(
         db,
         ctx.settings,
         email=body.email,
@@ -54,14 +64,7 @@ async def login(
         address=_client_address(request),
         user_agent=request.headers.get("user-agent"),
     )
-    set_session_cookie(
-        response,
-        opened.secret,
-        secure=secure_cookie(request),
-        max_age=ctx.settings.session_ttl_hours * 3600,
-    )
-    user = await db.get(User, opened.row.user_id)
-    return _user_info(user)
+    return _signed_in(request, response, ctx, signed)
 
 
 @router.post("/signup", response_model=models.UserInfo, responses=errors(409, 429))
@@ -70,25 +73,21 @@ async def signup(
 ) -> models.UserInfo:
     """Create an account: always possible for the very first one (it becomes the admin),
     afterwards only when ``GENTITY_ALLOW_SIGNUP`` is on. Signs the new user in."""
-    if await accounts.count_users(db) > 0 and not ctx.settings.allow_signup:
-        raise ApiError(403, "Sign-up is closed; ask an administrator for an account")
-    try:
-        await accounts.create_user(db, body.email, body.password, admin=False)
-    except accounts.AccountError as exc:
-        raise ApiError(409 if "exists" in str(exc) else 400, str(exc)) from exc
-    return await login(
-        models.LoginRequest(email=body.email, password=body.password), request, response, ctx, db
+    signed = await accounts.sign_up(
+        db,
+        ctx.settings,
+        email=body.email,
+        password=body.password,
+        address=_client_address(request),
+        user_agent=request.headers.get("user-agent"),
     )
+    return _signed_in(request, response, ctx, signed)
 
 
 @router.post("/logout", response_model=models.Ok)
 async def logout(request: Request, response: Response, db: Db) -> models.Ok:
     """End the cookie's session. Always succeeds, so a stale tab can sign out too."""
-    secret = read_session_cookie(request.cookies)
-    if secret:
-        opened = await accounts.session_user(db, secret)
-        if opened:
-            await accounts.revoke_session(db, opened[1].id, opened[0].id)
+    await accounts.sign_out(db, read_session_cookie(request.cookies))
     clear_session_cookie(response, secure=secure_cookie(request))
     return models.Ok()
 
@@ -121,5 +120,5 @@ async def list_sessions(principal: Auth, db: Db) -> models.SessionList:
 @router.delete("/sessions/{session_id}", response_model=models.Ok)
 async def revoke_session(session_id: str, principal: Auth, db: Db) -> models.Ok:
     if not await accounts.revoke_session(db, principal.user.id, session_id):
-        raise not_found()
+        raise NotFound()
     return models.Ok()

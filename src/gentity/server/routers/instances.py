@@ -10,12 +10,13 @@ from pydantic import WithJsonSchema
 from starlette.responses import JSONResponse
 
 from gentity import models
+from gentity.server import idempotency
 from gentity.server.auth import Auth, AuthFirstRoute, Ctx, Db, Principal
 from gentity.server.context import AppContext
 from gentity.server.errors import ApiError
 from gentity.server.openapi import errors
 from gentity.server.params import MAX_CURSOR, parse_cursor, parse_int
-from gentity.server.services import idempotency, instances, logs
+from gentity.server.services import instances, logs
 from gentity.server.services.logs import LogStream
 from gentity.server.sse import EventStreamResponse, log_events
 

@@ -30,16 +30,16 @@ from fastapi import APIRouter, WebSocket
 from starlette.responses import JSONResponse
 from starlette.websockets import WebSocketDisconnect
 
-from gentity import models
 from gentity.guest import client as guest_client
 from gentity.guest.protocol import Exit, Output
-from gentity.models import InstanceStatus
+from gentity.providers.compute.base import ProviderError, ProviderUnavailable
 from gentity.server.auth import Principal, resolve_principal
 from gentity.server.context import AppContext
-from gentity.server.errors import ApiError
+from gentity.server.errors import ApiError, answer_for
 from gentity.server.middleware import is_trusted_origin
 from gentity.server.params import parse_int
-from gentity.server.services import instances
+from gentity.server.services import terminal as terminal_service
+from gentity.server.services.errors import DomainError
 
 router = APIRouter(tags=["terminal"])
 log = logging.getLogger(__name__)
@@ -62,40 +62,21 @@ async def terminal(websocket: WebSocket, instance_id: str) -> None:
     if principal is None:
         await _deny(websocket, 401, "Unauthorized")
         return
-    if principal.scope_instance_id not in (None, instance_id):
-        await _deny(websocket, 404, "Not Found")
-        return
-    async with ctx.db.session() as db:
-        try:
-            row = await instances.get_owned(db, principal.user.id, instance_id)
-        except ApiError:
-            await _deny(websocket, 404, "Not Found")
-            return
-    if row.status != InstanceStatus.RUNNING.value or ctx.compute is None:
-        await _deny(websocket, 409, f"the instance is {row.status}; start it first")
-        return
     try:
         cols, rows = _size(websocket, "cols"), _size(websocket, "rows")
-    except ApiError as exc:
-        await _deny(websocket, exc.status, exc.message)
-        return
-    handle = instances.handle_of(row)
-    op = "shell" if websocket.query_params.get("shell") in ("1", "true") else "attach"
-    endpoint = ctx.compute.guest_endpoint(handle)
-    try:
-        session = await guest_client.open_session(
-            endpoint,
-            instances.guest_secret(ctx, row),
-            op=op,  # type: ignore[arg-type]
+        session = await terminal_service.open_session(
+            ctx,
+            principal.user.id,
+            instance_id,
+            scope_instance_id=principal.scope_instance_id,
+            op="shell" if websocket.query_params.get("shell") in ("1", "true") else "attach",
             cols=cols,
             rows=rows,
         )
-    except guest_client.GuestError as exc:
-        agent = await instances.agent_health(ctx, row) if op == "attach" else None
-        if agent is not None and agent.state is not models.AgentState.READY:
-            await _deny(websocket, 409, agent_down_message(agent))
-        else:  # the guest's address is the provider's business, not the user's
-            await _deny(websocket, 502, str(exc).replace(f" at {endpoint.address}", ""))
+    except (ApiError, DomainError, ProviderError, ProviderUnavailable) as exc:
+        # Exception handlers do not see WebSockets: the refusal is answered here, by the table.
+        status, message, _ = answer_for(exc)
+        await _deny(websocket, status, message)
         return
     # Registered before the upgrade, so a revocation from now on ends this terminal.
     with ctx.credentials.watch(principal.credential) as ended:
@@ -208,23 +189,3 @@ def _valid_size(value: object) -> TypeGuard[int]:
 
 def _message(kind: str, **fields: Any) -> str:
     return json.dumps({"type": kind, **fields}, separators=(",", ":"))
-
-
-def agent_down_message(agent: models.AgentHealth) -> str:
-    """Why the agent's session cannot be joined, in words."""
-    words = {
-        models.AgentState.INSTALLING: "the agent is still being installed",
-        models.AgentState.STARTING: "the agent is still starting",
-        models.AgentState.CRASHED: "the agent crashed and is not restarted",
-        models.AgentState.BACKOFF: "the agent keeps exiting; it is restarted after a delay",
-        models.AgentState.EXITED: "the agent has exited and is not restarted",
-    }
-    message = words.get(agent.state, f"the agent is {agent.state.value}")
-    details = []
-    if agent.last_exit_code is not None:
-        details.append(f"last exit code {agent.last_exit_code}")
-    if agent.restarts:
-        details.append(f"restarted {agent.restarts} times")
-    if details:
-        message += f" ({', '.join(details)})"
-    return message + "; its log says why, and a shell (?shell=1) still works"

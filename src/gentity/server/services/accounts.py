@@ -13,9 +13,16 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from gentity.server.db.ids import utcnow
 from gentity.server.db.orm import LoginFailure, Marker, Session, User
-from gentity.server.errors import ApiError
 from gentity.server.security.passwords import MIN_PASSWORD_LENGTH, hash_password, verify_password
 from gentity.server.security.tokens import token_hash
+from gentity.server.services.errors import (
+    Conflict,
+    Forbidden,
+    InvalidInput,
+    NotFound,
+    RateLimited,
+    Unauthenticated,
+)
 from gentity.settings import Settings
 
 FIRST_ADMIN_MARKER = "first-admin"
@@ -27,15 +34,11 @@ SLOWDOWN_BASE_SECONDS = 0.5
 MAX_SLOWDOWN_SECONDS = 10.0
 
 
-class AccountError(Exception):
-    """A user cannot be created as asked (duplicate email, weak password, …)."""
-
-
 def normalize_email(email: str) -> str:
     email = email.strip().lower()
     local, sep, domain = email.partition("@")
     if not sep or not local or "." not in domain or " " in email:
-        raise AccountError("email: not a valid email address")
+        raise InvalidInput("email: not a valid email address")
     return email
 
 
@@ -51,7 +54,7 @@ async def create_user(db: AsyncSession, email: str, password: str, *, admin: boo
     """
     email = normalize_email(email)
     if len(password) < MIN_PASSWORD_LENGTH:
-        raise AccountError(f"password: must be at least {MIN_PASSWORD_LENGTH} characters")
+        raise InvalidInput(f"password: must be at least {MIN_PASSWORD_LENGTH} characters")
     first = await count_users(db) == 0
     user = User(email=email, password_hash=await hash_password(password), is_admin=admin or first)
     db.add(user)
@@ -62,8 +65,8 @@ async def create_user(db: AsyncSession, email: str, password: str, *, admin: boo
     except IntegrityError as exc:
         await db.rollback()
         if first and await count_users(db) > 0:
-            raise AccountError("the first account already exists") from exc
-        raise AccountError(f"an account for {email} already exists") from exc
+            raise Conflict("the first account already exists") from exc
+        raise Conflict(f"an account for {email} already exists") from exc
     return user
 
 
@@ -72,7 +75,7 @@ async def set_disabled(db: AsyncSession, email: str, *, disabled: bool) -> User:
     working at once, and their open log streams and terminals end within seconds."""
     user = await db.scalar(select(User).where(User.email == normalize_email(email)))
     if user is None:
-        raise AccountError(f"no account for {email.strip().lower()}")
+        raise NotFound(f"no account for {email.strip().lower()}")
     user.disabled_at = (user.disabled_at or utcnow()) if disabled else None
     await db.commit()
     return user
@@ -85,6 +88,43 @@ class OpenedSession:
     """The cookie value; only its sha256 is stored."""
 
 
+@dataclass
+class SignedIn:
+    user: User
+    session: OpenedSession
+
+
+@dataclass(frozen=True)
+class SignupState:
+    setup_required: bool
+    """No account exists yet: the next sign-up creates the admin."""
+    signup_open: bool
+
+
+async def signup_state(db: AsyncSession, settings: Settings) -> SignupState:
+    setup_required = await count_users(db) == 0
+    return SignupState(setup_required, setup_required or settings.allow_signup)
+
+
+async def sign_up(
+    db: AsyncSession,
+    settings: Settings,
+    *,
+    email: str,
+    password: str,
+    address: str,
+    user_agent: str | None,
+) -> SignedIn:
+    """Create an account and sign it in: always possible for the very first one (it becomes
+    the admin), afterwards only when ``GENTITY_ALLOW_SIGNUP`` is on."""
+    if not (await signup_state(db, settings)).signup_open:
+        raise Forbidden("Sign-up is closed; ask an administrator for an account")
+    await create_user(db, email, password, admin=False)
+    return await sign_in(
+        db, settings, email=email, password=password, address=address, user_agent=user_agent
+    )
+
+
 async def sign_in(
     db: AsyncSession,
     settings: Settings,
@@ -93,8 +133,9 @@ async def sign_in(
     password: str,
     address: str,
     user_agent: str | None,
-) -> OpenedSession:
-    """Check the password and open a session, or raise 401/429.
+) -> SignedIn:
+    """Check the password and open a session (``Unauthenticated`` if wrong, ``RateLimited``
+    after too many failures).
 
     Failures are counted per (account, address) pair and per address; over either limit,
     only that pair or that address is refused, so an attacker can lock out neither everyone
@@ -113,10 +154,9 @@ async def sign_in(
         by_pair >= settings.login_max_failures_per_account
         or by_address >= settings.login_max_failures_per_address
     ):
-        raise ApiError(
-            429,
+        raise RateLimited(
             "Too many failed sign-in attempts; try again later",
-            headers={"Retry-After": str(settings.login_failure_window_seconds)},
+            retry_after=settings.login_failure_window_seconds,
         )
     by_account = await _failures(db, LoginFailure.email == email, window_start)
     excess = by_account - settings.login_max_failures_per_account
@@ -130,18 +170,19 @@ async def sign_in(
     if not ok or user is None or user.disabled_at is not None:
         db.add(LoginFailure(email=email, address=address, created_at=now))
         await db.commit()
-        raise ApiError(401, "Invalid email or password")
+        raise Unauthenticated("Invalid email or password")
     # Only this address's failures are forgiven: others' guesses still count against them.
     await db.execute(
         delete(LoginFailure).where(LoginFailure.email == email, LoginFailure.address == address)
     )
-    return await open_session(
+    opened = await open_session(
         db,
         user.id,
         expires_at=now + timedelta(hours=settings.session_ttl_hours),
         user_agent=user_agent,
         address=address,
     )
+    return SignedIn(user, opened)
 
 
 async def open_session(
@@ -212,6 +253,14 @@ async def session_user(db: AsyncSession, secret: str) -> tuple[Session, User] | 
 
 def _live(session: Session, now: datetime) -> bool:
     return session.revoked_at is None and session.expires_at > now
+
+
+async def sign_out(db: AsyncSession, secret: str | None) -> None:
+    """End the session whose cookie value is ``secret``, if it is live."""
+    opened = await session_user(db, secret) if secret else None
+    if opened is not None:
+        session, user = opened
+        await revoke_session(db, user.id, session.id)
 
 
 async def list_sessions(db: AsyncSession, user_id: str) -> list[Session]:

@@ -1,8 +1,9 @@
 """The one place an instance's status changes.
 
-Statuses follow :data:`TRANSITIONS`. Every change is a compare-and-set on the row (so two
-replicas acting on one instance cannot both win) and records an :class:`InstanceEvent` with the
-reason. ``destroyed`` is terminal: nothing leaves it.
+Statuses follow :data:`TRANSITIONS`, which also says which user action may take each step.
+Every change is a compare-and-set on the row (so two replicas acting on one instance cannot
+both win) and records an :class:`InstanceEvent` with the reason. ``destroyed`` is terminal:
+nothing leaves it.
 """
 
 from __future__ import annotations
@@ -11,22 +12,46 @@ from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm.attributes import set_committed_value
 
+from gentity.models import InstanceAction as A
 from gentity.models import InstanceStatus as S
 from gentity.server.db.ids import utcnow
 from gentity.server.db.orm import Instance, InstanceEvent
 
-TRANSITIONS: dict[S, frozenset[S]] = {
-    S.PROVISIONING: frozenset({S.STARTING, S.ERROR, S.DESTROYING}),
-    S.STARTING: frozenset({S.RUNNING, S.ERROR, S.DESTROYING}),
-    S.RUNNING: frozenset({S.STOPPING, S.RESTARTING, S.ERROR, S.DESTROYING}),
-    S.STOPPING: frozenset({S.STOPPED, S.ERROR, S.DESTROYING}),
-    S.STOPPED: frozenset({S.STARTING, S.ERROR, S.DESTROYING}),
-    S.RESTARTING: frozenset({S.RUNNING, S.ERROR, S.DESTROYING}),
-    S.ERROR: frozenset({S.STARTING, S.RESTARTING, S.STOPPED, S.DESTROYING}),
+_BY_OPERATION: frozenset[A] = frozenset()
+"""An edge that only an operation under way (or the reconciler) takes, never a user's action."""
+
+# Every allowed change, with the actions (``POST …/action``) that may start it. DELETE may
+# start `destroying` from anywhere but `destroyed`.
+TRANSITIONS: dict[S, dict[S, frozenset[A]]] = {
+    S.PROVISIONING: {
+        S.STARTING: _BY_OPERATION,
+        S.ERROR: _BY_OPERATION,
+        S.DESTROYING: _BY_OPERATION,
+    },
+    S.STARTING: {S.RUNNING: _BY_OPERATION, S.ERROR: _BY_OPERATION, S.DESTROYING: _BY_OPERATION},
+    S.RUNNING: {
+        S.STOPPING: frozenset({A.STOP}),
+        S.RESTARTING: frozenset({A.RESTART}),
+        S.ERROR: _BY_OPERATION,
+        S.DESTROYING: _BY_OPERATION,
+    },
+    S.STOPPING: {S.STOPPED: _BY_OPERATION, S.ERROR: _BY_OPERATION, S.DESTROYING: _BY_OPERATION},
+    # Restarting a stopped instance is starting it: there is nothing to stop first.
+    S.STOPPED: {
+        S.STARTING: frozenset({A.START, A.RESTART}),
+        S.ERROR: _BY_OPERATION,
+        S.DESTROYING: _BY_OPERATION,
+    },
+    S.RESTARTING: {S.RUNNING: _BY_OPERATION, S.ERROR: _BY_OPERATION, S.DESTROYING: _BY_OPERATION},
+    S.ERROR: {
+        S.STARTING: frozenset({A.START}),
+        S.RESTARTING: frozenset({A.RESTART}),
+        S.DESTROYING: _BY_OPERATION,
+    },
     # A destroy that fails stays `destroying` and is retried (by DELETE or the reconciler):
     # the user asked for the instance to be gone, nothing may bring it back.
-    S.DESTROYING: frozenset({S.DESTROYED}),
-    S.DESTROYED: frozenset(),
+    S.DESTROYING: {S.DESTROYED: _BY_OPERATION},
+    S.DESTROYED: {},
 }
 
 # States in which an operation is under way; the reconciler finishes abandoned ones.
@@ -41,6 +66,12 @@ def allowed(current: S, target: S) -> bool:
     return target in TRANSITIONS[current]
 
 
+def action_step(current: S, action: A) -> S | None:
+    """The status that ``action`` moves an instance in ``current`` into; None when the action
+    is not allowed now."""
+    return next((target for target, by in TRANSITIONS[current].items() if action in by), None)
+
+
 async def set_status(
     db: AsyncSession,
     instance: Instance,
@@ -49,7 +80,9 @@ async def set_status(
     *,
     error_message: str | None = None,
 ) -> None:
-    """Move ``instance`` to ``target``, recording why. Commits.
+    """Move ``instance`` to ``target``, recording why. Flushes; the caller commits, so the
+    change lands in one transaction with the writes that belong to it (e.g. the machine's
+    handle), and rolls back on :class:`TransitionError`.
 
     ``error_message`` is kept only on ``error``; any other status clears it.
     """
@@ -71,7 +104,6 @@ async def set_status(
         .execution_options(synchronize_session=False)
     )
     if result.rowcount != 1:  # type: ignore[attr-defined]
-        await db.rollback()
         raise TransitionError(f"the instance is no longer {current}")
     db.add(
         InstanceEvent(
@@ -82,9 +114,9 @@ async def set_status(
             created_at=now,
         )
     )
-    await db.commit()
+    await db.flush()
     for key, value in values.items():
-        # Already in the database: update the loaded object without marking it dirty.
+        # Already written: update the loaded object without marking it dirty.
         set_committed_value(instance, key, value)
 
 

@@ -32,13 +32,26 @@ from gentity.providers.compute.base import (
     MachineHandle,
     MachineSpec,
     ProviderError,
+    ProviderUnavailable,
     guest_config,
 )
 from gentity.server.context import AppContext
 from gentity.server.db.ids import new_id, random_slug, utcnow
 from gentity.server.db.orm import Instance
-from gentity.server.errors import ApiError, not_found
-from gentity.server.services.instance_status import TransitionError, record_creation, set_status
+from gentity.server.services import dns
+from gentity.server.services.errors import (
+    Conflict,
+    InvalidInput,
+    NotFound,
+    Unavailable,
+    UpstreamFailed,
+)
+from gentity.server.services.instance_status import (
+    TransitionError,
+    action_step,
+    record_creation,
+    set_status,
+)
 
 log = logging.getLogger(__name__)
 
@@ -73,13 +86,13 @@ def to_wire(row: Instance) -> models.Instance:
 async def agent_health(ctx: AppContext, row: Instance) -> models.AgentHealth | None:
     """The agent's health from its guest; None unless the instance runs and its guest answers
     in time (the instance's status stays the truth about the machine)."""
-    if row.status != S.RUNNING or row.provider_ref is None or ctx.compute is None:
+    if row.status != S.RUNNING or row.provider_ref is None:
         return None
     try:
-        endpoint = ctx.compute.guest_endpoint(handle_of(row))
+        endpoint = provider_for(ctx, row).guest_endpoint(handle_of(row))
         info = await guest_client.health(endpoint, guest_secret(ctx, row), timeout=HEALTH_TIMEOUT)
         return models.AgentHealth.model_validate(info.get("agent"))
-    except (guest_client.GuestError, ProviderError, ValidationError):
+    except (guest_client.GuestError, ProviderError, ProviderUnavailable, ValidationError):
         return None
 
 
@@ -124,17 +137,24 @@ async def list_for(db: AsyncSession, user_id: str) -> list[Instance]:
     return list(rows)
 
 
+async def find_owned(
+    db: AsyncSession, user_id: str, *, instance_id: str | None = None, subdomain: str | None = None
+) -> Instance | None:
+    """The user's live instance with that id or subdomain, or None."""
+    query = select(Instance).where(Instance.user_id == user_id, Instance.destroyed_at.is_(None))
+    if instance_id is not None:
+        query = query.where(Instance.id == instance_id)
+    if subdomain is not None:
+        query = query.where(Instance.subdomain == subdomain)
+    found: Instance | None = await db.scalar(query)
+    return found
+
+
 async def get_owned(db: AsyncSession, user_id: str, instance_id: str) -> Instance:
-    """The caller's live instance, or 404 — the same 404 whether missing or someone else's."""
-    row = await db.scalar(
-        select(Instance).where(
-            Instance.id == instance_id,
-            Instance.user_id == user_id,
-            Instance.destroyed_at.is_(None),
-        )
-    )
+    """The caller's live instance; ``NotFound`` alike whether missing or someone else's."""
+    row = await find_owned(db, user_id, instance_id=instance_id)
     if row is None:
-        raise not_found()
+        raise NotFound()
     return row
 
 
@@ -147,17 +167,16 @@ def _validate(
     agent = ctx.catalog.get(body.agent_type)
     if agent is None:
         known = ", ".join(a.id for a in ctx.catalog.agents)
-        raise ApiError(400, f"agentType: unknown agent {body.agent_type!r} (known: {known})")
+        raise InvalidInput(f"agentType: unknown agent {body.agent_type!r} (known: {known})")
     model = agent.model(body.model_provider, body.model_name)
     if model is None:
         choices = ", ".join(f"{m.provider}/{m.name}" for m in agent.models)
-        raise ApiError(
-            400,
+        raise InvalidInput(
             f"modelName: {body.model_provider}/{body.model_name} is not a model of {agent.id} "
             f"(choose one of: {choices})",
         )
     if model.api_key_env and not (body.api_key and body.api_key.strip()):
-        raise ApiError(400, f"apiKey: required for {agent.name} with {model.provider} models")
+        raise InvalidInput(f"apiKey: required for {agent.name} with {model.provider} models")
     return agent, model
 
 
@@ -181,7 +200,7 @@ async def create(
         memory_mb=agent.default_memory_mb,
         volume_gb=agent.default_volume_gb,
         status=S.PROVISIONING.value,
-        provider=_provider(ctx).name,
+        provider=ctx.providers.default.name,
         provider_state={},
         api_key_ciphertext=ctx.box.encrypt(api_key, context=instance_id) if api_key else None,
         guest_secret_ciphertext=ctx.box.encrypt(secrets.token_urlsafe(32), context=instance_id),
@@ -196,10 +215,12 @@ async def create(
         except IntegrityError:
             await db.rollback()
     else:
-        raise ApiError(503, "could not allocate a unique subdomain; try again")
+        raise Unavailable("could not allocate a unique subdomain; try again")
 
     async def provision(session: AsyncSession, inst: Instance) -> None:
-        provider = _provider(ctx)
+        provider = provider_for(ctx, inst)
+        # The record first: a DNS failure then fails the create with nothing else made yet.
+        await dns.ensure_record(ctx, inst)
         spec = MachineSpec(
             instance_id=inst.id,
             subdomain=inst.subdomain,
@@ -209,85 +230,90 @@ async def create(
             region=inst.region,
         )
         handle = await provider.create(spec)
+        # The handle and `starting` land together: a row past `provisioning` has its machine.
         inst.provider_ref, inst.provider_state = handle.ref, dict(handle.data)
-        await session.commit()
         await set_status(session, inst, S.STARTING, "machine created; booting")
+        await session.commit()
         await _boot(ctx, session, inst, restart=False)
 
     await run_operation(ctx, instance_id, provision)
-    refreshed = await db.get(Instance, instance_id, populate_existing=True)
-    assert refreshed is not None
-    if refreshed.status != S.RUNNING.value:
-        raise ApiError(502, refreshed.error_message or f"instance is {refreshed.status}")
+    await db.refresh(row)
+    if row.status != S.RUNNING.value:
+        raise UpstreamFailed(row.error_message or f"instance is {row.status}")
     return models.InstanceCreated(id=row.id, subdomain=row.subdomain, status=S.RUNNING)
 
 
 # --- actions -------------------------------------------------------------------------------
 
-_ACTION_FROM: dict[InstanceAction, frozenset[S]] = {
-    InstanceAction.START: frozenset({S.STOPPED, S.ERROR}),
-    InstanceAction.STOP: frozenset({S.RUNNING}),
-    InstanceAction.RESTART: frozenset({S.RUNNING, S.STOPPED, S.ERROR}),
-}
-
 
 async def act(ctx: AppContext, db: AsyncSession, row: Instance, action: InstanceAction) -> None:
+    provider_for(ctx, row)  # refused here when this server cannot reach the machine
     current = S(row.status)
-    if current not in _ACTION_FROM[action] or row.provider_ref is None:
-        raise ApiError(409, f"cannot {action.value} the instance while it is {current.value}")
+    if action_step(current, action) is None or row.provider_ref is None:
+        raise Conflict(f"cannot {action.value} the instance while it is {current.value}")
 
     async def operate(session: AsyncSession, inst: Instance) -> None:
-        if action is InstanceAction.STOP:
-            await set_status(session, inst, S.STOPPING, "stop requested")
-            await _provider(ctx).stop(handle_of(inst))
+        # Decided again on the row as this session reads it: it may have moved since.
+        step = action_step(S(inst.status), action)
+        if step is None:
+            raise TransitionError(f"the instance is now {inst.status}")
+        await set_status(session, inst, step, f"{action.value} requested")
+        await session.commit()
+        if step is S.STOPPING:
+            await provider_for(ctx, inst).stop(handle_of(inst))
             await set_status(session, inst, S.STOPPED, "stopped by request")
-        elif action is InstanceAction.START or S(inst.status) is S.STOPPED:
-            await set_status(session, inst, S.STARTING, f"{action.value} requested")
-            await _boot(ctx, session, inst, restart=False)
+            await session.commit()
         else:
-            await set_status(session, inst, S.RESTARTING, "restart requested")
-            await _boot(ctx, session, inst, restart=True)
+            await _boot(ctx, session, inst, restart=step is S.RESTARTING)
 
     await release(db)
     try:
         await run_operation(ctx, row.id, operate)
     except TransitionError as exc:
-        raise ApiError(409, f"cannot {action.value} the instance now: {exc}") from exc
+        raise Conflict(f"cannot {action.value} the instance now: {exc}") from exc
     await db.refresh(row)
     if row.status == S.ERROR.value:
-        raise ApiError(502, row.error_message or "the instance failed")
+        raise UpstreamFailed(row.error_message or "the instance failed")
 
 
 async def destroy(ctx: AppContext, db: AsyncSession, row: Instance) -> None:
     """Destroy the instance, whatever it is doing: an operation in flight here (a create, start
     or restart) is cancelled first. Returns once machine and volume are gone; a second DELETE
-    meanwhile waits for the first. A teardown that fails leaves the row ``destroying`` (502)
-    and is retried by the next DELETE or by the reconciler."""
+    meanwhile waits for the first. A teardown that fails leaves the row ``destroying``
+    (``UpstreamFailed`` with the provider's message) and is retried by the next DELETE or by
+    the reconciler."""
+
+    provider_for(ctx, row)  # refused here when this server cannot reach the machine
 
     async def operate(session: AsyncSession, inst: Instance) -> None:
         if S(inst.status) is not S.DESTROYING:
             await set_status(session, inst, S.DESTROYING, "destroy requested")
+            await session.commit()
         await teardown(ctx, session, inst)
 
     await release(db)
     try:
-        await run_operation(ctx, row.id, operate, destroy=True)
+        failure = await run_operation(ctx, row.id, operate, destroy=True)
     except TransitionError as exc:
-        raise ApiError(409, f"cannot destroy the instance now: {exc}") from exc
+        raise Conflict(f"cannot destroy the instance now: {exc}") from exc
     await db.refresh(row)
     if row.status != S.DESTROYED.value:
-        raise ApiError(502, "the instance could not be destroyed yet; it will be retried")
+        raise UpstreamFailed(
+            failure or "the instance could not be destroyed yet; it will be retried"
+        )
 
 
 async def teardown(ctx: AppContext, session: AsyncSession, inst: Instance) -> None:
+    provider = provider_for(ctx, inst)
     if inst.provider_ref is not None:
-        await _provider(ctx).destroy(handle_of(inst))
+        await provider.destroy(handle_of(inst))
     else:
         # A create cancelled (or killed) before it saved the handle may have made something.
-        await _provider(ctx).destroy_unrecorded(inst.id)
+        await provider.destroy_unrecorded(inst.id)
+    await dns.remove_records(ctx, inst)
     inst.api_key_ciphertext = None  # nothing left to decrypt once the machine is gone
-    await session.commit()
     await set_status(session, inst, S.DESTROYED, "machine and volume destroyed")
+    await session.commit()
 
 
 # --- booting -------------------------------------------------------------------------------
@@ -322,7 +348,7 @@ def _launch(ctx: AppContext, inst: Instance) -> GuestLaunch:
 async def _boot(ctx: AppContext, session: AsyncSession, inst: Instance, *, restart: bool) -> None:
     """Start (or restart) the machine, configure its guest and wait until it reports the agent
     running. The one path by which every provider's guest gets its config and secrets."""
-    provider = _provider(ctx)
+    provider = provider_for(ctx, inst)
     launch = _launch(ctx, inst)
     operation = provider.restart if restart else provider.start
     handle = await operation(handle_of(inst), launch)
@@ -342,6 +368,7 @@ async def _boot(ctx: AppContext, session: AsyncSession, inst: Instance, *, resta
         await provider.stop(handle)
         raise ProviderError(str(health.get("error") or "the agent failed to start"))
     await set_status(session, inst, S.RUNNING, "agent running")
+    await session.commit()
 
 
 async def wait_for_agent(endpoint: guest_client.GuestEndpoint, secret: str) -> dict[str, Any]:
@@ -371,14 +398,17 @@ async def release(db: AsyncSession) -> None:
 
 
 Operation = Callable[[AsyncSession, Instance], Awaitable[None]]
+Failure = str | None
+"""Why an operation failed, in words for the user; None when it did not."""
 
 
 async def run_operation(
     ctx: AppContext, instance_id: str, operation: Operation, *, destroy: bool = False
-) -> None:
+) -> Failure:
     """Run ``operation`` to completion even if the caller is cancelled, under a lease.
 
-    A provider or guest failure moves the instance to ``error`` with the failure's message.
+    A provider or guest failure moves the instance to ``error`` (where the table allows) with
+    the failure's message, which is also returned.
     A destroy cancels this process's other operations on the instance and waits for them to
     unwind before it starts; their callers get a 409.
     """
@@ -390,26 +420,25 @@ async def run_operation(
             _track(ctx, running)
             ctx.destroying[instance_id] = running
             running.add_done_callback(lambda _: ctx.destroying.pop(instance_id, None))
-        await asyncio.shield(running)
-        return
+        return await asyncio.shield(running)
     if instance_id in ctx.destroying:
-        raise ApiError(409, "the instance is being destroyed")
+        raise Conflict("the instance is being destroyed")
     task = asyncio.create_task(_supervised(ctx, instance_id, operation))
     _track(ctx, task)
     tasks = ctx.operations.setdefault(instance_id, set())
     tasks.add(task)
     task.add_done_callback(lambda _: _forget(ctx, instance_id, task))
     try:
-        await asyncio.shield(task)
+        return await asyncio.shield(task)
     except asyncio.CancelledError:
         caller = asyncio.current_task()
         if task.cancelled() and caller is not None and not caller.cancelling():
             # Not our caller that went away: a DELETE cancelled the operation.
-            raise ApiError(409, "the instance was destroyed before this finished") from None
+            raise Conflict("the instance was destroyed before this finished") from None
         raise
 
 
-async def _destroy_after_others(ctx: AppContext, instance_id: str, operation: Operation) -> None:
+async def _destroy_after_others(ctx: AppContext, instance_id: str, operation: Operation) -> Failure:
     others = ctx.operations.get(instance_id, set())
     for task in others:
         task.cancel()
@@ -417,15 +446,15 @@ async def _destroy_after_others(ctx: AppContext, instance_id: str, operation: Op
         # Each unwinds (a provider step in a worker thread finishes first) before the
         # teardown starts, so nothing is created after it has removed everything.
         await asyncio.wait(set(others))
-    await _supervised(ctx, instance_id, operation)
+    return await _supervised(ctx, instance_id, operation)
 
 
-def _track(ctx: AppContext, task: asyncio.Task[None]) -> None:
+def _track(ctx: AppContext, task: asyncio.Task[Failure]) -> None:
     ctx.background.add(task)
     task.add_done_callback(ctx.background.discard)
 
 
-def _forget(ctx: AppContext, instance_id: str, task: asyncio.Task[None]) -> None:
+def _forget(ctx: AppContext, instance_id: str, task: asyncio.Task[Failure]) -> None:
     tasks = ctx.operations.get(instance_id)
     if tasks is not None:
         tasks.discard(task)
@@ -457,17 +486,17 @@ async def _own(ctx: AppContext, instance_id: str, owner: str | None) -> None:
         await session.commit()
 
 
-async def _supervised(ctx: AppContext, instance_id: str, operation: Operation) -> None:
+async def _supervised(ctx: AppContext, instance_id: str, operation: Operation) -> Failure:
     await _own(ctx, instance_id, ctx.node.owner if ctx.node else None)
     lease = asyncio.create_task(_renew_lease(ctx, instance_id))
     try:
         async with ctx.db.session() as session:
-            inst = await session.get(Instance, instance_id)
-            assert inst is not None
+            inst = await session.get_one(Instance, instance_id)
             try:
                 await operation(session, inst)
-            except TransitionError:
-                raise
+                return None
+            except (TransitionError, ProviderUnavailable):
+                raise  # nothing happened to the machine: nothing to record
             except Exception as exc:
                 expected = isinstance(exc, ProviderError | guest_client.GuestError | OSError)
                 if expected:
@@ -477,10 +506,14 @@ async def _supervised(ctx: AppContext, instance_id: str, operation: Operation) -
                 message = str(exc) if expected else "internal error; see the server log"
                 await session.rollback()
                 await session.refresh(inst)
-                with contextlib.suppress(TransitionError):
+                try:
                     await set_status(
                         session, inst, S.ERROR, "operation failed", error_message=message
                     )
+                    await session.commit()
+                except TransitionError:
+                    await session.rollback()  # e.g. `destroying`, which only goes forward
+                return message
     finally:
         lease.cancel()
         # Shielded: a cancelled operation must still give its row up.
@@ -498,7 +531,10 @@ async def _renew_lease(ctx: AppContext, instance_id: str) -> None:
             await session.commit()
 
 
-def _provider(ctx: AppContext) -> ComputeProvider:
-    if ctx.compute is None:
-        raise ProviderError("no compute provider is configured")
-    return ctx.compute
+def provider_for(ctx: AppContext, row: Instance) -> ComputeProvider:
+    """The provider that runs ``row``'s machine, the one its row names: every use of a
+    provider goes through here. :class:`ProviderUnavailable` when this server cannot act on
+    the machine (its provider is not enabled here, or another host runs it)."""
+    if row.provider_ref is None:
+        return ctx.providers.get(row.provider)
+    return ctx.providers.reachable(row.provider, handle_of(row))

@@ -10,8 +10,8 @@ from gentity.guest import client as guest_client
 from gentity.models import InstanceStatus
 from gentity.server.context import AppContext
 from gentity.server.db.orm import Instance
-from gentity.server.errors import ApiError
-from gentity.server.services.instances import guest_secret, handle_of
+from gentity.server.services.errors import Conflict, UpstreamFailed
+from gentity.server.services.instances import guest_secret, handle_of, provider_for
 
 LogStream = AsyncIterator[tuple[str, dict[str, str]]]
 """``(cursor, record)`` pairs as the guest streams them."""
@@ -19,12 +19,12 @@ LogStream = AsyncIterator[tuple[str, dict[str, str]]]
 
 async def tail(ctx: AppContext, row: Instance, lines: int) -> list[models.LogLine]:
     """The last ``lines`` records, oldest first; none before the instance has a machine."""
-    if ctx.compute is None or row.provider_ref is None:
+    if row.provider_ref is None:
         return []
-    handle = handle_of(row)
+    provider, handle = provider_for(ctx, row), handle_of(row)
     records: list[dict[str, str]] | None = None
     if row.status == InstanceStatus.RUNNING.value:
-        endpoint = ctx.compute.guest_endpoint(handle)
+        endpoint = provider.guest_endpoint(handle)
         try:
             records, _ = await guest_client.logs(endpoint, guest_secret(ctx, row), lines=lines)
         except guest_client.GuestError:
@@ -32,7 +32,7 @@ async def tail(ctx: AppContext, row: Instance, lines: int) -> list[models.LogLin
             # there for the provider to read.
             records = None
     if records is None:
-        records = await ctx.compute.tail_stopped(handle, lines)
+        records = await provider.tail_stopped(handle, lines)
     return [models.LogLine.model_validate(r) for r in records]
 
 
@@ -40,11 +40,11 @@ async def follow(ctx: AppContext, row: Instance, cursor: str | None, lines: int)
     """New records from ``cursor`` on; without one, the last ``lines`` records first. Only a
     running instance's guest streams its log; the stream ends when the guest stops, and a
     cursor from before resumes exactly once it runs again (the log is on its volume)."""
-    if ctx.compute is None or row.provider_ref is None:
-        raise ApiError(409, "the instance has no machine yet")
+    if row.provider_ref is None:
+        raise Conflict("the instance has no machine yet")
     if row.status != InstanceStatus.RUNNING.value:
-        raise ApiError(409, f"the instance is {row.status}; start it first")
-    endpoint = ctx.compute.guest_endpoint(handle_of(row))
+        raise Conflict(f"the instance is {row.status}; start it first")
+    endpoint = provider_for(ctx, row).guest_endpoint(handle_of(row))
     try:
         return await guest_client.follow(
             endpoint,
@@ -54,4 +54,4 @@ async def follow(ctx: AppContext, row: Instance, cursor: str | None, lines: int)
         )
     except guest_client.GuestError as exc:
         # Said without the guest's address: that is the provider's business, not the user's.
-        raise ApiError(502, str(exc).replace(f" at {endpoint.address}", "")) from exc
+        raise UpstreamFailed(str(exc).replace(f" at {endpoint.address}", "")) from exc

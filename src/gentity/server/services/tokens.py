@@ -10,13 +10,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from gentity import models
 from gentity.server.db.ids import utcnow
 from gentity.server.db.orm import ApiToken, User
-from gentity.server.errors import ApiError, not_found
 from gentity.server.security.tokens import (
     display_prefix,
     generate_token,
     is_well_formed,
     token_hash,
 )
+from gentity.server.services.errors import InvalidInput, NotFound
 
 # last_used_at is written at most this often, so authenticating stays a read.
 LAST_USED_RESOLUTION = timedelta(minutes=1)
@@ -37,7 +37,7 @@ async def mint(
     db: AsyncSession, user_id: str, name: str, expires_at: datetime | None
 ) -> models.TokenCreated:
     if expires_at is not None and expires_at <= utcnow():
-        raise ApiError(400, "expiresAt: must be in the future")
+        raise InvalidInput("expiresAt: must be in the future")
     plaintext = generate_token()
     row = ApiToken(
         user_id=user_id,
@@ -68,7 +68,7 @@ async def revoke(db: AsyncSession, user_id: str, token_id: str) -> None:
         )
     )
     if row is None:
-        raise not_found()
+        raise NotFound()
     row.revoked_at = utcnow()
     await db.commit()
 

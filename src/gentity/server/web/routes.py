@@ -11,7 +11,6 @@ from __future__ import annotations
 from urllib.parse import quote
 
 from fastapi import APIRouter, Request
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.datastructures import Headers
 from starlette.responses import RedirectResponse, Response
@@ -19,14 +18,13 @@ from starlette.responses import RedirectResponse, Response
 from gentity.server.auth import (
     Db,
     Principal,
+    context,
     resolve_principal,
     secure_cookie,
     set_session_cookie,
 )
-from gentity.server.context import AppContext
 from gentity.server.db.ids import utcnow
-from gentity.server.db.orm import Instance
-from gentity.server.services import accounts
+from gentity.server.services import accounts, instances
 from gentity.server.web import handoff
 from gentity.server.web.hosts import (
     canonical_url,
@@ -37,11 +35,6 @@ from gentity.server.web.hosts import (
 from gentity.server.web.pages import not_found, render
 
 router = APIRouter(include_in_schema=False)
-
-
-def _ctx(request: Request) -> AppContext:
-    ctx: AppContext = request.app.state.ctx
-    return ctx
 
 
 def _redirect(url: str) -> Response:
@@ -80,7 +73,7 @@ async def _subdomain_principal(request: Request, db: AsyncSession, sub: str) -> 
     principal = await resolve_principal(db, Headers(), request.cookies)
     if principal is None or principal.scope_instance_id is None:
         return principal
-    row = await _owned_instance(db, principal.user.id, instance_id=principal.scope_instance_id)
+    row = await instances.find_owned(db, principal.user.id, instance_id=principal.scope_instance_id)
     return principal if row is not None and row.subdomain == sub else None
 
 
@@ -93,7 +86,7 @@ def _off_subdomain(request: Request) -> Response | None:
     """Dashboard pages live on the main host only, under one name: send a visitor on a
     subdomain, or on another name of this server, over there before anything else (a sign-in
     on a second name would be a second, separate session)."""
-    settings = _ctx(request).settings
+    settings = context(request).settings
     if (elsewhere := canonical_url(request, settings)) is not None:
         return _redirect(elsewhere)
     if instance_subdomain(request, settings) is None:
@@ -102,21 +95,9 @@ def _off_subdomain(request: Request) -> Response | None:
     return _redirect(main_origin(request, settings) + here)
 
 
-async def _owned_instance(
-    db: AsyncSession, user_id: str, *, instance_id: str | None = None, subdomain: str | None = None
-) -> Instance | None:
-    query = select(Instance).where(Instance.user_id == user_id, Instance.destroyed_at.is_(None))
-    if instance_id is not None:
-        query = query.where(Instance.id == instance_id)
-    if subdomain is not None:
-        query = query.where(Instance.subdomain == subdomain)
-    found: Instance | None = await db.scalar(query)
-    return found
-
-
 @router.get("/")
 async def root(request: Request, db: Db) -> Response:
-    sub = instance_subdomain(request, _ctx(request).settings)
+    sub = instance_subdomain(request, context(request).settings)
     if sub is not None:
         return await _subdomain_terminal(request, db, sub)
     if (away := _off_subdomain(request)) is not None:
@@ -180,7 +161,7 @@ async def instance(request: Request, db: Db, instance_id: str) -> Response:
     principal = await _principal(request, db)
     if principal is None:
         return _to_login(request)
-    row = await _owned_instance(db, principal.user.id, instance_id=instance_id)
+    row = await instances.find_owned(db, principal.user.id, instance_id=instance_id)
     if row is None:
         return not_found(request, user=principal.user)
     return render(
@@ -202,10 +183,10 @@ async def open_on_subdomain(request: Request, db: Db, subdomain: str) -> Respons
     principal = await _principal(request, db)
     if principal is None:
         return _to_login(request)
-    row = await _owned_instance(db, principal.user.id, subdomain=subdomain)
+    row = await instances.find_owned(db, principal.user.id, subdomain=subdomain)
     if row is None:
         return not_found(request, user=principal.user)
-    ctx = _ctx(request)
+    ctx = context(request)
     origin = subdomain_origin(request, ctx.settings, row.subdomain)
     if origin is None:
         return render(
@@ -236,7 +217,7 @@ async def open_on_subdomain(request: Request, db: Db, subdomain: str) -> Respons
 
 async def _subdomain_terminal(request: Request, db: AsyncSession, sub: str) -> Response:
     """The root of ``<sub>.<host>``: redeem a handoff, or show the terminal to its owner."""
-    ctx = _ctx(request)
+    ctx = context(request)
     code = request.query_params.get("handoff")
     if code is not None:
         opened = await handoff.redeem(
@@ -275,7 +256,7 @@ async def _subdomain_terminal(request: Request, db: AsyncSession, sub: str) -> R
     if principal is None:
         # No session on this host yet: the main host signs in (if needed) and hands over.
         return _redirect(main_origin(request, ctx.settings) + f"/dashboard/open/{sub}")
-    row = await _owned_instance(db, principal.user.id, subdomain=sub)
+    row = await instances.find_owned(db, principal.user.id, subdomain=sub)
     if row is None:
         return not_found(request, dashboard_url=main_origin(request, ctx.settings) + "/dashboard")
     return render(

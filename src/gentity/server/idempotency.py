@@ -4,6 +4,9 @@ A client that timed out on ``POST /api/instances`` cannot know whether an instan
 with a key, it retries safely. Keys are per user and per route, kept 24 hours. The first
 request's work and the storing of its answer run shielded from the client, so a retry sent
 after a disconnect finds the answer (or, while the work is still running, a 409 to retry later).
+
+It stores and replays HTTP answers (status and body), so it belongs to the HTTP layer: the
+work it wraps is a service call, whose errors it answers through ``errors.answer_for``.
 """
 
 from __future__ import annotations
@@ -18,10 +21,12 @@ from pydantic import BaseModel
 from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 
+from gentity.providers.compute.base import ProviderError, ProviderUnavailable
 from gentity.server.context import AppContext
 from gentity.server.db.ids import utcnow
 from gentity.server.db.orm import IdempotencyKey
-from gentity.server.errors import ApiError
+from gentity.server.errors import ApiError, answer_for
+from gentity.server.services.errors import DomainError
 
 TTL = timedelta(hours=24)
 MAX_KEY_LENGTH = 255
@@ -87,13 +92,14 @@ async def _do_and_store(
 ) -> Answer:
     try:
         answer: Answer = (200, _dump(await work()))
-    except ApiError as exc:
-        if exc.status >= 500:
+    except (ApiError, DomainError, ProviderError, ProviderUnavailable) as exc:
+        status, message, _ = answer_for(exc)
+        if status >= 500:
             # Nothing to replay for a failure that may pass on retry (the database, an upstream
             # hiccup): forget the key so that the retry does the work.
             await _forget(ctx, claim_id)
             raise
-        answer = (exc.status, {"error": exc.message})
+        answer = (status, {"error": message})
     except BaseException:
         await _forget(ctx, claim_id)
         raise

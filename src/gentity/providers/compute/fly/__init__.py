@@ -1,0 +1,1 @@
+"""Fly.io Machines as compute: the API client (``api``) the Fly provider is built on."""
