@@ -357,9 +357,8 @@ async def _boot(ctx: AppContext, session: AsyncSession, inst: Instance, *, resta
         await session.commit()
     handle = handle_of(inst)
     endpoint = provider.guest_endpoint(handle)
-    config = guest_config(launch, provider.guest_layout(handle, launch))
     try:
-        await guest_client.configure(endpoint, launch.secret, config)
+        await _configure(provider, handle, launch)
         health = await wait_for_agent(endpoint, launch.secret)
     except guest_client.GuestError as exc:
         # Said without the guest's address: that is the provider's business, not the user's.
@@ -369,6 +368,31 @@ async def _boot(ctx: AppContext, session: AsyncSession, inst: Instance, *, resta
         raise ProviderError(str(health.get("error") or "the agent failed to start"))
     await set_status(session, inst, S.RUNNING, "agent running")
     await session.commit()
+
+
+async def _configure(provider: ComputeProvider, handle: MachineHandle, launch: GuestLaunch) -> None:
+    """Send the guest its config, with the launch's secrets, over the guest protocol."""
+    config = guest_config(launch, provider.guest_layout(handle, launch))
+    await guest_client.configure(provider.guest_endpoint(handle), launch.secret, config)
+
+
+async def configure_if_rebooted(ctx: AppContext, row: Instance) -> bool:
+    """Configure a running instance's guest again if it answers unconfigured: its machine
+    booted without the control plane (a cloud provider restarted it on its own). Returns
+    whether it did; a guest that does not answer is left to the status checks."""
+    provider, handle = provider_for(ctx, row), handle_of(row)
+    secret = guest_secret(ctx, row)
+    try:
+        health = await guest_client.health(
+            provider.guest_endpoint(handle), secret, timeout=HEALTH_TIMEOUT
+        )
+        if health.get("configured") is not False:
+            return False
+        await _configure(provider, handle, _launch(ctx, row))
+    except guest_client.GuestError:
+        return False
+    log.info("instance %s: its guest had restarted unconfigured; configured it again", row.id)
+    return True
 
 
 async def wait_for_agent(endpoint: guest_client.GuestEndpoint, secret: str) -> dict[str, Any]:
