@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -201,5 +202,37 @@ def test_an_instance_from_before_the_disk_layout_starts_with_its_files(
         assert (provider.paths(handle).volume / "notes.txt").read_text() == "from before\nmore\n"
         await provider.destroy(handle)
         assert not root.exists()
+
+    run(scenario())
+
+
+def test_a_guest_that_dies_before_its_config_is_reported(
+    provider: LocalProvider, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The error says how the guest ended, and the server's log what it printed last."""
+    from gentity.catalog import InstallStep
+    from gentity.providers.compute.base import ProviderError
+    from gentity.providers.compute.local import processes
+    from gentity.providers.compute.local import provider as local_provider
+
+    secret = secrets.token_urlsafe(16)
+
+    async def scenario() -> None:
+        handle = await provider.create(spec())
+
+        async def kill_the_sandbox(*_: object) -> None:
+            # The install runs while the guest waits for its config: end the guest then.
+            with provider.paths(handle).guest_output.open("ab") as out:
+                out.write(b"last words\n")
+            for pid in provider._pids(handle):
+                processes.kill_tree(processes.tree(pid))
+
+        monkeypatch.setattr(local_provider, "ensure_installed", kill_the_sandbox)
+        # The sandbox's first process dies of the signal, or exits with the guest's status.
+        ended = r"the guest daemon (was killed by SIGKILL|exited with code 137) before it got"
+        with pytest.raises(ProviderError, match=ended):
+            await provider.start(handle, replace(launch(secret), install=InstallStep(npm="x")))
+        assert "last words" in caplog.text
+        await provider.destroy(handle)
 
     run(scenario())

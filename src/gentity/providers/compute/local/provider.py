@@ -281,9 +281,7 @@ class LocalProvider(ComputeProvider):
         }
         # The secrets travel over this pipe only: not argv, not the environment, not a file.
         try:
-            await anyio.to_thread.run_sync(
-                _send_config, booted.process, json.dumps(config).encode()
-            )
+            await anyio.to_thread.run_sync(_send_config, booted, json.dumps(config).encode())
         except ProviderError:
             if not booted.spare:
                 raise
@@ -292,9 +290,7 @@ class LocalProvider(ComputeProvider):
             await anyio.to_thread.run_sync(self._stop_sync, handle)
             booted = await anyio.to_thread.run_sync(self._boot, handle, paths, False)
             config.update(listen=f"fd:{booted.listen_fd}", childCgroupFd=booted.cgroup_fd)
-            await anyio.to_thread.run_sync(
-                _send_config, booted.process, json.dumps(config).encode()
-            )
+            await anyio.to_thread.run_sync(_send_config, booted, json.dumps(config).encode())
         await self._wait_until_ready(handle, paths, launch.secret, booted.process)
         if self.warm_spares:
             self._refill_soon()
@@ -665,14 +661,21 @@ def _end_waiting_guest(process: subprocess.Popen[bytes]) -> None:
         process.wait(timeout=GUEST_STOP_GRACE)
 
 
-def _send_config(process: subprocess.Popen[bytes], config: bytes) -> None:
+def _send_config(booted: Booted, config: bytes) -> None:
+    process = booted.process
     if process.stdin is None:
         raise ProviderError("the guest daemon has no configuration channel")
     try:
         with process.stdin:
             process.stdin.write(config)
-    except BrokenPipeError as exc:
-        raise ProviderError("the guest daemon exited before it got its configuration") from exc
+    except BrokenPipeError:
+        # The pipe broke as the process went: give it a moment to be reaped, so the operator
+        # learns how it ended (and from guest.out, what it said) rather than just that it did.
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=1)
+        _log_guest_output(booted.paths.root.name, booted.paths, level=logging.WARNING)
+        ended = "closed its stdin" if process.poll() is None else _describe_exit(process)
+        raise ProviderError(f"the guest daemon {ended} before it got its configuration") from None
 
 
 def _describe_exit(process: subprocess.Popen[bytes]) -> str:
@@ -686,7 +689,7 @@ def _describe_exit(process: subprocess.Popen[bytes]) -> str:
     return f"exited with code {code}"
 
 
-def _log_guest_output(ref: str, paths: InstancePaths) -> None:
+def _log_guest_output(ref: str, paths: InstancePaths, level: int = logging.INFO) -> None:
     """For the operator: the end of what the guest printed. The instance may have written it,
     so it goes to the server's log escaped and cut short, and never into an API answer."""
     try:
@@ -696,7 +699,7 @@ def _log_guest_output(ref: str, paths: InstancePaths) -> None:
             tail = f.read(500)
     except OSError:
         return
-    log.info("instance %s: last guest output: %r", ref, tail)
+    log.log(level, "instance %s: last guest output: %r", ref, tail)
 
 
 def _open_regular(path: Path) -> io.BufferedReader:
