@@ -249,8 +249,8 @@ class LocalProvider(ComputeProvider):
             return
         paths = self.paths(handle)
         fresh = await anyio.to_thread.run_sync(self._prepare_start, paths)
-        # The sandbox boots (or a spare is taken over) while the agent installs: its guest
-        # waits for the configuration, which needs the install's path.
+        # The sandbox boots (or a spare is taken over) first; the agent installs while its
+        # guest waits for the configuration, which needs the install's path.
         booted = await anyio.to_thread.run_sync(self._boot, handle, paths, fresh)
         extra_path: list[str] = []
         if launch.install is not None:
@@ -348,7 +348,8 @@ class LocalProvider(ComputeProvider):
         spare.paths = paths
 
     def _spawn(self, ref: str, paths: InstancePaths, *, cpus: int, memory_mb: int) -> Booted:
-        """Start the sandbox and the guest in it; the guest then waits for its config."""
+        """Start the sandbox and the guest in it, and return once the guest waits for its
+        config. On failure the sandbox's processes are gone; its directories stay."""
         cgroup = InstanceCgroup(ref)
         if cgroup.enabled:
             cgroup.create(cpus=cpus, memory_mb=memory_mb)
@@ -394,6 +395,8 @@ class LocalProvider(ComputeProvider):
                 wrap = ["/bin/sh", "-c", _JOIN_CGROUPS, "sh"]
                 spawn_env = {**spawn_env, "GENTITY_CGROUP_PROCS": ":".join(cgroup.procs_files())}
             with paths.guest_output.open("ab") as out:
+                # What this boot prints starts here (the file keeps earlier boots' output).
+                output_start = out.tell()
                 process = subprocess.Popen(
                     [*wrap, *argv],
                     stdin=subprocess.PIPE,
@@ -414,11 +417,17 @@ class LocalProvider(ComputeProvider):
         try:
             if info_read is not None:
                 booted.sandbox_pid = network.read_sandbox_pid(info_read)
+            # slirp4netns brings the sandbox's loopback interface up; bubblewrap, when it finds
+            # lo up before it has added lo's address itself, gives up ("Failed RTM_NEWADDR").
+            # So the network is attached only once the sandbox is complete, which the guest
+            # says by waiting for its config.
+            _wait_for_waiting(process, paths.guest_output, output_start)
             if exit_read is not None and booted.sandbox_pid is not None:
                 output = paths.root / "network.out"
                 network.attach(booted.sandbox_pid, exit_read, output, wrap, spawn_env)
-        except network.NetworkError as exc:
-            self._discard(booted)
+        except (network.NetworkError, ProviderError) as exc:
+            _log_guest_output(ref, paths, level=logging.WARNING)
+            self._end_sandbox(booted)
             raise ProviderError(str(exc)) from None
         finally:
             for leftover in (info_read, exit_read):
@@ -464,42 +473,26 @@ class LocalProvider(ComputeProvider):
                 spare = self._spawn(ref, paths, cpus=1, memory_mb=512)
             except ProviderError as exc:
                 log.warning("a warm spare failed to start: %s", exc)
-                return
-            if not self._wait_for_waiting(spare):
-                self._discard(spare)
-                log.warning("a warm spare failed to start (%s)", _describe_exit(spare.process))
+                self._remove(paths, InstanceCgroup(ref))
                 return
             with self._spares_lock:
                 self._spares.append(spare)
 
-    @staticmethod
-    def _wait_for_waiting(booted: Booted) -> bool:
-        """Until the guest says it waits for its config (its sandbox is complete by then).
-
-        Nothing of the instance has run yet, so its guest's output can be trusted this once.
-        """
-        deadline = time.monotonic() + GUEST_READY_TIMEOUT
-        out = booted.paths.guest_output
-        while booted.process.poll() is None and time.monotonic() < deadline:
-            with contextlib.suppress(OSError):
-                if b'"waiting"' in out.read_bytes()[:4096]:
-                    return True
-            time.sleep(0.005)
-        return False
-
     def _discard(self, booted: Booted) -> None:
         """Stop a sandbox that never became an instance, and remove everything it had."""
+        self._end_sandbox(booted)
+        self._remove(booted.paths, InstanceCgroup(booted.paths.root.name))
+
+    @staticmethod
+    def _end_sandbox(booted: Booted) -> None:
+        """Stop every process of a sandbox whose guest never got its config."""
         with contextlib.suppress(OSError):
             if booted.process.stdin:
                 booted.process.stdin.close()  # end-of-file: the waiting guest exits by itself
-        self._kill_sandbox(booted.paths.root.name, booted.paths)
-        processes.kill_tree(processes.tree(booted.process.pid))
-        self._remove(booted.paths, InstanceCgroup(booted.paths.root.name))
-
-    def _kill_sandbox(self, cgroup_name: str, paths: InstancePaths) -> None:
-        cgroup = InstanceCgroup(cgroup_name)
+        cgroup = InstanceCgroup(booted.paths.root.name)
         if cgroup.enabled:
             cgroup.kill()
+        processes.kill_tree(processes.tree(booted.process.pid))
 
     def _remove(self, paths: InstancePaths, cgroup: InstanceCgroup) -> None:
         """Everything the instance had on this host: cgroups, volume, directories, its uid."""
@@ -650,6 +643,24 @@ class LocalProvider(ComputeProvider):
         except OSError:
             name = handle.ref
         return InstanceCgroup(name or handle.ref)
+
+
+def _wait_for_waiting(process: subprocess.Popen[bytes], output: Path, start: int) -> None:
+    """Until the guest prints that it waits for its config (its sandbox is complete by then).
+
+    Nothing of the instance has run in this sandbox yet, so what the guest printed since
+    ``start`` can be trusted this once. Raises ProviderError when it ends or hangs instead.
+    """
+    deadline = time.monotonic() + GUEST_READY_TIMEOUT
+    while process.poll() is None and time.monotonic() < deadline:
+        with contextlib.suppress(OSError), _open_regular(output) as f:
+            f.seek(start)
+            if b'"waiting"' in f.read(4096):
+                return
+        time.sleep(0.005)
+    if process.poll() is None:
+        raise ProviderError("the guest daemon did not start within 20 s")
+    raise ProviderError(f"the guest daemon {_describe_exit(process)} while it started")
 
 
 def _end_waiting_guest(process: subprocess.Popen[bytes]) -> None:
