@@ -198,7 +198,7 @@ def test_every_provider_is_adopted_and_closed(echo_plugin: None, tmp_path: Path)
     providers = Providers({"echo": echo, "local": local}, "echo")
     asyncio.run(providers.close())
     assert echo.closed  # type: ignore[attr-defined]
-    assert local._closed
+    assert local._spares.closed
 
 
 def test_warnings_name_their_provider_when_there_are_several(
