@@ -224,7 +224,7 @@ def test_a_guest_that_dies_before_its_config_is_reported(
         handle = await provider.create(spec())
 
         async def kill_the_sandbox(*_: object) -> None:
-            # The install runs while the guest waits for its config: end the guest then.
+            # The install runs while the guest waits for its bootstrap: end the guest then.
             with provider.paths(handle).guest_output.open("ab") as out:
                 out.write(b"last words\n")
             for pid in provider._pids(handle):
@@ -261,7 +261,7 @@ def test_the_network_is_attached_once_the_sandbox_is_complete(
             real_attach(*args)
 
         monkeypatch.setattr(network, "attach", attach)
-        await provider.start(handle, launch(secret))
+        await start(provider, handle, launch(secret))
         await wait_agent(provider, handle, secret)
         await provider.destroy(handle)
 
@@ -282,7 +282,7 @@ def test_a_failed_start_keeps_the_instances_files(
 
     async def scenario() -> None:
         handle = await provider.create(spec())
-        await provider.start(handle, launch(secret))
+        await start(provider, handle, launch(secret))
         await wait_agent(provider, handle, secret)
         await shell_output(provider, handle, secret, "echo kept > notes; echo w-$((1+1))", "w-2")
         await provider.stop(handle)
@@ -292,7 +292,7 @@ def test_a_failed_start_keeps_the_instances_files(
                 await provider.start(handle, launch(secret))
         assert (await provider.status(handle)).state is MachineState.STOPPED
         assert (provider.paths(handle).volume / "notes").read_text() == "kept\n"
-        await provider.start(handle, launch(secret))
+        await start(provider, handle, launch(secret))
         await wait_agent(provider, handle, secret)
         await provider.destroy(handle)
 

@@ -198,7 +198,7 @@ def test_secrets_reach_the_guest_only_over_its_socket(
         assert held == {KEY}, f"{argv!r} holds the guest secret"
         assert "gentity.guest" not in argv and "bwrap" not in argv, argv
         assert KEY not in argv
-    provider = server.app.state.ctx.compute
+    provider = server.app.state.ctx.providers.default
     written = [settings.data_dir, provider.runtime_dir]
     files = [f for top in written for f in top.rglob("*") if f.is_file() and not f.is_symlink()]
     assert any(f.name == "agent.log" for f in files)

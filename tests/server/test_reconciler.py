@@ -141,11 +141,12 @@ def test_a_guest_rebooted_behind_our_back_is_configured_again(
         async with ctx.db.session() as db:
             row = await db.get(Instance, iid)
         assert row is not None
+        provider = instances.provider_for(ctx, row)
         handle, secret = instances.handle_of(row), instances.guest_secret(ctx, row)
-        await ctx.compute.stop(handle)
+        await provider.stop(handle)
         # As a provider's own restart would: a fresh guest, bootstrapped but not configured.
-        await ctx.compute.start(handle, GuestLaunch(agent="shell", command=["true"], secret=secret))
-        return await guest_client.health(ctx.compute.guest_endpoint(handle), secret)
+        await provider.start(handle, GuestLaunch(agent="shell", command=["true"], secret=secret))
+        return await guest_client.health(provider.guest_endpoint(handle), secret)
 
     def on_server(coroutine: Any) -> Any:
         return asyncio.run_coroutine_threadsafe(coroutine, server.server_loop).result(60)
