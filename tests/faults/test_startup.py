@@ -1,0 +1,144 @@
+"""Start-up touches nothing shared until it holds its port, and then only what is its own.
+
+A server whose port is taken exits with one line and leaves the data directory, the database
+and the host's cgroups as they were; servers on different data directories of one host each
+sweep only their own leftovers.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from gentity.providers.compute.local.cgroups import InstanceCgroup, capabilities, spare_prefix
+from tests.conftest import require
+from tests.faults.serve import ServeProcess, serve_env, signed_in
+from tests.server.test_instances import create_shell
+from tests.waiting import wait_until_blocking
+
+AN_HOUR_AGO = time.time() - 3600
+
+
+def group_paths(group: InstanceCgroup) -> list[Path]:
+    return [*group.v1.values(), *([group.v2] if group.v2 else [])]
+
+
+@pytest.fixture
+def abandoned_groups() -> Iterator[list[InstanceCgroup]]:
+    """Spare groups a test plants as a killed server leaves them (empty, old); removed after."""
+    require(InstanceCgroup("probe").enabled, "writable cgroups")
+    planted: list[InstanceCgroup] = []
+    yield planted
+    for group in planted:
+        group.remove()
+
+
+def plant_abandoned_spare(data_dir: Path, planted: list[InstanceCgroup]) -> InstanceCgroup:
+    group = InstanceCgroup(spare_prefix(data_dir) + "abandoned", capabilities())
+    group.create(cpus=1, memory_mb=64)
+    planted.append(group)
+    for path in group_paths(group):
+        os.utime(path, (AN_HOUR_AGO, AN_HOUR_AGO))
+    return group
+
+
+def exists(group: InstanceCgroup) -> bool:
+    return all(path.is_dir() for path in group_paths(group))
+
+
+def test_a_taken_port_changes_nothing(
+    tmp_path: Path, abandoned_groups: list[InstanceCgroup]
+) -> None:
+    first_dir, fresh_dir = tmp_path / "first", tmp_path / "fresh"
+    first_db = f"sqlite:///{first_dir / 'gentity.db'}"
+    first = ServeProcess(serve_env(first_dir, first_db), tmp_path / "first.log").wait_healthy()
+    try:
+        # A fresh data directory: not even created, so certainly not migrated.
+        second = ServeProcess(
+            serve_env(fresh_dir, f"sqlite:///{fresh_dir / 'gentity.db'}"),
+            tmp_path / "second.log",
+            port=first.port,
+        )
+        assert second.process.wait(timeout=30) == 1
+        assert second.output().splitlines() == [
+            f"Error: cannot listen on 127.0.0.1:{first.port}: Address already in use"
+        ]
+        assert not fresh_dir.exists()
+
+        # The first server's data directory: its abandoned spare is not the second's to sweep.
+        group = plant_abandoned_spare(first_dir, abandoned_groups)
+        leftover = first_dir / "instances" / f"{spare_prefix(first_dir)}abandoned"
+        leftover.mkdir(parents=True)
+        third = ServeProcess(
+            serve_env(first_dir, first_db), tmp_path / "third.log", port=first.port
+        )
+        assert third.process.wait(timeout=30) == 1
+        assert exists(group)
+        assert leftover.is_dir()
+    finally:
+        first.stop()
+
+    # Once it may, a server on that data directory does sweep them: the checks above could fail.
+    again = ServeProcess(serve_env(first_dir, first_db), tmp_path / "again.log").wait_healthy()
+    try:
+        assert not exists(group)
+        assert not leftover.exists()
+    finally:
+        again.stop()
+
+
+def test_servers_on_one_host_keep_their_own_instances_and_spares(
+    tmp_path: Path, abandoned_groups: list[InstanceCgroup]
+) -> None:
+    require(capabilities().v1 != (), "writable cgroup v1 controllers")
+    servers: dict[str, ServeProcess] = {}
+    envs: dict[str, dict[str, str]] = {}
+    clients: dict[str, httpx.Client] = {}
+    instances: dict[str, str] = {}
+    try:
+        for name in ("a", "b"):
+            data_dir = tmp_path / name
+            envs[name] = serve_env(
+                data_dir, f"sqlite:///{data_dir / 'gentity.db'}", GENTITY_LOCAL_WARM_SPARES="1"
+            )
+            servers[name] = ServeProcess(envs[name], tmp_path / f"{name}.log").wait_healthy()
+            clients[name] = signed_in(servers[name])
+            instances[name] = create_shell(clients[name])["id"]
+        spare_of_b = wait_for_spare(tmp_path / "b")
+        abandoned_of_b = plant_abandoned_spare(tmp_path / "b", abandoned_groups)
+
+        # Server a restarts: its start-up sweep must not reach b's spares or b's instance.
+        servers["a"].stop()
+        servers["a"] = ServeProcess(envs["a"], tmp_path / "a.log").wait_healthy()
+        clients["a"].base_url = httpx.URL(servers["a"].url)
+        assert wait_for_spare(tmp_path / "a")
+        assert exists(abandoned_of_b)
+        assert InstanceCgroup(spare_of_b).pids()
+        assert (tmp_path / "b" / "instances" / spare_of_b).is_dir()
+        for name in ("a", "b"):
+            listed = clients[name].get("/api/instances").json()["instances"]
+            assert [(i["id"], i["status"]) for i in listed] == [(instances[name], "running")]
+    finally:
+        for name, server in servers.items():
+            if name in instances and server.process.poll() is None:
+                clients[name].delete(f"/api/instances/{instances[name]}")
+            server.stop()
+        for client in clients.values():
+            client.close()
+
+
+def wait_for_spare(data_dir: Path) -> str:
+    """The name of a warm spare of ``data_dir`` once one is running."""
+    prefix = spare_prefix(data_dir)
+
+    def spares() -> list[str]:
+        found = (data_dir / "instances").glob(f"{prefix}*")
+        return [p.name for p in found if InstanceCgroup(p.name).pids()]
+
+    wait_until_blocking(lambda: bool(spares()), f"a warm spare of {data_dir} runs", 60)
+    return spares()[0]
