@@ -8,14 +8,17 @@ import signal
 import socket
 import subprocess
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 
 import httpx
 
+from gentity.providers.compute.local.cgroups import InstanceCgroup
 from tests.conftest import mint_token, signup
 from tests.waiting import wait_until_blocking
 
 REPO = Path(__file__).resolve().parents[2]
+EMAIL = "admin@example.com"
 
 
 def free_port() -> int:
@@ -95,10 +98,32 @@ class ServeProcess:
                 self.kill()
 
 
+def processes_mentioning(text: str) -> list[int]:
+    """Processes whose command line contains ``text`` (a data directory: its instances')."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            with contextlib.suppress(OSError):
+                if text.encode() in (entry / "cmdline").read_bytes():
+                    pids.append(int(entry.name))
+    return pids
+
+
+def reap(data_dir: Path, instance_ids: Iterable[str]) -> None:
+    """After a test that failed half-way: instances outlive their server by design, so kill
+    whatever still runs for ``data_dir`` and remove the instances' cgroups."""
+    for pid in processes_mentioning(str(data_dir)):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    for instance_id in instance_ids:
+        with contextlib.suppress(OSError):
+            InstanceCgroup(instance_id).remove()
+
+
 def signed_in(server: ServeProcess) -> httpx.Client:
     """A client of ``server`` with a bearer token of its first (admin) account."""
     api = httpx.Client(base_url=server.url, timeout=120)
-    assert signup(api, "admin@example.com").status_code == 200
+    assert signup(api, EMAIL).status_code == 200
     api.headers["Authorization"] = f"Bearer {mint_token(api)}"
     api.cookies.clear()
     return api
