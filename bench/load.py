@@ -228,6 +228,9 @@ async def run(ctx: Context) -> Figure:
         sent: dict[int, float] = {}
         stop = asyncio.Event()
         rss = asyncio.create_task(peak_rss(server.process.pid, stop))
+        # The followers run in this process, on the server's cores: its own CPU is reported
+        # so that a lag caused by the benchmark itself can be told apart.
+        cpu_started, window_started = time.process_time(), time.monotonic()
         api = asyncio.create_task(measure_api(server.api, plan.load_seconds))
         await write_marks(log, marks, sent)
         listed, health = await api
@@ -239,6 +242,7 @@ async def run(ctx: Context) -> Figure:
                     await asyncio.sleep(0.05)
         stop.set()
         peak = await rss
+        client_cpu = (time.process_time() - cpu_started) / (time.monotonic() - window_started)
     finally:
         say("    closing the streams")
         for task in [*streams, *readers]:
@@ -263,6 +267,7 @@ async def run(ctx: Context) -> Figure:
         f"before the streams: /api/instances {idle_list.describe()}, "
         f"/healthz {idle_health.describe()}; server RSS {mib(idle_rss * 1024)}"
     )
+    fig.notes.append(f"the benchmark's own process used {client_cpu:.0%} of a CPU meanwhile")
     for problem in sorted(set(failed + failures))[:5]:
         fig.notes.append(f"error: {problem}")
     fig.data = {
@@ -270,6 +275,7 @@ async def run(ctx: Context) -> Figure:
         "terminals": terminals_n,
         "lastLineLagSeconds": {"p50": lag50, "p99": lag99, "n": len(lags)},
         "errors": errors,
+        "clientCpuShare": client_cpu,
         "serverRssKb": {"idle": idle_rss, "peak": peak},
         "underLoad": {"list": listed.figures(), "healthz": health.figures()},
         "idle": {"list": idle_list.figures(), "healthz": idle_health.figures()},
