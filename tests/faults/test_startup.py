@@ -8,6 +8,8 @@ sweep only their own leftovers.
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,7 +32,7 @@ def group_paths(group: InstanceCgroup) -> list[Path]:
 
 @pytest.fixture
 def abandoned_groups() -> Iterator[list[InstanceCgroup]]:
-    """Spare groups a test plants as a killed server leaves them (empty, old); removed after."""
+    """Spare groups a test plants as a killed server leaves them; removed afterwards."""
     require(InstanceCgroup("probe").enabled, "writable cgroups")
     planted: list[InstanceCgroup] = []
     yield planted
@@ -56,40 +58,54 @@ def test_a_taken_port_changes_nothing(
 ) -> None:
     first_dir, fresh_dir = tmp_path / "first", tmp_path / "fresh"
     first_db = f"sqlite:///{first_dir / 'gentity.db'}"
-    first = ServeProcess(serve_env(first_dir, first_db), tmp_path / "first.log").wait_healthy()
+    # A spare of the first data directory left by a killed server: its directory, and a
+    # process in its cgroups (which keeps them safe from any host-wide sweep meanwhile).
+    name = f"{spare_prefix(first_dir)}abandoned"
+    leftover = first_dir / "instances" / name
+    group = InstanceCgroup(name, capabilities())
+    spare = subprocess.Popen(["sleep", "300"])
     try:
-        # A fresh data directory: not even created, so certainly not migrated.
-        second = ServeProcess(
-            serve_env(fresh_dir, f"sqlite:///{fresh_dir / 'gentity.db'}"),
-            tmp_path / "second.log",
-            port=first.port,
-        )
-        assert second.process.wait(timeout=30) == 1
-        assert second.output().splitlines() == [
-            f"Error: cannot listen on 127.0.0.1:{first.port}: Address already in use"
-        ]
-        assert not fresh_dir.exists()
+        first = ServeProcess(serve_env(first_dir, first_db), tmp_path / "first.log")
+        try:
+            first.wait_healthy()
+            # A fresh data directory: not even created, so certainly not migrated.
+            second = ServeProcess(
+                serve_env(fresh_dir, f"sqlite:///{fresh_dir / 'gentity.db'}"),
+                tmp_path / "second.log",
+                port=first.port,
+            )
+            assert second.process.wait(timeout=30) == 1
+            assert second.output().splitlines() == [
+                f"Error: cannot listen on 127.0.0.1:{first.port}: Address already in use"
+            ]
+            assert not fresh_dir.exists()
 
-        # The first server's data directory: its abandoned spare is not the second's to sweep.
-        group = plant_abandoned_spare(first_dir, abandoned_groups)
-        leftover = first_dir / "instances" / f"{spare_prefix(first_dir)}abandoned"
-        leftover.mkdir(parents=True)
-        third = ServeProcess(
-            serve_env(first_dir, first_db), tmp_path / "third.log", port=first.port
-        )
-        assert third.process.wait(timeout=30) == 1
-        assert exists(group)
-        assert leftover.is_dir()
-    finally:
-        first.stop()
+            # The first server's data directory: its predecessor's spare stays as it is.
+            leftover.mkdir(parents=True)
+            group.create(cpus=1, memory_mb=64)
+            abandoned_groups.append(group)
+            for procs in group.procs_files():
+                Path(procs).write_text(str(spare.pid))
+            third = ServeProcess(
+                serve_env(first_dir, first_db), tmp_path / "third.log", port=first.port
+            )
+            assert third.process.wait(timeout=30) == 1
+            assert leftover.is_dir() and exists(group) and spare.poll() is None
+        finally:
+            first.stop()
 
-    # Once it may, a server on that data directory does sweep them: the checks above could fail.
-    again = ServeProcess(serve_env(first_dir, first_db), tmp_path / "again.log").wait_healthy()
-    try:
-        assert not exists(group)
-        assert not leftover.exists()
+        # Once it may, a server on that data directory does sweep it up: the checks above
+        # could fail.
+        again = ServeProcess(serve_env(first_dir, first_db), tmp_path / "again.log")
+        try:
+            again.wait_healthy()
+            assert spare.wait(timeout=10) == -signal.SIGKILL
+            assert not exists(group) and not leftover.exists()
+        finally:
+            again.stop()
     finally:
-        again.stop()
+        spare.kill()
+        spare.wait()
 
 
 def test_servers_on_one_host_keep_their_own_instances_and_spares(
