@@ -2,15 +2,13 @@
 
 A server whose port is taken exits with one line and leaves the data directory, the database
 and the host's cgroups as they were; servers on different data directories of one host each
-sweep only their own leftovers.
+keep their own instances and spares across the other's restart.
 """
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,8 +20,6 @@ from tests.conftest import require
 from tests.faults.serve import ServeProcess, serve_env, signed_in
 from tests.server.test_instances import create_shell
 from tests.waiting import wait_until_blocking
-
-AN_HOUR_AGO = time.time() - 3600
 
 
 def group_paths(group: InstanceCgroup) -> list[Path]:
@@ -38,15 +34,6 @@ def abandoned_groups() -> Iterator[list[InstanceCgroup]]:
     yield planted
     for group in planted:
         group.remove()
-
-
-def plant_abandoned_spare(data_dir: Path, planted: list[InstanceCgroup]) -> InstanceCgroup:
-    group = InstanceCgroup(spare_prefix(data_dir) + "abandoned", capabilities())
-    group.create(cpus=1, memory_mb=64)
-    planted.append(group)
-    for path in group_paths(group):
-        os.utime(path, (AN_HOUR_AGO, AN_HOUR_AGO))
-    return group
 
 
 def exists(group: InstanceCgroup) -> bool:
@@ -108,9 +95,7 @@ def test_a_taken_port_changes_nothing(
         spare.wait()
 
 
-def test_servers_on_one_host_keep_their_own_instances_and_spares(
-    tmp_path: Path, abandoned_groups: list[InstanceCgroup]
-) -> None:
+def test_servers_on_one_host_keep_their_own_instances_and_spares(tmp_path: Path) -> None:
     require(capabilities().v1 != (), "writable cgroup v1 controllers")
     servers: dict[str, ServeProcess] = {}
     envs: dict[str, dict[str, str]] = {}
@@ -126,14 +111,15 @@ def test_servers_on_one_host_keep_their_own_instances_and_spares(
             clients[name] = signed_in(servers[name])
             instances[name] = create_shell(clients[name])["id"]
         spare_of_b = wait_for_spare(tmp_path / "b")
-        abandoned_of_b = plant_abandoned_spare(tmp_path / "b", abandoned_groups)
 
-        # Server a restarts: its start-up sweep must not reach b's spares or b's instance.
+        # Server a restarts: its start-up sweep (done once it answers) must not reach b's
+        # spare or b's instance. (That the sweep of empty old groups takes only a data
+        # directory's own is tested in tests/providers/test_local.py: a group planted here
+        # would be fair game for a server of an older version starting on this host.)
         servers["a"].stop()
         servers["a"] = ServeProcess(envs["a"], tmp_path / "a.log").wait_healthy()
         clients["a"].base_url = httpx.URL(servers["a"].url)
         assert wait_for_spare(tmp_path / "a")
-        assert exists(abandoned_of_b)
         assert InstanceCgroup(spare_of_b).pids()
         assert (tmp_path / "b" / "instances" / spare_of_b).is_dir()
         for name in ("a", "b"):
