@@ -11,7 +11,6 @@ from typing import Any
 import httpx
 from sqlalchemy import update
 
-from gentity.guest import client as guest_client
 from gentity.providers.compute.base import GuestLaunch, MachineHandle
 from gentity.providers.compute.local.provider import LocalProvider
 from gentity.server.db.database import Database
@@ -137,7 +136,7 @@ def test_a_guest_rebooted_behind_our_back_is_configured_again(
     iid = create_shell(bearer)["id"]
     ctx = server.app.state.ctx
 
-    async def reboot_alone() -> dict[str, Any]:
+    async def reboot_alone() -> None:
         async with ctx.db.session() as db:
             row = await db.get(Instance, iid)
         assert row is not None
@@ -146,12 +145,12 @@ def test_a_guest_rebooted_behind_our_back_is_configured_again(
         await provider.stop(handle)
         # As a provider's own restart would: a fresh guest, bootstrapped but not configured.
         await provider.start(handle, GuestLaunch(agent="shell", command=["true"], secret=secret))
-        return await guest_client.health(provider.guest_endpoint(handle), secret)
 
     def on_server(coroutine: Any) -> Any:
         return asyncio.run_coroutine_threadsafe(coroutine, server.server_loop).result(60)
 
-    assert on_server(reboot_alone())["configured"] is False
+    on_server(reboot_alone())
+    # The server's own reconciler loop may get there first; either way the same code runs.
     _reconcile(server)
     instance = json_object(bearer.get(f"/api/instances/{iid}").json())
     assert instance["status"] == "running", instance
