@@ -56,10 +56,12 @@ class EchoProvider(ComputeProvider):
     async def _refuse(self, *args, **kwargs):
         raise ProviderError("echo does not run machines")
 
-    create = start = stop = destroy = destroy_unrecorded = status = _refuse
-    tail_logs = log_cursor_before = follow_logs = _refuse
+    create = start = stop = destroy = destroy_unrecorded = status = tail_stopped = _refuse
 
-    def guest_address(self, handle):
+    def guest_endpoint(self, handle):
+        raise ProviderError("echo does not run machines")
+
+    def guest_layout(self, handle, launch):
         raise ProviderError("echo does not run machines")
 
 
