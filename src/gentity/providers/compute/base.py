@@ -24,7 +24,7 @@ from enum import StrEnum
 from typing import Any, ClassVar
 
 from gentity.catalog import InstallStep
-from gentity.guest.protocol import ReadyRule
+from gentity.guest.config import ReadyRule
 
 
 class ProviderError(Exception):
