@@ -52,7 +52,7 @@ async def wait_agent(
     provider: ComputeProvider, handle: MachineHandle, secret: str
 ) -> dict[str, Any]:
     for _ in range(500):
-        health = await guest_client.health(provider.guest_address(handle), secret)
+        health = await guest_client.health(provider.guest_endpoint(handle), secret)
         if health["state"] == "running":
             return health
         await asyncio.sleep(0.01)
@@ -62,7 +62,7 @@ async def wait_agent(
 async def shell_output(
     provider: ComputeProvider, handle: MachineHandle, secret: str, command: str, marker: str
 ) -> str:
-    session = await guest_client.open_session(provider.guest_address(handle), secret)
+    session = await guest_client.open_session(provider.guest_endpoint(handle), secret)
     async with session:
         await session.send_input(command.encode() + b"\n")
         seen = b""
@@ -126,7 +126,7 @@ class ProviderContract:
             await provider.stop(handle)  # idempotent
             assert (await provider.status(handle)).state is MachineState.STOPPED
             with pytest.raises(guest_client.GuestError):
-                await guest_client.health(provider.guest_address(handle), secret, timeout=1)
+                await guest_client.health(provider.guest_endpoint(handle), secret, timeout=1)
             handle = await start(provider, handle, launch(secret))
             await wait_agent(provider, handle, secret)
             out = await shell_output(
@@ -152,7 +152,7 @@ class ProviderContract:
             try:
                 await provider.start(handle, launch(secret))
                 with pytest.raises(guest_client.GuestError):
-                    await guest_client.health(provider.guest_address(handle), "wrong")
+                    await guest_client.health(provider.guest_endpoint(handle), "wrong")
             finally:
                 await provider.destroy(handle)
 

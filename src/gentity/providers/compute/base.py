@@ -24,6 +24,7 @@ from enum import StrEnum
 from typing import Any, ClassVar
 
 from gentity.catalog import InstallStep
+from gentity.guest.client import GuestEndpoint
 from gentity.guest.config import ReadyRule
 
 
@@ -194,6 +195,11 @@ class ComputeProvider(abc.ABC):
     @abc.abstractmethod
     def guest_address(self, handle: MachineHandle) -> str:
         """Where the control plane reaches the guest: ``unix:/path`` or ``tcp:host:port``."""
+
+    def guest_endpoint(self, handle: MachineHandle) -> GuestEndpoint:
+        """:meth:`guest_address` with how to reach it: for a ``tls:`` address, the context that
+        verifies the proxy in front of the guest. The default: the address alone."""
+        return GuestEndpoint(self.guest_address(handle))
 
     @abc.abstractmethod
     async def tail_logs(self, handle: MachineHandle, lines: int) -> list[dict[str, str]]:
