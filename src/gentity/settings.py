@@ -10,6 +10,7 @@ import os
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -106,6 +107,13 @@ class Settings(BaseSettings):
     dns_provider: str = "none"
     """Which DNS provider gives instances their subdomain records (``none``, ``cloudflare``)."""
 
+    base_domain: str | None = None
+    """The domain instance subdomains hang off (``cl-x7k2m9.<base domain>``); by default the
+    host of ``public_url``. Only DNS records use it: locally ``*.localhost`` needs none."""
+    dns_target: str | None = None
+    """Where instance records point: a host name (a ``CNAME``) or an address (``A``/``AAAA``);
+    by default the base domain itself, i.e. the control plane that serves every subdomain."""
+
     cloudflare_api_url: str = "https://api.cloudflare.com/client/v4"
     cloudflare_api_token: SecretStr | None = None
     """A Cloudflare API token with Zone > DNS > Edit on the zone. A secret: never logged."""
@@ -151,6 +159,13 @@ class Settings(BaseSettings):
             for part in self.trusted_proxies.split(",")
             if part.strip()
         )
+
+    @property
+    def instance_domain(self) -> str | None:
+        """The domain instance subdomains hang off, if this deployment has one."""
+        if self.base_domain:
+            return self.base_domain.strip().rstrip(".").lower() or None
+        return urlsplit(self.public_url).hostname if self.public_url else None
 
     @property
     def secure_public_url(self) -> bool:

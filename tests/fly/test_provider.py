@@ -13,7 +13,15 @@ from gentity.providers.compute.fly.api import FlyApi
 from gentity.providers.compute.fly.provider import FlyProvider
 from gentity.providers.compute.fly.settings import FlySettings
 from tests.fly.conftest import TOKEN, FakeFly, machine_processes
-from tests.providers.contract import ProviderContract, launch, run, shell_output, spec, wait_agent
+from tests.providers.contract import (
+    ProviderContract,
+    launch,
+    run,
+    shell_output,
+    spec,
+    start,
+    wait_agent,
+)
 from tests.waiting import wait_until
 
 
@@ -139,7 +147,7 @@ def test_destroy_leaves_no_app_machine_volume_or_process(fake: FakeFly, sandboxe
 
     async def scenario() -> None:
         handle = await provider.create(spec())
-        await provider.start(handle, launch(secret))
+        await start(provider, handle, launch(secret))
         await wait_agent(provider, handle, secret)
         machine_id = handle.data["machine"]
         volume = fake.fleet.apps[handle.ref].volumes[handle.data["volume"]]
@@ -165,7 +173,7 @@ def test_secrets_never_reach_the_machine_config(fake: FakeFly, sandboxes: None) 
         agent = type(base)(
             **{**base.__dict__, "agent_env": {"MODEL_KEY": key}, "secret_env": ("MODEL_KEY",)}
         )
-        await provider.start(handle, agent)
+        await start(provider, handle, agent)
         await wait_agent(provider, handle, secret)
         shown = str(await provider.api.get_machine(handle.ref, handle.data["machine"]))
         assert secret not in shown and key not in shown
@@ -228,3 +236,21 @@ def test_a_missing_token_fails_when_the_provider_is_made(
     made = load("fly").create(Settings(data_dir=tmp_path))
     assert isinstance(made, FlyProvider) and made.name == "fly"
     run(made.close())
+
+
+def test_a_stopped_instance_s_log_comes_from_fly_s_logs_api(fake: FakeFly, sandboxes: None) -> None:
+    provider, secret = make_provider(fake), secrets.token_urlsafe(16)
+
+    async def scenario() -> None:
+        handle = await start(provider, await provider.create(spec()), launch(secret))
+        await wait_agent(provider, handle, secret)
+        await shell_output(provider, handle, secret, "echo said-$((6*7))", "said-42")
+        await provider.stop(handle)
+        records = await provider.tail_stopped(handle, 50)
+        assert any("said-42" in r["message"] for r in records), records
+        assert len(await provider.tail_stopped(handle, 1)) == 1
+        await provider.destroy(handle)
+        assert await provider.tail_stopped(handle, 50) == []  # its app is gone
+        await provider.close()
+
+    run(scenario())

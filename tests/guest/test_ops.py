@@ -44,7 +44,7 @@ async def test_every_op_needs_the_secret(guest_factory: GuestFactory) -> None:
         client.configure(guest.address, wrong, guest.agent_config),
         client.logs(guest.address, wrong, lines=1),
         client.wait(guest.address, wrong, since=0, timeout=1),
-        take(client.follow(guest.address, wrong, lines=1), 1),
+        client.follow(guest.address, wrong, lines=1),
         client.open_session(guest.address, wrong, op="shell"),
     ]
     for call in calls:
@@ -62,7 +62,7 @@ async def test_an_unconfigured_guest_answers_health_and_configure_only(
     refused = [
         client.logs(guest.address, guest.secret, lines=1),
         client.wait(guest.address, guest.secret, since=info["version"], timeout=1),
-        take(client.follow(guest.address, guest.secret), 1),
+        client.follow(guest.address, guest.secret),
         client.open_session(guest.address, guest.secret),
         client.open_session(guest.address, guest.secret, op="shell"),
     ]
@@ -103,7 +103,7 @@ async def test_logs_cursor_is_exact(guest_factory: GuestFactory) -> None:
         assert cursor == str(guest.log_path.stat().st_size)
         for n in range(5, 8):
             writer.write("info", f"line {n}")
-    after = await take(client.follow(guest.address, guest.secret, cursor=cursor), 3)
+    after = await take(await client.follow(guest.address, guest.secret, cursor=cursor), 3)
     assert [r["message"] for _, r in after] == ["line 5", "line 6", "line 7"]
     empty, zero = await client.logs(guest.address, guest.secret, lines=0)
     assert empty == [] and zero == str(guest.log_path.stat().st_size)
@@ -118,25 +118,23 @@ async def test_follow_replays_lines_then_resumes_without_gaps_or_repeats(
     await guest.wait_for(lambda h: h["agent"]["state"] == "ready")  # the guest's last record
     with LogWriter(guest.log_path) as writer:
         writer.write_lines("info", ["a", "b", "c"])
-        stream = client.follow(guest.address, guest.secret, lines=2)
+        stream = await client.follow(guest.address, guest.secret, lines=2)
         first = await take(stream, 2)
         assert [r["message"] for _, r in first] == ["b", "c"]
         writer.write_lines("info", ["d", "e"])
         assert [r["message"] for _, r in await take(stream, 1)] == ["d"]
         await stream.aclose()  # the client goes away after "d"; "e" is already written
         writer.write("info", "f")
-        resumed = client.follow(guest.address, guest.secret, cursor=first[1][0])
+        resumed = await client.follow(guest.address, guest.secret, cursor=first[1][0])
         got = await take(resumed, 3)
         assert [r["message"] for _, r in got] == ["d", "e", "f"]
         await resumed.aclose()
-        live = client.follow(guest.address, guest.secret)  # no cursor, no lines: from now on
-        first_live = asyncio.ensure_future(take(live, 1))
-        await asyncio.sleep(0.5)  # the request is sent on the first read
+        live = await client.follow(guest.address, guest.secret)  # no cursor, no lines: from now on
         writer.write("info", "g")
-        assert [r["message"] for _, r in await first_live] == ["g"]
+        assert [r["message"] for _, r in await take(live, 1)] == ["g"]
         await live.aclose()
     with pytest.raises(GuestError, match="cursor"):
-        await take(client.follow(guest.address, guest.secret, cursor="²"), 1)
+        await client.follow(guest.address, guest.secret, cursor="²")
 
 
 async def test_wait_answers_on_a_change_or_at_the_timeout(guest_factory: GuestFactory) -> None:

@@ -19,6 +19,7 @@ from tests.providers.contract import (
     run,
     shell_output,
     spec,
+    start,
     wait_agent,
 )
 
@@ -46,7 +47,7 @@ def test_processes_outlive_the_provider_object(tmp_path: Path) -> None:
     async def scenario() -> None:
         first = LocalProvider(tmp_path / "data")
         handle = await first.create(spec())
-        await first.start(handle, launch(secret))
+        await start(first, handle, launch(secret))
         await wait_agent(first, handle, secret)
         second = LocalProvider(tmp_path / "data")
         assert (await second.status(handle)).state is MachineState.RUNNING
@@ -64,7 +65,7 @@ def test_limits_are_applied_and_destroy_leaves_nothing(provider: LocalProvider) 
     async def scenario() -> None:
         machine = spec()
         handle = await provider.create(machine)
-        await provider.start(handle, launch(secret))
+        await start(provider, handle, launch(secret))
         await wait_agent(provider, handle, secret)
         cgroup = InstanceCgroup(handle.ref)
         pids = cgroup.pids()
@@ -101,7 +102,7 @@ def test_sandbox_hides_the_host_and_other_instances(tmp_path: Path) -> None:
         a = await provider.create(spec())
         b = await provider.create(spec())
         try:
-            await provider.start(a, launch(secret))
+            await start(provider, a, launch(secret))
             await wait_agent(provider, a, secret)
             out = await shell_output(
                 provider,
@@ -133,12 +134,12 @@ def test_guest_environment_has_no_server_secrets(
         provider = LocalProvider(tmp_path / "data")
         handle = await provider.create(spec())
         try:
-            await provider.start(handle, launch(secret))
+            await start(provider, handle, launch(secret))
             await wait_agent(provider, handle, secret)
             out = await shell_output(provider, handle, secret, "env; echo env-done", "env-done")
             assert "server-only-secret" not in out
             assert "GENTITY_SECRET_KEY" not in out
-            health = await guest_client.health(provider.guest_address(handle), secret)
+            health = await guest_client.health(provider.guest_endpoint(handle), secret)
             assert health["state"] == "running"
         finally:
             await provider.destroy(handle)
@@ -188,7 +189,7 @@ def test_an_instance_from_before_the_disk_layout_starts_with_its_files(
         (root / "volume").mkdir()
         (root / "volume" / "notes.txt").write_text("from before\n")  # owned by root
         (root / "logs").mkdir()
-        await provider.start(handle, launch(secret))
+        await start(provider, handle, launch(secret))
         await wait_agent(provider, handle, secret)
         out = await shell_output(
             provider,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Annotated
 
@@ -26,7 +27,13 @@ def serve(
     _configure_logging(settings.log_level)
 
     from gentity.server.app import create_app  # heavy import: only for this command
+    from gentity.server.preflight import StartupError, preflight
 
+    try:
+        asyncio.run(preflight(settings))
+    except StartupError as exc:
+        typer.echo(f"Error: {exc}", err=True)
+        raise typer.Exit(1) from None
     app = create_app(settings)
     url = settings.public_url or f"http://{_display_host(settings.host)}:{settings.port}"
     typer.echo(f"Gentity {_version()} serving on {url}")

@@ -7,7 +7,7 @@ Every call takes where the guest is: a :class:`GuestEndpoint` (as a provider's
 >>> info = await health(endpoint, secret)
 >>> info = await wait(endpoint, secret, since=info["version"], timeout=30)
 >>> records, cursor = await logs(endpoint, secret, lines=100)
->>> async for cursor, record in follow(endpoint, secret, cursor=cursor):
+>>> async for cursor, record in await follow(endpoint, secret, cursor=cursor):
 ...     ...
 >>> async with await open_session(endpoint, secret, cols=120, rows=32) as s:
 ...     await s.send_input(b"ls\\n")
@@ -221,12 +221,21 @@ async def follow(
     lines: int | None = None,
     timeout: float = 10.0,  # noqa: ASYNC109
 ) -> AsyncGenerator[tuple[str, dict[str, str]], None]:
-    """``(cursor, record)`` for each log record after ``cursor`` (one this stream or
-    :func:`logs` gave out), or after the last ``lines`` records, or from now on; until the
-    consumer stops or the guest goes away. Resuming from a cursor sees no record twice and
-    misses none. ``timeout`` bounds connecting and the guest's first answer."""
+    """Open a stream of ``(cursor, record)`` for each log record after ``cursor`` (one this
+    stream or :func:`logs` gave out), or after the last ``lines`` records, or from now on.
+
+    The request is made here, so a refusal raises GuestError before any record; the stream
+    then runs until the consumer closes it or the guest goes away. Resuming from a cursor
+    sees no record twice and misses none. ``timeout`` bounds connecting and the answer.
+    """
     fields = {"cursor": cursor, "lines": lines}
     reader, writer, _ = await _request(where, secret, p.OP_FOLLOW, fields, timeout, MAX_FOLLOW_LINE)
+    return _records(reader, writer)
+
+
+async def _records(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+) -> AsyncGenerator[tuple[str, dict[str, str]], None]:
     try:
         while True:
             try:

@@ -252,9 +252,11 @@ class GuestServer:
             self._reply(writer, _refusal("bad request: lines must be a count"))
             return
         if cursor is not None:
-            start: int | None = int(cursor)
-        else:
-            start = offset_before_last(path, lines) if lines else None
+            start = int(cursor)
+        elif lines:
+            start = offset_before_last(path, lines)
+        else:  # from now on: fixed before answering, so nothing written after it is missed
+            start = tail_with_cursor(path, 0)[1]
         self._reply(writer, {"ok": True})
 
         async def stream() -> None:

@@ -14,6 +14,7 @@ from fastapi import FastAPI
 from gentity import __version__
 from gentity.catalog import load_catalog
 from gentity.providers.compute.registry import Providers
+from gentity.providers.dns.registry import create_dns_provider
 from gentity.server import web
 from gentity.server.context import AppContext
 from gentity.server.db.database import Database
@@ -52,6 +53,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         ),
         catalog=load_catalog(),
         providers=Providers.from_settings(settings),
+        dns=create_dns_provider(settings),
     )
 
     @asynccontextmanager
@@ -75,6 +77,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 await asyncio.wait(set(ctx.background), timeout=30)
             await ctx.credentials.close()
             await ctx.providers.close()
+            await ctx.dns.close()
             await ctx.db.close()
             ctx.node.close()
 

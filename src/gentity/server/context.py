@@ -9,6 +9,7 @@ from typing import Any
 from gentity.catalog import Catalog
 from gentity.providers.compute.base import ComputeProvider
 from gentity.providers.compute.registry import Providers
+from gentity.providers.dns.base import DnsProvider
 from gentity.server.db.database import Database
 from gentity.server.node import NodeIdentity
 from gentity.server.revocation import CredentialWatch
@@ -24,6 +25,8 @@ class AppContext:
     catalog: Catalog
     providers: Providers
     """The compute providers this server runs; an instance uses the one its row names."""
+    dns: DnsProvider
+    """Makes and removes instances' subdomain records (``none`` locally)."""
     background: set[asyncio.Task[Any]] = field(default_factory=set)
     """Operations that outlive the request that started them (kept referenced until done)."""
     operations: dict[str, set[asyncio.Task[str | None]]] = field(default_factory=dict)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -31,10 +32,12 @@ from gentity.providers.compute.base import (
 )
 from gentity.server.context import AppContext
 from gentity.server.db.orm import Instance
-from gentity.server.services import instances
+from gentity.server.services import dns, instances
 from gentity.server.services.instance_status import TRANSITIONAL, TransitionError, set_status
 
 log = logging.getLogger(__name__)
+
+SWEEP_INTERVAL_SECONDS = 600.0
 
 
 async def reconcile_once(ctx: AppContext) -> None:
@@ -71,6 +74,8 @@ async def _reconcile(ctx: AppContext, session: AsyncSession, row: Instance) -> N
         if row.provider_ref is None:
             return
         seen = await provider.status(instances.handle_of(row))
+        if seen.state.in_progress:
+            return  # booting or stopping (e.g. a provider's own restart): not a failure
         if seen.state is not MachineState.RUNNING:
             why = f"the machine is {seen.state.value}" + (f": {seen.detail}" if seen.detail else "")
             await set_status(
@@ -126,17 +131,32 @@ async def _guest_runs_agent(provider: ComputeProvider, ctx: AppContext, row: Ins
         return False
     try:
         health = await guest_client.health(
-            provider.guest_address(handle), instances.guest_secret(ctx, row)
+            provider.guest_endpoint(handle), instances.guest_secret(ctx, row)
         )
     except guest_client.GuestError:
         return False
     return health.get("state") == "running"
 
 
+async def sweep_outside(ctx: AppContext) -> None:
+    """Remove what outside services hold for instances that no longer exist (DNS records)."""
+    async with ctx.db.session() as session:
+        await dns.sweep(ctx, session)
+
+
 async def run_forever(ctx: AppContext) -> None:
+    last_sweep = -SWEEP_INTERVAL_SECONDS
     while True:
         try:
             await reconcile_once(ctx)
         except Exception:
             log.exception("reconciler pass failed")
+        # Orphans are rare (a create killed mid-way, a row removed by hand) and listing an
+        # outside service's records costs requests against its rate limit: seldom is enough.
+        if time.monotonic() - last_sweep >= SWEEP_INTERVAL_SECONDS:
+            last_sweep = time.monotonic()
+            try:
+                await sweep_outside(ctx)
+            except Exception:
+                log.exception("sweeping outside services failed")
         await asyncio.sleep(ctx.settings.reconcile_interval_seconds)

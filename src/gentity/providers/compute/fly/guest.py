@@ -1,9 +1,10 @@
-"""What a Fly machine runs: its config (image, bootstrap, volume, service) and the guest's
-``configure`` config.
+"""What a Fly machine runs: its config (image, bootstrap, volume, service) and where the
+agent lives in it.
 
 The machine config is visible to anyone with the API token, so it carries only the guest's
 bootstrap (where to listen, the sha256 of its secret, echo the log to stdout); the secret and
-the model API key travel later, inside ``configure``, over the authenticated TLS connection.
+the model API key travel later, inside the control plane's ``configure``, over the
+authenticated TLS connection.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any, Final
 
 from gentity.catalog import InstallStep
 from gentity.guest.config import ENV_ECHO_LOG, ENV_LISTEN, ENV_SECRET_SHA256
-from gentity.providers.compute.base import GuestLaunch, MachineSpec
+from gentity.providers.compute.base import GuestLaunch, GuestLayout, MachineSpec
 from gentity.providers.compute.fly.bundle import guest_zipapp
 
 Json = dict[str, Any]
@@ -75,12 +76,10 @@ def with_secret_hash(config: Json, secret_hash: str) -> Json:
     return {**config, "env": {**config.get("env", {}), ENV_SECRET_SHA256: secret_hash}}
 
 
-def configure_config(launch: GuestLaunch, *, preinstalled: bool) -> Json:
-    """The guest's ``configure`` config for ``launch``. Carries secrets: never log it.
-
-    With a guest image the agents are already on its PATH (``preinstalled``); on a stock image
-    the guest installs the agent into the volume on its first boot.
-    """
+def layout(launch: GuestLaunch, *, preinstalled: bool) -> GuestLayout:
+    """Where the agent lives in a Fly machine. With a guest image the agents are already on
+    its PATH (``preinstalled``); on a stock image the guest installs the agent into the volume
+    on its first boot."""
     extra_path: list[str] = []
     install: Json | None = None
     if launch.install is not None and not preinstalled:
@@ -101,17 +100,7 @@ def configure_config(launch: GuestLaunch, *, preinstalled: bool) -> Json:
         "TERM": "xterm-256color",
         "SHELL": "/bin/bash",
     }
-    return {
-        "logFile": LOG_FILE,
-        "workdir": HOME,
-        "command": launch.command,
-        "shell": ["bash", "-l"],
-        "env": {**env, **launch.agent_env},
-        "secretEnv": list(launch.secret_env),
-        "restart": launch.restart,
-        "install": install,
-        "ready": {"quietMs": launch.ready.quiet_ms, "pattern": launch.ready.pattern},
-    }
+    return GuestLayout(workdir=HOME, log_file=LOG_FILE, env=env, install=install)
 
 
 def install_commands(target: str, step: InstallStep) -> list[list[str]]:

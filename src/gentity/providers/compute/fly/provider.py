@@ -17,7 +17,7 @@ import contextlib
 import logging
 import ssl
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from functools import cached_property
 from typing import Any, Final
 
@@ -27,6 +27,7 @@ from gentity.guest.config import ENV_SECRET_SHA256
 from gentity.providers.compute.base import (
     ComputeProvider,
     GuestLaunch,
+    GuestLayout,
     MachineHandle,
     MachineSpec,
     MachineState,
@@ -86,14 +87,14 @@ class FlyProvider(ComputeProvider):
     def app_name(self, instance_id: str) -> str:
         return f"{self.settings.app_prefix}{instance_id.lower()}"
 
-    def guest_address(self, handle: MachineHandle) -> str:
+    def guest_endpoint(self, handle: MachineHandle) -> GuestEndpoint:
         server_name = f"{handle.ref}.fly.dev"
         if self.settings.edge:
-            return f"tls:{self.settings.edge}#{server_name}"
-        return f"tls:{server_name}:443"
+            return GuestEndpoint(f"tls:{self.settings.edge}#{server_name}", self._tls)
+        return GuestEndpoint(f"tls:{server_name}:443", self._tls)
 
-    def guest_endpoint(self, handle: MachineHandle) -> GuestEndpoint:
-        return GuestEndpoint(self.guest_address(handle), self._tls)
+    def guest_layout(self, handle: MachineHandle, launch: GuestLaunch) -> GuestLayout:
+        return guest.layout(launch, preinstalled=self.settings.image is not None)
 
     @cached_property
     def _tls(self) -> ssl.SSLContext:
@@ -200,17 +201,9 @@ class FlyProvider(ComputeProvider):
                 async with self.api.leased(app, machine_id) as nonce:
                     await self.api.start_machine(app, machine_id, nonce=nonce)
             await self._wait_state(app, machine_id, "started")
-        endpoint = self.guest_endpoint(handle)
-        await self._wait_for_guest(endpoint, launch.secret)
-        preinstalled = self.settings.image is not None
-        try:
-            # After every boot: a guest that restarted on its own is configured again; one
-            # already configured with the same config answers ok.
-            await guest_client.configure(
-                endpoint, launch.secret, guest.configure_config(launch, preinstalled=preinstalled)
-            )
-        except GuestError as exc:
-            raise ProviderError(f"the guest of {app} refused its configuration: {exc}") from None
+        # The caller configures the guest next (after every boot: a guest that restarted on its
+        # own is configured again); until then it answers health only.
+        await self._wait_for_guest(self.guest_endpoint(handle), launch.secret)
         return None
 
     async def _wait_state(self, app: str, machine_id: str, state: str, version: str = "") -> None:
@@ -310,15 +303,8 @@ class FlyProvider(ComputeProvider):
             await self._delete_app(app_name)
         return orphans
 
-    # --- logs -----------------------------------------------------------------------------
-    # The guest keeps the log on the volume and serves it while it runs; a stopped machine's
-    # log is what the guest echoed to stdout, as Fly's logs API kept it.
-
-    async def tail_logs(self, handle: MachineHandle, lines: int) -> list[dict[str, str]]:
-        return await self.tail_stopped(handle, lines)
-
     async def tail_stopped(self, handle: MachineHandle, lines: int) -> list[dict[str, str]]:
-        """The last ``lines`` records the guest echoed, from Fly's logs API (its latest page:
+        """What the guest echoed to its machine's output, from Fly's logs API (its latest page:
         at most 100 lines of output)."""
         with _fly_errors(handle.ref, None):
             try:
@@ -327,27 +313,6 @@ class FlyProvider(ComputeProvider):
                 if exc.kind is FlyErrorKind.NOT_FOUND:
                     return []
                 raise
-
-    async def log_cursor_before(self, handle: MachineHandle, lines: int) -> str:
-        with _fly_errors(handle.ref, None):
-            return await fly_logs.cursor_before(self.api, handle.ref, _machine_id(handle), lines)
-
-    async def follow_logs(
-        self, handle: MachineHandle, cursor: str | None = None
-    ) -> AsyncIterator[tuple[str, dict[str, str]]]:
-        try:
-            fly_logs.parse_cursor(cursor or "")
-        except ValueError:
-            cursor = None  # only a cursor given out here resumes; else from now on
-        if cursor is None:
-            cursor = await self.log_cursor_before(handle, 0)
-        stream = fly_logs.follow(self.api, handle.ref, _machine_id(handle), cursor)
-        try:
-            with _fly_errors(handle.ref, None):
-                async for item in stream:
-                    yield item
-        finally:
-            await stream.aclose()  # type: ignore[attr-defined]  # an async generator
 
 
 def _machine_id(handle: MachineHandle) -> str:

@@ -29,7 +29,6 @@ import stat
 import subprocess
 import threading
 import time
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from functools import cache, cached_property
 from pathlib import Path
@@ -37,13 +36,15 @@ from pathlib import Path
 import anyio.to_thread
 
 from gentity.guest import client as guest_client
+from gentity.guest.client import GuestEndpoint
 from gentity.guest.logformat import NotARegularFile
-from gentity.guest.logreader import follow_offsets, offset_before_last, tail
+from gentity.guest.logreader import tail
 from gentity.guest.logwriter import LogWriter
 from gentity.guest.redact import Redactor
 from gentity.providers.compute.base import (
     ComputeProvider,
     GuestLaunch,
+    GuestLayout,
     MachineHandle,
     MachineSpec,
     MachineState,
@@ -90,7 +91,7 @@ _JOIN_CGROUPS = (
 
 @dataclass
 class Booted:
-    """A sandbox whose guest waits for its config, and what it was handed."""
+    """A sandbox whose guest waits for its bootstrap, and what it was handed."""
 
     paths: InstancePaths
     process: subprocess.Popen[bytes]
@@ -249,10 +250,10 @@ class LocalProvider(ComputeProvider):
             return
         paths = self.paths(handle)
         fresh = await anyio.to_thread.run_sync(self._prepare_start, paths)
-        # The sandbox boots (or a spare is taken over) while the agent installs: its guest
-        # waits for the configuration, which needs the install's path.
+        # The sandbox boots (or a spare is taken over), then the agent installs on the host
+        # while its guest waits for the bootstrap; start returns with the install in place,
+        # before the control plane configures the guest to run the agent.
         booted = await anyio.to_thread.run_sync(self._boot, handle, paths, fresh)
-        extra_path: list[str] = []
         if launch.install is not None:
             redact = Redactor(launch.secret_values())
             try:
@@ -261,29 +262,16 @@ class LocalProvider(ComputeProvider):
             except BaseException:
                 await anyio.to_thread.run_sync(_end_waiting_guest, booted.process)
                 raise
-            extra_path.append(str(bin_dir(self.agents_dir, launch.agent)))
-        sandboxed = bwrap_path() is not None
-        view = paths.view(sandboxed)
-        env = guest_environment(view.home, extra_path)
-        config = {
-            "secret": launch.secret,
+        # No secret in here: the guest learns only the secret's hash, and gets the agent's
+        # config and keys from the control plane over its socket (see guest_config).
+        bootstrap: dict[str, object] = {
             "listen": f"fd:{booted.listen_fd}",
-            "logFile": view.log_file,
-            "workdir": view.home,
-            "command": launch.command,
-            "shell": ["bash", "-l"],
-            "env": {**env, **launch.agent_env},
-            "secretEnv": list(launch.secret_env),
-            "restart": launch.restart,
-            "ready": {"quietMs": launch.ready.quiet_ms, "pattern": launch.ready.pattern},
+            "secretSha256": hashlib.sha256(launch.secret.encode()).hexdigest(),
             "hostname": str(handle.data.get("hostname", handle.ref))[:63],
             "childCgroupFd": booted.cgroup_fd,
         }
-        # The secrets travel over this pipe only: not argv, not the environment, not a file.
         try:
-            await anyio.to_thread.run_sync(
-                _send_config, booted.process, json.dumps(config).encode()
-            )
+            await anyio.to_thread.run_sync(_send_bootstrap, booted.process, bootstrap)
         except ProviderError:
             if not booted.spare:
                 raise
@@ -291,13 +279,19 @@ class LocalProvider(ComputeProvider):
             log.warning("instance %s: its warm spare had exited; starting cold", handle.ref)
             await anyio.to_thread.run_sync(self._stop_sync, handle)
             booted = await anyio.to_thread.run_sync(self._boot, handle, paths, False)
-            config.update(listen=f"fd:{booted.listen_fd}", childCgroupFd=booted.cgroup_fd)
-            await anyio.to_thread.run_sync(
-                _send_config, booted.process, json.dumps(config).encode()
-            )
+            bootstrap.update(listen=f"fd:{booted.listen_fd}", childCgroupFd=booted.cgroup_fd)
+            await anyio.to_thread.run_sync(_send_bootstrap, booted.process, bootstrap)
         await self._wait_until_ready(handle, paths, launch.secret, booted.process)
         if self.warm_spares:
             self._refill_soon()
+
+    def guest_layout(self, handle: MachineHandle, launch: GuestLaunch) -> GuestLayout:
+        # The agent was installed on the host before boot (start): its cache is mounted
+        # read-only into the sandbox, so the guest installs nothing itself.
+        extra_path = [] if launch.install is None else [str(bin_dir(self.agents_dir, launch.agent))]
+        view = self.paths(handle).view(bwrap_path() is not None)
+        env = guest_environment(view.home, extra_path)
+        return GuestLayout(workdir=view.home, log_file=view.log_file, env=env)
 
     def _prepare_start(self, paths: InstancePaths) -> bool:
         """Mount what a start needs; whether the instance never started (has no volume)."""
@@ -315,7 +309,7 @@ class LocalProvider(ComputeProvider):
         return False
 
     def _boot(self, handle: MachineHandle, paths: InstancePaths, fresh: bool) -> Booted:
-        """A sandboxed guest waiting for its config: a warm spare when one fits, else new.
+        """A sandboxed guest waiting for its bootstrap: a warm spare when one fits, else new.
 
         The log file exists and belongs to the instance afterwards."""
         cpus, memory_mb = int(handle.data["cpus"]), int(handle.data["memoryMb"])
@@ -352,7 +346,7 @@ class LocalProvider(ComputeProvider):
         spare.paths = paths
 
     def _spawn(self, ref: str, paths: InstancePaths, *, cpus: int, memory_mb: int) -> Booted:
-        """Start the sandbox and the guest in it; the guest then waits for its config."""
+        """Start the sandbox and the guest in it; the guest then waits for its bootstrap."""
         cgroup = InstanceCgroup(ref)
         if cgroup.enabled:
             cgroup.create(cpus=cpus, memory_mb=memory_mb)
@@ -433,10 +427,10 @@ class LocalProvider(ComputeProvider):
     # --- warm spares ----------------------------------------------------------------------
     #
     # Most of a cold start is the guest's interpreter starting and importing. A spare is a
-    # sandbox whose guest has done that and waits for its config; a new instance takes one
+    # sandbox whose guest has done that and waits for its bootstrap; a new instance takes one
     # over by renaming the spare's directories and cgroups to its own. Only a brand-new
     # instance can (its volume is empty, like the spare's); later starts boot cold. A spare
-    # whose server goes away reads end-of-file instead of a config, and exits.
+    # whose server goes away reads end-of-file instead of a bootstrap, and exits.
 
     def _take_spare(self, volume_gb: int) -> Booted | None:
         if bwrap_path() is None:
@@ -478,7 +472,7 @@ class LocalProvider(ComputeProvider):
 
     @staticmethod
     def _wait_for_waiting(booted: Booted) -> bool:
-        """Until the guest says it waits for its config (its sandbox is complete by then).
+        """Until the guest says it waits for its bootstrap (its sandbox is complete by then).
 
         Nothing of the instance has run yet, so its guest's output can be trusted this once.
         """
@@ -557,7 +551,7 @@ class LocalProvider(ComputeProvider):
         deadline = time.monotonic() + GUEST_READY_TIMEOUT
         while True:
             with contextlib.suppress(guest_client.GuestError):
-                await guest_client.health(self.guest_address(handle), secret, timeout=2)
+                await guest_client.health(self.guest_endpoint(handle), secret, timeout=2)
                 return
             if process.poll() is not None:
                 raise ProviderError(f"the guest daemon {_describe_exit(process)}")
@@ -611,31 +605,13 @@ class LocalProvider(ComputeProvider):
         _log_guest_output(handle.ref, paths)
         return MachineStatus(MachineState.STOPPED, "its guest daemon is not running")
 
-    def guest_address(self, handle: MachineHandle) -> str:
-        return f"unix:{self.paths(handle).socket}"
+    def guest_endpoint(self, handle: MachineHandle) -> GuestEndpoint:
+        return GuestEndpoint(f"unix:{self.paths(handle).socket}")
 
-    # --- logs -----------------------------------------------------------------------------
-
-    async def tail_logs(self, handle: MachineHandle, lines: int) -> list[dict[str, str]]:
+    async def tail_stopped(self, handle: MachineHandle, lines: int) -> list[dict[str, str]]:
+        # The log is on the host: read it as the guest would have (hostile input, see logreader).
         records = await anyio.to_thread.run_sync(tail, self.paths(handle).log_file, lines)
         return [dict(r) for r in records]
-
-    async def log_cursor_before(self, handle: MachineHandle, lines: int) -> str:
-        path = self.paths(handle).log_file
-        return str(await anyio.to_thread.run_sync(offset_before_last, path, lines))
-
-    async def follow_logs(
-        self, handle: MachineHandle, cursor: str | None = None
-    ) -> AsyncIterator[tuple[str, dict[str, str]]]:
-        # Only a cursor this method gave out (ASCII digits; isdigit() alone takes "²") resumes.
-        valid = cursor is not None and cursor.isascii() and cursor.isdigit() and len(cursor) < 20
-        start = int(cursor) if valid and cursor else None
-        stream = follow_offsets(self.paths(handle).log_file, start=start)
-        try:
-            async for offset, record in stream:
-                yield str(offset), dict(record)
-        finally:
-            await stream.aclose()
 
     # --- helpers --------------------------------------------------------------------------
 
@@ -657,7 +633,7 @@ class LocalProvider(ComputeProvider):
 
 
 def _end_waiting_guest(process: subprocess.Popen[bytes]) -> None:
-    """A guest still waiting for its config exits at end-of-file on stdin."""
+    """A guest still waiting for its bootstrap exits at end-of-file on stdin."""
     with contextlib.suppress(OSError):
         if process.stdin:
             process.stdin.close()
@@ -665,14 +641,14 @@ def _end_waiting_guest(process: subprocess.Popen[bytes]) -> None:
         process.wait(timeout=GUEST_STOP_GRACE)
 
 
-def _send_config(process: subprocess.Popen[bytes], config: bytes) -> None:
+def _send_bootstrap(process: subprocess.Popen[bytes], bootstrap: dict[str, object]) -> None:
     if process.stdin is None:
-        raise ProviderError("the guest daemon has no configuration channel")
+        raise ProviderError("the guest daemon has no bootstrap channel")
     try:
         with process.stdin:
-            process.stdin.write(config)
+            process.stdin.write(json.dumps(bootstrap).encode())
     except BrokenPipeError as exc:
-        raise ProviderError("the guest daemon exited before it got its configuration") from exc
+        raise ProviderError("the guest daemon exited before it got its bootstrap") from exc
 
 
 def _describe_exit(process: subprocess.Popen[bytes]) -> str:
