@@ -193,9 +193,10 @@ def test_orphan_sweep_deletes_only_unknown_apps_of_ours(fake: FakeFly) -> None:
         kept_handle = await provider.create(kept)
         orphan_handle = await provider.create(orphan)
         await provider.api.create_app("someone-elses-app", "personal")
+        await provider.api.create_app("gentity-control-plane", "personal")  # ours, no instance
         deleted = await provider.sweep({kept.instance_id})
         assert deleted == [orphan_handle.ref]
-        assert apps_of(fake) == {kept_handle.ref, "someone-elses-app"}
+        assert apps_of(fake) == {kept_handle.ref, "someone-elses-app", "gentity-control-plane"}
         assert await provider.sweep({kept.instance_id}) == []
         await provider.destroy(kept_handle)
         await provider.close()

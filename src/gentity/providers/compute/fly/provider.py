@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import ssl
 import time
 from collections.abc import Iterator
@@ -49,6 +50,8 @@ GUEST_BOOT_SECONDS: Final = 120
 """How long a started machine's guest may take to answer (a first boot installs nothing
 before listening, but the image may be pulled)."""
 VOLUME_NAME: Final = "home"
+_INSTANCE_ID: Final = re.compile(r"c[a-z0-9]{24}")
+"""What ``gentity.server.db.ids.new_id`` makes; an app is an instance's only if named so."""
 
 _STATES: Final = {
     "created": MachineState.STOPPED,  # made with skip_launch: at rest until started
@@ -282,8 +285,9 @@ class FlyProvider(ComputeProvider):
             raise
 
     async def sweep(self, known_instance_ids: set[str]) -> list[str]:
-        """Delete the apps with this server's prefix whose instance the database does not know
-        (left by a create whose row was lost); returns the names of the apps deleted.
+        """Delete the apps named like an instance's (the prefix, then an instance id) whose
+        instance the database does not know (left by a create whose row was lost); returns the
+        names of the apps deleted. Other apps, even with the prefix, are never touched.
 
         The caller passes every instance id its database holds, including rows whose create is
         still under way, so a machine being made is never taken for an orphan.
@@ -296,7 +300,8 @@ class FlyProvider(ComputeProvider):
             name
             for app in apps
             if (name := str(app.get("name", ""))).startswith(prefix)
-            and name.removeprefix(prefix) not in known
+            and _INSTANCE_ID.fullmatch(rest := name.removeprefix(prefix))
+            and rest not in known
         )
         for app_name in orphans:
             log.warning("deleting Fly app %s: no instance of this server has it", app_name)
