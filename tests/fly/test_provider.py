@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,6 +13,9 @@ from gentity.providers.compute.base import MachineState, ProviderError
 from gentity.providers.compute.fly.api import FlyApi
 from gentity.providers.compute.fly.provider import FlyProvider
 from gentity.providers.compute.fly.settings import FlySettings
+from gentity.providers.compute.registry import load
+from gentity.server.preflight import StartupError, preflight
+from gentity.settings import Settings
 from tests.fly.conftest import TOKEN, FakeFly, machine_processes
 from tests.providers.contract import (
     ProviderContract,
@@ -204,54 +208,30 @@ def test_orphan_sweep_deletes_only_unknown_apps_of_ours(fake: FakeFly) -> None:
     run(scenario())
 
 
-def test_a_refused_token_stops_start_up_with_one_line(fake: FakeFly) -> None:
+def test_a_refused_or_missing_token_stops_start_up_with_one_line(
+    fake: FakeFly, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     fake.fault(
         "GET",
         "^/v1/tokens/current$",
         respond={"status": 401, "body": {"error": "Authenticate: token validation error"}},
     )
-    provider = make_provider(fake)
+    for name, value in {"API_URL": fake.url, "API_TOKEN": TOKEN}.items():
+        monkeypatch.setenv(f"GENTITY_FLY_{name}", value)
+    settings = Settings(data_dir=tmp_path, compute_provider="fly")
+    with pytest.raises(StartupError) as raised:
+        asyncio.run(preflight(settings))
+    message = str(raised.value)
+    assert "GENTITY_FLY_API_TOKEN" in message and "token validation error" in message
+    assert "\n" not in message and TOKEN not in message
+    asyncio.run(preflight(settings))  # the fault is spent: a good token passes
+    monkeypatch.delenv("GENTITY_FLY_API_TOKEN")
+    with pytest.raises(StartupError, match="needs GENTITY_FLY_API_TOKEN"):
+        asyncio.run(preflight(settings))
 
-    async def scenario() -> None:
-        with pytest.raises(ProviderError) as raised:
-            await provider.adopt()
-        message = str(raised.value)
-        assert "GENTITY_FLY_API_TOKEN" in message and "token validation error" in message
-        assert "\n" not in message and TOKEN not in message
-        await provider.adopt()  # the fault is spent: a good token passes
-        await provider.close()
 
-    run(scenario())
-
-
-def test_a_missing_token_fails_when_the_provider_is_made(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
-    from gentity.providers.compute.registry import load
-    from gentity.settings import Settings
-
-    monkeypatch.delenv("GENTITY_FLY_API_TOKEN", raising=False)
-    with pytest.raises(ValueError, match="GENTITY_FLY_API_TOKEN"):
-        load("fly").create(Settings(data_dir=tmp_path))
+def test_the_plugin_is_registered_as_fly(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("GENTITY_FLY_API_TOKEN", "fo1_x")
     made = load("fly").create(Settings(data_dir=tmp_path))
     assert isinstance(made, FlyProvider) and made.name == "fly"
     run(made.close())
-
-
-def test_a_stopped_instance_s_log_comes_from_fly_s_logs_api(fake: FakeFly, sandboxes: None) -> None:
-    provider, secret = make_provider(fake), secrets.token_urlsafe(16)
-
-    async def scenario() -> None:
-        handle = await start(provider, await provider.create(spec()), launch(secret))
-        await wait_agent(provider, handle, secret)
-        await shell_output(provider, handle, secret, "echo said-$((6*7))", "said-42")
-        await provider.stop(handle)
-        records = await provider.tail_stopped(handle, 50)
-        assert any("said-42" in r["message"] for r in records), records
-        assert len(await provider.tail_stopped(handle, 1)) == 1
-        await provider.destroy(handle)
-        assert await provider.tail_stopped(handle, 50) == []  # its app is gone
-        await provider.close()
-
-    run(scenario())

@@ -108,8 +108,8 @@ class FlyProvider(ComputeProvider):
 
     # --- start-up -------------------------------------------------------------------------
 
-    async def adopt(self) -> None:
-        """Check the token once at start-up, so a bad one stops the server at once."""
+    async def verify(self) -> None:
+        """Check the token before the server starts, so a bad one stops it at once."""
         try:
             await self.api.verify()
         except FlyApiError as exc:
