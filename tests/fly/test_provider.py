@@ -235,3 +235,21 @@ def test_the_plugin_is_registered_as_fly(monkeypatch: pytest.MonkeyPatch, tmp_pa
     made = load("fly").create(Settings(data_dir=tmp_path))
     assert isinstance(made, FlyProvider) and made.name == "fly"
     run(made.close())
+
+
+def test_a_stopped_instance_s_log_comes_from_fly_s_logs_api(fake: FakeFly, sandboxes: None) -> None:
+    provider, secret = make_provider(fake), secrets.token_urlsafe(16)
+
+    async def scenario() -> None:
+        handle = await start(provider, await provider.create(spec()), launch(secret))
+        await wait_agent(provider, handle, secret)
+        await shell_output(provider, handle, secret, "echo said-$((6*7))", "said-42")
+        await provider.stop(handle)
+        records = await provider.tail_stopped(handle, 50)
+        assert any("said-42" in r["message"] for r in records), records
+        assert len(await provider.tail_stopped(handle, 1)) == 1
+        await provider.destroy(handle)
+        assert await provider.tail_stopped(handle, 50) == []  # its app is gone
+        await provider.close()
+
+    run(scenario())

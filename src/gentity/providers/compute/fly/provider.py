@@ -158,10 +158,8 @@ class FlyProvider(ComputeProvider):
                 raise
 
     async def _ensure_ips(self, app: str) -> None:
-        kinds = {
-            ip.get("type") or ("shared_v4" if ip.get("shared") else "v6")
-            for ip in await self.api.list_ips(app)
-        }
+        """A shared IPv4 and an IPv6 address, without which ``<app>.fly.dev`` has no records."""
+        kinds = {_ip_kind(ip) for ip in await self.api.list_ips(app)}
         for kind in ("shared_v4", "v6"):
             if kind not in kinds:
                 await self.api.assign_ip(app, kind)
@@ -318,6 +316,12 @@ class FlyProvider(ComputeProvider):
                 if exc.kind is FlyErrorKind.NOT_FOUND:
                     return []
                 raise
+
+
+def _ip_kind(assignment: Json) -> str:
+    if assignment.get("shared"):
+        return "shared_v4"
+    return "v6" if ":" in str(assignment.get("ip", "")) else "v4"
 
 
 def _machine_id(handle: MachineHandle) -> str:
