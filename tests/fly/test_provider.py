@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +17,8 @@ from gentity.providers.compute.fly.settings import FlySettings
 from gentity.providers.compute.registry import load
 from gentity.server.preflight import StartupError, preflight
 from gentity.settings import Settings
+from gentity.testing.fakefly import create_app
+from tests.conftest import LiveServer
 from tests.fly.conftest import TOKEN, FakeFly, machine_processes
 from tests.providers.contract import (
     ProviderContract,
@@ -179,8 +182,10 @@ def test_secrets_never_reach_the_machine_config(fake: FakeFly, sandboxes: None) 
         )
         await start(provider, handle, agent)
         await wait_agent(provider, handle, secret)
-        shown = str(await provider.api.get_machine(handle.ref, handle.data["machine"]))
-        assert secret not in shown and key not in shown
+        machine = await provider.api.get_machine(handle.ref, handle.data["machine"])
+        assert secret not in str(machine) and key not in str(machine)
+        # A stock image, into which the guest was written as a zip application.
+        assert machine["config"]["init"]["cmd"] == ["python3", "/opt/gentity/guest.pyz"]
         out = await shell_output(provider, handle, secret, "echo key-$MODEL_KEY", f"key-{key}")
         assert f"key-{key}" in out  # the agent got it nonetheless
         await provider.destroy(handle)
@@ -253,3 +258,35 @@ def test_a_stopped_instance_s_log_comes_from_fly_s_logs_api(fake: FakeFly, sandb
         await provider.close()
 
     run(scenario())
+
+
+def test_a_guest_image_runs_its_own_guest(tmp_path: Path, sandboxes: None) -> None:
+    """With ``GENTITY_FLY_IMAGE`` the machine runs the image's command, and nothing is written
+    into it; the fake stands in for the image with this package's own interpreter."""
+    image = "registry.fly.io/gentity-images/guest:1"
+    app = create_app(
+        tmp_path / "fakefly",
+        ca_file=tmp_path / "ca.pem",
+        images={image: [sys.executable, "-m", "gentity.guest"]},
+    )
+    server = LiveServer(app).start()
+    fake = FakeFly(server, tmp_path / "ca.pem", tmp_path / "fakefly")
+    settings = fly_settings(fake).model_copy(update={"image": image})
+    api = FlyApi(TOKEN, base_url=fake.url, logs_url=fake.url, timeout=10)
+    provider, secret = FlyProvider(api, settings), secrets.token_urlsafe(16)
+
+    async def scenario() -> None:
+        handle = await start(provider, await provider.create(spec()), launch(secret))
+        await wait_agent(provider, handle, secret)
+        config = (await api.get_machine(handle.ref, handle.data["machine"]))["config"]
+        assert config["image"] == image
+        assert "files" not in config and "init" not in config
+        out = await shell_output(provider, handle, secret, "echo img-$((3*3))", "img-9")
+        assert "img-9" in out
+        await provider.destroy(handle)
+        await provider.close()
+
+    try:
+        run(scenario())
+    finally:
+        server.stop()
