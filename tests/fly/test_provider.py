@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import secrets
+import shutil
 import sys
+import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from gentity.providers.compute.base import MachineState, ProviderError
+from gentity.catalog import InstallStep
+from gentity.providers.compute.base import GuestLaunch, MachineState, ProviderError
 from gentity.providers.compute.fly.api import FlyApi
 from gentity.providers.compute.fly.provider import FlyProvider
 from gentity.providers.compute.fly.settings import FlySettings
@@ -18,7 +22,7 @@ from gentity.providers.compute.registry import load
 from gentity.server.preflight import StartupError, preflight
 from gentity.settings import Settings
 from gentity.testing.fakefly import create_app
-from tests.conftest import LiveServer
+from tests.conftest import LiveServer, require
 from tests.fly.conftest import TOKEN, FakeFly, machine_processes
 from tests.providers.contract import (
     ProviderContract,
@@ -290,3 +294,45 @@ def test_a_guest_image_runs_its_own_guest(tmp_path: Path, sandboxes: None) -> No
         run(scenario())
     finally:
         server.stop()
+
+
+def _npm_package(path: Path) -> None:
+    """A one-command npm package as a tarball (no dependencies: installs offline)."""
+    files = {
+        "package/package.json": b'{"name": "hello-agent", "version": "1.0.0",'
+        b' "bin": {"hello-agent": "bin.js"}}',
+        "package/bin.js": b'#!/usr/bin/env node\nconsole.log("hello-" + (6 * 7));\n',
+    }
+    with tarfile.open(path, "w:gz") as archive:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size, info.mode = len(data), 0o755
+            archive.addfile(info, io.BytesIO(data))
+
+
+def test_on_a_stock_image_the_guest_installs_the_agent_into_the_volume(
+    fake: FakeFly, sandboxes: None
+) -> None:
+    require(shutil.which("npm") is not None, "npm")
+    provider, secret = make_provider(fake), secrets.token_urlsafe(16)
+
+    async def scenario() -> None:
+        handle = await provider.create(spec())
+        volume = fake.fleet.apps[handle.ref].volumes[handle.data["volume"]]
+        _npm_package(volume.path / "hello-agent.tgz")  # at /home/agent in the machine
+        agent = GuestLaunch(
+            agent="hello",
+            command=["bash", "--norc", "-i"],
+            secret=secret,
+            install=InstallStep(npm="/home/agent/hello-agent.tgz"),
+        )
+        await start(provider, handle, agent)
+        health = await wait_agent(provider, handle, secret)
+        assert health["state"] == "running", health
+        out = await shell_output(provider, handle, secret, "hello-agent", "hello-42")
+        assert "hello-42" in out
+        assert (volume.path / ".gentity/agents/hello/.installed").exists()
+        await provider.destroy(handle)
+        await provider.close()
+
+    run(scenario())
