@@ -45,8 +45,6 @@ OP_LOGS: Final = "logs"
 OP_FOLLOW: Final = "follow"
 OP_WAIT: Final = "wait"
 OPS: Final = (OP_HEALTH, OP_CONFIGURE, OP_ATTACH, OP_SHELL, OP_LOGS, OP_FOLLOW, OP_WAIT)
-#: What an unconfigured guest answers; the rest get "not configured".
-OPS_UNCONFIGURED: Final = (OP_HEALTH, OP_CONFIGURE)
 
 #: The longest ``wait`` the guest accepts, in seconds.
 MAX_WAIT: Final = 60.0

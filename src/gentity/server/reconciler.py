@@ -3,6 +3,8 @@
 Runs at start-up and then every ``GENTITY_RECONCILE_INTERVAL_SECONDS``:
 
 - a ``running`` instance whose machine is no longer running is marked ``error`` with the reason;
+  one whose guest answers unconfigured (its machine was restarted by its provider, not by us)
+  gets its config again;
 - a transitional row (``starting``, ``stopping``…) whose operation lease has expired, e.g.
   because the server crashed mid-way, is completed or failed, never left hanging;
 - an instance this server cannot reach (``ComputeProvider.unreachable``: a ``local`` instance
@@ -32,7 +34,7 @@ from gentity.providers.compute.base import (
 )
 from gentity.server.context import AppContext
 from gentity.server.db.orm import Instance
-from gentity.server.services import dns, instances
+from gentity.server.services import dns, instances, operations
 from gentity.server.services.instance_status import TRANSITIONAL, TransitionError, set_status
 
 log = logging.getLogger(__name__)
@@ -86,8 +88,10 @@ async def _reconcile(ctx: AppContext, session: AsyncSession, row: Instance) -> N
                 error_message=f"stopped unexpectedly ({why})",
             )
             await session.commit()
+        else:
+            await instances.configure_if_rebooted(ctx, row)
         return
-    if not instances.abandoned(ctx, row):
+    if not operations.abandoned(ctx, row):
         return  # an operation is (probably) still under way somewhere
     log.warning("instance %s was left %s; finishing it", row.id, status.value)
     if status is S.DESTROYING:
