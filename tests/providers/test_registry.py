@@ -111,7 +111,7 @@ def test_built_in_providers_are_found_with_stale_metadata(
 def test_a_plugin_package_adds_a_provider_with_settings_of_its_own(
     echo_plugin: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    assert registry.available() == ["echo", "local"]
+    assert registry.available() == ["echo", "fly", "local"]
     monkeypatch.setenv("GENTITY_ECHO_REGION", "mars")
     monkeypatch.setenv("GENTITY_LOCAL_UID_RANGE", "2000000-2000099")
     providers = Providers.from_settings(_settings(tmp_path, compute_providers="echo"))
@@ -135,8 +135,10 @@ def test_the_default_provider_can_be_a_plugin(echo_plugin: None, tmp_path: Path)
 
 
 def test_an_unknown_provider_stops_the_server_at_start_up(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match=r"unknown compute provider 'fly' \(installed: local\)"):
-        create_app(_settings(tmp_path, compute_provider="fly"))
+    with pytest.raises(
+        ValueError, match=r"unknown compute provider 'nomad' \(installed: fly, local\)"
+    ):
+        create_app(_settings(tmp_path, compute_provider="nomad"))
     with pytest.raises(ValueError, match="unknown compute provider 'kube'"):
         Providers.from_settings(_settings(tmp_path, compute_providers="local,kube"))
     with pytest.raises(ValidationError, match="not a compute provider name"):

@@ -251,6 +251,11 @@ class ComputeProvider(abc.ABC):
         sandbox tool). Shown at start-up and by ``GET /readyz``."""
         return []
 
+    async def verify(self) -> None:  # noqa: B027 (optional hook, empty by default)
+        """Checked once before ``gentity serve`` starts: that the provider can work at all (its
+        credentials, its API). :class:`ProviderError` saying why, in one line, stops the server.
+        """
+
     async def adopt(self) -> None:  # noqa: B027 (optional hook, empty by default)
         """Called once at server start-up: pick up machines a previous process left running."""
 
