@@ -10,6 +10,7 @@ import sys
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -207,10 +208,24 @@ def test_orphan_sweep_deletes_only_unknown_apps_of_ours(fake: FakeFly) -> None:
         orphan_handle = await provider.create(orphan)
         await provider.api.create_app("someone-elses-app", "personal")
         await provider.api.create_app("gentity-control-plane", "personal")  # ours, no instance
-        deleted = await provider.sweep({kept.instance_id})
+        order: list[str] = []
+        list_apps = provider.api.list_apps
+
+        async def listing(org_slug: str) -> list[dict[str, Any]]:
+            order.append("list")
+            return await list_apps(org_slug)
+
+        async def known() -> set[str]:
+            order.append("known")
+            return {kept.instance_id}
+
+        provider.api.list_apps = listing  # type: ignore[method-assign]  # a spy on the real call
+        deleted = await provider.sweep(known)
+        # Apps first, rows second: an app whose row is saved meanwhile is then known.
+        assert order == ["list", "known"]
         assert deleted == [orphan_handle.ref]
         assert apps_of(fake) == {kept_handle.ref, "someone-elses-app", "gentity-control-plane"}
-        assert await provider.sweep({kept.instance_id}) == []
+        assert await provider.sweep(known) == []
         await provider.destroy(kept_handle)
         await provider.close()
 

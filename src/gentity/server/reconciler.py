@@ -143,9 +143,25 @@ async def _guest_runs_agent(provider: ComputeProvider, ctx: AppContext, row: Ins
 
 
 async def sweep_outside(ctx: AppContext) -> None:
-    """Remove what outside services hold for instances that no longer exist (DNS records)."""
+    """Remove what providers and DNS hold for instances that no longer exist (a create killed
+    before its row knew the machine, a row removed by hand)."""
     async with ctx.db.session() as session:
         await dns.sweep(ctx, session)
+
+    async def known() -> set[str]:
+        async with ctx.db.session() as session:
+            return set(
+                await session.scalars(select(Instance.id).where(Instance.destroyed_at.is_(None)))
+            )
+
+    for provider in ctx.providers:
+        try:
+            removed = await provider.sweep(known)
+        except ProviderError as exc:
+            log.warning("sweeping the %s provider failed: %s", provider.name, exc)
+            continue
+        for what in removed:
+            log.warning("%s: removed %s, which no instance owns", provider.name, what)
 
 
 async def run_forever(ctx: AppContext) -> None:

@@ -24,6 +24,7 @@ stopped machine's log comes from the provider (:meth:`ComputeProvider.tail_stopp
 from __future__ import annotations
 
 import abc
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, ClassVar
@@ -31,6 +32,9 @@ from typing import Any, ClassVar
 from gentity.catalog import InstallStep
 from gentity.guest.client import GuestEndpoint
 from gentity.guest.config import ReadyRule
+
+KnownInstances = Callable[[], Awaitable[Collection[str]]]
+"""Reads the ids of every instance the database still holds (see ``ComputeProvider.sweep``)."""
 
 
 class ProviderError(Exception):
@@ -255,6 +259,14 @@ class ComputeProvider(abc.ABC):
         """Checked once before ``gentity serve`` starts: that the provider can work at all (its
         credentials, its API). :class:`ProviderError` saying why, in one line, stops the server.
         """
+
+    async def sweep(self, known_instance_ids: KnownInstances) -> list[str]:
+        """Remove machines this provider holds for instances that no longer exist (a create
+        killed before its row knew the machine); return what was removed, in words. Called by
+        the reconciler now and then. ``known_instance_ids`` reads the database: call it after
+        listing the provider's machines, so one created meanwhile is known. Nothing by default
+        (``local`` finds its leftovers from its own data directory at start-up)."""
+        return []
 
     async def adopt(self) -> None:  # noqa: B027 (optional hook, empty by default)
         """Called once at server start-up: pick up machines a previous process left running."""

@@ -29,6 +29,7 @@ from gentity.providers.compute.base import (
     ComputeProvider,
     GuestLaunch,
     GuestLayout,
+    KnownInstances,
     MachineHandle,
     MachineSpec,
     MachineState,
@@ -282,18 +283,18 @@ class FlyProvider(ComputeProvider):
                 return None
             raise
 
-    async def sweep(self, known_instance_ids: set[str]) -> list[str]:
+    async def sweep(self, known_instance_ids: KnownInstances) -> list[str]:
         """Delete the apps named like an instance's (the prefix, then an instance id) whose
         instance the database does not know (left by a create whose row was lost); returns the
         names of the apps deleted. Other apps, even with the prefix, are never touched.
 
-        The caller passes every instance id its database holds, including rows whose create is
-        still under way, so a machine being made is never taken for an orphan.
+        The apps are listed before ``known_instance_ids()`` reads the database: a row is saved
+        before its create makes the app, so an app being made is never taken for an orphan.
         """
         prefix = self.settings.app_prefix
-        known = {i.lower() for i in known_instance_ids}
         with _fly_errors(None, None):
             apps = await self.api.list_apps(self.settings.org)
+        known = {i.lower() for i in await known_instance_ids()}
         orphans = sorted(
             name
             for app in apps
