@@ -130,14 +130,18 @@ async def _reconcile(ctx: AppContext, session: AsyncSession, row: Instance) -> N
 
 
 async def _guest_runs_agent(provider: ComputeProvider, ctx: AppContext, row: Instance) -> bool:
+    """Whether an interrupted start can be finished: the machine runs and its agent comes up.
+    A server killed between booting the machine and configuring its guest left that guest
+    waiting for its config: it gets it now, as the start would have sent it."""
     handle = instances.handle_of(row)
     if (await provider.status(handle)).state is not MachineState.RUNNING:
         return False
+    await instances.configure_if_rebooted(ctx, row)
     try:
-        health = await guest_client.health(
+        health = await instances.wait_for_agent(
             provider.guest_endpoint(handle), instances.guest_secret(ctx, row)
         )
-    except guest_client.GuestError:
+    except (guest_client.GuestError, ProviderError):
         return False
     return health.get("state") == "running"
 
