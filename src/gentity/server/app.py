@@ -25,7 +25,7 @@ from gentity.server.node import NodeIdentity
 from gentity.server.openapi import install_openapi
 from gentity.server.proxies import TrustedProxyHeaders
 from gentity.server.reconciler import reconcile_once, run_forever
-from gentity.server.routers import auth, catalog, health, instances, terminal, tokens
+from gentity.server.routers import auth, catalog, events, health, instances, terminal, tokens
 from gentity.server.security.crypto import SecretBox
 from gentity.settings import Settings
 
@@ -100,6 +100,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         auth.router,
         tokens.router,
         instances.router,
+        events.router,
         terminal.router,
     ):
         app.include_router(router)

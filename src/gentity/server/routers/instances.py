@@ -13,9 +13,8 @@ from gentity import models
 from gentity.server import idempotency
 from gentity.server.auth import Auth, AuthFirstRoute, Ctx, Db, Principal
 from gentity.server.context import AppContext
-from gentity.server.errors import ApiError
 from gentity.server.openapi import errors
-from gentity.server.params import MAX_CURSOR, parse_cursor, parse_int
+from gentity.server.params import MAX_CURSOR, parse_cursor, parse_flag, parse_int
 from gentity.server.services import instances, logs
 from gentity.server.services.logs import LogStream
 from gentity.server.sse import EventStreamResponse, log_events
@@ -105,15 +104,6 @@ async def instance_action(
     return _answer(await idempotency.run_once(ctx, principal.user.id, key, scope, body, act))
 
 
-def _parse_follow(raw: str | None) -> bool:
-    if raw is None:
-        return False
-    value = raw.lower()
-    if value not in ("0", "1", "true", "false"):
-        raise ApiError(400, "follow: must be 1 or 0")
-    return value in ("1", "true")
-
-
 @router.get(
     "/{instance_id}/logs",
     response_model=models.LogList,
@@ -147,7 +137,7 @@ async def instance_logs(
 ) -> models.LogList | EventStreamResponse:
     """Recent log lines, oldest first; with ``follow=1`` a ``text/event-stream`` of new ones."""
     count = parse_int(lines, "lines", 1, MAX_LOG_LINES, default=200)
-    following = _parse_follow(follow)
+    following = parse_flag(follow, "follow")
     # Checked before anything opens: a bad cursor is a 400, not a stream that breaks later.
     resume = parse_cursor(last_event_id, "Last-Event-ID")
     cursor = parse_cursor(cursor, "cursor")
