@@ -108,7 +108,7 @@ async def _stream(
     """One SSE event per status change, a comment when quiet for 15 s so proxies keep the line
     open; ends after the destroyed event, or when the credential stops being valid."""
     loop = asyncio.get_running_loop()
-    with ctx.credentials.watch(principal.credential) as ended:
+    with ctx.credentials.watch(principal.credential, "events") as ended:
         yield "retry: 2000\n\n"
         quiet_since = loop.time()
         async for batch in events.follow(ctx.db, instance_id, after, ended):

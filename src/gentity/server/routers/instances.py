@@ -61,7 +61,8 @@ async def create_instance(
     async def create() -> models.InstanceCreated:
         # A session of its own: the work may outlive this request (and its session).
         async with ctx.db.session() as session:
-            return await instances.create(ctx, session, principal.user.id, body)
+            with ctx.metrics.operation("create"):
+                return await instances.create(ctx, session, principal.user.id, body)
 
     return _answer(
         await idempotency.run_once(ctx, principal.user.id, key, "POST /api/instances", body, create)
@@ -78,7 +79,8 @@ async def get_instance(instance_id: str, principal: Auth, ctx: Ctx, db: Db) -> m
 async def delete_instance(instance_id: str, principal: Auth, ctx: Ctx, db: Db) -> models.Ok:
     """Destroy the machine and its volume."""
     row = await instances.get_owned(db, principal.user.id, instance_id)
-    await instances.destroy(ctx, db, row)
+    with ctx.metrics.operation("destroy"):
+        await instances.destroy(ctx, db, row)
     return models.Ok()
 
 
@@ -97,7 +99,8 @@ async def instance_action(
     async def act() -> models.Ok:
         async with ctx.db.session() as session:
             fresh = await instances.get_owned(session, principal.user.id, instance_id)
-            await instances.act(ctx, session, fresh, body.action)
+            with ctx.metrics.operation(body.action.value):
+                await instances.act(ctx, session, fresh, body.action)
         return models.Ok()
 
     scope = f"POST /api/instances/{instance_id}/action"
@@ -155,6 +158,6 @@ async def instance_logs(
 
 async def _follow(ctx: AppContext, principal: Principal, stream: LogStream) -> AsyncIterator[str]:
     """The SSE body, registered for the whole stream so that revoking its credential ends it."""
-    with ctx.credentials.watch(principal.credential) as ended:
+    with ctx.credentials.watch(principal.credential, "logs") as ended:
         async for chunk in log_events(stream, ended):
             yield chunk
