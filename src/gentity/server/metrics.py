@@ -130,6 +130,10 @@ class RequestMetrics:
     def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         self.app = app
         self.metrics = metrics
+        # The labelled series, looked up once per label set: ``labels()`` takes a lock and
+        # builds a key on every call, several times the cost of the update itself. Bounded,
+        # since every label has a small set of values.
+        self._series: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -147,7 +151,15 @@ class RequestMetrics:
         try:
             await self.app(scope, receive, send_and_watch)
         finally:
+            elapsed = time.perf_counter() - started
             method = scope["method"] if scope["method"] in _METHODS else "other"
-            route = route_template(scope)
-            self.metrics.requests.labels(method, route, str(status)).inc()
-            self.metrics.latency.labels(method, route).observe(time.perf_counter() - started)
+            key = (method, route_template(scope), status)
+            series = self._series.get(key)
+            if series is None:
+                series = (
+                    self.metrics.requests.labels(method, key[1], str(status)),
+                    self.metrics.latency.labels(method, key[1]),
+                )
+                self._series[key] = series
+            series[0].inc()
+            series[1].observe(elapsed)
