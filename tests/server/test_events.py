@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 import time
@@ -12,6 +13,10 @@ from typing import Any
 import httpx
 import pytest
 
+from gentity.providers.compute.base import MachineHandle
+from gentity.server import sse
+from gentity.server.reconciler import reconcile_once
+from gentity.server.services import events
 from tests.conftest import LiveServer, mint_token
 from tests.server.test_instances import create_shell
 
@@ -242,4 +247,44 @@ def test_revoking_the_credential_ends_the_follow(
     follower.wait_for("running")
     assert admin.delete(f"/api/tokens/{_token_id(admin, 'second')}").status_code == 200
     assert follower.ended.wait(10), "the follow outlived its revoked token"
+    bearer.delete(f"/api/instances/{iid}")
+
+
+def test_the_reconciler_is_named_when_it_changes_a_status(
+    server: LiveServer, bearer: httpx.Client
+) -> None:
+    iid = create_shell(bearer)["id"]
+    ctx = server.app.state.ctx
+    row = bearer.get(f"/api/instances/{iid}").json()
+    assert row["status"] == "running"
+
+    async def machine_dies_then_reconcile() -> None:
+        # Stopped behind the control plane's back: only the reconciler can notice.
+        await ctx.compute.stop(MachineHandle(ref=iid, data={"cpus": 1, "memoryMb": 512}))
+        await reconcile_once(ctx)
+
+    asyncio.run_coroutine_threadsafe(machine_dies_then_reconcile(), server.server_loop).result(60)
+    latest = bearer.get(f"/api/instances/{iid}/events", params={"limit": 1}).json()["events"][0]
+    assert (latest["from"], latest["to"]) == ("running", "error")
+    assert (latest["reason"], latest["actor"]) == ("machine not running", "reconciler")
+    bearer.delete(f"/api/instances/{iid}")
+
+
+def test_a_quiet_follow_sends_keep_alives(
+    server: LiveServer, bearer: httpx.Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sse, "KEEPALIVE_SECONDS", 0.3)
+    monkeypatch.setattr(events, "POLL_SECONDS", 0.1)
+    iid = create_shell(bearer)["id"]
+    url = f"/api/instances/{iid}/events"
+    with bearer.stream("GET", url, params={"follow": "1", "limit": "1"}) as response:
+        assert response.headers["cache-control"] == "no-store"
+        assert response.headers["x-accel-buffering"] == "no"
+        seen: list[str] = []
+        for line in response.iter_lines():
+            seen.append(line)
+            if seen.count(": keep-alive") >= 2:
+                break
+    assert seen[0] == "retry: 2000"
+    assert sum(line.startswith("data: ") for line in seen) == 1
     bearer.delete(f"/api/instances/{iid}")

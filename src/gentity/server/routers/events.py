@@ -14,12 +14,13 @@ from fastapi import APIRouter, Header, Query
 from pydantic import WithJsonSchema
 
 from gentity import models
+from gentity.server import sse
 from gentity.server.auth import Auth, AuthFirstRoute, Ctx, Db, Principal
 from gentity.server.context import AppContext
 from gentity.server.errors import ApiError
 from gentity.server.params import parse_flag, parse_int, whole_number
 from gentity.server.services import events
-from gentity.server.sse import KEEPALIVE_SECONDS, EventStreamResponse
+from gentity.server.sse import EventStreamResponse
 
 router = APIRouter(prefix="/api/instances", tags=["instances"], route_class=AuthFirstRoute)
 
@@ -117,6 +118,6 @@ async def _stream(
                 yield f"id: {event.id}\ndata: {data}\n\n"
             if batch:
                 quiet_since = loop.time()
-            elif loop.time() - quiet_since >= KEEPALIVE_SECONDS:
+            elif loop.time() - quiet_since >= sse.KEEPALIVE_SECONDS:
                 yield ": keep-alive\n\n"
                 quiet_since = loop.time()
