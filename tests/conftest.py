@@ -149,7 +149,7 @@ class LiveServer:
                 ).all()
             for row in rows:
                 with contextlib.suppress(Exception):
-                    await ctx.compute.destroy(handle_of(row))
+                    await ctx.providers.get(row.provider).destroy(handle_of(row))
 
         asyncio.run_coroutine_threadsafe(destroy_all(), self.server_loop).result(120)
 

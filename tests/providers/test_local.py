@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import secrets
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from gentity.guest import client as guest_client
 from gentity.providers.compute.base import MachineState
+from gentity.providers.compute.local import network
 from gentity.providers.compute.local.cgroups import InstanceCgroup, capabilities
 from gentity.providers.compute.local.provider import LocalProvider
 from gentity.providers.compute.local.sandbox import bwrap_path
@@ -158,22 +161,27 @@ def test_missing_instance_directory_is_missing(provider: LocalProvider) -> None:
     run(scenario())
 
 
-def test_abandoned_empty_spare_groups_are_swept() -> None:
+def test_abandoned_empty_spare_groups_are_swept(tmp_path: Path) -> None:
+    """Old empty groups of this data directory's spares go; another data directory's stay."""
     require(bool(capabilities().v1), "writable cgroup v1 controllers")
-    from gentity.providers.compute.local.cgroups import sweep_abandoned_spare_groups
+    from gentity.providers.compute.local.cgroups import spare_prefix, sweep_abandoned_spare_groups
 
-    left = InstanceCgroup(f".spare-test{secrets.token_hex(4)}")
+    ours, theirs = spare_prefix(tmp_path / "ours"), spare_prefix(tmp_path / "theirs")
+    left = InstanceCgroup(ours + secrets.token_hex(4))
     left.create(cpus=1, memory_mb=64)
-    fresh = InstanceCgroup(f".spare-test{secrets.token_hex(4)}")
+    fresh = InstanceCgroup(ours + secrets.token_hex(4))
     fresh.create(cpus=1, memory_mb=64)
+    other = InstanceCgroup(theirs + secrets.token_hex(4))
+    other.create(cpus=1, memory_mb=64)
     try:
-        sweep_abandoned_spare_groups(min_age_seconds=3600)
+        sweep_abandoned_spare_groups(ours, min_age_seconds=3600)
         assert all(p.exists() for p in [*left.v1.values(), *fresh.v1.values()])  # too young
-        sweep_abandoned_spare_groups(min_age_seconds=0)
+        sweep_abandoned_spare_groups(ours, min_age_seconds=0)
         assert not any(p.exists() for p in [*left.v1.values(), *fresh.v1.values()])
+        assert all(p.exists() for p in other.v1.values())
     finally:
-        left.remove()
-        fresh.remove()
+        for group in (left, fresh, other):
+            group.remove()
 
 
 def test_an_instance_from_before_the_disk_layout_starts_with_its_files(
@@ -201,5 +209,95 @@ def test_an_instance_from_before_the_disk_layout_starts_with_its_files(
         assert (provider.paths(handle).volume / "notes.txt").read_text() == "from before\nmore\n"
         await provider.destroy(handle)
         assert not root.exists()
+
+    run(scenario())
+
+
+def test_a_guest_that_dies_before_its_config_is_reported(
+    provider: LocalProvider, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The error says how the guest ended, and the server's log what it printed last."""
+    from gentity.catalog import InstallStep
+    from gentity.providers.compute.base import ProviderError
+    from gentity.providers.compute.local import processes
+    from gentity.providers.compute.local import provider as local_provider
+
+    secret = secrets.token_urlsafe(16)
+
+    async def scenario() -> None:
+        handle = await provider.create(spec())
+
+        async def kill_the_sandbox(*_: object) -> None:
+            # The install runs while the guest waits for its config: end the guest then.
+            with provider.paths(handle).guest_output.open("ab") as out:
+                out.write(b"last words\n")
+            for pid in provider._pids(handle):
+                processes.kill_tree(processes.tree(pid))
+
+        monkeypatch.setattr(local_provider, "ensure_installed", kill_the_sandbox)
+        # The sandbox's first process dies of the signal, or exits with the guest's status.
+        ended = r"the guest daemon (was killed by SIGKILL|exited with code 137) before it got"
+        with pytest.raises(ProviderError, match=ended):
+            await provider.start(handle, replace(launch(secret), install=InstallStep(npm="x")))
+        assert "last words" in caplog.text
+        await provider.destroy(handle)
+
+    run(scenario())
+
+
+def test_the_network_is_attached_once_the_sandbox_is_complete(
+    provider: LocalProvider, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """slirp4netns brings the sandbox's loopback up; bubblewrap, finding lo up before its own
+    loopback set-up, fails ("Failed RTM_NEWADDR"), now and then, under load. So the network
+    is attached only after the guest says it waits for its config."""
+    require(provider.own_network, "bubblewrap and slirp4netns")
+    secret = secrets.token_urlsafe(16)
+    real_attach = network.attach
+    guest_was_waiting: list[bool] = []
+
+    async def scenario() -> None:
+        handle = await provider.create(spec())
+
+        def attach(*args: Any) -> None:
+            output = provider.paths(handle).guest_output.read_bytes()
+            guest_was_waiting.append(b'"waiting"' in output)
+            real_attach(*args)
+
+        monkeypatch.setattr(network, "attach", attach)
+        await provider.start(handle, launch(secret))
+        await wait_agent(provider, handle, secret)
+        await provider.destroy(handle)
+
+    run(scenario())
+    assert guest_was_waiting == [True]
+
+
+def test_a_failed_start_keeps_the_instances_files(
+    provider: LocalProvider, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    require(provider.own_network, "bubblewrap and slirp4netns")
+    from gentity.providers.compute.base import ProviderError
+
+    secret = secrets.token_urlsafe(16)
+
+    def fail(*_: object) -> None:
+        raise network.NetworkError("the instance's network did not come up")
+
+    async def scenario() -> None:
+        handle = await provider.create(spec())
+        await provider.start(handle, launch(secret))
+        await wait_agent(provider, handle, secret)
+        await shell_output(provider, handle, secret, "echo kept > notes; echo w-$((1+1))", "w-2")
+        await provider.stop(handle)
+        with monkeypatch.context() as patch:
+            patch.setattr(network, "attach", fail)
+            with pytest.raises(ProviderError, match="network did not come up"):
+                await provider.start(handle, launch(secret))
+        assert (await provider.status(handle)).state is MachineState.STOPPED
+        assert (provider.paths(handle).volume / "notes").read_text() == "kept\n"
+        await provider.start(handle, launch(secret))
+        await wait_agent(provider, handle, secret)
+        await provider.destroy(handle)
 
     run(scenario())

@@ -198,7 +198,7 @@ def test_every_provider_is_adopted_and_closed(echo_plugin: None, tmp_path: Path)
     providers = Providers({"echo": echo, "local": local}, "echo")
     asyncio.run(providers.close())
     assert echo.closed  # type: ignore[attr-defined]
-    assert local._closed
+    assert local._spares.closed
 
 
 def test_warnings_name_their_provider_when_there_are_several(
@@ -219,7 +219,6 @@ def test_readyz_lists_every_providers_warnings(
 ) -> None:
     server = server_factory(settings_factory(compute_providers="echo"))
     ctx = server.app.state.ctx
-    assert ctx.compute is ctx.providers.default
-    assert isinstance(ctx.compute, LocalProvider)
+    assert isinstance(ctx.providers.default, LocalProvider)
     ready = httpx.get(f"{server.url}/readyz", timeout=10).json()
     assert "echo: echo machines in nowhere are not isolated" in ready["detail"]

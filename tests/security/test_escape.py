@@ -147,7 +147,7 @@ def test_other_instances_cgroups_and_host_processes_are_out_of_sight(
 ) -> None:
     attacker = create_shell(bearer)["id"]
     victim = create_shell(bearer)["id"]
-    provider = server.app.state.ctx.compute
+    provider = server.app.state.ctx.providers.default
     victim_socket = provider.runtime_dir / victim / "guest.sock"
     assert victim_socket.exists()
     connect = (

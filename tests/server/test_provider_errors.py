@@ -50,7 +50,7 @@ def assert_upstream_failure(response: httpx.Response, message: str) -> None:
 def test_provider_errors_answer_502_with_their_message(
     server: LiveServer, bearer: httpx.Client, token: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    provider: ComputeProvider = server.app.state.ctx.compute
+    provider: ComputeProvider = server.app.state.ctx.providers.default
 
     with failing(monkeypatch, provider, "create") as message:
         assert_upstream_failure(bearer.post("/api/instances", json=SHELL), message)

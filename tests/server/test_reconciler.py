@@ -44,7 +44,7 @@ def test_dead_machine_is_marked_with_a_reason(
     server: LiveServer, bearer: httpx.Client, settings: Settings
 ) -> None:
     iid = create_shell(bearer)["id"]
-    provider = server.app.state.ctx.compute
+    provider = server.app.state.ctx.providers.default
     assert isinstance(provider, LocalProvider)
     cgroup = provider.cgroup_of(_handle(iid))
     if cgroup.enabled:

@@ -7,7 +7,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gentity.catalog import Catalog
-from gentity.providers.compute.base import ComputeProvider
 from gentity.providers.compute.registry import Providers
 from gentity.providers.dns.base import DnsProvider
 from gentity.server.db.database import Database
@@ -43,8 +42,3 @@ class AppContext:
 
     def __post_init__(self) -> None:
         self.credentials = CredentialWatch(self.db)
-
-    @property
-    def compute(self) -> ComputeProvider:
-        """The default provider, the one new instances get."""
-        return self.providers.default

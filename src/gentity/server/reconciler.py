@@ -32,7 +32,7 @@ from gentity.providers.compute.base import (
 )
 from gentity.server.context import AppContext
 from gentity.server.db.orm import Instance
-from gentity.server.services import dns, instances
+from gentity.server.services import dns, instances, operations
 from gentity.server.services.instance_status import (
     RECONCILER,
     TRANSITIONAL,
@@ -98,7 +98,7 @@ async def _reconcile(ctx: AppContext, session: AsyncSession, row: Instance) -> N
             )
             await session.commit()
         return
-    if not instances.abandoned(ctx, row):
+    if not operations.abandoned(ctx, row):
         return  # an operation is (probably) still under way somewhere
     log.warning("instance %s was left %s; finishing it", row.id, status.value)
     if status is S.DESTROYING:

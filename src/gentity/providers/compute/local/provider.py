@@ -10,6 +10,9 @@ finds them again through their cgroups or their recorded process id.
 Everything under ``disk/`` is written by the instance and read here as hostile input (see
 docs/security.md). The guest's socket is bound by this provider in a directory the instance
 cannot see, and handed to the guest as a descriptor.
+
+This module is the lifecycle; warm spares live in ``spares.py``, the agent log in
+``logs.py``, and what is known of a guest before it answers in ``guest_process.py``.
 """
 
 from __future__ import annotations
@@ -17,28 +20,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import io
 import json
 import logging
 import os
 import secrets
 import shutil
 import signal
-import socket
 import stat
 import subprocess
 import threading
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from functools import cache, cached_property
 from pathlib import Path
 
 import anyio.to_thread
 
 from gentity.guest import client as guest_client
-from gentity.guest.logformat import NotARegularFile
-from gentity.guest.logreader import follow_offsets, offset_before_last, tail
 from gentity.guest.logwriter import LogWriter
 from gentity.guest.redact import Redactor
 from gentity.providers.compute.base import (
@@ -50,8 +48,23 @@ from gentity.providers.compute.base import (
     MachineStatus,
     ProviderError,
 )
-from gentity.providers.compute.local import network, processes, uids, volumes
-from gentity.providers.compute.local.cgroups import InstanceCgroup, sweep_abandoned_spare_groups
+from gentity.providers.compute.local import logs, network, processes, spares, uids, volumes
+from gentity.providers.compute.local.cgroups import (
+    InstanceCgroup,
+    spare_prefix,
+    sweep_abandoned_spare_groups,
+)
+from gentity.providers.compute.local.guest_process import (
+    GUEST_READY_TIMEOUT,
+    GUEST_STOP_GRACE,
+    Booted,
+    bind_socket,
+    describe_exit,
+    end_waiting_guest,
+    log_guest_output,
+    send_config,
+    wait_for_waiting,
+)
 from gentity.providers.compute.local.install import bin_dir, ensure_installed
 from gentity.providers.compute.local.ownership import Host
 from gentity.providers.compute.local.sandbox import (
@@ -76,33 +89,12 @@ from gentity.settings import Settings
 
 log = logging.getLogger(__name__)
 
-GUEST_READY_TIMEOUT = 20.0
-# A warm spare's volume: the smallest in the catalog, grown when an instance takes it over.
-SPARE_VOLUME_GB = 1
-GUEST_STOP_GRACE = 8.0
 # Joins the instance's cgroups *before* exec'ing the sandbox, so no process of the instance
 # ever runs outside them (writing the pid afterwards would race with the first fork).
 _JOIN_CGROUPS = (
     'IFS=:; for f in $GENTITY_CGROUP_PROCS; do echo $$ > "$f" || exit 97; done; '
     'unset GENTITY_CGROUP_PROCS; exec "$@"'
 )
-
-
-@dataclass
-class Booted:
-    """A sandbox whose guest waits for its config, and what it was handed."""
-
-    paths: InstancePaths
-    process: subprocess.Popen[bytes]
-    listen_fd: int
-    """The listening socket's descriptor number in the guest (bound by us at ``paths.socket``)."""
-    cgroup_fd: int | None
-    """The children's ``cgroup.procs`` descriptor number in the guest, if there is that group."""
-    sandbox_pid: int | None = None
-    """The host pid of the sandbox's first process (to set its hostname)."""
-    uid: int | None = None
-    spare: bool = False
-    """Started ahead of need and taken over by an instance."""
 
 
 class LocalProvider(ComputeProvider):
@@ -122,14 +114,10 @@ class LocalProvider(ComputeProvider):
         self.data_dir = data_dir
         self._host_id = host_id
         self.in_flight = InFlight()
-        self.warm_spares = warm_spares
         self.uid_range = uid_range
         # The directory of a key file kept outside the data directory: hidden like it.
         self.key_dir = key_dir
-        self._spares: list[Booted] = []
-        self._spares_lock = threading.Lock()
-        self._refilling: asyncio.Future[None] | None = None
-        self._closed = False
+        self._spares = spares.WarmSpares(warm_spares, self._start_spare, self._discard)
         self._warned_unlimited: set[str] = set()
         self.instances_dir = data_dir / "instances"
         self.agents_dir = data_dir / "agents"
@@ -148,6 +136,10 @@ class LocalProvider(ComputeProvider):
             key_dir=None if key_file.is_relative_to(settings.data_dir) else key_file.parent,
             host_id=local.host_id,
         )
+
+    @property
+    def warm_spares(self) -> int:
+        return self._spares.count
 
     @cached_property
     def host(self) -> Host:
@@ -249,8 +241,8 @@ class LocalProvider(ComputeProvider):
             return
         paths = self.paths(handle)
         fresh = await anyio.to_thread.run_sync(self._prepare_start, paths)
-        # The sandbox boots (or a spare is taken over) while the agent installs: its guest
-        # waits for the configuration, which needs the install's path.
+        # The sandbox boots (or a spare is taken over) first; the agent installs while its
+        # guest waits for the configuration, which needs the install's path.
         booted = await anyio.to_thread.run_sync(self._boot, handle, paths, fresh)
         extra_path: list[str] = []
         if launch.install is not None:
@@ -259,7 +251,7 @@ class LocalProvider(ComputeProvider):
                 with LogWriter(paths.log_file, redact=redact) as writer:
                     await ensure_installed(self.agents_dir, launch.agent, launch.install, writer)
             except BaseException:
-                await anyio.to_thread.run_sync(_end_waiting_guest, booted.process)
+                await anyio.to_thread.run_sync(end_waiting_guest, booted.process)
                 raise
             extra_path.append(str(bin_dir(self.agents_dir, launch.agent)))
         sandboxed = bwrap_path() is not None
@@ -281,9 +273,7 @@ class LocalProvider(ComputeProvider):
         }
         # The secrets travel over this pipe only: not argv, not the environment, not a file.
         try:
-            await anyio.to_thread.run_sync(
-                _send_config, booted.process, json.dumps(config).encode()
-            )
+            await anyio.to_thread.run_sync(send_config, booted, json.dumps(config).encode())
         except ProviderError:
             if not booted.spare:
                 raise
@@ -292,12 +282,9 @@ class LocalProvider(ComputeProvider):
             await anyio.to_thread.run_sync(self._stop_sync, handle)
             booted = await anyio.to_thread.run_sync(self._boot, handle, paths, False)
             config.update(listen=f"fd:{booted.listen_fd}", childCgroupFd=booted.cgroup_fd)
-            await anyio.to_thread.run_sync(
-                _send_config, booted.process, json.dumps(config).encode()
-            )
+            await anyio.to_thread.run_sync(send_config, booted, json.dumps(config).encode())
         await self._wait_until_ready(handle, paths, launch.secret, booted.process)
-        if self.warm_spares:
-            self._refill_soon()
+        self._spares.refill_soon()
 
     def _prepare_start(self, paths: InstancePaths) -> bool:
         """Mount what a start needs; whether the instance never started (has no volume)."""
@@ -319,40 +306,24 @@ class LocalProvider(ComputeProvider):
 
         The log file exists and belongs to the instance afterwards."""
         cpus, memory_mb = int(handle.data["cpus"]), int(handle.data["memoryMb"])
-        volume_gb = int(handle.data.get("volumeGb", SPARE_VOLUME_GB))
-        spare = self._take_spare(volume_gb) if fresh else None
+        volume_gb = int(handle.data.get("volumeGb", spares.SPARE_VOLUME_GB))
+        spare = self._spares.take(volume_gb) if fresh else None
         if spare is not None:
-            self._take_over(spare, handle, paths, volume_gb)
-            spare.spare = True
+            hostname = str(handle.data.get("hostname", handle.ref))[:63]
+            spares.take_over(
+                spare, paths, volume_gb=volume_gb, cpus=cpus, memory_mb=memory_mb, hostname=hostname
+            )
             booted = spare
         else:
             if fresh:
                 self._make_directories(paths, volume_gb)
             booted = self._spawn(handle.ref, paths, cpus=cpus, memory_mb=memory_mb)
-        _give_log_file(paths, os.getuid() if booted.uid is None else booted.uid)
+        logs.give_log_file(paths, os.getuid() if booted.uid is None else booted.uid)
         return booted
 
-    def _take_over(
-        self, spare: Booted, handle: MachineHandle, paths: InstancePaths, volume_gb: int
-    ) -> None:
-        """The spare's directories become the instance's; its processes keep running."""
-        cpus, memory_mb = int(handle.data["cpus"]), int(handle.data["memoryMb"])
-        hostname = str(handle.data.get("hostname", handle.ref))[:63]
-        shutil.rmtree(paths.root)
-        if spare.uid is not None:
-            uids.move(spare.uid, paths.root)
-        os.rename(spare.paths.root, paths.root)
-        paths.run.rmdir()
-        os.rename(spare.paths.run, paths.run)
-        volumes.resize(paths.root, volume_gb)
-        # cgroup v2 directories cannot be renamed: the instance keeps the spare's groups.
-        InstanceCgroup(spare.paths.root.name).create(cpus=cpus, memory_mb=memory_mb)
-        if spare.sandbox_pid is not None:
-            _set_hostname(spare.sandbox_pid, hostname)
-        spare.paths = paths
-
     def _spawn(self, ref: str, paths: InstancePaths, *, cpus: int, memory_mb: int) -> Booted:
-        """Start the sandbox and the guest in it; the guest then waits for its config."""
+        """Start the sandbox and the guest in it, and return once the guest waits for its
+        config. On failure the sandbox's processes are gone; its directories stay."""
         cgroup = InstanceCgroup(ref)
         if cgroup.enabled:
             cgroup.create(cpus=cpus, memory_mb=memory_mb)
@@ -362,7 +333,7 @@ class LocalProvider(ComputeProvider):
         bwrap = bwrap_path()
         own_network = self.own_network
         # Descriptors for the child only; ours are closed as soon as it has them.
-        listen_fd = _bind_socket(paths.socket)
+        listen_fd = bind_socket(paths.socket)
         cgroup_fd = cgroup.open_children_procs()
         handed = [listen_fd] + ([cgroup_fd] if cgroup_fd is not None else [])
         info_read: int | None = None
@@ -398,6 +369,8 @@ class LocalProvider(ComputeProvider):
                 wrap = ["/bin/sh", "-c", _JOIN_CGROUPS, "sh"]
                 spawn_env = {**spawn_env, "GENTITY_CGROUP_PROCS": ":".join(cgroup.procs_files())}
             with paths.guest_output.open("ab") as out:
+                # What this boot prints starts here (the file keeps earlier boots' output).
+                output_start = out.tell()
                 process = subprocess.Popen(
                     [*wrap, *argv],
                     stdin=subprocess.PIPE,
@@ -418,11 +391,17 @@ class LocalProvider(ComputeProvider):
         try:
             if info_read is not None:
                 booted.sandbox_pid = network.read_sandbox_pid(info_read)
+            # slirp4netns brings the sandbox's loopback interface up; bubblewrap, when it finds
+            # lo up before it has added lo's address itself, gives up ("Failed RTM_NEWADDR").
+            # So the network is attached only once the sandbox is complete, which the guest
+            # says by waiting for its config.
+            wait_for_waiting(process, paths.guest_output, output_start)
             if exit_read is not None and booted.sandbox_pid is not None:
                 output = paths.root / "network.out"
                 network.attach(booted.sandbox_pid, exit_read, output, wrap, spawn_env)
-        except network.NetworkError as exc:
-            self._discard(booted)
+        except (network.NetworkError, ProviderError) as exc:
+            log_guest_output(ref, paths, level=logging.WARNING)
+            self._end_sandbox(booted)
             raise ProviderError(str(exc)) from None
         finally:
             for leftover in (info_read, exit_read):
@@ -430,80 +409,34 @@ class LocalProvider(ComputeProvider):
                     os.close(leftover)
         return booted
 
-    # --- warm spares ----------------------------------------------------------------------
-    #
-    # Most of a cold start is the guest's interpreter starting and importing. A spare is a
-    # sandbox whose guest has done that and waits for its config; a new instance takes one
-    # over by renaming the spare's directories and cgroups to its own. Only a brand-new
-    # instance can (its volume is empty, like the spare's); later starts boot cold. A spare
-    # whose server goes away reads end-of-file instead of a config, and exits.
+    # --- warm spares (see spares.py) ------------------------------------------------------
 
-    def _take_spare(self, volume_gb: int) -> Booted | None:
-        if bwrap_path() is None:
-            return None
-        # A spare's volume is the smallest; a larger one needs growing while it is mounted.
-        if volume_gb != SPARE_VOLUME_GB and not volumes.can_grow_online():
-            return None
-        with self._spares_lock:
-            while self._spares:
-                spare = self._spares.pop()
-                if spare.process.poll() is None:
-                    return spare
-                self._discard(spare)
-        return None
-
-    def _refill_soon(self) -> None:
-        if self._refilling is None or self._refilling.done():
-            self._refilling = asyncio.get_running_loop().create_task(
-                anyio.to_thread.run_sync(self._refill)
-            )
-
-    def _refill(self) -> None:
-        while len(self._spares) < self.warm_spares and not self._closed:
-            ref = f".spare-{secrets.token_hex(6)}"
-            paths = InstancePaths.under(self.instances_dir, ref, self.runtime_dir)
-            self._make_directories(paths, SPARE_VOLUME_GB)
-            # Spares get the smallest limits until an instance takes one over.
-            try:
-                spare = self._spawn(ref, paths, cpus=1, memory_mb=512)
-            except ProviderError as exc:
-                log.warning("a warm spare failed to start: %s", exc)
-                return
-            if not self._wait_for_waiting(spare):
-                self._discard(spare)
-                log.warning("a warm spare failed to start (%s)", _describe_exit(spare.process))
-                return
-            with self._spares_lock:
-                self._spares.append(spare)
-
-    @staticmethod
-    def _wait_for_waiting(booted: Booted) -> bool:
-        """Until the guest says it waits for its config (its sandbox is complete by then).
-
-        Nothing of the instance has run yet, so its guest's output can be trusted this once.
-        """
-        deadline = time.monotonic() + GUEST_READY_TIMEOUT
-        out = booted.paths.guest_output
-        while booted.process.poll() is None and time.monotonic() < deadline:
-            with contextlib.suppress(OSError):
-                if b'"waiting"' in out.read_bytes()[:4096]:
-                    return True
-            time.sleep(0.005)
-        return False
+    def _start_spare(self) -> Booted:
+        ref = spare_prefix(self.data_dir) + secrets.token_hex(6)
+        paths = InstancePaths.under(self.instances_dir, ref, self.runtime_dir)
+        self._make_directories(paths, spares.SPARE_VOLUME_GB)
+        # Spares get the smallest limits until an instance takes one over.
+        try:
+            return self._spawn(ref, paths, cpus=1, memory_mb=512)
+        except ProviderError:
+            self._remove(paths, InstanceCgroup(ref))
+            raise
 
     def _discard(self, booted: Booted) -> None:
         """Stop a sandbox that never became an instance, and remove everything it had."""
+        self._end_sandbox(booted)
+        self._remove(booted.paths, InstanceCgroup(booted.paths.root.name))
+
+    @staticmethod
+    def _end_sandbox(booted: Booted) -> None:
+        """Stop every process of a sandbox whose guest never got its config."""
         with contextlib.suppress(OSError):
             if booted.process.stdin:
                 booted.process.stdin.close()  # end-of-file: the waiting guest exits by itself
-        self._kill_sandbox(booted.paths.root.name, booted.paths)
-        processes.kill_tree(processes.tree(booted.process.pid))
-        self._remove(booted.paths, InstanceCgroup(booted.paths.root.name))
-
-    def _kill_sandbox(self, cgroup_name: str, paths: InstancePaths) -> None:
-        cgroup = InstanceCgroup(cgroup_name)
+        cgroup = InstanceCgroup(booted.paths.root.name)
         if cgroup.enabled:
             cgroup.kill()
+        processes.kill_tree(processes.tree(booted.process.pid))
 
     def _remove(self, paths: InstancePaths, cgroup: InstanceCgroup) -> None:
         """Everything the instance had on this host: cgroups, volume, directories, its uid."""
@@ -520,30 +453,13 @@ class LocalProvider(ComputeProvider):
             uids.release(uid, paths.root)
 
     async def adopt(self) -> None:
-        def sweep() -> None:
-            # Spares of a previous server: their guests have exited; remove what is left.
-            for root in (self.instances_dir, self.runtime_dir):
-                for leftover in root.glob(".spare-*") if root.is_dir() else []:
-                    cgroup = InstanceCgroup(leftover.name)
-                    if cgroup.enabled:
-                        cgroup.kill()
-                        cgroup.remove()
-                    shutil.rmtree(leftover, ignore_errors=True)
-
-        await anyio.to_thread.run_sync(sweep)
-        await anyio.to_thread.run_sync(sweep_abandoned_spare_groups)
-        if self.warm_spares and bwrap_path() is not None:
-            self._refill_soon()
+        await anyio.to_thread.run_sync(spares.sweep_leftovers, self.instances_dir, self.runtime_dir)
+        await anyio.to_thread.run_sync(sweep_abandoned_spare_groups, spare_prefix(self.data_dir))
+        if bwrap_path() is not None:
+            self._spares.refill_soon()
 
     async def close(self) -> None:
-        self._closed = True
-        if self._refilling is not None:
-            with contextlib.suppress(Exception):
-                await self._refilling
-        with self._spares_lock:
-            spares, self._spares = self._spares, []
-        for spare in spares:
-            await anyio.to_thread.run_sync(self._discard, spare)
+        await self._spares.close()
         if self.instances_dir.is_dir():
             await anyio.to_thread.run_sync(volumes.release_parent, self.instances_dir)
 
@@ -560,7 +476,7 @@ class LocalProvider(ComputeProvider):
                 await guest_client.health(self.guest_address(handle), secret, timeout=2)
                 return
             if process.poll() is not None:
-                raise ProviderError(f"the guest daemon {_describe_exit(process)}")
+                raise ProviderError(f"the guest daemon {describe_exit(process)}")
             if time.monotonic() > deadline:
                 await self.stop(handle)
                 raise ProviderError("the guest daemon did not answer within 20 s")
@@ -608,7 +524,7 @@ class LocalProvider(ComputeProvider):
             return MachineStatus(MachineState.MISSING)
         if self._pids(handle):
             return MachineStatus(MachineState.RUNNING)
-        _log_guest_output(handle.ref, paths)
+        log_guest_output(handle.ref, paths)
         return MachineStatus(MachineState.STOPPED, "its guest daemon is not running")
 
     def guest_address(self, handle: MachineHandle) -> str:
@@ -617,23 +533,18 @@ class LocalProvider(ComputeProvider):
     # --- logs -----------------------------------------------------------------------------
 
     async def tail_logs(self, handle: MachineHandle, lines: int) -> list[dict[str, str]]:
-        records = await anyio.to_thread.run_sync(tail, self.paths(handle).log_file, lines)
-        return [dict(r) for r in records]
+        return await logs.last_records(self.paths(handle).log_file, lines)
 
     async def log_cursor_before(self, handle: MachineHandle, lines: int) -> str:
-        path = self.paths(handle).log_file
-        return str(await anyio.to_thread.run_sync(offset_before_last, path, lines))
+        return await logs.cursor_before(self.paths(handle).log_file, lines)
 
     async def follow_logs(
         self, handle: MachineHandle, cursor: str | None = None
     ) -> AsyncIterator[tuple[str, dict[str, str]]]:
-        # Only a cursor this method gave out (ASCII digits; isdigit() alone takes "²") resumes.
-        valid = cursor is not None and cursor.isascii() and cursor.isdigit() and len(cursor) < 20
-        start = int(cursor) if valid and cursor else None
-        stream = follow_offsets(self.paths(handle).log_file, start=start)
+        stream = logs.follow(self.paths(handle).log_file, cursor)
         try:
-            async for offset, record in stream:
-                yield str(offset), dict(record)
+            async for item in stream:
+                yield item
         finally:
             await stream.aclose()
 
@@ -656,73 +567,6 @@ class LocalProvider(ComputeProvider):
         return InstanceCgroup(name or handle.ref)
 
 
-def _end_waiting_guest(process: subprocess.Popen[bytes]) -> None:
-    """A guest still waiting for its config exits at end-of-file on stdin."""
-    with contextlib.suppress(OSError):
-        if process.stdin:
-            process.stdin.close()
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        process.wait(timeout=GUEST_STOP_GRACE)
-
-
-def _send_config(process: subprocess.Popen[bytes], config: bytes) -> None:
-    if process.stdin is None:
-        raise ProviderError("the guest daemon has no configuration channel")
-    try:
-        with process.stdin:
-            process.stdin.write(config)
-    except BrokenPipeError as exc:
-        raise ProviderError("the guest daemon exited before it got its configuration") from exc
-
-
-def _describe_exit(process: subprocess.Popen[bytes]) -> str:
-    """How a sandbox process ended, in words that carry nothing the instance wrote."""
-    code = process.poll()
-    if code is None:
-        return "is still starting"
-    if code < 0:
-        with contextlib.suppress(ValueError):
-            return f"was killed by {signal.Signals(-code).name}"
-    return f"exited with code {code}"
-
-
-def _log_guest_output(ref: str, paths: InstancePaths) -> None:
-    """For the operator: the end of what the guest printed. The instance may have written it,
-    so it goes to the server's log escaped and cut short, and never into an API answer."""
-    try:
-        with _open_regular(paths.guest_output) as f:
-            size = os.fstat(f.fileno()).st_size
-            f.seek(max(0, size - 500))
-            tail = f.read(500)
-    except OSError:
-        return
-    log.info("instance %s: last guest output: %r", ref, tail)
-
-
-def _open_regular(path: Path) -> io.BufferedReader:
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise OSError("not a regular file")
-    return os.fdopen(fd, "rb")
-
-
-def _bind_socket(path: Path) -> int:
-    """Bind and listen on the guest's socket ourselves, in a directory the instance cannot
-    reach; the guest gets the descriptor. Returns it (inheritable, for ``pass_fds``)."""
-    with contextlib.suppress(FileNotFoundError):
-        path.unlink()
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        sock.bind(str(path))
-        path.chmod(0o600)
-        sock.listen(64)
-    except OSError:
-        sock.close()
-        raise
-    return sock.detach()
-
-
 @cache
 def _seccomp_problem() -> str | None:
     """Why no seccomp filter can be built here (libseccomp missing), or None."""
@@ -739,22 +583,6 @@ def _seccomp_fd() -> int | None:
     return None if _seccomp_problem() is not None else open_filter_fd()
 
 
-def _set_hostname(sandbox_pid: int, hostname: str) -> None:
-    """Name a warm spare's UTS namespace after the instance that took it over.
-
-    Done from outside: inside, nothing holds the capability to.
-    """
-    nsenter, tool = shutil.which("nsenter"), shutil.which("hostname")
-    if nsenter is None or tool is None:
-        return
-    subprocess.run(
-        [nsenter, f"--target={sandbox_pid}", "--uts", "--", tool, "--", hostname],
-        capture_output=True,
-        timeout=5,
-        check=False,
-    )
-
-
 def _move_legacy_layout(paths: InstancePaths) -> bool:
     """Instances made before ``disk/`` kept ``volume/`` and ``logs/`` in the root: move them
     in once (same filesystem: two renames), so they start like any other."""
@@ -766,20 +594,6 @@ def _move_legacy_layout(paths: InstancePaths) -> bool:
     if (paths.root / "logs").is_dir():
         os.rename(paths.root / "logs", paths.logs)
     return True
-
-
-def _give_log_file(paths: InstancePaths, owner: int) -> None:
-    """Make sure the log is a regular file the guest can append to, before anything (the
-    install below) writes to it. Whatever the instance planted in its place (a link, a FIFO)
-    is removed: unlinking a name never follows it."""
-    try:
-        writer = LogWriter(paths.log_file)
-    except NotARegularFile:
-        log.warning("instance %s: its log was not a regular file; replaced", paths.root.name)
-        paths.log_file.unlink()
-        writer = LogWriter(paths.log_file)
-    with writer:
-        writer.chown(owner)
 
 
 def _chown_tree(top: Path, uid: int) -> None:

@@ -1,0 +1,138 @@
+"""The guest daemon's process between its spawn and its first answer, as the provider sees it.
+
+A booted guest waits for its configuration on stdin (the only channel its secrets travel
+over). Until then the provider learns about it only from its process: whether it still
+runs, how it ended, and what it printed to ``guest.out``, which the instance may have
+written to since and so is read with care.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import signal
+import socket
+import stat
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from gentity.providers.compute.base import ProviderError
+from gentity.providers.compute.local.sandbox import InstancePaths
+
+log = logging.getLogger(__name__)
+
+GUEST_READY_TIMEOUT = 20.0
+GUEST_STOP_GRACE = 8.0
+
+
+@dataclass
+class Booted:
+    """A sandbox whose guest waits for its config, and what it was handed."""
+
+    paths: InstancePaths
+    process: subprocess.Popen[bytes]
+    listen_fd: int
+    """The listening socket's descriptor number in the guest (bound by us at ``paths.socket``)."""
+    cgroup_fd: int | None
+    """The children's ``cgroup.procs`` descriptor number in the guest, if there is that group."""
+    sandbox_pid: int | None = None
+    """The host pid of the sandbox's first process (to set its hostname)."""
+    uid: int | None = None
+    spare: bool = False
+    """Started ahead of need and taken over by an instance."""
+
+
+def wait_for_waiting(process: subprocess.Popen[bytes], output: Path, start: int) -> None:
+    """Until the guest prints that it waits for its config (its sandbox is complete by then).
+
+    Nothing of the instance has run in this sandbox yet, so what the guest printed since
+    ``start`` can be trusted this once. Raises ProviderError when it ends or hangs instead.
+    """
+    deadline = time.monotonic() + GUEST_READY_TIMEOUT
+    while process.poll() is None and time.monotonic() < deadline:
+        with contextlib.suppress(OSError), open_regular(output) as f:
+            f.seek(start)
+            if b'"waiting"' in f.read(4096):
+                return
+        time.sleep(0.005)
+    if process.poll() is None:
+        raise ProviderError("the guest daemon did not start within 20 s")
+    raise ProviderError(f"the guest daemon {describe_exit(process)} while it started")
+
+
+def end_waiting_guest(process: subprocess.Popen[bytes]) -> None:
+    """A guest still waiting for its config exits at end-of-file on stdin."""
+    with contextlib.suppress(OSError):
+        if process.stdin:
+            process.stdin.close()
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        process.wait(timeout=GUEST_STOP_GRACE)
+
+
+def send_config(booted: Booted, config: bytes) -> None:
+    process = booted.process
+    if process.stdin is None:
+        raise ProviderError("the guest daemon has no configuration channel")
+    try:
+        with process.stdin:
+            process.stdin.write(config)
+    except BrokenPipeError:
+        # The pipe broke as the process went: give it a moment to be reaped, so the operator
+        # learns how it ended (and from guest.out, what it said) rather than just that it did.
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=1)
+        log_guest_output(booted.paths.root.name, booted.paths, level=logging.WARNING)
+        ended = "closed its stdin" if process.poll() is None else describe_exit(process)
+        raise ProviderError(f"the guest daemon {ended} before it got its configuration") from None
+
+
+def describe_exit(process: subprocess.Popen[bytes]) -> str:
+    """How a sandbox process ended, in words that carry nothing the instance wrote."""
+    code = process.poll()
+    if code is None:
+        return "is still starting"
+    if code < 0:
+        with contextlib.suppress(ValueError):
+            return f"was killed by {signal.Signals(-code).name}"
+    return f"exited with code {code}"
+
+
+def log_guest_output(ref: str, paths: InstancePaths, level: int = logging.INFO) -> None:
+    """For the operator: the end of what the guest printed. The instance may have written it,
+    so it goes to the server's log escaped and cut short, and never into an API answer."""
+    try:
+        with open_regular(paths.guest_output) as f:
+            size = os.fstat(f.fileno()).st_size
+            f.seek(max(0, size - 500))
+            tail = f.read(500)
+    except OSError:
+        return
+    log.log(level, "instance %s: last guest output: %r", ref, tail)
+
+
+def open_regular(path: Path) -> io.BufferedReader:
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError("not a regular file")
+    return os.fdopen(fd, "rb")
+
+
+def bind_socket(path: Path) -> int:
+    """Bind and listen on the guest's socket ourselves, in a directory the instance cannot
+    reach; the guest gets the descriptor. Returns it (inheritable, for ``pass_fds``)."""
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(str(path))
+        path.chmod(0o600)
+        sock.listen(64)
+    except OSError:
+        sock.close()
+        raise
+    return sock.detach()
