@@ -260,7 +260,7 @@ def test_the_reconciler_is_named_when_it_changes_a_status(
 
     async def machine_dies_then_reconcile() -> None:
         # Stopped behind the control plane's back: only the reconciler can notice.
-        await ctx.compute.stop(MachineHandle(ref=iid, data={"cpus": 1, "memoryMb": 512}))
+        await ctx.providers.default.stop(MachineHandle(ref=iid, data={"cpus": 1, "memoryMb": 512}))
         await reconcile_once(ctx)
 
     asyncio.run_coroutine_threadsafe(machine_dies_then_reconcile(), server.server_loop).result(60)
