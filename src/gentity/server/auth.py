@@ -18,6 +18,7 @@ from gentity.server.db.orm import User
 from gentity.server.errors import unauthorized
 from gentity.server.services import accounts, tokens
 from gentity.server.services.credentials import Credential
+from gentity.server.services.instance_status import acting
 
 SESSION_COOKIE = "gentity_session"
 # Over https the cookie gets the __Host- prefix: the browser then insists on Secure, Path=/
@@ -37,6 +38,11 @@ class Principal:
     @property
     def credential(self) -> Credential:
         return (self.via, self.credential_id)
+
+    @property
+    def actor(self) -> str:
+        """How the instance events this caller causes name it (``token:<id>``...)."""
+        return f"{self.via}:{self.credential_id}"
 
 
 def context(request: Request) -> AppContext:
@@ -150,8 +156,11 @@ class AuthFirstRoute(APIRoute):
             return handler
 
         async def authenticated(request: Request) -> Response:
-            request.state.principal = await authenticate_request(request)
-            return await handler(request)
+            principal = await authenticate_request(request)
+            request.state.principal = principal
+            # Status changes this request causes (also in the operations it starts) say who.
+            with acting(principal.actor):
+                return await handler(request)
 
         return authenticated
 

@@ -35,7 +35,13 @@ from gentity.providers.compute.base import (
 from gentity.server.context import AppContext
 from gentity.server.db.orm import Instance
 from gentity.server.services import dns, instances, operations
-from gentity.server.services.instance_status import TRANSITIONAL, TransitionError, set_status
+from gentity.server.services.instance_status import (
+    RECONCILER,
+    TRANSITIONAL,
+    TransitionError,
+    acting,
+    set_status,
+)
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +49,11 @@ SWEEP_INTERVAL_SECONDS = 600.0
 
 
 async def reconcile_once(ctx: AppContext) -> None:
+    with acting(RECONCILER):
+        await _reconcile_all(ctx)
+
+
+async def _reconcile_all(ctx: AppContext) -> None:
     async with ctx.db.session() as session:
         ids = list(
             await session.scalars(
