@@ -25,7 +25,7 @@ from gentity.server.node import NodeIdentity
 from gentity.server.openapi import install_openapi
 from gentity.server.proxies import TrustedProxyHeaders
 from gentity.server.reconciler import reconcile_once, run_forever
-from gentity.server.routers import auth, catalog, health, instances, terminal, tokens
+from gentity.server.routers import auth, catalog, health, instances, regions, terminal, tokens
 from gentity.server.security.crypto import SecretBox
 from gentity.settings import Settings
 
@@ -97,6 +97,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for router in (
         health.router,
         catalog.router,
+        regions.router,
         auth.router,
         tokens.router,
         instances.router,
