@@ -11,6 +11,9 @@ const ALLOWED = {
   delete: ["provisioning", "starting", "running", "stopping", "stopped", "restarting", "error"],
 };
 
+// Statuses an operation is under way in: pages poll faster while one lasts, so each step shows.
+export const IN_PROGRESS = new Set(["provisioning", "starting", "stopping", "restarting", "destroying"]);
+
 const BUSY_LABEL = { start: "Starting…", stop: "Stopping…", restart: "Restarting…", delete: "Deleting…" };
 
 const STATUS_LABEL = {

@@ -2,11 +2,13 @@
 // lifecycle actions sit in a menu. Search and sort work on the rows already loaded.
 import "./common.js";
 import { api } from "./api.js";
-import { renderStatus, runAction, updateActionButtons } from "./actions.js";
+import { IN_PROGRESS, renderStatus, runAction, updateActionButtons } from "./actions.js";
 import { loadAgents, showLabels } from "./catalog.js";
+import { renderHealth, resourcesText } from "./health.js";
 import { formatDate, relativeTime, showMessage } from "./ui.js";
 
 const POLL_MS = 3000;
+const BUSY_POLL_MS = 1000;
 const list = document.getElementById("instances");
 const rowTemplate = document.getElementById("instance-row");
 const empty = document.querySelector("[data-empty]");
@@ -81,6 +83,9 @@ function fillRow(entry, instance) {
   created.title = formatDate(instance.createdAt);
   showMessage(field(node, "errorMessage"), instance.errorMessage || "");
   renderStatus(field(node, "status"), instance.status);
+  renderHealth(field(node, "health"), instance);
+  const size = [resourcesText(agents, instance), instance.region].filter(Boolean).join(" · ");
+  showMessage(field(node, "resources"), size);
   node.dataset.status = instance.status;
   updateActionButtons(node, instance.status);
 }
@@ -147,7 +152,8 @@ async function refresh() {
     showMessage(listError, `Could not load your instances: ${error.message}`);
   } finally {
     clearTimeout(timer);
-    if (!document.hidden) timer = setTimeout(refresh, POLL_MS);
+    const busy = latest.some((instance) => IN_PROGRESS.has(instance.status));
+    if (!document.hidden) timer = setTimeout(refresh, busy ? BUSY_POLL_MS : POLL_MS);
   }
 }
 

@@ -19,7 +19,11 @@ const THEME = {
 };
 
 export class TerminalPane {
-  constructor(root, instanceId) {
+  // `onExit` (optional) is awaited when the process ends, before the exit is explained: the
+  // page refreshes the instance, which calls expectRestart() or setAvailable(false) as the
+  // status says.
+  constructor(root, instanceId, { onExit } = {}) {
+    this.onExit = onExit;
     this.root = root;
     this.instanceId = instanceId;
     this.screen = root.querySelector("[data-terminal-screen]");
@@ -144,12 +148,25 @@ export class TerminalPane {
     }
     if (message.type === "output" && typeof message.data === "string") {
       this.term.write(message.data);
-    } else if (message.type === "exit" && this.restarting) {
-      this.exited = true;
-      this.term.write("\r\n\x1b[2m[restarting the instance…]\x1b[0m\r\n");
-      this.setState("Restarting…", { tone: "busy" });
     } else if (message.type === "exit") {
       this.exited = true;
+      this.explainExit(message);
+    }
+  }
+
+  async explainExit(message) {
+    if (!this.restarting) {
+      try {
+        await this.onExit?.();
+      } catch {
+        // Not knowing the status, the exit is reported as it came.
+      }
+    }
+    if (this.restarting) {
+      this.term.write("\r\n\x1b[2m[restarting the instance…]\x1b[0m\r\n");
+      this.setState("Restarting… the terminal reconnects by itself.", { tone: "busy" });
+    } else if (this.wanted) {
+      // Still running: the agent ended by itself, and the guest restarts it.
       const how = message.signal ? `signal ${message.signal}` : `code ${message.exitCode}`;
       this.term.write(`\r\n\x1b[2m[the process exited with ${how}]\x1b[0m\r\n`);
       this.setState(`The process exited with ${how}. It restarts by itself; reconnecting…`, {
