@@ -8,7 +8,7 @@ import socket
 from typing import Any
 
 import pytest
-from playwright.sync_api import Page, expect
+from playwright.sync_api import Page, Route, expect
 
 from tests.web.conftest import Browsing, screenshot
 from tests.web.helpers import CREATE_TIMEOUT_MS, run_in_terminal, set_up_admin
@@ -95,6 +95,34 @@ def test_agent_health_size_and_region_are_shown(browsing: Browsing) -> None:
     screenshot(page, "lifecycle-list-health")
 
 
+def test_the_list_says_what_it_asked_for_until_the_server_answers(browsing: Browsing) -> None:
+    page = browsing.page()
+    set_up_admin(page)
+    stopped = {**STOPPED, "name": "scratch"}
+    page.route(
+        re.compile(r"/api/instances$"),
+        lambda route: route.fulfill(json={"instances": [stopped]}),
+    )
+    held: list[Route] = []
+    page.route(re.compile(r"/action$"), lambda route: held.append(route))
+    page.goto("/dashboard")
+    row = page.locator("[data-instance]").filter(has_text="scratch")
+    badge = row.locator("[data-field=status]")
+    expect(badge).to_have_text("Stopped")
+    row.locator("summary").click()
+    row.get_by_role("button", name="Start").click()
+    # The server answers a start once the machine runs; meanwhile the badge says Starting,
+    # and a poll (every 3 s) does not put Stopped back.
+    expect(badge).to_have_text("Starting")
+    page.wait_for_timeout(3500)
+    expect(badge).to_have_text("Starting")
+    screenshot(page, "lifecycle-list-starting")
+    assert [r.request.post_data_json for r in held] == [{"action": "start"}]
+    stopped["status"] = "running"
+    held[0].fulfill(json={"ok": True})
+    expect(badge).to_have_text("Running")
+
+
 def test_an_unknown_region_is_reported_under_the_picker(browsing: Browsing) -> None:
     page = browsing.page()
     set_up_admin(page)
@@ -139,6 +167,12 @@ def test_steps_taken_in_another_tab_show_as_they_happen(browsing: Browsing) -> N
     expect(page.locator(TERMINAL_STATE)).to_have_text("Connected", timeout=30_000)
     run_in_terminal(page, "echo before-$((6*7))")
     expect(page.locator(TERMINAL_ROWS)).to_contain_text("before-42", timeout=15_000)
+    # The full-screen terminal on the subdomain watches too.
+    with page.context.expect_page() as opened:
+        page.get_by_role("link", name="Open full screen").click()
+    full = opened.value
+    expect(full.locator(TERMINAL_STATE)).to_have_text("Connected", timeout=30_000)
+    expect(full.locator(TERMINAL_ROWS)).to_contain_text("before-42", timeout=15_000)
 
     # Another tab restarts it: this page tells a restart, not a process that died, and says
     # the earlier output is gone.
@@ -155,6 +189,11 @@ def test_steps_taken_in_another_tab_show_as_they_happen(browsing: Browsing) -> N
     expect(page.locator(TERMINAL_STATE)).to_have_text("Connected", timeout=30_000)
     expect(page.locator(STATUS)).to_have_text("Running")
     screenshot(page, "lifecycle-restarted-elsewhere")
+    expect(full.locator(TERMINAL_ROWS)).to_contain_text(
+        "restarted: a fresh session; earlier output is gone", timeout=30_000
+    )
+    expect(full.locator(TERMINAL_STATE)).to_have_text("Connected", timeout=30_000)
+    full.close()
 
     # A process that ignores hang-ups makes the stop take a few seconds (the guest's grace
     # period): long enough to see every step on this page while the other tab stops it.

@@ -1,7 +1,7 @@
 // /dashboard/instances/{id}: details and status (polled), lifecycle buttons, terminal and logs.
 import "./common.js";
 import { api } from "./api.js";
-import { IN_PROGRESS, renderStatus, runAction, updateActionButtons } from "./actions.js";
+import { IN_PROGRESS, TRANSITION, renderStatus, runAction, updateActionButtons } from "./actions.js";
 import { renderHealth, resourcesText } from "./health.js";
 import { LogsPane } from "./logs.js";
 import { TerminalPane } from "./terminal.js";
@@ -16,16 +16,7 @@ const actions = document.querySelector(".page-head__actions");
 const actionError = document.querySelector("[data-action-error]");
 const refreshError = document.querySelector("[data-refresh-error]");
 const terminal = new TerminalPane(document.querySelector("[data-terminal]"), instanceId, {
-  // The process ending may be a stop or restart asked for elsewhere: look before explaining it.
-  onExit: async () => {
-    const before = instance?.updatedAt;
-    await refresh();
-    // Running again already, but the row changed status meanwhile (only a status change
-    // moves `updatedAt` of a running instance): a restart quicker than the look.
-    if (instance?.status === "running" && before && instance.updatedAt !== before) {
-      terminal.expectRestart();
-    }
-  },
+  onExit: () => refresh(),
 });
 const logs = new LogsPane(document.querySelector("[aria-labelledby=logs-heading]"), instanceId);
 let instance = null;
@@ -50,9 +41,7 @@ function render(current) {
   fields("resources")[0].textContent = resourcesText(agents, current) || "—";
   fields("region")[0].textContent = current.region || "Default";
   updateActionButtons(actions, current.status);
-  // A restart asked for elsewhere (another tab, the CLI) is a restart here too, not a crash.
-  if (current.status === "restarting") terminal.expectRestart();
-  terminal.setAvailable(current.status === "running", statusReason(current.status));
+  terminal.follow(current, statusReason(current.status));
 }
 
 function statusReason(status) {
@@ -63,9 +52,7 @@ function statusReason(status) {
 }
 
 let gone = false;
-// While an action from this page is under way its badge says so (Stopping, Restarting…), even
-// where the server answers only once it is done.
-const TRANSITION = { start: "starting", stop: "stopping", restart: "restarting" };
+// While an action from this page is under way its badge says so (Stopping, Restarting…).
 let transition = null;
 
 async function refresh() {

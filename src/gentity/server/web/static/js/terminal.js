@@ -20,10 +20,10 @@ const THEME = {
 
 export class TerminalPane {
   // `onExit` (optional) is awaited when the process ends, before the exit is explained: the
-  // page refreshes the instance, which calls expectRestart() or setAvailable(false) as the
-  // status says.
+  // page refreshes the instance, which reaches follow() with what it is doing now.
   constructor(root, instanceId, { onExit } = {}) {
     this.onExit = onExit;
+    this.instance = null; // as the page last saw it
     this.root = root;
     this.instanceId = instanceId;
     this.screen = root.querySelector("[data-terminal-screen]");
@@ -96,6 +96,14 @@ export class TerminalPane {
     }
   }
 
+  // The instance as the page's poll saw it: connect while it runs; a restart, asked for here or
+  // anywhere else, is expected as one.
+  follow(instance, reason) {
+    this.instance = instance;
+    if (instance.status === "restarting") this.restarting = true;
+    this.setAvailable(instance.status === "running", reason);
+  }
+
   // Connect when the instance can take a terminal; called again on every status poll.
   setAvailable(available, reason) {
     if (available && !this.wanted) {
@@ -154,13 +162,20 @@ export class TerminalPane {
     }
   }
 
+  // A stop or restart asked for elsewhere (another tab, the CLI) ends the process too: look at
+  // the instance before calling the exit the agent's own.
   async explainExit(message) {
-    if (!this.restarting) {
+    if (!this.restarting && this.onExit) {
+      const before = this.instance?.updatedAt;
       try {
-        await this.onExit?.();
+        await this.onExit();
       } catch {
         // Not knowing the status, the exit is reported as it came.
       }
+      // Running again already, but its status changed meanwhile (nothing else moves a running
+      // instance's updatedAt): a restart quicker than the look.
+      const now = this.instance;
+      if (now?.status === "running" && before && now.updatedAt !== before) this.restarting = true;
     }
     if (this.restarting) {
       this.term.write("\r\n\x1b[2m[restarting the instance…]\x1b[0m\r\n");
