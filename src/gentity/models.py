@@ -101,6 +101,17 @@ class AgentCatalog(WireModel):
     agents: list[Agent]
 
 
+class Region(WireModel):
+    """A place where instances can run; ``code`` is what a create's ``region`` names."""
+
+    code: str
+    label: str
+
+
+class RegionList(WireModel):
+    regions: list[Region]
+
+
 # --- accounts and tokens -------------------------------------------------------------------
 
 

@@ -120,6 +120,13 @@ class ProviderContract:
     """Whether ``status`` shows this provider object's own start, stop and destroy as in
     progress while they run (``local`` knows them; a cloud API may answer too late to see)."""
 
+    def test_regions_are_named_once_each(self, provider: ComputeProvider) -> None:
+        regions = provider.regions()
+        codes = [r.code for r in regions]
+        assert len(set(codes)) == len(codes), codes
+        # A code goes in a create request and a label into the dashboard's picker.
+        assert all(r.code.strip() and r.label.strip() for r in regions), regions
+
     def test_lifecycle(self, provider: ComputeProvider) -> None:
         secret = secrets.token_urlsafe(16)
 

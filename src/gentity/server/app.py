@@ -33,6 +33,7 @@ from gentity.server.routers import (
     health,
     instances,
     metrics,
+    regions,
     terminal,
     tokens,
 )
@@ -107,6 +108,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for router in (
         health.router,
         catalog.router,
+        regions.router,
         auth.router,
         tokens.router,
         instances.router,

@@ -127,6 +127,16 @@ class MachineSpec:
 
 
 @dataclass(frozen=True)
+class Region:
+    """A place where a provider runs machines."""
+
+    code: str
+    """What a create request's ``region`` names (``iad``, ``local``…)."""
+    label: str
+    """The place in words, for a picker."""
+
+
+@dataclass(frozen=True)
 class MachineHandle:
     """The provider's reference to a machine, stored on the instance row as JSON."""
 
@@ -224,6 +234,14 @@ class ComputeProvider(abc.ABC):
     @abc.abstractmethod
     async def status(self, handle: MachineHandle) -> MachineStatus:
         """What the machine is doing right now."""
+
+    def regions(self) -> list[Region]:
+        """Where this provider can run machines; a create naming any other region is refused.
+
+        Empty (the default) when the provider does not say: any region is then passed on as
+        given. Cheap and without I/O: asked on every create.
+        """
+        return []
 
     def unreachable(self, handle: MachineHandle) -> str | None:
         """None when this server can act on the machine; else why not, for the user.

@@ -170,6 +170,11 @@ def _validate(
         )
     if model.api_key_env and not (body.api_key and body.api_key.strip()):
         raise InvalidInput(f"apiKey: required for {agent.name} with {model.provider} models")
+    regions = [r.code for r in ctx.providers.default.regions()]
+    if body.region is not None and regions and body.region not in regions:
+        raise InvalidInput(
+            f"region: unknown region {body.region!r} (choose one of: {', '.join(regions)})"
+        )
     return agent, model
 
 

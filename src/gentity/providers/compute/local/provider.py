@@ -25,6 +25,7 @@ import os
 import secrets
 import shutil
 import signal
+import socket
 import stat
 import subprocess
 import threading
@@ -47,6 +48,7 @@ from gentity.providers.compute.base import (
     MachineState,
     MachineStatus,
     ProviderError,
+    Region,
 )
 from gentity.providers.compute.local import logs, network, processes, spares, uids, volumes
 from gentity.providers.compute.local.cgroups import (
@@ -97,6 +99,10 @@ _JOIN_CGROUPS = (
 )
 
 
+LOCAL_REGION = "local"
+"""The one region of the local provider: this host."""
+
+
 class LocalProvider(ComputeProvider):
     """Runs every instance on this host. See the module docstring for the layout."""
 
@@ -144,6 +150,10 @@ class LocalProvider(ComputeProvider):
     @cached_property
     def host(self) -> Host:
         return Host.of(self.data_dir, self._host_id)
+
+    def regions(self) -> list[Region]:
+        # Every machine runs on this host: one region, named after it for the picker.
+        return [Region(code=LOCAL_REGION, label=f"This host ({socket.gethostname()})")]
 
     def unreachable(self, handle: MachineHandle) -> str | None:
         return self.host.unreachable(handle.ref, handle.data)
