@@ -22,6 +22,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
+from gentity.guest.seeds import PreparePlan, parse_prepare_plan
+
 #: Longest accepted request line, newline included.
 MAX_REQUEST_BYTES: Final = 64 * 1024
 #: Largest frame payload; anything bigger is a protocol error.
@@ -296,6 +298,8 @@ class Config:
     secret_env: list[str] = field(default_factory=list)
     """Names in ``env`` and ``install.env`` whose values are secrets (the model API key):
     the guest redacts them, and its own secret, from every log record it writes."""
+    prepare: PreparePlan = field(default_factory=PreparePlan)
+    """Seeded files and a repository, before the agent's first start (workdir is made)."""
 
     def secret_values(self) -> list[str]:
         """The values to keep out of the log: the guest secret and the named env values."""
@@ -329,7 +333,7 @@ def _abs_path(data: dict[str, Any], name: str) -> str:
 def parse_config(data: object) -> Config:
     """Validate the JSON config object (fields: secret, listen, logFile, workdir,
     command, shell, env, secretEnv, restart, install, replayBytes, cols, rows, hostname,
-    childCgroupFd, ready: {quietMs, pattern})."""
+    childCgroupFd, ready: {quietMs, pattern}, prepare: see :mod:`gentity.guest.seeds`)."""
     if not isinstance(data, dict):
         raise ConfigError("config must be a JSON object")
     secret = data.get("secret")
@@ -384,7 +388,15 @@ def parse_config(data: object) -> Config:
         child_cgroup_fd=_optional_fd(data.get("childCgroupFd")),
         secret_env=_names(data.get("secretEnv")),
         ready=parse_ready_rule(data.get("ready")),
+        prepare=_prepare(data.get("prepare")),
     )
+
+
+def _prepare(value: object) -> PreparePlan:
+    try:
+        return parse_prepare_plan(value)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def parse_ready_rule(value: object) -> ReadyRule:
