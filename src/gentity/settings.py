@@ -120,6 +120,10 @@ class Settings(BaseSettings):
     cloudflare_zone_id: str | None = None
     """The id (32 hex digits) of the Cloudflare zone instance records are made in."""
 
+    allow_file_repos: bool = False
+    """Also accept ``file://`` repository URLs at create (for tests: a repository on the
+    machine that runs the instance). Off, only ``https://`` is accepted."""
+
     reconcile_interval_seconds: float = Field(default=15.0, gt=0)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 

@@ -25,6 +25,7 @@ from typing import Any, ClassVar
 
 from gentity.catalog import InstallStep
 from gentity.guest.protocol import ReadyRule
+from gentity.guest.seeds import PreparePlan
 
 
 class ProviderError(Exception):
@@ -62,6 +63,11 @@ class GuestLaunch:
     secret_env: tuple[str, ...] = ()
     """The names in ``agent_env`` whose values are secrets (the catalog's key variable). The
     guest gets them as ``secretEnv`` and redacts those values from the instance's log."""
+    workdir: str = ""
+    """The agent's working directory, relative to its home (empty: the home); the guest
+    makes it."""
+    prepare: PreparePlan = field(repr=False, default_factory=PreparePlan)
+    """What the guest prepares before the first start (the config's ``prepare`` object)."""
 
     def secret_values(self) -> list[str]:
         """Every value the instance's log must never show: the guest secret and the keys.

@@ -32,7 +32,7 @@ import threading
 import time
 from collections.abc import AsyncIterator
 from functools import cache, cached_property
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import anyio.to_thread
 
@@ -257,7 +257,7 @@ class LocalProvider(ComputeProvider):
             "secret": launch.secret,
             "listen": f"fd:{booted.listen_fd}",
             "logFile": view.log_file,
-            "workdir": view.home,
+            "workdir": str(PurePosixPath(view.home, launch.workdir)),
             "command": launch.command,
             "shell": ["bash", "-l"],
             "env": {**env, **launch.agent_env},
@@ -266,6 +266,7 @@ class LocalProvider(ComputeProvider):
             "ready": {"quietMs": launch.ready.quiet_ms, "pattern": launch.ready.pattern},
             "hostname": str(handle.data.get("hostname", handle.ref))[:63],
             "childCgroupFd": booted.cgroup_fd,
+            "prepare": launch.prepare.to_json(),
         }
         # The secrets travel over this pipe only: not argv, not the environment, not a file.
         try:
