@@ -14,6 +14,8 @@ from typing import Any
 
 import pytest
 
+from gentity.guest import client
+from gentity.guest.client import GuestError
 from gentity.guest.logreader import tail
 from gentity.guest.logwriter import LogWriter
 from gentity.guest.prepare import MARKER, prepare
@@ -182,10 +184,10 @@ async def test_a_guest_whose_clone_fails_reports_the_agent_crashed(
     assert health["agentPid"] is None
 
 
-def test_a_bad_prepare_object_is_refused_naming_the_field(
+async def test_a_bad_prepare_object_is_refused_naming_the_field(
     guest_factory: GuestFactory,
 ) -> None:
-    guest = guest_factory(wait=False, prepare={"repo": "ssh://host/x.git"})
-    assert guest.proc.wait(15) != 0
-    assert guest.proc.stderr is not None
-    assert "repo must be an https:// or file:// URL" in guest.proc.stderr.read().decode()
+    guest = guest_factory(configure=False)
+    bad = {**guest.agent_config, "prepare": {"repo": "ssh://host/x.git"}}
+    with pytest.raises(GuestError, match=r"invalid config: repo must be an https:// or file://"):
+        await client.configure(guest.address, guest.secret, bad)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Final
 
 from gentity import models as wire
-from gentity.guest.protocol import ReadyRule, parse_ready_rule
+from gentity.guest.config import ReadyRule, parse_ready_rule
 from gentity.guest.seeds import SeedFile, parse_seed_file
 
 _DATA = Path(__file__).with_name("agents.json")

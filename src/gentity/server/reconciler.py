@@ -3,6 +3,8 @@
 Runs at start-up and then every ``GENTITY_RECONCILE_INTERVAL_SECONDS``:
 
 - a ``running`` instance whose machine is no longer running is marked ``error`` with the reason;
+  one whose guest answers unconfigured (its machine was restarted by its provider, not by us)
+  gets its config again;
 - a transitional row (``starting``, ``stopping``…) whose operation lease has expired, e.g.
   because the server crashed mid-way, is completed or failed, never left hanging;
 - an instance this server cannot reach (``ComputeProvider.unreachable``: a ``local`` instance
@@ -86,6 +88,8 @@ async def _reconcile(ctx: AppContext, session: AsyncSession, row: Instance) -> N
                 error_message=f"stopped unexpectedly ({why})",
             )
             await session.commit()
+        else:
+            await instances.configure_if_rebooted(ctx, row)
         return
     if not operations.abandoned(ctx, row):
         return  # an operation is (probably) still under way somewhere
@@ -131,7 +135,7 @@ async def _guest_runs_agent(provider: ComputeProvider, ctx: AppContext, row: Ins
         return False
     try:
         health = await guest_client.health(
-            provider.guest_address(handle), instances.guest_secret(ctx, row)
+            provider.guest_endpoint(handle), instances.guest_secret(ctx, row)
         )
     except guest_client.GuestError:
         return False
@@ -139,9 +143,25 @@ async def _guest_runs_agent(provider: ComputeProvider, ctx: AppContext, row: Ins
 
 
 async def sweep_outside(ctx: AppContext) -> None:
-    """Remove what outside services hold for instances that no longer exist (DNS records)."""
+    """Remove what providers and DNS hold for instances that no longer exist (a create killed
+    before its row knew the machine, a row removed by hand)."""
     async with ctx.db.session() as session:
         await dns.sweep(ctx, session)
+
+    async def known() -> set[str]:
+        async with ctx.db.session() as session:
+            return set(
+                await session.scalars(select(Instance.id).where(Instance.destroyed_at.is_(None)))
+            )
+
+    for provider in ctx.providers:
+        try:
+            removed = await provider.sweep(known)
+        except ProviderError as exc:
+            log.warning("sweeping the %s provider failed: %s", provider.name, exc)
+            continue
+        for what in removed:
+            log.warning("%s: removed %s, which no instance owns", provider.name, what)
 
 
 async def run_forever(ctx: AppContext) -> None:
