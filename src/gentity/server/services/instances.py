@@ -365,8 +365,9 @@ def _launch(ctx: AppContext, inst: Instance) -> GuestLaunch:
             values={
                 "model": model.name,
                 "provider": model.provider,
-                # What Claude Code records of a key the user approved (its last 20 characters).
-                "api_key_suffix": (api_key or "")[-20:],
+                # What Claude Code records of a key the user approved (its last 20 characters);
+                # none of a key so short that those would be most of it.
+                "api_key_suffix": api_key[-20:] if api_key and len(api_key) > 40 else "",
             },
             repo=inst.repo,
         ),
