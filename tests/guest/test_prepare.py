@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import stat
 import subprocess
 from pathlib import Path
@@ -18,7 +19,7 @@ from gentity.guest import client
 from gentity.guest.client import GuestError
 from gentity.guest.logreader import tail
 from gentity.guest.logwriter import LogWriter
-from gentity.guest.prepare import MARKER, prepare
+from gentity.guest.prepare import MARKER, _Progress, prepare
 from gentity.guest.seeds import PreparePlan, SeedFile
 from tests.guest.conftest import GuestFactory
 
@@ -117,7 +118,20 @@ async def test_a_repository_is_cloned_into_the_workdir_with_progress(tmp_path: P
     messages = _messages(tmp_path / "a.log")
     assert messages[0] == f"prepare: cloning {url} into {home / 'work'}"
     assert any(m.startswith("prepare: git: Cloning into") for m in messages)
+    assert any(
+        re.fullmatch(r"prepare: git: Receiving objects: 100% \(3/3\).*done\.", m) for m in messages
+    )
     assert messages[-1] == f"prepare: cloned {url}"
+
+
+def test_progress_is_logged_every_tenth_percent_of_each_phase() -> None:
+    progress = _Progress()
+    receiving = [f"Receiving objects: {n:3}% ({n}/100)" for n in range(101)]
+    lines = [*receiving, "Receiving objects: 100% (100/100), 2 MiB | 1 MiB/s, done."]
+    lines += ["Resolving deltas:   0% (0/4)", "Resolving deltas: 100% (4/4), done."]
+    kept = [line for line in lines if progress.worth_logging(line)]
+    assert kept == [*receiving[::10], lines[101], *lines[102:]]
+    assert progress.worth_logging("Cloning into 'work'...")
 
 
 async def test_a_non_empty_workdir_is_not_cloned_into(tmp_path: Path) -> None:

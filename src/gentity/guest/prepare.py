@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import subprocess
 from collections.abc import Callable
 from typing import Final
@@ -27,6 +28,7 @@ MARKER: Final = ".gentity/prepared"
 # A clone that moves fewer than this many bytes a second for this long has stalled.
 _LOW_SPEED_BYTES: Final = 1000
 _LOW_SPEED_SECONDS: Final = 60
+_PROGRESS = re.compile(r"(?:remote: )?([A-Za-z ]+):\s+(\d{1,3})% ")
 
 
 async def prepare(
@@ -64,6 +66,25 @@ async def prepare(
     except OSError as exc:
         return f"cannot write ~/{MARKER}: {exc.strerror}"
     return None
+
+
+class _Progress:
+    """Which of git's progress updates (``Receiving objects:  42% (420/1000)``, one per
+    percent) go into the log: each phase's first, every tenth percent, and its last."""
+
+    def __init__(self) -> None:
+        self._phase = ""
+        self._logged = -1
+
+    def worth_logging(self, line: str) -> bool:
+        match = _PROGRESS.match(line)
+        if match is None:
+            return True
+        phase, percent = match.group(1), int(match.group(2))
+        if phase != self._phase or percent >= self._logged + 10 or "done" in line:
+            self._phase, self._logged = phase, percent
+            return True
+        return False
 
 
 # Small synchronous helpers, kept out of async functions on purpose: they touch only local
@@ -117,6 +138,7 @@ async def _clone(
         "-c",
         f"http.lowSpeedTime={_LOW_SPEED_SECONDS}",
         "clone",
+        "--progress",
         "--",
         url,
         workdir,
@@ -128,8 +150,11 @@ async def _clone(
     log.write("info", f"prepare: cloning {url} into {workdir}")
     # git's first "fatal:" line says what went wrong; its last one only suggests what to check.
     reason = [""]
+    progress = _Progress()
 
     def on_line(line: str) -> None:
+        if not line.strip() or not progress.worth_logging(line):
+            return
         if not reason[0] or (line.startswith("fatal: ") and not reason[0].startswith("fatal: ")):
             reason[0] = line
         log.write("info", f"prepare: git: {line}")
@@ -144,6 +169,7 @@ async def _clone(
             on_line=on_line,
             cgroup_fd=cgroup_fd,
             redact=log.redact,
+            carriage_return_ends_line=True,
         )
     except OSError as exc:
         return f"cannot clone the repository: {(exc.strerror or str(exc)).lower()}"
