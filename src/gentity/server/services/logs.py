@@ -3,7 +3,8 @@ provider when it does not."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+from collections.abc import AsyncGenerator, AsyncIterator
 
 from gentity import models
 from gentity.guest import client as guest_client
@@ -14,7 +15,10 @@ from gentity.server.services.errors import Conflict, UpstreamFailed
 from gentity.server.services.instances import guest_secret, handle_of, provider_for
 
 LogStream = AsyncIterator[tuple[str, dict[str, str]]]
-"""``(cursor, record)`` pairs as the guest streams them."""
+"""``(cursor, record)`` pairs as the guest streams them (``""`` for a record with none)."""
+
+#: How often a follower of a stopped instance looks whether it runs again.
+STOPPED_POLL_SECONDS = 1.0
 
 
 async def tail(ctx: AppContext, row: Instance, lines: int) -> list[models.LogLine]:
@@ -37,13 +41,20 @@ async def tail(ctx: AppContext, row: Instance, lines: int) -> list[models.LogLin
 
 
 async def follow(ctx: AppContext, row: Instance, cursor: str | None, lines: int) -> LogStream:
-    """New records from ``cursor`` on; without one, the last ``lines`` records first. Only a
-    running instance's guest streams its log; the stream ends when the guest stops, and a
-    cursor from before resumes exactly once it runs again (the log is on its volume)."""
+    """New records from ``cursor`` on; without one, the last ``lines`` records first.
+
+    A running instance's guest streams its log. A stopped one's stream gives what its provider
+    still has (without a cursor), then waits until the instance runs again and goes on from its
+    guest; it ends when the instance is destroyed. A cursor from before resumes exactly once the
+    instance runs (the log is on its volume)."""
     if row.provider_ref is None:
         raise Conflict("the instance has no machine yet")
     if row.status != InstanceStatus.RUNNING.value:
-        raise Conflict(f"the instance is {row.status}; start it first")
+        return _until_running(ctx, row, cursor, lines)
+    return await _from_guest(ctx, row, cursor, lines)
+
+
+async def _from_guest(ctx: AppContext, row: Instance, cursor: str | None, lines: int) -> LogStream:
     endpoint = provider_for(ctx, row).guest_endpoint(handle_of(row))
     try:
         return await guest_client.follow(
@@ -55,3 +66,24 @@ async def follow(ctx: AppContext, row: Instance, cursor: str | None, lines: int)
     except guest_client.GuestError as exc:
         # Said without the guest's address: that is the provider's business, not the user's.
         raise UpstreamFailed(str(exc).replace(f" at {endpoint.address}", "")) from exc
+
+
+async def _until_running(
+    ctx: AppContext, row: Instance, cursor: str | None, lines: int
+) -> AsyncGenerator[tuple[str, dict[str, str]]]:
+    if cursor is None:
+        for record in await provider_for(ctx, row).tail_stopped(handle_of(row), lines):
+            yield "", record
+    while True:
+        await asyncio.sleep(STOPPED_POLL_SECONDS)
+        # A short session per look: a stream never holds a database connection.
+        async with ctx.db.session() as session:
+            current = await session.get(Instance, row.id)
+        if current is None or current.destroyed_at is not None:
+            return
+        if current.status == InstanceStatus.RUNNING.value:
+            break
+    # Records written while it booted (before this cursor-less follow began) were not read.
+    stream = await _from_guest(ctx, current, cursor, 0 if cursor is None else lines)
+    async for item in stream:
+        yield item
