@@ -235,6 +235,25 @@ class InstanceList(WireModel):
     instances: list[Instance]
 
 
+#: Limits of a create request's ``env``: how many variables, and their names and values
+#: together (they travel in the guest's config and are stored encrypted).
+MAX_ENV_VARS = 64
+MAX_ENV_BYTES = 32 * 1024
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
+
+
+def _env(value: dict[str, str]) -> dict[str, str]:
+    """Names as a shell writes them; values a program's environment can hold."""
+    for name, text in value.items():
+        if not _ENV_NAME.fullmatch(name):
+            raise ValueError(f"{name[:128]!r} is not an environment variable name")
+        if "\x00" in text:
+            raise ValueError(f"the value of {name} contains a NUL character")
+    if sum(len(k.encode()) + len(v.encode()) for k, v in value.items()) > MAX_ENV_BYTES:
+        raise ValueError(f"names and values must not exceed {MAX_ENV_BYTES} bytes in all")
+    return value
+
+
 class InstanceCreateRequest(RequestModel):
     name: PlainText | None = Field(default=None, min_length=1, max_length=200)
     agent_type: PlainText = Field(min_length=1, max_length=64)
@@ -242,6 +261,12 @@ class InstanceCreateRequest(RequestModel):
     model_name: PlainText = Field(min_length=1, max_length=128)
     api_key: str | None = Field(default=None, min_length=1, max_length=4096)
     region: PlainText | None = Field(default=None, min_length=1, max_length=64)
+    env: Annotated[dict[str, str], AfterValidator(_env)] | None = Field(
+        default=None, max_length=MAX_ENV_VARS
+    )
+    """Extra environment for the agent. Stored encrypted, like ``apiKey``; never shown back."""
+    repo: PlainText | None = Field(default=None, min_length=1, max_length=2048)
+    """A git repository (``https://``) cloned into the working directory on first start."""
 
 
 class InstanceCreated(WireModel):

@@ -124,6 +124,10 @@ class Settings(BaseSettings):
     """Serve Prometheus metrics at ``/metrics`` to requests bearing this token (at least 16
     characters); unset, ``/metrics`` does not exist. A secret: never logged."""
 
+    allow_file_repos: bool = False
+    """Also accept ``file://`` repository URLs at create (for tests: a repository on the
+    machine that runs the instance). Off, only ``https://`` is accepted."""
+
     reconcile_interval_seconds: float = Field(default=15.0, gt=0)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 

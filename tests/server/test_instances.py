@@ -66,7 +66,7 @@ def test_shell_instance_lifecycle(bearer: httpx.Client, settings: Settings, toke
     assert act("start").json() == {"ok": True}
     assert bearer.get(f"/api/instances/{iid}").json()["status"] == "running"
     volume = instance_dir(settings, iid) / "disk" / "home"
-    assert (volume / "notes.txt").read_text() == "persisted\n"
+    assert (volume / "work" / "notes.txt").read_text() == "persisted\n"  # where agents start
     assert act("restart").json() == {"ok": True}
     assert bearer.get(f"/api/instances/{iid}").json()["status"] == "running"
 

@@ -6,14 +6,21 @@ The data is ``agents.json`` beside this module; :func:`load_catalog` validates i
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
+from typing import Final
 
 from gentity import models as wire
 from gentity.guest.config import ReadyRule, parse_ready_rule
+from gentity.guest.seeds import SeedFile, parse_seed_file
 
 _DATA = Path(__file__).with_name("agents.json")
+#: Where every agent starts, relative to its home (``/home/agent/work``); made on its volume.
+WORKDIR: Final = "work"
+#: What an environment variable's name may be (the catalog's and a user's ``env``).
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 class CatalogError(ValueError):
@@ -55,6 +62,12 @@ class CatalogAgent:
     command: tuple[str, ...]
     ready: ReadyRule = field(default_factory=ReadyRule)
     """When the agent counts as ready (up and waiting for input); the guest applies it."""
+    env: dict[str, str] = field(default_factory=dict)
+    """Environment the agent always gets (no secrets: e.g. its auto-updater turned off)."""
+    seed: tuple[SeedFile, ...] = ()
+    """Config files written into the home before the first start, so the agent opens at its
+    prompt: signed in with the key from the environment, the working directory trusted, the
+    model chosen, no update or release-notes prompts (see :mod:`gentity.guest.seeds`)."""
 
     @property
     def requires_api_key(self) -> bool:
@@ -118,6 +131,8 @@ def load_catalog(path: Path = _DATA) -> Catalog:
                 install=_install_step(a["id"], a["install"]),
                 command=tuple(a["command"]),
                 ready=_ready_rule(a["id"], a.get("ready")),
+                env=_env(a["id"], a.get("env")),
+                seed=_seed(a["id"], a.get("seed")),
             )
         )
     return Catalog(agents=tuple(agents))
@@ -141,3 +156,27 @@ def _ready_rule(agent_id: str, raw: object) -> ReadyRule:
         return parse_ready_rule(raw)
     except ValueError as exc:
         raise CatalogError(f"{agent_id}: {exc}") from None
+
+
+def _env(agent_id: str, raw: object) -> dict[str, str]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict) or not all(
+        isinstance(k, str) and ENV_NAME.fullmatch(k) and isinstance(v, str) for k, v in raw.items()
+    ):
+        raise CatalogError(f"{agent_id}: env must map variable names to strings")
+    return dict(raw)
+
+
+def _seed(agent_id: str, raw: object) -> tuple[SeedFile, ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        raise CatalogError(f"{agent_id}: seed must be a list of files")
+    try:
+        files = tuple(parse_seed_file(f) for f in raw)
+    except ValueError as exc:
+        raise CatalogError(f"{agent_id}: seed: {exc}") from None
+    if len({f.path for f in files}) != len(files):
+        raise CatalogError(f"{agent_id}: seed: a path is given twice")
+    return files

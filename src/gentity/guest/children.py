@@ -146,8 +146,12 @@ async def run_piped(
     stop_timeout: float = 5.0,
     cgroup_fd: int | None = None,
     redact: Redactor | None = None,
+    carriage_return_ends_line: bool = False,
 ) -> int:
     """Run a command with stdout and stderr piped into ``on_line`` as clean lines.
+
+    With ``carriage_return_ends_line``, a line a program rewrites in place (a progress
+    counter, ``\r`` before each update) gives one line per update instead of one endless line.
 
     Returns the Popen return code; raises OSError if it cannot be started. The
     command gets its own session; if the caller is cancelled, its process group
@@ -188,7 +192,7 @@ async def run_piped(
         except OSError:
             data = b""
         if data:
-            logger.feed(data)
+            logger.feed(data.replace(b"\r", b"\n") if carriage_return_ends_line else data)
         else:
             loop.remove_reader(read_fd)
             if not eof.done():

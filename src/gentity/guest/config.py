@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from gentity.guest.protocol import parse_address
+from gentity.guest.seeds import PreparePlan, parse_prepare_plan
 
 RESTART_POLICIES: Final = ("always", "on-failure", "never")
 
@@ -135,6 +136,8 @@ class Config:
     secret_env: list[str] = field(default_factory=list)
     """Names in ``env`` and ``install.env`` whose values are secrets (the model API key):
     the guest redacts them, and its own secret, from every log record it writes."""
+    prepare: PreparePlan = field(default_factory=PreparePlan)
+    """Seeded files and a repository, before the agent's first start (workdir is made)."""
 
     def secret_values(self) -> list[str]:
         """The env values named in ``secretEnv``, which the log must never show."""
@@ -145,7 +148,8 @@ class Config:
 def parse_config(data: object) -> Config:
     """Validate the ``configure`` config object (fields: logFile, workdir, command, shell,
     env, secretEnv, restart, install: {lockFile, marker, commands, env, package},
-    replayBytes, cols, rows, ready: {quietMs, pattern})."""
+    replayBytes, cols, rows, ready: {quietMs, pattern}, prepare: see
+    :mod:`gentity.guest.seeds`)."""
     if not isinstance(data, dict):
         raise ConfigError("config must be a JSON object")
     restart = data.get("restart", "always")
@@ -174,7 +178,15 @@ def parse_config(data: object) -> Config:
         rows=numbers["rows"],
         secret_env=_names(data.get("secretEnv")),
         ready=parse_ready_rule(data.get("ready")),
+        prepare=_prepare(data.get("prepare")),
     )
+
+
+def _prepare(value: object) -> PreparePlan:
+    try:
+        return parse_prepare_plan(value)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def parse_ready_rule(value: object) -> ReadyRule:

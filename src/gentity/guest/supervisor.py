@@ -22,6 +22,7 @@ from gentity.guest.install import install_once
 from gentity.guest.launcher import Launcher
 from gentity.guest.logformat import format_timestamp
 from gentity.guest.logwriter import LogWriter
+from gentity.guest.prepare import prepare
 from gentity.guest.readiness import Readiness
 from gentity.guest.session import PtySession
 from gentity.guest.textlines import LineLogger
@@ -101,8 +102,12 @@ class Supervisor:
             await self._changes.next()
 
     async def run(self) -> None:
-        """Install, then run the agent under the restart policy."""
+        """Prepare the instance, install, then run the agent under the restart policy."""
         try:
+            error = await self._prepare()
+            if error is not None:
+                self._fail(error)
+                return
             if self._config.install is not None:
                 error = await self._install(self._config.install)
                 if error is not None:
@@ -111,6 +116,20 @@ class Supervisor:
             await self._run_agent()
         except Exception as exc:
             self._fail(f"internal error: {type(exc).__name__}: {exc}")
+
+    async def _prepare(self) -> str | None:
+        config = self._config
+        # git needs none of the agent's secrets (the model key, the user's env values).
+        env = {k: v for k, v in {**os.environ, **config.env}.items() if k not in config.secret_env}
+        return await prepare(
+            config.prepare,
+            home=env.get("HOME") or config.workdir,
+            workdir=config.workdir,
+            env=env,
+            log=self._log,
+            wait_exit=self._watcher.exited,
+            cgroup_fd=self._cgroup_fd,
+        )
 
     def install_report(self) -> dict[str, Any] | None:
         """The install's progress for health, with its last output lines (redacted)."""

@@ -27,11 +27,13 @@ import abc
 from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, field
 from enum import StrEnum
+from pathlib import PurePosixPath
 from typing import Any, ClassVar
 
 from gentity.catalog import InstallStep
 from gentity.guest.client import GuestEndpoint
 from gentity.guest.config import ReadyRule
+from gentity.guest.seeds import PreparePlan
 
 KnownInstances = Callable[[], Awaitable[Collection[str]]]
 """Reads the ids of every instance the database still holds (see ``ComputeProvider.sweep``)."""
@@ -72,6 +74,11 @@ class GuestLaunch:
     secret_env: tuple[str, ...] = ()
     """The names in ``agent_env`` whose values are secrets (the catalog's key variable). The
     guest gets them as ``secretEnv`` and redacts those values from the instance's log."""
+    workdir: str = ""
+    """The agent's working directory, relative to its home (empty: the home); the guest
+    makes it."""
+    prepare: PreparePlan = field(repr=False, default_factory=PreparePlan)
+    """What the guest prepares before the first start (the config's ``prepare`` object)."""
 
     def secret_values(self) -> list[str]:
         """Every value the instance's log must never show: the guest secret and the keys.
@@ -87,7 +94,7 @@ class GuestLayout:
     """Where the agent lives inside a provider's machine, as its guest sees it."""
 
     workdir: str
-    """The agent's home and working directory, on the volume."""
+    """The agent's home, on the volume; the launch's ``workdir`` is below it."""
     log_file: str
     """The structured log (on the volume, so it outlives a restart)."""
     env: dict[str, str]
@@ -103,7 +110,7 @@ def guest_config(launch: GuestLaunch, layout: GuestLayout) -> dict[str, Any]:
     provider. Carries the launch's secrets: send it over the guest protocol only."""
     return {
         "logFile": layout.log_file,
-        "workdir": layout.workdir,
+        "workdir": str(PurePosixPath(layout.workdir, launch.workdir)),
         "command": launch.command,
         "shell": layout.shell,
         "env": {**layout.env, **launch.agent_env},
@@ -111,6 +118,7 @@ def guest_config(launch: GuestLaunch, layout: GuestLayout) -> dict[str, Any]:
         "restart": launch.restart,
         "ready": {"quietMs": launch.ready.quiet_ms, "pattern": launch.ready.pattern},
         "install": layout.install,
+        "prepare": launch.prepare.to_json(),
     }
 
 

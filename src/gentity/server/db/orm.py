@@ -146,6 +146,10 @@ class Instance(Base):
     provider_state: Mapped[dict[str, Any]] = mapped_column(default=dict)
     api_key_ciphertext: Mapped[bytes | None] = mapped_column(LargeBinary, default=None)
     guest_secret_ciphertext: Mapped[bytes] = mapped_column(LargeBinary)
+    env_ciphertext: Mapped[bytes | None] = mapped_column(LargeBinary, default=None)
+    """The user's ``env`` for the agent, as a sealed JSON object (None: none given)."""
+    repo: Mapped[str | None] = mapped_column(String(2048), default=None)
+    """A git URL the guest clones into the working directory on first start."""
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
     destroyed_at: Mapped[datetime | None] = mapped_column(default=None)
@@ -157,7 +161,11 @@ class Instance(Base):
 #: Every column that holds a :class:`~gentity.server.security.crypto.SecretBox` ciphertext,
 #: sealed with its row's ``id`` as context. ``gentity secrets rotate`` re-encrypts exactly these:
 #: a new encrypted column must be listed here (a test checks every binary column is).
-ENCRYPTED_COLUMNS = (Instance.api_key_ciphertext, Instance.guest_secret_ciphertext)
+ENCRYPTED_COLUMNS = (
+    Instance.api_key_ciphertext,
+    Instance.guest_secret_ciphertext,
+    Instance.env_ciphertext,
+)
 
 
 class InstanceEvent(Base):

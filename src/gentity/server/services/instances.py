@@ -8,6 +8,7 @@ closed laptop must not leave an instance half-started), under a lease the reconc
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import secrets
 from typing import Any
@@ -18,8 +19,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from gentity import models
-from gentity.catalog import CatalogAgent, CatalogModel
+from gentity.catalog import WORKDIR, CatalogAgent, CatalogModel
 from gentity.guest import client as guest_client
+from gentity.guest.seeds import PreparePlan, check_repo_url
 from gentity.models import InstanceAction
 from gentity.models import InstanceStatus as S
 from gentity.providers.compute.base import (
@@ -175,6 +177,12 @@ def _validate(
         raise InvalidInput(
             f"region: unknown region {body.region!r} (choose one of: {', '.join(regions)})"
         )
+    if body.repo is not None:
+        schemes = ("https", "file") if ctx.settings.allow_file_repos else ("https",)
+        try:
+            check_repo_url(body.repo, schemes)
+        except ValueError as exc:
+            raise InvalidInput(str(exc)) from None
     return agent, model
 
 
@@ -202,6 +210,10 @@ async def create(
         provider_state={},
         api_key_ciphertext=ctx.box.encrypt(api_key, context=instance_id) if api_key else None,
         guest_secret_ciphertext=ctx.box.encrypt(secrets.token_urlsafe(32), context=instance_id),
+        env_ciphertext=ctx.box.encrypt(json.dumps(body.env), context=instance_id)
+        if body.env
+        else None,
+        repo=body.repo,
     )
     for _attempt in range(_SUBDOMAIN_ATTEMPTS):
         row.subdomain = f"{agent.subdomain_prefix}-{random_slug(6)}"
@@ -309,7 +321,8 @@ async def teardown(ctx: AppContext, session: AsyncSession, inst: Instance) -> No
         # A create cancelled (or killed) before it saved the handle may have made something.
         await provider.destroy_unrecorded(inst.id)
     await dns.remove_records(ctx, inst)
-    inst.api_key_ciphertext = None  # nothing left to decrypt once the machine is gone
+    # Nothing left to decrypt once the machine is gone.
+    inst.api_key_ciphertext = inst.env_ciphertext = None
     await set_status(session, inst, S.DESTROYED, "machine and volume destroyed")
     await session.commit()
 
@@ -328,18 +341,41 @@ def _launch(ctx: AppContext, inst: Instance) -> GuestLaunch:
     model = agent.model(inst.model_provider, inst.model_name)
     if model is None:
         raise ProviderError(f"model {inst.model_name!r} is no longer offered for {agent.id}")
-    agent_env: dict[str, str] = {}
-    if model.api_key_env and inst.api_key_ciphertext:
-        # Decrypted only here, into the launch that the provider hands to the guest.
-        agent_env[model.api_key_env] = ctx.box.decrypt(inst.api_key_ciphertext, context=inst.id)
+    # Decrypted only here, into the launch that the provider hands to the guest. The user's
+    # values are treated as secrets too (a token is a likely one): redacted from the log.
+    user_env: dict[str, str] = (
+        json.loads(ctx.box.decrypt(inst.env_ciphertext, context=inst.id))
+        if inst.env_ciphertext
+        else {}
+    )
+    api_key = (
+        ctx.box.decrypt(inst.api_key_ciphertext, context=inst.id)
+        if model.api_key_env and inst.api_key_ciphertext
+        else None
+    )
+    agent_env = {**agent.env, **user_env}
+    if model.api_key_env and api_key is not None:
+        agent_env[model.api_key_env] = api_key
     return GuestLaunch(
         agent=agent.id,
         command=agent.launch_command(model),
         secret=guest_secret(ctx, inst),
         agent_env=agent_env,
         install=agent.install,
-        secret_env=(model.api_key_env,) if model.api_key_env in agent_env else (),
+        secret_env=(*user_env, *((model.api_key_env,) if api_key is not None else ())),
         ready=agent.ready,
+        workdir=WORKDIR,
+        prepare=PreparePlan(
+            files=list(agent.seed),
+            values={
+                "model": model.name,
+                "provider": model.provider,
+                # What Claude Code records of a key the user approved (its last 20 characters);
+                # none of a key so short that those would be most of it.
+                "api_key_suffix": api_key[-20:] if api_key and len(api_key) > 40 else "",
+            },
+            repo=inst.repo,
+        ),
     )
 
 
