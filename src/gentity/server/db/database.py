@@ -62,7 +62,11 @@ class Database:
         self.limits = limits = limits or DatabaseLimits()
         self.is_sqlite = self.url.get_backend_name() == "sqlite"
         kwargs: dict[str, Any] = {
-            "pool_pre_ping": True,
+            # A pooled PostgreSQL connection may have died with its server (a restart, a
+            # failover): one round trip on checkout finds out before a request uses it. A
+            # SQLite connection is a file this process holds open; the ping would be a
+            # wasted trip through the driver's thread on every request.
+            "pool_pre_ping": not self.is_sqlite,
             "pool_size": limits.pool_size,
             "max_overflow": limits.max_overflow,
             "pool_timeout": limits.pool_timeout,
