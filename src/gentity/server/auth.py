@@ -45,6 +45,12 @@ def context(request: Request) -> AppContext:
 
 
 async def db_session(request: Request) -> AsyncIterator[AsyncSession]:
+    # AuthFirstRoute opened one to authenticate the request: the handler uses that one, so a
+    # request checks out one pooled connection, not two.
+    opened = getattr(request.state, "db", None)
+    if isinstance(opened, AsyncSession):
+        yield opened
+        return
     async with context(request).db.session() as session:
         yield session
 
@@ -119,7 +125,15 @@ async def resolve_principal(
 async def authenticate_request(request: Request) -> Principal:
     """The caller of an HTTP request, or a 401; with a database session of its own."""
     async with context(request).db.session() as db:
-        principal = await resolve_principal(db, request.headers, request.cookies)
+        return await _authenticate(db, request)
+
+
+async def _authenticate(db: AsyncSession, request: Request) -> Principal:
+    principal = await resolve_principal(db, request.headers, request.cookies)
+    # The principal's rows outlive the session's later work: detached, a rollback in the
+    # handler cannot expire them (an expired attribute would be a lazy load, which async
+    # sessions refuse).
+    db.expunge_all()
     if principal is None:
         raise unauthorized()
     if principal.scope_instance_id is not None and not _within_scope(request, principal):
@@ -150,8 +164,15 @@ class AuthFirstRoute(APIRoute):
             return handler
 
         async def authenticated(request: Request) -> Response:
-            request.state.principal = await authenticate_request(request)
-            return await handler(request)
+            # One session for the whole request: the handler's ``Db`` is this one (see
+            # ``db_session``). It closes when the handler returns, as ``Db``'s would.
+            async with context(request).db.session() as db:
+                request.state.principal = await _authenticate(db, request)
+                request.state.db = db
+                try:
+                    return await handler(request)
+                finally:
+                    del request.state.db
 
         return authenticated
 
