@@ -17,7 +17,7 @@ import traceback
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from bench import keystrokes, logtail, memory, startup, throughput
+from bench import keystrokes, load, logtail, memory, startup, throughput
 from bench.context import Context, Plan, say
 from bench.report import Figure, Report
 from bench.server import BenchServer
@@ -28,6 +28,7 @@ FIGURES: list[tuple[str, Callable[[Context], Awaitable[Figure]], str]] = [
     ("3", throughput.run, "Terminal output throughput"),
     ("4", logtail.run, "Log tail (lines=1000)"),
     ("5", memory.run, "Idle guest daemon RSS"),
+    ("6", load.run, "Load: log followers and terminals"),
 ]
 
 
@@ -38,7 +39,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write the figures here")
     parser.add_argument(
-        "--only", metavar="N,…", help="run only these figures (1-5, comma separated)"
+        "--only", metavar="N,…", help="run only these figures (1-6, comma separated)"
     )
     parser.add_argument(
         "--data-parent",

@@ -24,6 +24,9 @@ class Plan:
     log_big_bytes: int = 1_000_000_000
     log_calls: int = 20
     idle_seconds: float = 2.0
+    load_followers: int = 1000
+    load_terminals: int = 100
+    load_seconds: float = 5.0
 
     @classmethod
     def full(cls) -> Plan:
@@ -39,6 +42,9 @@ class Plan:
             throughput_runs=1,
             log_big_bytes=100_000_000,
             log_calls=5,
+            load_followers=100,
+            load_terminals=10,
+            load_seconds=2.0,
         )
 
 

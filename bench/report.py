@@ -18,7 +18,7 @@ class Figure:
     """One benchmark figure: what was measured, against what, and whether it met its goal."""
 
     number: str
-    """The figure's number in the benchmark (1-5)."""
+    """The figure's number in the benchmark (1-6)."""
     key: str
     title: str
     goal: str

@@ -161,22 +161,27 @@ def test_missing_instance_directory_is_missing(provider: LocalProvider) -> None:
     run(scenario())
 
 
-def test_abandoned_empty_spare_groups_are_swept() -> None:
+def test_abandoned_empty_spare_groups_are_swept(tmp_path: Path) -> None:
+    """Old empty groups of this data directory's spares go; another data directory's stay."""
     require(bool(capabilities().v1), "writable cgroup v1 controllers")
-    from gentity.providers.compute.local.cgroups import sweep_abandoned_spare_groups
+    from gentity.providers.compute.local.cgroups import spare_prefix, sweep_abandoned_spare_groups
 
-    left = InstanceCgroup(f".spare-test{secrets.token_hex(4)}")
+    ours, theirs = spare_prefix(tmp_path / "ours"), spare_prefix(tmp_path / "theirs")
+    left = InstanceCgroup(ours + secrets.token_hex(4))
     left.create(cpus=1, memory_mb=64)
-    fresh = InstanceCgroup(f".spare-test{secrets.token_hex(4)}")
+    fresh = InstanceCgroup(ours + secrets.token_hex(4))
     fresh.create(cpus=1, memory_mb=64)
+    other = InstanceCgroup(theirs + secrets.token_hex(4))
+    other.create(cpus=1, memory_mb=64)
     try:
-        sweep_abandoned_spare_groups(min_age_seconds=3600)
+        sweep_abandoned_spare_groups(ours, min_age_seconds=3600)
         assert all(p.exists() for p in [*left.v1.values(), *fresh.v1.values()])  # too young
-        sweep_abandoned_spare_groups(min_age_seconds=0)
+        sweep_abandoned_spare_groups(ours, min_age_seconds=0)
         assert not any(p.exists() for p in [*left.v1.values(), *fresh.v1.values()])
+        assert all(p.exists() for p in other.v1.values())
     finally:
-        left.remove()
-        fresh.remove()
+        for group in (left, fresh, other):
+            group.remove()
 
 
 def test_an_instance_from_before_the_disk_layout_starts_with_its_files(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from typing import Annotated
 
 import typer
@@ -25,6 +26,9 @@ def serve(
         overrides["port"] = port
     settings = Settings(**overrides)  # type: ignore[arg-type]
     _configure_logging(settings.log_level)
+    # The port first: a server that cannot serve must leave the data directory, the database
+    # and the host's shared state (spares, cgroups) exactly as it found them.
+    listener = _listen(settings.host, settings.port)
 
     from gentity.server.app import create_app  # heavy import: only for this command
     from gentity.server.preflight import StartupError, preflight
@@ -35,7 +39,8 @@ def serve(
         typer.echo(f"Error: {exc}", err=True)
         raise typer.Exit(1) from None
     app = create_app(settings)
-    url = settings.public_url or f"http://{_display_host(settings.host)}:{settings.port}"
+    port = listener.getsockname()[1]
+    url = settings.public_url or f"http://{_display_host(settings.host)}:{port}"
     typer.echo(f"Gentity {_version()} serving on {url}")
     typer.echo(f"Data directory: {settings.data_dir}")
     # Runnable as printed from another shell: it names this server's database explicitly.
@@ -46,10 +51,10 @@ def serve(
         + ("  (with the database password in place of ***)\n" if "***" in prefix else "")
         + f"then run: gentity login {url}"
     )
-    uvicorn.run(
+    config = uvicorn.Config(
         app,
-        host=settings.host,
-        port=settings.port,
+        host=settings.host,  # uvicorn names the address in its log; the socket is ours
+        port=port,
         log_level=settings.log_level,
         # Forwarding headers are the app's business (GENTITY_TRUSTED_PROXIES, none by
         # default): uvicorn's own handling would believe any process on 127.0.0.1.
@@ -59,6 +64,27 @@ def serve(
         ws="websockets-sansio",
         timeout_graceful_shutdown=5,
     )
+    uvicorn.Server(config).run(sockets=[listener])
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """A listening socket on ``host:port``, or exit with a one-line error when it is taken.
+
+    It listens at once, so that connections made while start-up migrates and reconciles wait
+    in the backlog instead of being refused.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    listener = socket.socket(family, socket.SOCK_STREAM)
+    # As uvicorn does: a restart must not wait for the old connections' TIME_WAIT to pass.
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listener.bind((host, port))
+        listener.listen(2048)
+    except OSError as exc:
+        listener.close()
+        typer.echo(f"Error: cannot listen on {host}:{port}: {exc.strerror or exc}", err=True)
+        raise typer.Exit(1) from None
+    return listener
 
 
 def _display_host(host: str) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import logging
 import os
 import signal
@@ -165,18 +166,28 @@ def _write(path: Path, value: str) -> None:
     path.write_text(value)
 
 
-def sweep_abandoned_spare_groups(min_age_seconds: float = 60.0) -> None:
-    """Remove empty spare groups left by servers that were killed before they could.
+def spare_prefix(data_dir: Path) -> str:
+    """How the names of a data directory's warm spares begin.
 
-    Only empty groups go (rmdir refuses others), and only old ones, so a spare that another
-    server on this host is starting right now is never touched.
+    The cgroup hierarchy is shared by every server on the host: the digest of the data
+    directory in each spare's name lets a server's sweep tell its own groups from theirs.
+    """
+    return f".spare-{hashlib.sha256(str(data_dir).encode()).hexdigest()[:12]}-"
+
+
+def sweep_abandoned_spare_groups(prefix: str, min_age_seconds: float = 60.0) -> None:
+    """Remove this data directory's empty spare groups (named ``prefix…``, see
+    :func:`spare_prefix`) left by a server that was killed before it could.
+
+    Only empty groups go (rmdir refuses others), and only old ones, so a spare that a server
+    on this data directory is starting right now is never touched.
     """
     caps = capabilities()
     roots = [ROOT / c / GROUP for c in caps.v1] + ([caps.v2 / GROUP] if caps.v2 else [])
     now = time.time()
     for root in roots:
         with contextlib.suppress(OSError):
-            for group in root.glob(".spare-*"):
+            for group in root.glob(f"{prefix}*"):
                 with contextlib.suppress(OSError):
                     if group.is_dir() and now - group.stat().st_mtime > min_age_seconds:
                         with contextlib.suppress(FileNotFoundError):

@@ -49,7 +49,11 @@ from gentity.providers.compute.base import (
     ProviderError,
 )
 from gentity.providers.compute.local import logs, network, processes, spares, uids, volumes
-from gentity.providers.compute.local.cgroups import InstanceCgroup, sweep_abandoned_spare_groups
+from gentity.providers.compute.local.cgroups import (
+    InstanceCgroup,
+    spare_prefix,
+    sweep_abandoned_spare_groups,
+)
 from gentity.providers.compute.local.guest_process import (
     GUEST_READY_TIMEOUT,
     GUEST_STOP_GRACE,
@@ -408,7 +412,7 @@ class LocalProvider(ComputeProvider):
     # --- warm spares (see spares.py) ------------------------------------------------------
 
     def _start_spare(self) -> Booted:
-        ref = f"{spares.PREFIX}{secrets.token_hex(6)}"
+        ref = spare_prefix(self.data_dir) + secrets.token_hex(6)
         paths = InstancePaths.under(self.instances_dir, ref, self.runtime_dir)
         self._make_directories(paths, spares.SPARE_VOLUME_GB)
         # Spares get the smallest limits until an instance takes one over.
@@ -450,7 +454,7 @@ class LocalProvider(ComputeProvider):
 
     async def adopt(self) -> None:
         await anyio.to_thread.run_sync(spares.sweep_leftovers, self.instances_dir, self.runtime_dir)
-        await anyio.to_thread.run_sync(sweep_abandoned_spare_groups)
+        await anyio.to_thread.run_sync(sweep_abandoned_spare_groups, spare_prefix(self.data_dir))
         if bwrap_path() is not None:
             self._spares.refill_soon()
 
