@@ -26,6 +26,7 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 
+from gentity.server.db import sqlite_driver
 from gentity.server.db.bounded import BoundedSession, DatabaseUnavailable
 
 log = logging.getLogger(__name__)
@@ -61,6 +62,8 @@ class Database:
         self.url = make_url(url)
         self.limits = limits = limits or DatabaseLimits()
         self.is_sqlite = self.url.get_backend_name() == "sqlite"
+        if self.url.drivername == "sqlite+aiosqlite":
+            self.url = self.url.set(drivername=f"sqlite+{sqlite_driver.DRIVER}")
         kwargs: dict[str, Any] = {
             # A pooled PostgreSQL connection may have died with its server (a restart, a
             # failover): one round trip on checkout finds out before a request uses it. A
