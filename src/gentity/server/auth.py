@@ -162,6 +162,14 @@ class AuthFirstRoute(APIRoute):
         handler = super().get_route_handler()
         if not _depends_on(self.dependant, require_principal):
             return handler
+        if not _depends_on(self.dependant, db_session):
+            # No Db: the session closes before the handler runs, which may take minutes (a
+            # create) and must not hold a pooled connection meanwhile.
+            async def authenticated_alone(request: Request) -> Response:
+                request.state.principal = await authenticate_request(request)
+                return await handler(request)
+
+            return authenticated_alone
 
         async def authenticated(request: Request) -> Response:
             # One session for the whole request: the handler's ``Db`` is this one (see
