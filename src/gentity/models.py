@@ -101,6 +101,17 @@ class AgentCatalog(WireModel):
     agents: list[Agent]
 
 
+class Region(WireModel):
+    """A place where instances can run; ``code`` is what a create's ``region`` names."""
+
+    code: str
+    label: str
+
+
+class RegionList(WireModel):
+    regions: list[Region]
+
+
 # --- accounts and tokens -------------------------------------------------------------------
 
 
@@ -257,3 +268,26 @@ class LogLine(WireModel):
 
 class LogList(WireModel):
     logs: list[LogLine]
+
+
+class InstanceEvent(WireModel):
+    """One status change of an instance: when, from what, to what, why, and who asked."""
+
+    id: int
+    """Increasing: a ``before`` cursor for the next page, and the SSE event id when following."""
+    time: datetime
+    from_status: InstanceStatus | None = Field(alias="from")
+    """Null for the first event, the creation."""
+    to_status: InstanceStatus = Field(alias="to")
+    reason: str
+    actor: str
+    """``token:<api token id>`` or ``session:<session id>`` for a user's request,
+    ``reconciler`` when the server settled an interrupted or failed machine, ``system``
+    otherwise."""
+
+
+class InstanceEventList(WireModel):
+    events: list[InstanceEvent]
+    """Newest first."""
+    next_before: int | None
+    """Pass as ``before`` for the next (older) page; null on the last page."""

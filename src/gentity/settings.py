@@ -120,6 +120,10 @@ class Settings(BaseSettings):
     cloudflare_zone_id: str | None = None
     """The id (32 hex digits) of the Cloudflare zone instance records are made in."""
 
+    metrics_token: SecretStr | None = Field(default=None, min_length=16)
+    """Serve Prometheus metrics at ``/metrics`` to requests bearing this token (at least 16
+    characters); unset, ``/metrics`` does not exist. A secret: never logged."""
+
     reconcile_interval_seconds: float = Field(default=15.0, gt=0)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from gentity.catalog import CatalogError, InstallStep, load_catalog
-from gentity.guest.protocol import ReadyRule
+from gentity.guest.config import ReadyRule
 
 _SHIPPED = Path(__file__).parents[2] / "src" / "gentity" / "catalog" / "agents.json"
 

@@ -135,3 +135,50 @@ def test_async_client(server: LiveServer, token: str, admin: httpx.Client) -> No
     started = time.monotonic()
     asyncio.run(main())
     assert time.monotonic() - started < 60
+
+
+def test_events_pages_and_a_follow_that_ends_with_the_instance(
+    sdk: Client, instance: models.InstanceCreated
+) -> None:
+    sdk.instances.stop(instance.id)
+    first = sdk.events(instance.id, limit=2)
+    assert [e.to_status for e in first.events] == [
+        models.InstanceStatus.STOPPED,
+        models.InstanceStatus.STOPPING,
+    ]
+    assert first.next_before == first.events[-1].id
+    rest = sdk.instances.events(instance.id, before=first.next_before)
+    assert rest.next_before is None
+    assert [e.to_status.value for e in reversed(rest.events)] == [
+        "provisioning",
+        "starting",
+        "running",
+    ]
+    assert rest.events[-1].from_status is None and rest.events[-1].actor.startswith("token:")
+
+    with sdk.follow_events(instance.id, limit=1) as stream:
+        assert next(stream).to_status is models.InstanceStatus.STOPPED
+        resume_from = stream.last_event_id
+        sdk.instances.start(instance.id)
+        assert [next(stream).to_status.value for _ in range(2)] == ["starting", "running"]
+    sdk.instances.delete(instance.id)
+    # Resumed after "stopped": the rest of the history, and the iteration ends by itself.
+    rest_of_it = list(sdk.follow_events(instance.id, last_event_id=resume_from))
+    assert [e.to_status.value for e in rest_of_it] == [
+        "starting",
+        "running",
+        "destroying",
+        "destroyed",
+    ]
+
+
+def test_async_events_follow_ends_with_the_instance(server: LiveServer, token: str) -> None:
+    async def run() -> list[str]:
+        async with AsyncClient(server.url, token) as client:
+            created = await client.instances.create("shell", "none", "bash")
+            page = await client.events(created.id)
+            assert page.events[0].to_status is models.InstanceStatus.RUNNING
+            await client.instances.delete(created.id)
+            return [e.to_status.value async for e in client.follow_events(created.id, limit=2)]
+
+    assert asyncio.run(run()) == ["destroying", "destroyed"]

@@ -60,5 +60,5 @@ def test_every_call_is_awaitable_in_the_async_client(sync_cls: type, async_cls: 
             continue
         returns = str(inspect.signature(function).return_annotation)
         # A stream (an async iterator) or a terminal to ``await`` / ``async with``.
-        deferred = returns in ("AsyncLogStream", "PendingTerminal")
+        deferred = returns in ("AsyncLogStream", "AsyncEventStream", "PendingTerminal")
         assert inspect.iscoroutinefunction(function) or deferred, name

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
 import re
@@ -10,6 +11,7 @@ import secrets
 import select
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -22,9 +24,11 @@ from typing import Any
 import pytest
 
 from gentity.guest.client import GuestSession, health, open_session
-from gentity.guest.protocol import Exit, Output
+from gentity.guest.protocol import Exit, Output, encode_request, parse_address
 
 BASH = ["bash", "--norc", "--noprofile", "-i"]
+# Fields of the test's config that go into the bootstrap; the rest goes to ``configure``.
+BOOTSTRAP_FIELDS = ("listen", "hostname", "childCgroupFd", "echoLog")
 
 
 @pytest.fixture
@@ -44,6 +48,12 @@ class GuestProc:
     @property
     def secret(self) -> str:
         return str(self.config["secret"])
+
+    @property
+    def agent_config(self) -> dict[str, Any]:
+        """What ``configure`` carries: the config without the secret and the bootstrap."""
+        skip = ("secret", *BOOTSTRAP_FIELDS)
+        return {k: v for k, v in self.config.items() if k not in skip}
 
     @property
     def log_path(self) -> Path:
@@ -135,9 +145,33 @@ class Term:
         await self.session.close()
 
 
-# What the guest_factory fixture hands a test: keyword overrides of the config, and
-# wait=False to skip waiting for the "ready" line.
+# What the guest_factory fixture hands a test: keyword overrides of the config,
+# wait=False to skip waiting for the "ready" line, configure=False to leave the guest
+# waiting for its config.
 GuestFactory = Callable[..., GuestProc]
+
+
+def bootstrap_of(config: dict[str, Any]) -> dict[str, Any]:
+    """The bootstrap for a test config: no secret, only its sha256."""
+    boot = {k: config[k] for k in BOOTSTRAP_FIELDS if k in config}
+    return boot | {"secretSha256": hashlib.sha256(str(config["secret"]).encode()).hexdigest()}
+
+
+def configure_now(address: str, secret: str, config: dict[str, Any]) -> dict[str, Any]:
+    """Send ``configure`` without an event loop (the factory runs inside async tests)."""
+    addr = parse_address(address)
+    if addr.kind == "unix":
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        target: Any = addr.path
+    else:
+        sock = socket.socket(socket.AF_INET6 if ":" in addr.host else socket.AF_INET)
+        target = (addr.host, addr.port)
+    with sock:
+        sock.settimeout(10)
+        sock.connect(target)
+        sock.sendall(encode_request(secret, "configure", {"config": config}))
+        answer: dict[str, Any] = json.loads(sock.makefile("rb").readline())
+        return answer
 
 
 @pytest.fixture
@@ -148,7 +182,7 @@ def guest_factory(tmp_path: Path) -> Iterator[GuestFactory]:
     sock_dir = tempfile.mkdtemp(prefix="gg-", dir="/tmp")
     counter = iter(range(1000))
 
-    def start(wait: bool = True, **overrides: Any) -> GuestProc:
+    def start(wait: bool = True, configure: bool = True, **overrides: Any) -> GuestProc:
         n = next(counter)
         config: dict[str, Any] = {
             "secret": secrets.token_hex(16),
@@ -172,10 +206,10 @@ def guest_factory(tmp_path: Path) -> Iterator[GuestFactory]:
             bufsize=0,  # unbuffered: select() below must see every line still unread
         )
         assert proc.stdin is not None and proc.stdout is not None
-        proc.stdin.write(json.dumps(config).encode())
+        proc.stdin.write(json.dumps(bootstrap_of(config)).encode())
         proc.stdin.close()
         ready: dict[str, Any] = {}
-        while wait and "ready" not in ready:  # the first line says it waits for its config
+        while wait and "ready" not in ready:  # the first line says it waits for its bootstrap
             readable, _, _ = select.select([proc.stdout], [], [], 15)
             line = proc.stdout.readline() if readable else b""
             if not line:
@@ -185,6 +219,9 @@ def guest_factory(tmp_path: Path) -> Iterator[GuestFactory]:
             ready = json.loads(line)
         guest = GuestProc(proc, config, ready.get("listen", config["listen"]), ready)
         started.append(guest)
+        if wait and configure:
+            answer = configure_now(guest.address, guest.secret, guest.agent_config)
+            assert answer == {"ok": True}, answer
         return guest
 
     yield start

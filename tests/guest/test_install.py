@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from gentity.guest.config import InstallPlan
 from gentity.guest.install import install_once
 from gentity.guest.logreader import tail
 from gentity.guest.logwriter import LogWriter
-from gentity.guest.protocol import InstallPlan
 from gentity.guest.redact import Redactor
 
 pytestmark = pytest.mark.anyio

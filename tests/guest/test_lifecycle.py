@@ -172,7 +172,8 @@ async def test_stale_socket_is_replaced(guest_factory: GuestFactory) -> None:
         s.connect(path)  # still served by the second guest
 
 
-def test_bad_config_exits_with_a_message() -> None:
+def test_bad_bootstrap_exits_with_a_message() -> None:
+    # The old full config (with its secret) on stdin is no bootstrap: refused, never quoted.
     config = {"secret": "sk-secret-abc", "listen": "unix:/tmp/x.sock", "command": ["sh"]}
     result = subprocess.run(
         [sys.executable, "-m", "gentity.guest"],
@@ -181,12 +182,17 @@ def test_bad_config_exits_with_a_message() -> None:
         timeout=30,
     )
     assert result.returncode == 2
-    assert b"invalid config: logFile must be an absolute path" in result.stderr
+    assert b"invalid bootstrap: secretSha256 must be 64 hexadecimal digits" in result.stderr
     assert b"sk-secret-abc" not in result.stderr
     result = subprocess.run(
         [sys.executable, "-m", "gentity.guest"], input=b"{nope", capture_output=True, timeout=30
     )
-    assert result.returncode == 2 and b"invalid config" in result.stderr
+    assert result.returncode == 2 and b"invalid bootstrap" in result.stderr
+    env = {**os.environ, "GENTITY_GUEST_LISTEN": "tls:127.0.0.1:1", "GENTITY_GUEST_ECHO_LOG": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "gentity.guest"], env=env, capture_output=True, timeout=30
+    )
+    assert result.returncode == 2 and b"does not terminate TLS" in result.stderr
 
 
 async def test_idle_rss(guest_factory: GuestFactory) -> None:

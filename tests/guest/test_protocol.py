@@ -1,4 +1,4 @@
-"""Framing, addresses and config parsing."""
+"""Framing, addresses and request lines."""
 
 from __future__ import annotations
 
@@ -83,46 +83,15 @@ def test_parse_address() -> None:
 
 
 def test_request_line() -> None:
-    line = p.encode_request("s", "attach", cols=80, rows=24)
+    line = p.encode_request("s", "attach", {"cols": 80, "rows": 24, "other": None})
     assert line.endswith(b"\n")
     assert json.loads(line) == {"secret": "s", "op": "attach", "cols": 80, "rows": 24}
 
 
-def base_config() -> dict[str, object]:
-    return {
-        "secret": "top-secret-value",
-        "listen": "unix:/tmp/x.sock",
-        "logFile": "/tmp/x/agent.log",
-        "workdir": "/tmp/x/vol",
-        "command": ["bash", "-l"],
-    }
-
-
-def test_parse_config_defaults_and_clamps() -> None:
-    data = base_config() | {"replayBytes": 10, "cols": 5000, "env": {"K": "v"}}
-    config = p.parse_config(data)
-    assert config.replay_bytes == 65536
-    assert (config.cols, config.rows) == (1000, 32)
-    assert config.restart == "always" and config.install is None
-    assert config.shell == ["sh"]
-    # Secrets stay out of repr(), so they cannot leak through a debug dump.
-    assert "top-secret-value" not in repr(config) and "'v'" not in repr(config)
-
-
-@pytest.mark.parametrize(
-    ("change", "message"),
-    [
-        ({"secret": ""}, "secret"),
-        ({"listen": "ftp:x"}, "listen"),
-        ({"command": []}, "command"),
-        ({"workdir": "relative"}, "workdir"),
-        ({"restart": "sometimes"}, "restart"),
-        ({"env": {"A": 1}}, "env"),
-        ({"install": {"commands": [["x"]], "marker": "/m"}}, "lockFile"),
-        ({"cols": "wide"}, "cols"),
-    ],
-)
-def test_parse_config_errors(change: dict[str, object], message: str) -> None:
-    with pytest.raises(p.ConfigError, match=message) as info:
-        p.parse_config(base_config() | change)
-    assert "top-secret-value" not in str(info.value)
+def test_parse_tls_address() -> None:
+    fly = p.parse_address("tls:127.0.0.1:4433#app.fly.dev")
+    assert fly == p.Address("tls", host="127.0.0.1", port=4433, server_name="app.fly.dev")
+    assert str(fly) == "tls:127.0.0.1:4433#app.fly.dev"
+    assert p.parse_address("tls:app.fly.dev:443").server_name == ""
+    with pytest.raises(ValueError, match="tls:host:port"):
+        p.parse_address("tls:app.fly.dev#x")

@@ -23,6 +23,7 @@ from gentity.providers.compute.base import (
     MachineSpec,
     MachineState,
     ProviderUnavailable,
+    guest_config,
 )
 from gentity.providers.compute.registry import Providers
 
@@ -51,18 +52,18 @@ def launch(secret: str) -> GuestLaunch:
 async def wait_agent(
     provider: ComputeProvider, handle: MachineHandle, secret: str
 ) -> dict[str, Any]:
-    for _ in range(500):
-        health = await guest_client.health(provider.guest_address(handle), secret)
-        if health["state"] == "running":
-            return health
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"agent never ran: {health}")
+    endpoint = provider.guest_endpoint(handle)
+    health = await guest_client.health(endpoint, secret)
+    async with asyncio.timeout(10):
+        while health["state"] != "running":
+            health = await guest_client.wait(endpoint, secret, since=health["version"])
+    return health
 
 
 async def shell_output(
     provider: ComputeProvider, handle: MachineHandle, secret: str, command: str, marker: str
 ) -> str:
-    session = await guest_client.open_session(provider.guest_address(handle), secret)
+    session = await guest_client.open_session(provider.guest_endpoint(handle), secret)
     async with session:
         await session.send_input(command.encode() + b"\n")
         seen = b""
@@ -76,10 +77,21 @@ async def shell_output(
 
 
 async def start(
-    provider: ComputeProvider, handle: MachineHandle, launch: GuestLaunch
+    provider: ComputeProvider, handle: MachineHandle, launch: GuestLaunch, restart: bool = False
 ) -> MachineHandle:
-    """Start, and carry on with the handle the provider may have replaced."""
-    return await provider.start(handle, launch) or handle
+    """Start (or restart) and configure the guest, as the control plane does; carry on with
+    the handle the provider may have replaced."""
+    operation = provider.restart if restart else provider.start
+    handle = await operation(handle, launch) or handle
+    config = guest_config(launch, provider.guest_layout(handle, launch))
+    await guest_client.configure(provider.guest_endpoint(handle), launch.secret, config)
+    return handle
+
+
+async def messages(provider: ComputeProvider, handle: MachineHandle, secret: str) -> list[str]:
+    """The running machine's last 1000 log messages, read through its guest."""
+    records, _ = await guest_client.logs(provider.guest_endpoint(handle), secret, lines=1000)
+    return [r["message"] for r in records]
 
 
 async def states_during(
@@ -108,6 +120,13 @@ class ProviderContract:
     """Whether ``status`` shows this provider object's own start, stop and destroy as in
     progress while they run (``local`` knows them; a cloud API may answer too late to see)."""
 
+    def test_regions_are_named_once_each(self, provider: ComputeProvider) -> None:
+        regions = provider.regions()
+        codes = [r.code for r in regions]
+        assert len(set(codes)) == len(codes), codes
+        # A code goes in a create request and a label into the dashboard's picker.
+        assert all(r.code.strip() and r.label.strip() for r in regions), regions
+
     def test_lifecycle(self, provider: ComputeProvider) -> None:
         secret = secrets.token_urlsafe(16)
 
@@ -126,18 +145,22 @@ class ProviderContract:
             await provider.stop(handle)  # idempotent
             assert (await provider.status(handle)).state is MachineState.STOPPED
             with pytest.raises(guest_client.GuestError):
-                await guest_client.health(provider.guest_address(handle), secret, timeout=1)
+                await guest_client.health(provider.guest_endpoint(handle), secret, timeout=1)
+            stopped = [r["message"] for r in await provider.tail_stopped(handle, 1000)]
+            assert "wrote-2" in stopped  # a stopped machine's log, from the provider
+            assert (await provider.tail_stopped(handle, 2)) == (
+                await provider.tail_stopped(handle, 1000)
+            )[-2:]
             handle = await start(provider, handle, launch(secret))
             await wait_agent(provider, handle, secret)
             out = await shell_output(
                 provider, handle, secret, "cat kept.txt; echo done-$((0+1))", "done-1"
             )
             assert "keep" in out  # the volume survived stop/start
-            handle = await provider.restart(handle, launch(secret)) or handle
+            handle = await start(provider, handle, launch(secret), restart=True)
             second = await wait_agent(provider, handle, secret)
             assert second["startedAt"] != first["startedAt"]  # a fresh agent
-            records = await provider.tail_logs(handle, 1000)
-            assert any("wrote-2" in r["message"] for r in records)
+            assert "wrote-2" in await messages(provider, handle, secret)
             await provider.destroy(handle)
             await provider.destroy(handle)  # idempotent
             assert (await provider.status(handle)).state is MachineState.MISSING
@@ -150,43 +173,59 @@ class ProviderContract:
         async def scenario() -> None:
             handle = await provider.create(spec())
             try:
-                await provider.start(handle, launch(secret))
-                with pytest.raises(guest_client.GuestError):
-                    await guest_client.health(provider.guest_address(handle), "wrong")
+                handle = await provider.start(handle, launch(secret)) or handle
+                endpoint = provider.guest_endpoint(handle)
+                # Booted, not yet configured: the guest knows the secret's hash, nothing else.
+                assert (await guest_client.health(endpoint, secret))["configured"] is False
+                with pytest.raises(guest_client.GuestError, match="unauthorized"):
+                    await guest_client.health(endpoint, "wrong")
+                config = guest_config(launch(secret), provider.guest_layout(handle, launch(secret)))
+                with pytest.raises(guest_client.GuestError, match="unauthorized"):
+                    await guest_client.configure(endpoint, "wrong", config)
             finally:
                 await provider.destroy(handle)
 
         run(scenario())
 
-    def test_follow_logs_resumes_from_a_cursor(self, provider: ComputeProvider) -> None:
+    def test_logs_resume_from_a_cursor(self, provider: ComputeProvider) -> None:
         secret = secrets.token_urlsafe(16)
 
         async def scenario() -> None:
             handle = await provider.create(spec())
             try:
-                await provider.start(handle, launch(secret))
+                handle = await start(provider, handle, launch(secret))
                 await wait_agent(provider, handle, secret)
-                cursor = await provider.log_cursor_before(handle, 0)
+                endpoint = provider.guest_endpoint(handle)
+                _, cursor = await guest_client.logs(endpoint, secret, lines=0)
                 await shell_output(
                     provider, handle, secret, "echo line-a; echo line-b; echo fin-$((1+1))", "fin-2"
                 )
                 seen: list[tuple[str, str]] = []
-                stream = provider.follow_logs(handle, cursor)
+                stream = await guest_client.follow(endpoint, secret, cursor=cursor)
                 async with asyncio.timeout(10):
                     async for c, record in stream:
                         seen.append((c, record["message"]))
                         if record["message"] == "line-a":
                             break
-                # follow_logs is typed AsyncIterator; providers return async generators, closed
-                # here as the SSE endpoint closes them when its client leaves.
-                await stream.aclose()  # type: ignore[attr-defined]
-                resume = provider.follow_logs(handle, seen[-1][0])
+                await stream.aclose()
+                resume = await guest_client.follow(endpoint, secret, cursor=seen[-1][0])
                 async with asyncio.timeout(10):
                     async for _c, record in resume:
                         assert record["message"] != "line-a"  # nothing repeated
                         if record["message"] == "line-b":
                             break
-                await resume.aclose()  # type: ignore[attr-defined]  # as above
+                await resume.aclose()
+                # The cursor still resumes in the same place after a restart (the log is on
+                # the volume): an SSE client that reconnects across it misses nothing.
+                handle = await start(provider, handle, launch(secret), restart=True)
+                await wait_agent(provider, handle, secret)
+                endpoint = provider.guest_endpoint(handle)
+                again = await guest_client.follow(endpoint, secret, cursor=seen[-1][0])
+                async with asyncio.timeout(10):
+                    async for _c, record in again:
+                        assert record["message"] == "line-b"
+                        break
+                await again.aclose()
             finally:
                 await provider.destroy(handle)
 
@@ -202,7 +241,7 @@ class ProviderContract:
                 handle = await start(provider, handle, launch(secret))
                 await wait_agent(provider, handle, secret)
                 await provider.stop(handle)
-                handle = await provider.restart(handle, launch(secret)) or handle
+                handle = await start(provider, handle, launch(secret), restart=True)
                 assert (await provider.status(handle)).state is MachineState.RUNNING
                 await wait_agent(provider, handle, secret)
             finally:

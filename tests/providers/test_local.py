@@ -22,6 +22,7 @@ from tests.providers.contract import (
     run,
     shell_output,
     spec,
+    start,
     wait_agent,
 )
 
@@ -49,7 +50,7 @@ def test_processes_outlive_the_provider_object(tmp_path: Path) -> None:
     async def scenario() -> None:
         first = LocalProvider(tmp_path / "data")
         handle = await first.create(spec())
-        await first.start(handle, launch(secret))
+        await start(first, handle, launch(secret))
         await wait_agent(first, handle, secret)
         second = LocalProvider(tmp_path / "data")
         assert (await second.status(handle)).state is MachineState.RUNNING
@@ -67,7 +68,7 @@ def test_limits_are_applied_and_destroy_leaves_nothing(provider: LocalProvider) 
     async def scenario() -> None:
         machine = spec()
         handle = await provider.create(machine)
-        await provider.start(handle, launch(secret))
+        await start(provider, handle, launch(secret))
         await wait_agent(provider, handle, secret)
         cgroup = InstanceCgroup(handle.ref)
         pids = cgroup.pids()
@@ -104,7 +105,7 @@ def test_sandbox_hides_the_host_and_other_instances(tmp_path: Path) -> None:
         a = await provider.create(spec())
         b = await provider.create(spec())
         try:
-            await provider.start(a, launch(secret))
+            await start(provider, a, launch(secret))
             await wait_agent(provider, a, secret)
             out = await shell_output(
                 provider,
@@ -136,12 +137,12 @@ def test_guest_environment_has_no_server_secrets(
         provider = LocalProvider(tmp_path / "data")
         handle = await provider.create(spec())
         try:
-            await provider.start(handle, launch(secret))
+            await start(provider, handle, launch(secret))
             await wait_agent(provider, handle, secret)
             out = await shell_output(provider, handle, secret, "env; echo env-done", "env-done")
             assert "server-only-secret" not in out
             assert "GENTITY_SECRET_KEY" not in out
-            health = await guest_client.health(provider.guest_address(handle), secret)
+            health = await guest_client.health(provider.guest_endpoint(handle), secret)
             assert health["state"] == "running"
         finally:
             await provider.destroy(handle)
@@ -196,7 +197,7 @@ def test_an_instance_from_before_the_disk_layout_starts_with_its_files(
         (root / "volume").mkdir()
         (root / "volume" / "notes.txt").write_text("from before\n")  # owned by root
         (root / "logs").mkdir()
-        await provider.start(handle, launch(secret))
+        await start(provider, handle, launch(secret))
         await wait_agent(provider, handle, secret)
         out = await shell_output(
             provider,
@@ -228,7 +229,7 @@ def test_a_guest_that_dies_before_its_config_is_reported(
         handle = await provider.create(spec())
 
         async def kill_the_sandbox(*_: object) -> None:
-            # The install runs while the guest waits for its config: end the guest then.
+            # The install runs while the guest waits for its bootstrap: end the guest then.
             with provider.paths(handle).guest_output.open("ab") as out:
                 out.write(b"last words\n")
             for pid in provider._pids(handle):
@@ -265,7 +266,7 @@ def test_the_network_is_attached_once_the_sandbox_is_complete(
             real_attach(*args)
 
         monkeypatch.setattr(network, "attach", attach)
-        await provider.start(handle, launch(secret))
+        await start(provider, handle, launch(secret))
         await wait_agent(provider, handle, secret)
         await provider.destroy(handle)
 
@@ -286,7 +287,7 @@ def test_a_failed_start_keeps_the_instances_files(
 
     async def scenario() -> None:
         handle = await provider.create(spec())
-        await provider.start(handle, launch(secret))
+        await start(provider, handle, launch(secret))
         await wait_agent(provider, handle, secret)
         await shell_output(provider, handle, secret, "echo kept > notes; echo w-$((1+1))", "w-2")
         await provider.stop(handle)
@@ -296,7 +297,7 @@ def test_a_failed_start_keeps_the_instances_files(
                 await provider.start(handle, launch(secret))
         assert (await provider.status(handle)).state is MachineState.STOPPED
         assert (provider.paths(handle).volume / "notes").read_text() == "kept\n"
-        await provider.start(handle, launch(secret))
+        await start(provider, handle, launch(secret))
         await wait_agent(provider, handle, secret)
         await provider.destroy(handle)
 

@@ -56,10 +56,12 @@ class EchoProvider(ComputeProvider):
     async def _refuse(self, *args, **kwargs):
         raise ProviderError("echo does not run machines")
 
-    create = start = stop = destroy = destroy_unrecorded = status = _refuse
-    tail_logs = log_cursor_before = follow_logs = _refuse
+    create = start = stop = destroy = destroy_unrecorded = status = tail_stopped = _refuse
 
-    def guest_address(self, handle):
+    def guest_endpoint(self, handle):
+        raise ProviderError("echo does not run machines")
+
+    def guest_layout(self, handle, launch):
         raise ProviderError("echo does not run machines")
 
 
@@ -109,7 +111,7 @@ def test_built_in_providers_are_found_with_stale_metadata(
 def test_a_plugin_package_adds_a_provider_with_settings_of_its_own(
     echo_plugin: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    assert registry.available() == ["echo", "local"]
+    assert registry.available() == ["echo", "fly", "local"]
     monkeypatch.setenv("GENTITY_ECHO_REGION", "mars")
     monkeypatch.setenv("GENTITY_LOCAL_UID_RANGE", "2000000-2000099")
     providers = Providers.from_settings(_settings(tmp_path, compute_providers="echo"))
@@ -133,8 +135,10 @@ def test_the_default_provider_can_be_a_plugin(echo_plugin: None, tmp_path: Path)
 
 
 def test_an_unknown_provider_stops_the_server_at_start_up(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match=r"unknown compute provider 'fly' \(installed: local\)"):
-        create_app(_settings(tmp_path, compute_provider="fly"))
+    with pytest.raises(
+        ValueError, match=r"unknown compute provider 'nomad' \(installed: fly, local\)"
+    ):
+        create_app(_settings(tmp_path, compute_provider="nomad"))
     with pytest.raises(ValueError, match="unknown compute provider 'kube'"):
         Providers.from_settings(_settings(tmp_path, compute_providers="local,kube"))
     with pytest.raises(ValidationError, match="not a compute provider name"):

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from collections.abc import Callable
-from typing import Any
 
 import httpx
 import pytest
@@ -113,11 +113,21 @@ def test_forwarding_headers_are_believed_from_listed_proxies_only(
         assert c.post("/api/auth/login", json=login, headers=spoof).status_code == 429
 
     # `gentity serve` does not let uvicorn believe them either.
-    seen: dict[str, Any] = {}
-    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: seen.update(kw))
+    seen: list[uvicorn.Config] = []
+
+    def run(self: uvicorn.Server, sockets: list[socket.socket] | None = None) -> None:
+        seen.append(self.config)
+        for listener in sockets or []:
+            listener.close()
+
+    monkeypatch.setattr(uvicorn.Server, "run", run)
     monkeypatch.setenv("GENTITY_DATA_DIR", str(settings_factory().data_dir))
-    serve_command.serve(host=None, port=None)
-    assert seen["proxy_headers"] is False
+    with socket.socket() as probe:  # a free port, for `serve` to take (and the fake run to close)
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    serve_command.serve(host="127.0.0.1", port=port)
+    (config,) = seen
+    assert config.proxy_headers is False
 
 
 def test_failed_sign_ins_slow_the_account_without_locking_its_owner_out(

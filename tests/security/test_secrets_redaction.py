@@ -19,6 +19,7 @@ import pytest
 from sqlalchemy import select
 
 from gentity.settings import Settings
+from tests.conftest import LiveServer
 from tests.fake_agents import create_claude, seed_fake_claude
 from tests.guest.conftest import GuestProc, anyio_backend, guest_factory
 
@@ -157,6 +158,53 @@ def test_an_instance_log_holds_neither_the_key_nor_the_guest_secret(
             if "typed-done" in followed:
                 break
     assert_clean(followed, KEY, secret)
+    assert bearer.delete(f"/api/instances/{iid}").status_code == 200
+
+
+def processes_holding(*values: str) -> dict[int, tuple[str, set[str]]]:
+    """Every process on the host whose argv or environment holds one of ``values``:
+    pid -> (argv, which of the values)."""
+    found: dict[int, tuple[str, set[str]]] = {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            argv = (proc / "cmdline").read_bytes()
+            env = (proc / "environ").read_bytes()
+        except OSError:
+            continue  # gone meanwhile
+        held = {v for v in values if v.encode() in argv or v.encode() in env}
+        if held:
+            found[int(proc.name)] = (argv.replace(b"\0", b" ").decode(errors="replace"), held)
+    return found
+
+
+def test_secrets_reach_the_guest_only_over_its_socket(
+    server: LiveServer, bearer: httpx.Client, token: str, settings: Settings
+) -> None:
+    """Neither the guest secret nor the model key is in the guest's argv or environment (nor
+    its launchers'), nor in any file the provider writes: they travel in ``configure`` only."""
+    seed_fake_claude(settings, FAKE_CLAUDE)
+    created = create_claude(bearer, KEY)
+    assert created.status_code == 200, created.text
+    iid = created.json()["id"]
+    secret = read_guest_secret(settings, iid)
+    wait_for_log(bearer, iid, "agent-done")
+
+    holders = processes_holding(KEY, secret)
+    # The agent needs its key in its environment; nothing else has either secret.
+    assert holders, "the agent should hold its key"
+    for argv, held in holders.values():
+        assert held == {KEY}, f"{argv!r} holds the guest secret"
+        assert "gentity.guest" not in argv and "bwrap" not in argv, argv
+        assert KEY not in argv
+    provider = server.app.state.ctx.providers.default
+    written = [settings.data_dir, provider.runtime_dir]
+    files = [f for top in written for f in top.rglob("*") if f.is_file() and not f.is_symlink()]
+    assert any(f.name == "agent.log" for f in files)
+    for path in files:
+        data = path.read_bytes()
+        assert KEY.encode() not in data and secret.encode() not in data, path
     assert bearer.delete(f"/api/instances/{iid}").status_code == 200
 
 

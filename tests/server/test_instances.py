@@ -147,6 +147,8 @@ def _guest_processes(iid: str) -> list[int]:
         ({**SHELL, "agentType": None}, "agentType"),
         ({"modelProvider": "none", "modelName": "bash"}, "agentType"),
         ({**SHELL, "name": "x" * 201}, "name"),
+        # The local provider has one region, this host; the error names the one asked for.
+        ({**SHELL, "region": "iad"}, "unknown region 'iad' (choose one of: local)"),
     ],
 )
 def test_create_validation(bearer: httpx.Client, body: dict[str, Any], fragment: str) -> None:

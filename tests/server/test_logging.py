@@ -28,7 +28,9 @@ def parent_handler() -> Iterator[Collect]:
     its own when it configures logging)."""
     install_secret_filters()
     handler = Collect()
-    parent = logging.getLogger("uvicorn")
+    # Not uvicorn's own loggers: another test's uvicorn may have configured those with
+    # `propagate=False` and formatters of its own.
+    parent = logging.getLogger("gentity_test_parent")
     parent.addHandler(handler)
     level = parent.level
     parent.setLevel(logging.INFO)
@@ -40,7 +42,7 @@ def parent_handler() -> Iterator[Collect]:
 
 
 def test_a_child_loggers_record_is_masked(parent_handler: Collect) -> None:
-    child = logging.getLogger("uvicorn.access.child")
+    child = logging.getLogger("gentity_test_parent.access.child")
     child.info("GET /api/instances/x/terminal?token=%s HTTP/1.1", TOKEN)
     child.info("opened %s", f"/x?handoff=one-time-code&token={TOKEN}")
     try:

@@ -128,6 +128,44 @@ def test_follow_streams_new_lines_and_resumes(
     bearer.delete(f"/api/instances/{iid}")
 
 
+def test_following_a_stopped_instance_gives_its_log_then_goes_on_once_it_runs(
+    server: LiveServer, bearer: httpx.Client, token: str
+) -> None:
+    iid = create_shell(bearer)["id"]
+    base = str(bearer.base_url)
+    type_into(base, iid, token, "echo before-$((6*7))", "before-42")
+    wait_until_blocking(
+        lambda: any(
+            line["message"].endswith("before-42")
+            for line in bearer.get(f"/api/instances/{iid}/logs").json()["logs"]
+        ),
+        "the echo is in the log",
+    )
+    assert bearer.post(f"/api/instances/{iid}/action", json={"action": "stop"}).status_code == 200
+    url = f"/api/instances/{iid}/logs"
+    with bearer.stream("GET", url, params={"follow": "1", "lines": "50"}) as response:
+        assert response.status_code == 200
+        lines = response.iter_lines()
+        history = _read_events(lines, _has("before-42"))
+        # What the stopped instance's log holds comes without a cursor to resume after.
+        (old,) = [e for e in history if e.get("data", {}).get("message") == "before-42"]
+        assert "id" not in old
+        starter = threading.Timer(
+            0.5, bearer.post, (f"/api/instances/{iid}/action",), {"json": {"action": "start"}}
+        )
+        starter.start()
+        typist = threading.Timer(
+            3.0, type_into, (base, iid, token, "echo after-$((6*8))", "after-48")
+        )
+        typist.start()
+        later = _read_events(lines, _has("after-48"))
+        starter.join()
+        typist.join()
+    (new,) = [e for e in later if e.get("data", {}).get("message") == "after-48"]
+    assert new["id"]  # from the running guest again: resumable
+    bearer.delete(f"/api/instances/{iid}")
+
+
 def test_disconnect_leaves_no_stream_behind(server: LiveServer, bearer: httpx.Client) -> None:
     iid = create_shell(bearer)["id"]
     instance = server.app.state.ctx.settings.data_dir / "instances" / iid

@@ -38,7 +38,7 @@ def failing(
         raise ProviderError(message)
 
     with monkeypatch.context() as patch:
-        patch.setattr(provider, method, refuse if method == "guest_address" else refuse_async)
+        patch.setattr(provider, method, refuse if method == "guest_endpoint" else refuse_async)
         yield message
 
 
@@ -61,9 +61,9 @@ def test_provider_errors_answer_502_with_their_message(
 
     iid = create_shell(bearer)["id"]
     logs = f"/api/instances/{iid}/logs"
-    with failing(monkeypatch, provider, "tail_logs") as message:
+    # A running instance's log comes through its guest, found through the provider.
+    with failing(monkeypatch, provider, "guest_endpoint") as message:
         assert_upstream_failure(bearer.get(logs), message)
-    with failing(monkeypatch, provider, "log_cursor_before") as message:
         assert_upstream_failure(bearer.get(logs, params={"follow": "1"}), message)
 
     async def terminal_refusal() -> tuple[int, Any]:
@@ -72,7 +72,7 @@ def test_provider_errors_answer_502_with_their_message(
         answer = refused.value.response
         return answer.status_code, json.loads(answer.body or b"null")
 
-    with failing(monkeypatch, provider, "guest_address") as message:
+    with failing(monkeypatch, provider, "guest_endpoint") as message:
         assert asyncio.run(terminal_refusal()) == (502, {"error": message})
 
     def act(action: str) -> httpx.Response:
@@ -80,6 +80,9 @@ def test_provider_errors_answer_502_with_their_message(
 
     with failing(monkeypatch, provider, "stop") as message:
         assert_upstream_failure(act("stop"), message)
+    # Not running now (in error): its log comes from the provider.
+    with failing(monkeypatch, provider, "tail_stopped") as message:
+        assert_upstream_failure(bearer.get(logs), message)
     # Each failure leaves the instance in error, from which start and restart are allowed.
     with failing(monkeypatch, provider, "start") as message:
         assert_upstream_failure(act("start"), message)

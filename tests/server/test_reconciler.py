@@ -11,12 +11,13 @@ from typing import Any
 import httpx
 from sqlalchemy import update
 
-from gentity.providers.compute.base import MachineHandle
+from gentity.providers.compute.base import GuestLaunch, MachineHandle
 from gentity.providers.compute.local.provider import LocalProvider
 from gentity.server.db.database import Database
 from gentity.server.db.ids import utcnow
 from gentity.server.db.orm import Instance
 from gentity.server.reconciler import reconcile_once
+from gentity.server.services import instances
 from gentity.settings import Settings
 from tests.conftest import LiveServer
 from tests.json_body import json_object
@@ -125,3 +126,42 @@ def test_instances_outlive_the_server(
         # The same shell session, with its state, not a new one.
         asyncio.run(type_(second.url, "echo $x-$((1+1))\r", "remembered-2"))
         assert c.delete(f"/api/instances/{iid}").status_code == 200
+
+
+def test_a_guest_rebooted_behind_our_back_is_configured_again(
+    server: LiveServer, bearer: httpx.Client, token: str
+) -> None:
+    """A machine its provider restarted on its own boots an unconfigured guest: the reconciler
+    gives it its config (and secrets) again, and the agent runs."""
+    iid = create_shell(bearer)["id"]
+    ctx = server.app.state.ctx
+
+    async def reboot_alone() -> None:
+        async with ctx.db.session() as db:
+            row = await db.get(Instance, iid)
+        assert row is not None
+        provider = instances.provider_for(ctx, row)
+        handle, secret = instances.handle_of(row), instances.guest_secret(ctx, row)
+        await provider.stop(handle)
+        # As a provider's own restart would: a fresh guest, bootstrapped but not configured.
+        await provider.start(handle, GuestLaunch(agent="shell", command=["true"], secret=secret))
+
+    def on_server(coroutine: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coroutine, server.server_loop).result(60)
+
+    on_server(reboot_alone())
+    # The server's own reconciler loop may get there first; either way the same code runs.
+    _reconcile(server)
+    instance = json_object(bearer.get(f"/api/instances/{iid}").json())
+    assert instance["status"] == "running", instance
+
+    async def type_into_agent() -> str:
+        term = await Terminal.open(ws_url(server.url, iid, token))
+        try:
+            await term.send("echo again-$((40+2))\r")
+            return await term.expect("again-42")
+        finally:
+            await term.close()
+
+    assert "again-42" in asyncio.run(type_into_agent())
+    bearer.delete(f"/api/instances/{iid}")

@@ -1,13 +1,15 @@
 """Screenshots of every page at a laptop's and a phone's size, light and dark, for review.
 
-Saved under ``test-output/screenshots/pages/`` (git-ignored; CI keeps ``test-output/`` as an
-artifact). Each page must also fit the width it is shown at (nothing scrolls sideways) and
-pass axe-core's accessibility rules (vendored in ``tests/web/vendor/axe-core``).
+Saved under ``test-output/screenshots/pages/`` (git-ignored; ``.ci/run`` leaves them in the
+clone's ``test-output/``). Each page must also fit the width it is shown at (nothing scrolls
+sideways) and pass axe-core's accessibility rules (vendored in ``tests/web/vendor/axe-core``).
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
+from typing import Literal
 
 import pytest
 from playwright.sync_api import Page, ViewportSize, expect
@@ -20,6 +22,7 @@ SIZES: dict[str, ViewportSize] = {
     "1440x900": {"width": 1440, "height": 900},
     "390x844": {"width": 390, "height": 844},
 }
+SCHEMES: tuple[Literal["light", "dark"], ...] = ("light", "dark")
 TERMINAL_STATE = "[data-terminal-state]"
 AXE = Path(__file__).parent / "vendor" / "axe-core" / "axe.min.js"
 # Each violation as "rule (impact): the elements", enough to find it.
@@ -46,6 +49,15 @@ def _settle(page: Page, path: str) -> None:
 
 @pytest.mark.timeout(300)
 def test_every_page_at_both_sizes_light_and_dark(browsing: Browsing, server: LiveServer) -> None:
+    # The first-run page exists only until the first account does.
+    for size, viewport in SIZES.items():
+        for scheme in SCHEMES:
+            first = browsing.context(viewport, bypass_csp=True).new_page()
+            first.emulate_media(color_scheme=scheme)
+            _settle(first, "/setup")
+            expect(first).to_have_url(re.compile(r"/setup$"))
+            screenshot(first, f"pages/setup-{size}-{scheme}")
+            first.context.close()
     admin = browsing.page()
     set_up_admin(admin)
     instance_id = create_shell_instance(admin)
@@ -64,7 +76,7 @@ def test_every_page_at_both_sizes_light_and_dark(browsing: Browsing, server: Liv
         "fullscreen-terminal": f"/dashboard/open/{subdomain}",
     }
     for size, viewport in SIZES.items():
-        for scheme in ("light", "dark"):
+        for scheme in SCHEMES:
             signed_in = browsing.context(viewport, signed_in_as=admin, bypass_csp=True)
             anonymous = browsing.context(viewport, bypass_csp=True)
             page = signed_in.new_page()

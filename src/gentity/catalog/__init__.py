@@ -11,7 +11,7 @@ from functools import cache
 from pathlib import Path
 
 from gentity import models as wire
-from gentity.guest.protocol import ReadyRule, parse_ready_rule
+from gentity.guest.config import ReadyRule, parse_ready_rule
 
 _DATA = Path(__file__).with_name("agents.json")
 

@@ -10,7 +10,7 @@ import typer
 from rich.text import Text
 
 from gentity import models
-from gentity.cli import completion
+from gentity.cli import completion, events
 from gentity.cli.apikeys import read_api_key
 from gentity.cli.output import (
     PLAIN_HELP,
@@ -318,6 +318,9 @@ def _print_log(record: models.LogLine, color: bool, as_json: bool) -> None:
     if color and record.level in LEVEL_COLORS:
         level = typer.style(level, fg=LEVEL_COLORS[record.level])
     typer.echo(f"{record.timestamp} {level} {record.message}")
+
+
+app.command("events")(events.events)
 
 
 @app.command("ssh")

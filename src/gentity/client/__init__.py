@@ -16,7 +16,7 @@ for every failure, :class:`ApiConnectionError` when the server cannot be reached
 from gentity.client.aio import AsyncClient
 from gentity.client.config import ConfigError
 from gentity.client.errors import ApiConnectionError, ApiError
-from gentity.client.streams import AsyncLogStream, LogStream
+from gentity.client.streams import AsyncEventStream, AsyncLogStream, EventStream, LogStream
 from gentity.client.sync import Client
 from gentity.client.terminal import AsyncTerminal, Terminal, TerminalExit, TerminalOutput
 
@@ -24,10 +24,12 @@ __all__ = [
     "ApiConnectionError",
     "ApiError",
     "AsyncClient",
+    "AsyncEventStream",
     "AsyncLogStream",
     "AsyncTerminal",
     "Client",
     "ConfigError",
+    "EventStream",
     "LogStream",
     "Terminal",
     "TerminalExit",

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from typing import Any, TypeVar
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
 
 import httpx
 from pydantic import ValidationError
@@ -20,6 +21,7 @@ from gentity.client.errors import (
 from gentity.client.sse import Backoff, Event
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 USER_AGENT = f"gentity-python/{__version__}"
 DEFAULT_TIMEOUT = 30.0
@@ -96,7 +98,7 @@ def _first_error(exc: ValidationError) -> str:
 
 
 def check_event_stream(response: httpx.Response) -> None:
-    """A followed-logs answer must be an event stream (a proxy may hand back HTML)."""
+    """A follow's answer must be an event stream (a proxy may hand back HTML)."""
     kind = response.headers.get("content-type", "")
     if not kind.startswith("text/event-stream"):
         raise ApiError(response.status_code, f"expected an event stream, got {kind or 'nothing'}")
@@ -112,6 +114,20 @@ def log_line(event: Event) -> models.LogLine | None:
         return None
 
 
+def instance_event(event: Event) -> models.InstanceEvent | None:
+    """The status change in one SSE event; None for an empty or malformed frame."""
+    if not event.data:
+        return None
+    try:
+        return models.InstanceEvent.model_validate(json.loads(event.data))
+    except (ValueError, ValidationError):
+        return None
+
+
+def is_destroyed(event: models.InstanceEvent) -> bool:
+    return event.to_status is models.InstanceStatus.DESTROYED
+
+
 def stream_headers(cursor: str | None) -> dict[str, str]:
     headers = {"Accept": "text/event-stream", "Cache-Control": "no-cache"}
     if cursor is not None:
@@ -125,33 +141,50 @@ def stream_timeout(timeout: httpx.Timeout) -> httpx.Timeout:
     )
 
 
-class FollowState:
-    """The reconnect logic of a followed log stream, shared by both clients.
+class FollowState(Generic[R]):
+    """The reconnect logic of a followed stream (logs, events), shared by both clients.
 
     The cursor is the ``id:`` of the last event seen; a reconnect sends it as ``Last-Event-ID``
     so the server resumes right after it. Only a stream that has been open once is retried:
     a first connection that fails is a wrong URL or a down server, and says so at once.
+    ``what`` names the stream in errors; ``parse`` reads a record out of an event; the follow
+    is over after a record for which ``last`` is true (an instance's ``destroyed`` event), or
+    when the followed thing is gone.
     """
 
     def __init__(
-        self, base_url: str, cursor: str | None, max_reconnects: int, reconnect_delay: float
+        self,
+        base_url: str,
+        cursor: str | None,
+        max_reconnects: int,
+        reconnect_delay: float,
+        *,
+        what: str,
+        parse: Callable[[Event], R | None],
+        replay: dict[str, int] | None = None,
+        last: Callable[[R], bool] | None = None,
     ) -> None:
         self.base_url = base_url
         self.cursor = cursor
         self.max_reconnects = max_reconnects
         self.backoff = Backoff(first=reconnect_delay)
         self.opened = False
+        self.finished = False
         self.reason = "the connection closed"
+        self.what = what
+        self._parse = parse
+        self._replay = replay or {}
+        self._last = last
 
     def headers(self) -> dict[str, str]:
         return stream_headers(self.cursor)
 
-    def params(self, lines: int | None) -> dict[str, int]:
-        # `lines` only shapes the first connection: once there is a cursor the server resumes
-        # from it and ignores `lines`, and leaving it out keeps that obvious.
-        if lines is None or self.cursor is not None:
+    def params(self) -> dict[str, int]:
+        # `replay` (how many recent records first) only shapes the first connection: once
+        # there is a cursor the server resumes from it, and leaving it out keeps that obvious.
+        if self.cursor is not None:
             return {"follow": 1}
-        return {"follow": 1, "lines": lines}
+        return {"follow": 1, **self._replay}
 
     def on_open(self) -> None:
         self.opened = True
@@ -160,17 +193,20 @@ class FollowState:
         # Any line, keep-alives included, proves the link works again.
         self.backoff.reset()
 
-    def on_event(self, event: Event) -> models.LogLine | None:
+    def on_event(self, event: Event) -> R | None:
         if event.id is not None:
             self.cursor = event.id
-        return log_line(event)
+        record = self._parse(event)
+        if record is not None and self._last is not None and self._last(record):
+            self.finished = True
+        return record
 
     def on_error_answer(self, error: ApiError) -> bool:
         """After an error answer: True to stop quietly, False to retry; raises when final."""
         if not self.opened:
             raise error
         if error.status == 404:
-            return True  # the instance was deleted while we followed it: its log is over
+            return True  # the instance was deleted while we followed it: its stream is over
         if error.status not in RETRY_STATUSES:
             raise error
         self.reason = str(error)
@@ -183,5 +219,5 @@ class FollowState:
 
     def next_delay(self) -> float:
         if self.backoff.attempts >= self.max_reconnects:
-            raise ApiConnectionError(self.base_url, f"log stream lost ({self.reason})")
+            raise ApiConnectionError(self.base_url, f"{self.what} lost ({self.reason})")
         return self.backoff.next_delay()

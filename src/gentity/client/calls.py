@@ -131,6 +131,22 @@ def logs(instance_id: str, lines: int) -> Call[list[models.LogLine]]:
     )
 
 
+def events(
+    instance_id: str, limit: int | None = None, before: int | None = None
+) -> Call[models.InstanceEventList]:
+    query = {"limit": limit, "before": before}
+    return Call(
+        "GET",
+        events_path(instance_id),
+        _model(models.InstanceEventList),
+        params={k: v for k, v in query.items() if v is not None},
+    )
+
+
+def events_path(instance_id: str) -> str:
+    return f"/api/instances/{_seg(instance_id)}/events"
+
+
 def logs_path(instance_id: str) -> str:
     return f"/api/instances/{_seg(instance_id)}/logs"
 

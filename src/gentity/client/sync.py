@@ -14,10 +14,11 @@ from gentity import models
 from gentity.client import base, calls
 from gentity.client.errors import ApiError
 from gentity.client.sse import SSEDecoder
-from gentity.client.streams import LogStream
+from gentity.client.streams import EventStream, LogStream
 from gentity.client.terminal import Terminal, open_terminal
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 
 class Client:
@@ -105,6 +106,30 @@ class Client:
         return self.instances.follow_logs(
             instance_id,
             lines=lines,
+            last_event_id=last_event_id,
+            max_reconnects=max_reconnects,
+            reconnect_delay=reconnect_delay,
+        )
+
+    def events(
+        self, instance_id: str, *, limit: int | None = None, before: int | None = None
+    ) -> models.InstanceEventList:
+        """Same as :meth:`Instances.events`."""
+        return self.instances.events(instance_id, limit=limit, before=before)
+
+    def follow_events(
+        self,
+        instance_id: str,
+        *,
+        limit: int | None = None,
+        last_event_id: str | None = None,
+        max_reconnects: int = base.DEFAULT_MAX_RECONNECTS,
+        reconnect_delay: float = base.DEFAULT_RECONNECT_DELAY,
+    ) -> EventStream:
+        """Same as :meth:`Instances.follow_events`."""
+        return self.instances.follow_events(
+            instance_id,
+            limit=limit,
             last_event_id=last_event_id,
             max_reconnects=max_reconnects,
             reconnect_delay=reconnect_delay,
@@ -218,21 +243,25 @@ class Instances:
         ends by itself when the instance is deleted.
         """
         state = base.FollowState(
-            self._client.base_url, last_event_id, max_reconnects, reconnect_delay
+            self._client.base_url,
+            last_event_id,
+            max_reconnects,
+            reconnect_delay,
+            what="log stream",
+            parse=base.log_line,
+            replay=None if lines is None else {"lines": lines},
         )
-        return LogStream(self._follow(instance_id, lines, state), state)
+        return LogStream(self._follow(calls.logs_path(instance_id), state), state)
 
-    def _follow(
-        self, instance_id: str, lines: int | None, state: base.FollowState
-    ) -> Generator[models.LogLine, None, None]:
+    def _follow(self, path: str, state: base.FollowState[R]) -> Generator[R, None, None]:
         client = self._client
         http = client._http
         while True:
             try:
                 with http.stream(
                     "GET",
-                    calls.logs_path(instance_id),
-                    params=state.params(lines),
+                    path,
+                    params=state.params(),
                     headers={**base.request_headers(client.token), **state.headers()},
                     timeout=base.stream_timeout(http.timeout),
                 ) as response:
@@ -253,9 +282,48 @@ class Instances:
                             record = state.on_event(event) if event else None
                             if record is not None:
                                 yield record
+                                if state.finished:
+                                    return
             except httpx.TransportError as exc:
                 state.on_transport_error(exc)
             time.sleep(state.next_delay())
+
+    def events(
+        self, instance_id: str, *, limit: int | None = None, before: int | None = None
+    ) -> models.InstanceEventList:
+        """A page of the instance's status changes, newest first: ``limit`` of them (the
+        server's default is 50, at most 200), older than event id ``before`` when given. The
+        page's ``next_before`` is the ``before`` of the next, older page (None on the last).
+        The history stays readable after the instance is destroyed."""
+        return self._client._send(calls.events(instance_id, limit, before))
+
+    def follow_events(
+        self,
+        instance_id: str,
+        *,
+        limit: int | None = None,
+        last_event_id: str | None = None,
+        max_reconnects: int = base.DEFAULT_MAX_RECONNECTS,
+        reconnect_delay: float = base.DEFAULT_RECONNECT_DELAY,
+    ) -> EventStream:
+        """Status changes as they happen, oldest first, until the instance is destroyed (the
+        iteration ends after its ``destroyed`` event) or you stop iterating.
+
+        The stream starts with the ``limit`` most recent events (the server's default is 50),
+        or right after ``last_event_id`` when given. Reconnects, closing and errors work as
+        for :meth:`follow_logs`.
+        """
+        state = base.FollowState(
+            self._client.base_url,
+            last_event_id,
+            max_reconnects,
+            reconnect_delay,
+            what="event stream",
+            parse=base.instance_event,
+            replay=None if limit is None else {"limit": limit},
+            last=base.is_destroyed,
+        )
+        return EventStream(self._follow(calls.events_path(instance_id), state), state)
 
     def attach(
         self,

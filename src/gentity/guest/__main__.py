@@ -1,11 +1,14 @@
-"""Entry point: ``python -m gentity.guest`` reads its JSON config from stdin.
+"""Entry point: ``python -m gentity.guest`` boots from a bootstrap that holds no secret.
 
-Everything is imported before stdin is read, so a guest started ahead of need (a warm spare)
-is ready to go the moment its config arrives.
+The bootstrap comes from ``GENTITY_GUEST_LISTEN`` / ``GENTITY_GUEST_SECRET_SHA256`` /
+``GENTITY_GUEST_ECHO_LOG`` when the first is set (a cloud machine), else as a JSON object on
+stdin (the local provider, which also hands over descriptors and the hostname). Everything
+is imported before stdin is read, so a guest started ahead of need (a warm spare) is ready
+to go the moment its bootstrap arrives. The agent's config and secrets come later, in the
+``configure`` request (see :mod:`gentity.guest.config`).
 
-The config arrives on stdin (never argv, env or a file) because it carries the
-guest secret and the agent's API keys. Exit codes: 0 after a clean shutdown on
-SIGTERM/SIGINT, 1 if the guest cannot start, 2 for an invalid config.
+Exit codes: 0 after a clean shutdown on SIGTERM/SIGINT, 1 if the guest cannot start, 2 for
+an invalid bootstrap.
 """
 
 import sys
@@ -26,30 +29,28 @@ import json  # noqa: E402
 import os  # noqa: E402
 import socket  # noqa: E402
 
+from gentity.guest.config import Bootstrap, bootstrap_from_env, parse_bootstrap  # noqa: E402
 from gentity.guest.daemon import Guest  # noqa: E402
-from gentity.guest.protocol import parse_config  # noqa: E402
 
 
 def main() -> int:
-    """Read the JSON config from stdin, then run the daemon until signalled."""
-    # Tells a launcher that the sandbox is set up and everything is imported.
-    print('{"waiting": true}', flush=True)
+    """Read the bootstrap, then run the daemon until signalled."""
     try:
-        config = parse_config(json.loads(sys.stdin.buffer.read()))
+        bootstrap = bootstrap_from_env(os.environ) or _bootstrap_from_stdin()
     except ValueError as exc:  # ConfigError and JSONDecodeError never quote values
-        print(f"gentity-guest: invalid config: {exc}", file=sys.stderr)
+        print(f"gentity-guest: invalid bootstrap: {exc}", file=sys.stderr)
         return 2
-    if config.hostname:
+    if bootstrap.hostname:
         # Allowed in the instance's own UTS namespace; elsewhere it fails and we carry on.
         with contextlib.suppress(OSError):
-            socket.sethostname(config.hostname)
-    try:
-        os.makedirs(config.workdir, exist_ok=True)
-        guest = Guest(config)
-    except OSError as exc:
-        print(f"gentity-guest: {exc}", file=sys.stderr)
-        return 1
-    return asyncio.run(guest.run())
+            socket.sethostname(bootstrap.hostname)
+    return asyncio.run(Guest(bootstrap).run())
+
+
+def _bootstrap_from_stdin() -> Bootstrap:
+    # Tells a launcher that the sandbox is set up and everything is imported.
+    print('{"waiting": true}', flush=True)
+    return parse_bootstrap(json.loads(sys.stdin.buffer.read()))
 
 
 if __name__ == "__main__":

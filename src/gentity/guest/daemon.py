@@ -1,18 +1,21 @@
-"""The guest daemon: puts the socket server and the agent's supervisor together, and shuts
-them down cleanly.
+"""The guest daemon: puts the socket server and, once configured, the agent's supervisor
+together, and shuts them down cleanly.
 
-Started by ``python -m gentity.guest`` with its JSON config on stdin (see
-:func:`gentity.guest.protocol.parse_config`). Secrets from the config (the guest
-secret, ``env`` and ``install.env`` values) are kept only where needed and are
-never logged; the guest secret and the env values named in ``secretEnv`` are
-redacted from every record, also when the agent or an install prints them.
-Standard library only: this runs inside remote VMs.
+Started by ``python -m gentity.guest`` with a bootstrap that holds no secret (see
+:mod:`gentity.guest.config`); the agent's config and its secrets arrive later in the
+``configure`` request, which only a caller holding the guest secret can make. Secrets (the
+guest secret, ``env`` and ``install.env`` values) are kept only where needed and are never
+logged; the guest secret and the env values named in ``secretEnv`` are redacted from every
+record, also when the agent or an install prints them. Standard library only: this runs
+inside remote VMs.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import hmac
 import json
 import os
 import signal
@@ -20,12 +23,14 @@ import sys
 from typing import Any, Final
 
 from gentity.guest import protocol as p
+from gentity.guest.changes import Changes
 from gentity.guest.children import ChildWatcher
+from gentity.guest.config import Bootstrap, ConfigError, parse_config
 from gentity.guest.launcher import Launcher
 from gentity.guest.logformat import format_timestamp
 from gentity.guest.logwriter import LogWriter
 from gentity.guest.redact import Redactor
-from gentity.guest.server import GuestServer
+from gentity.guest.server import Configured, GuestServer
 from gentity.guest.supervisor import Supervisor, describe
 
 STOP_TIMEOUT: Final = 5.0
@@ -41,15 +46,13 @@ def rss_kb() -> int:
 
 
 class Guest:
-    """The daemon: a socket server, the agent's supervisor and the private shells."""
+    """The daemon: a socket server and, once configured, the agent's supervisor."""
 
-    def __init__(self, config: p.Config) -> None:
-        self._config = config
-        # The redactor holds the one other copy of the secrets: it must know what to hide.
-        redact = Redactor(config.secret_values())
-        self._secret = config.secret.encode()
-        config.secret = ""  # otherwise one copy (bytes) of the secret
-        self._log = LogWriter(config.log_file, redact=redact)
+    def __init__(self, bootstrap: Bootstrap) -> None:
+        self._bootstrap = bootstrap
+        self._changes = Changes()
+        self._supervising: asyncio.Task[None] | None = None
+        self._shown = bootstrap.listen
 
     async def run(self) -> int:
         """Serve until SIGTERM/SIGINT, then shut down cleanly. Returns the exit code."""
@@ -60,51 +63,91 @@ class Guest:
         # A daemon outlives the terminal that launched it. A handler rather than
         # SIG_IGN, so children get the default SIGHUP disposition back on exec.
         loop.add_signal_handler(signal.SIGHUP, lambda: None)
-        config = self._config
         self._watcher = ChildWatcher(loop)
-        self._launcher = Launcher(
-            workdir=config.workdir, watcher=self._watcher, cgroup_fd=config.child_cgroup_fd
-        )
-        self._supervisor = Supervisor(
-            config, log=self._log, launcher=self._launcher, watcher=self._watcher
-        )
         self._server = GuestServer(
-            config,
-            secret=self._secret,
-            supervisor=self._supervisor,
-            launcher=self._launcher,
-            log=self._log,
+            self._bootstrap.listen,
+            secret_sha256=self._bootstrap.secret_sha256,
             health=self.health,
+            configure=self.configure,
+            changes=self._changes,
         )
         try:
-            shown = await self._server.listen()
+            self._shown = await self._server.listen()
         except OSError as exc:
-            message = f"cannot listen on {config.listen}: {exc.strerror or exc}"
-            self._log.write("error", message)
-            print(f"gentity-guest: {message}", file=sys.stderr)
+            print(
+                f"gentity-guest: cannot listen on {self._bootstrap.listen}: {exc}", file=sys.stderr
+            )
             return 1
-        self._log.write("info", f"guest started (pid {os.getpid()}, listening on {shown})")
         with contextlib.suppress(OSError):  # tells a launcher the real address (tcp port 0)
-            print(json.dumps({"ready": True, "listen": shown, "pid": os.getpid()}), flush=True)
-        _let_go_of_the_launchers_output()
-        supervisor = asyncio.create_task(self._supervisor.run())
+            print(
+                json.dumps({"ready": True, "listen": self._shown, "pid": os.getpid()}), flush=True
+            )
+        if not self._bootstrap.echo_log:
+            _let_go_of_the_launchers_output()
         await stop.wait()
-        await self._shutdown(supervisor)
+        await self._shutdown()
         return 0
+
+    def configure(self, raw: object, secret: str) -> str | None:
+        """Apply the first config and start the agent; None, or the error to answer with.
+
+        A repeated ``configure`` with the same config succeeds without doing anything (the
+        control plane configures after every boot and may retry); a different one is refused.
+        """
+        digest = hashlib.sha256(json.dumps(raw, sort_keys=True).encode()).digest()
+        if (configured := self._server.configured) is not None:
+            return None if hmac.compare_digest(digest, configured.digest) else "already configured"
+        if self._server.stopping:
+            return "guest is stopping"
+        try:
+            config = parse_config(raw)
+        except ConfigError as exc:  # its messages name fields, never values
+            return f"invalid config: {exc}"
+        # The redactor holds the one other copy of the secrets: it must know what to hide.
+        redact = Redactor([secret, *config.secret_values()])
+        try:
+            os.makedirs(config.workdir, exist_ok=True)
+            log = LogWriter(config.log_file, redact=redact, echo=self._bootstrap.echo_log)
+        except OSError as exc:
+            return f"cannot prepare the workdir or log: {exc.strerror or exc}"
+        launcher = Launcher(
+            workdir=config.workdir,
+            watcher=self._watcher,
+            cgroup_fd=self._bootstrap.child_cgroup_fd,
+        )
+        supervisor = Supervisor(
+            config,
+            log=log,
+            launcher=launcher,
+            watcher=self._watcher,
+            changes=self._changes,
+            cgroup_fd=self._bootstrap.child_cgroup_fd,
+        )
+        self._server.configured = Configured(config, digest, log, launcher, supervisor)
+        log.write("info", f"guest started (pid {os.getpid()}, listening on {self._shown})")
+        self._supervising = asyncio.create_task(supervisor.run())
+        self._changes.bump()
+        return None
 
     def health(self) -> dict[str, Any]:
         """The health response object."""
-        sup = self._supervisor
+        base = {"ok": True, "version": self._changes.version, "pid": os.getpid()}
+        configured = self._server.configured
+        if configured is None:
+            state = p.STATE_UNCONFIGURED
+            return {**base, "configured": False, "state": state, "rssKb": rss_kb()}
+        sup = configured.supervisor
         agent, live = sup.agent, sup.live_agent()
         started = agent.started_at if agent is not None else None
         return {
-            "ok": True,
+            **base,
+            "configured": True,
             "state": sup.reported_state(),
             "error": sup.error,
             "agentPid": live.pid if live is not None else None,
             "restarts": sup.restarts,
             "startedAt": _stamp(started),
-            "lastActivity": _stamp(self._launcher.last_activity),
+            "lastActivity": _stamp(configured.launcher.last_activity),
             "agent": {
                 "state": sup.agent_state,
                 "restarts": sup.restarts,
@@ -112,20 +155,27 @@ class Guest:
                 "lastExitAt": _stamp(sup.last_exit_at),
                 "readyAt": _stamp(sup.ready_at),
             },
+            "install": sup.install_report(),
             "viewers": len(live.viewers) if live is not None else 0,
             "shells": len(self._server.shells),
-            "pid": os.getpid(),
             "rssKb": rss_kb(),
         }
 
-    async def _shutdown(self, supervisor: asyncio.Task[None]) -> None:
-        self._supervisor.stopping = self._server.stopping = True
-        self._log.write("info", "guest stopping")
+    async def _shutdown(self) -> None:
+        self._server.stopping = True
         self._server.close()
-        supervisor.cancel()  # no restarts from here on; also stops an install
+        configured = self._server.configured
+        if configured is None or self._supervising is None:
+            self._server.close_connections()
+            self._watcher.close()
+            return
+        configured.supervisor.stopping = True
+        log = configured.log
+        log.write("info", "guest stopping")
+        self._supervising.cancel()  # no restarts from here on; also stops an install
         with contextlib.suppress(asyncio.CancelledError):
-            await supervisor
-        agent = self._supervisor.agent
+            await self._supervising
+        agent = configured.supervisor.agent
         sessions = [s for s in (agent, *self._server.shells) if s is not None]
         was_running = [s for s in sessions if not s.finished]
         for session in sessions:
@@ -143,11 +193,11 @@ class Guest:
                 for session in sessions:
                     await session.wait()  # viewers got their exit frames by now
         if agent in was_running and agent is not None and agent.returncode is not None:
-            self._log.write("info", f"agent exited with {describe(agent.returncode)}")
+            log.write("info", f"agent exited with {describe(agent.returncode)}")
         self._server.close_connections()
         self._watcher.close()
-        self._log.write("info", "guest stopped")
-        self._log.close()
+        log.write("info", "guest stopped")
+        log.close()
 
 
 def _let_go_of_the_launchers_output() -> None:

@@ -22,9 +22,9 @@ from collections.abc import Callable
 from typing import Final
 
 from gentity.guest.children import StartError, describe_exit, resolve, run_piped
+from gentity.guest.config import InstallPlan
 from gentity.guest.logformat import format_timestamp
 from gentity.guest.logwriter import LogWriter
-from gentity.guest.protocol import InstallPlan
 
 LOCK_RETRY: Final = 0.5
 
@@ -37,12 +37,13 @@ async def install_once(
     log: LogWriter,
     wait_exit: Callable[[subprocess.Popen[bytes]], asyncio.Future[int]],
     cgroup_fd: int | None = None,
+    on_line: Callable[[str], None] | None = None,
 ) -> str | None:
     """Run the plan's commands unless its marker exists; returns the error, or None.
 
     The commands run in ``cwd`` with exactly ``env``; each output line goes to ``log``
-    as ``install: …``, redacted like every record of that log. Cancelling stops the
-    running command's whole process group.
+    as ``install: …``, redacted like every record of that log, and to ``on_line`` (the
+    guest's progress report). Cancelling stops the running command's whole process group.
     """
     try:
         lock = _open_lock(plan)
@@ -59,7 +60,7 @@ async def install_once(
             log.write("info", "install: already installed")
             return None
         for argv in plan.commands:
-            error = await _run(argv, cwd, env, log, wait_exit, cgroup_fd)
+            error = await _run(argv, cwd, env, log, wait_exit, cgroup_fd, on_line)
             if error is not None:
                 return error
         _write_marker(plan.marker)
@@ -76,6 +77,7 @@ async def _run(
     log: LogWriter,
     wait_exit: Callable[[subprocess.Popen[bytes]], asyncio.Future[int]],
     cgroup_fd: int | None,
+    on_line: Callable[[str], None] | None,
 ) -> str | None:
     name = os.path.basename(argv[0])
     try:
@@ -85,9 +87,11 @@ async def _run(
     log.write("info", f"install: running {shlex.join(argv)}")
     last = [""]  # the last output line explains most failures
 
-    def on_line(line: str) -> None:
+    def note(line: str) -> None:
         last[0] = line
         log.write("info", f"install: {line}")
+        if on_line is not None:
+            on_line(line)
 
     try:
         returncode = await run_piped(
@@ -96,7 +100,7 @@ async def _run(
             cwd=cwd,
             env=env,
             wait_exit=wait_exit,
-            on_line=on_line,
+            on_line=note,
             cgroup_fd=cgroup_fd,
             redact=log.redact,
         )

@@ -1,6 +1,7 @@
 """Reading the structured log: :func:`tail` for the last records, :func:`follow_offsets` to
-stream new ones. It may be read by a more privileged process than the one that writes it,
-so every open refuses anything but a regular file. Standard library only.
+stream new ones (the guest's ``logs`` and ``follow`` ops; a stopped local instance's tail).
+It may be read by a more privileged process than the one that writes it, so every open
+refuses anything but a regular file. Standard library only.
 """
 
 from __future__ import annotations
@@ -55,35 +56,68 @@ def tail(path: str | os.PathLike[str], n: int) -> list[Record]:
         f = _open_nofollow(path)
     except (FileNotFoundError, NotARegularFile):
         return []
-    newest_first: list[Record] = []
     with f:
-        pos = f.seek(0, os.SEEK_END)
-        carry = b""  # start of a line whose beginning lies in an earlier block
-        skipping = False  # inside an over-long line: discard until its start
-        while pos > 0 and len(newest_first) < n:
-            size = min(TAIL_BLOCK, pos)
-            pos -= size
-            f.seek(pos)
-            block = f.read(size)
-            if skipping:
-                newline = block.rfind(b"\n")
-                if newline < 0:
-                    continue
-                block, skipping = block[: newline + 1], False
-            lines = (block + carry).split(b"\n")
-            carry = lines[0]
-            for line in reversed(lines[1:]):
-                record = parse_record(line)
-                if record is not None:
-                    newest_first.append(record)
-                    if len(newest_first) == n:
-                        break
-            if len(carry) > MAX_LINE:
-                carry, skipping = b"", True
-        if len(newest_first) < n and carry:
-            record = parse_record(carry)
+        return _tail(f, f.seek(0, os.SEEK_END), n)
+
+
+def tail_with_cursor(path: str | os.PathLike[str], n: int) -> tuple[list[Record], int]:
+    """The last ``n`` records (as :func:`tail`) and the offset right after the last one.
+
+    Only whole lines count (a line still being appended is left for later), so following
+    from the offset (:func:`follow_offsets` ``start=``) yields exactly the records after
+    these: none twice, none missed. A missing file gives ``([], 0)``.
+    """
+    try:
+        f = _open_nofollow(path)
+    except (FileNotFoundError, NotARegularFile):
+        return [], 0
+    with f:
+        end = _end_of_last_line(f, f.seek(0, os.SEEK_END))
+        return (_tail(f, end, n) if n > 0 else []), end
+
+
+def _end_of_last_line(f: IO[bytes], size: int) -> int:
+    pos = size
+    while pos > 0:
+        start = max(0, pos - TAIL_BLOCK)
+        f.seek(start)
+        newline = f.read(pos - start).rfind(b"\n")
+        if newline >= 0:
+            return start + newline + 1
+        pos = start
+    return 0
+
+
+def _tail(f: IO[bytes], end: int, n: int) -> list[Record]:
+    """The last ``n`` records of what lies before offset ``end``, oldest first."""
+    newest_first: list[Record] = []
+    pos = end
+    carry = b""  # start of a line whose beginning lies in an earlier block
+    skipping = False  # inside an over-long line: discard until its start
+    while pos > 0 and len(newest_first) < n:
+        size = min(TAIL_BLOCK, pos)
+        pos -= size
+        f.seek(pos)
+        block = f.read(size)
+        if skipping:
+            newline = block.rfind(b"\n")
+            if newline < 0:
+                continue
+            block, skipping = block[: newline + 1], False
+        lines = (block + carry).split(b"\n")
+        carry = lines[0]
+        for line in reversed(lines[1:]):
+            record = parse_record(line)
             if record is not None:
                 newest_first.append(record)
+                if len(newest_first) == n:
+                    break
+        if len(carry) > MAX_LINE:
+            carry, skipping = b"", True
+    if len(newest_first) < n and carry:
+        record = parse_record(carry)
+        if record is not None:
+            newest_first.append(record)
     newest_first.reverse()
     return newest_first
 
@@ -133,10 +167,11 @@ async def follow_offsets(
                     continue
                 st = os.fstat(f.fileno())
                 ident, pos, pending = (st.st_dev, st.st_ino), 0, b""
-            # Reads happen in a thread, and only once fstat (which never blocks) shows data.
+            # Only the guest follows, its own log on its own disk: a read of a regular file
+            # that fstat shows has data returns at once (and the guest starts no threads).
             chunk = b""
             if os.fstat(f.fileno()).st_size > pos:
-                chunk = await asyncio.to_thread(f.read, FOLLOW_CHUNK)
+                chunk = f.read(FOLLOW_CHUNK)
             if chunk:
                 line_start = pos - len(pending)
                 pos += len(chunk)

@@ -23,12 +23,16 @@ class LogWriter:
     Each record is written with a single ``write`` call so concurrent appenders
     never interleave within a line. There is no fsync: the log is diagnostic, and
     an fsync per line would make a chatty agent expensive. Every message passes
-    through ``redact`` first, so no record holds a secret the writer was handed.
+    through ``redact`` first, so no record holds a secret the writer was handed. With
+    ``echo`` every record also goes to stdout (a cloud machine's console, kept by its provider).
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, redact: Redactor | None = None) -> None:
+    def __init__(
+        self, path: str | os.PathLike[str], *, redact: Redactor | None = None, echo: bool = False
+    ) -> None:
         self.path = os.fspath(path)
         self.redact = redact or Redactor()
+        self._echo = echo
         parent = os.path.dirname(self.path)
         if parent:
             os.makedirs(parent, exist_ok=True)
@@ -57,9 +61,8 @@ class LogWriter:
         else:  # nothing to escape: the string goes in as it is
             text = "".join(f'{head}"{m}"}}\n' for m in messages)
         data = text.encode("utf-8", "replace")
-        with contextlib.suppress(OSError):
-            while data:  # a regular file takes it all at once; be correct anyway
-                data = data[os.write(self._fd, data) :]
+        for fd in (self._fd, 1) if self._echo else (self._fd,):
+            _write_all(fd, data)
 
     def chown(self, uid: int) -> None:
         """Hand the file to ``uid`` (the instance's), through the open descriptor."""
@@ -77,3 +80,9 @@ class LogWriter:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    with contextlib.suppress(OSError):
+        while data:  # a regular file takes it all at once; be correct anyway
+            data = data[os.write(fd, data) :]

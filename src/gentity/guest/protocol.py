@@ -1,12 +1,14 @@
-"""Wire protocol shared by the guest daemon and its client, and the daemon's config.
+"""Wire protocol shared by the guest daemon and its client.
 
-A connection starts with one JSON request line from the client and one JSON
-response line from the guest. For ``attach`` and ``shell`` the connection then
-carries binary frames in both directions: a 1-byte type, a 4-byte big-endian
-payload length, then the payload.
+A connection starts with one JSON request line from the client (``{"secret", "op", ...}``)
+and one JSON response line from the guest (``{"ok": true, ...}`` or ``{"ok": false,
+"error"}``). Then, for ``attach`` and ``shell``, the connection carries binary frames in
+both directions: a 1-byte type, a 4-byte big-endian payload length, then the payload; for
+``follow`` the guest sends one JSON line per log record (``{"cursor", "record"}``) until
+the client closes. Every other op is one request and one response.
 
-The startup config (JSON on the daemon's stdin) is defined here too, so the
-control plane that launches a guest and the guest itself share one schema.
+Until it is configured (op ``configure``, see :mod:`gentity.guest.config`) a guest answers
+``health`` and ``configure`` only.
 
 This module is imported by the daemon, so it must only use the standard library.
 """
@@ -15,11 +17,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import re
 import struct
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Final, Literal
 
 #: Longest accepted request line, newline included.
@@ -38,17 +38,30 @@ FRAME_OUTPUT: Final = b"o"
 FRAME_EXIT: Final = b"x"
 
 OP_HEALTH: Final = "health"
+OP_CONFIGURE: Final = "configure"
 OP_ATTACH: Final = "attach"
 OP_SHELL: Final = "shell"
-OPS: Final = (OP_HEALTH, OP_ATTACH, OP_SHELL)
+OP_LOGS: Final = "logs"
+OP_FOLLOW: Final = "follow"
+OP_WAIT: Final = "wait"
+OPS: Final = (OP_HEALTH, OP_CONFIGURE, OP_ATTACH, OP_SHELL, OP_LOGS, OP_FOLLOW, OP_WAIT)
+
+#: The longest ``wait`` the guest accepts, in seconds.
+MAX_WAIT: Final = 60.0
+#: The most records one ``logs`` or ``follow`` request may ask for.
+MAX_LOG_LINES: Final = 10_000
 
 STATE_INSTALLING: Final = "installing"
 STATE_STARTING: Final = "starting"
 STATE_RUNNING: Final = "running"
 STATE_EXITED: Final = "exited"
 STATE_ERROR: Final = "error"
+STATE_UNCONFIGURED: Final = "unconfigured"
+"""Booted, but waiting for its ``configure`` request."""
 
-RESTART_POLICIES: Final = ("always", "on-failure", "never")
+INSTALL_RUNNING: Final = "running"
+INSTALL_DONE: Final = "done"
+INSTALL_FAILED: Final = "failed"
 
 # The agent's own state, as health reports it under "agent" (the guest's state above says
 # what the supervisor does; this says whether the agent can be worked with).
@@ -98,14 +111,17 @@ class Exit:
 
 @dataclass(frozen=True, slots=True)
 class Address:
-    """A parsed guest address: ``unix:/path``, ``tcp:host:port``, or ``fd:N`` (a listening
-    socket the launcher bound and handed over, so the guest needs no writable socket path)."""
+    """A parsed guest address: ``unix:/path``, ``tcp:host:port``, ``fd:N`` (a listening
+    socket the launcher bound and handed over, so the guest needs no writable socket path), or
+    ``tls:host:port#name`` (TCP through a proxy that terminates TLS in front of the guest;
+    ``name`` is the server name to verify, the host when omitted). Only clients use ``tls``."""
 
-    kind: Literal["unix", "tcp", "fd"]
+    kind: Literal["unix", "tcp", "fd", "tls"]
     path: str = ""
     host: str = ""
     port: int = 0
     fd: int = -1
+    server_name: str = ""
 
     def __str__(self) -> str:
         if self.kind == "unix":
@@ -113,11 +129,13 @@ class Address:
         if self.kind == "fd":
             return f"fd:{self.fd}"
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"tcp:{host}:{self.port}"
+        name = f"#{self.server_name}" if self.server_name else ""
+        return f"{self.kind}:{host}:{self.port}{name}"
 
 
 def parse_address(address: str) -> Address:
-    """Parse ``unix:/abs/path``, ``tcp:host:port`` (IPv6 hosts in brackets) or ``fd:N``.
+    """Parse ``unix:/abs/path``, ``tcp:host:port`` (IPv6 hosts in brackets), ``fd:N`` or
+    ``tls:host:port`` with an optional ``#server-name``.
 
     Raises ValueError with a readable message on anything else.
     """
@@ -126,17 +144,20 @@ def parse_address(address: str) -> Address:
         if not rest:
             raise ValueError(f"invalid address {address!r}: empty socket path")
         return Address("unix", path=rest)
-    if sep and kind == "tcp":
+    if sep and kind in ("tcp", "tls"):
+        rest, _, name = rest.partition("#") if kind == "tls" else (rest, "", "")
         host, sep, port_text = rest.rpartition(":")
         host = host.removeprefix("[").removesuffix("]")
         if not sep or not host or not port_text.isdigit() or int(port_text) > 65535:
-            raise ValueError(f"invalid address {address!r}: expected tcp:host:port")
-        return Address("tcp", host=host, port=int(port_text))
+            raise ValueError(f"invalid address {address!r}: expected {kind}:host:port")
+        return Address(kind, host=host, port=int(port_text), server_name=name)  # type: ignore[arg-type]
     if sep and kind == "fd":
         if not (rest.isascii() and rest.isdigit()) or len(rest) > 6:
             raise ValueError(f"invalid address {address!r}: expected fd:N")
         return Address("fd", fd=int(rest))
-    raise ValueError(f"invalid address {address!r}: expected unix:/path, tcp:host:port or fd:N")
+    raise ValueError(
+        f"invalid address {address!r}: expected unix:/path, tcp:host:port, tls:host:port or fd:N"
+    )
 
 
 def clamp_size(value: object) -> int | None:
@@ -206,15 +227,11 @@ def encode_line(obj: dict[str, Any]) -> bytes:
     return json.dumps(obj, separators=(",", ":")).encode() + b"\n"
 
 
-def encode_request(
-    secret: str, op: str, *, cols: int | None = None, rows: int | None = None
-) -> bytes:
-    """Encode the client's request line."""
+def encode_request(secret: str, op: str, fields: dict[str, Any] | None = None) -> bytes:
+    """Encode the client's request line: the secret, the op and the op's own fields
+    (those whose value is None are left out)."""
     request: dict[str, Any] = {"secret": secret, "op": op}
-    if cols is not None:
-        request["cols"] = cols
-    if rows is not None:
-        request["rows"] = rows
+    request.update((k, v) for k, v in (fields or {}).items() if v is not None)
     line = encode_line(request)
     if len(line) > MAX_REQUEST_BYTES:
         raise ValueError("request line too long")
@@ -241,192 +258,3 @@ async def read_frame(reader: asyncio.StreamReader) -> tuple[bytes, bytes] | None
     except asyncio.IncompleteReadError as exc:
         raise ProtocolError("connection closed inside a frame") from exc
     return kind, payload
-
-
-# ----- startup config (JSON object on the daemon's stdin) -----------------
-
-
-class ConfigError(ValueError):
-    """The startup config is invalid. Messages name fields, never values."""
-
-
-@dataclass
-class InstallPlan:
-    """Commands to run once for everyone who shares ``marker``: whoever holds ``lock_file``
-    runs them, the others wait and find the marker (see :mod:`gentity.guest.install`).
-    ``env`` is added to the environment of the commands only, never to the agent's."""
-
-    lock_file: str
-    marker: str
-    commands: list[list[str]]
-    env: dict[str, str] = field(repr=False)
-
-
-@dataclass(frozen=True)
-class ReadyRule:
-    """When the agent counts as ready: its output has been quiet for ``quiet_ms`` and, if
-    ``pattern`` is set, its screen text (escape sequences removed) has matched it."""
-
-    quiet_ms: int = 1000
-    pattern: str | None = None
-
-
-@dataclass
-class Config:
-    """Parsed daemon config; see :func:`parse_config` for the JSON field names."""
-
-    secret: str = field(repr=False)
-    listen: str
-    log_file: str
-    workdir: str
-    command: list[str]
-    shell: list[str]
-    env: dict[str, str] = field(repr=False)
-    restart: str = "always"
-    install: InstallPlan | None = None
-    replay_bytes: int = 262144
-    cols: int = 120
-    rows: int = 32
-    hostname: str | None = None
-    """Set as the hostname first (a guest started ahead of need learns its name late)."""
-    child_cgroup_fd: int | None = None
-    """An open ``cgroup.procs`` of a group below the guest's own: every child writes itself
-    there, so a fork bomb in the agent hits that group's limit and leaves the guest room."""
-    ready: ReadyRule = field(default_factory=ReadyRule)
-    secret_env: list[str] = field(default_factory=list)
-    """Names in ``env`` and ``install.env`` whose values are secrets (the model API key):
-    the guest redacts them, and its own secret, from every log record it writes."""
-
-    def secret_values(self) -> list[str]:
-        """The values to keep out of the log: the guest secret and the named env values."""
-        envs = [self.env, self.install.env if self.install is not None else {}]
-        return [self.secret, *(env[n] for env in envs for n in self.secret_env if n in env)]
-
-
-def _str_list(value: object, name: str) -> list[str]:
-    if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
-        raise ConfigError(f"{name} must be a non-empty list of strings")
-    return list(value)
-
-
-def _str_dict(value: object, name: str) -> dict[str, str]:
-    if value is None:
-        return {}
-    if not isinstance(value, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
-    ):
-        raise ConfigError(f"{name} must be an object of string values")
-    return dict(value)
-
-
-def _abs_path(data: dict[str, Any], name: str) -> str:
-    value = data.get(name)
-    if not isinstance(value, str) or not os.path.isabs(value):
-        raise ConfigError(f"{name} must be an absolute path")
-    return value
-
-
-def parse_config(data: object) -> Config:
-    """Validate the JSON config object (fields: secret, listen, logFile, workdir,
-    command, shell, env, secretEnv, restart, install, replayBytes, cols, rows, hostname,
-    childCgroupFd, ready: {quietMs, pattern})."""
-    if not isinstance(data, dict):
-        raise ConfigError("config must be a JSON object")
-    secret = data.get("secret")
-    if not isinstance(secret, str) or not secret:
-        raise ConfigError("secret must be a non-empty string")
-    listen = data.get("listen")
-    try:
-        parse_address(listen if isinstance(listen, str) else "")
-    except ValueError as exc:
-        raise ConfigError(f"listen: {exc}") from None
-    restart = data.get("restart", "always")
-    if restart not in RESTART_POLICIES:
-        raise ConfigError(f"restart must be one of {', '.join(RESTART_POLICIES)}")
-    install = None
-    raw_install = data.get("install")
-    if raw_install is not None:
-        if not isinstance(raw_install, dict):
-            raise ConfigError("install must be an object or null")
-        commands = raw_install.get("commands")
-        if not isinstance(commands, list):
-            raise ConfigError("install.commands must be a list of commands")
-        install = InstallPlan(
-            lock_file=_abs_path(raw_install, "lockFile"),
-            marker=_abs_path(raw_install, "marker"),
-            commands=[_str_list(c, "install.commands[]") for c in commands],
-            env=_str_dict(raw_install.get("env"), "install.env"),
-        )
-    numbers: dict[str, int] = {}
-    for key, default, low, high in (
-        ("replayBytes", 262144, 65536, 1 << 30),
-        ("cols", 120, 1, 1000),
-        ("rows", 32, 1, 1000),
-    ):
-        value = data.get(key, default)
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{key} must be an integer")
-        numbers[key] = max(low, min(high, value))
-    return Config(
-        secret=secret,
-        listen=str(listen),
-        log_file=_abs_path(data, "logFile"),
-        workdir=_abs_path(data, "workdir"),
-        command=_str_list(data.get("command"), "command"),
-        shell=_str_list(data.get("shell", ["sh"]), "shell"),
-        env=_str_dict(data.get("env"), "env"),
-        restart=str(restart),
-        install=install,
-        replay_bytes=numbers["replayBytes"],
-        cols=numbers["cols"],
-        rows=numbers["rows"],
-        hostname=_hostname(data.get("hostname")),
-        child_cgroup_fd=_optional_fd(data.get("childCgroupFd")),
-        secret_env=_names(data.get("secretEnv")),
-        ready=parse_ready_rule(data.get("ready")),
-    )
-
-
-def parse_ready_rule(value: object) -> ReadyRule:
-    """Validate a ``ready`` object (``{"quietMs", "pattern"}``, both optional; None for the
-    defaults). Shared with the catalog, which gives each agent its rule."""
-    if value is None:
-        return ReadyRule()
-    if not isinstance(value, dict):
-        raise ConfigError("ready must be an object")
-    quiet = value.get("quietMs", 1000)
-    if isinstance(quiet, bool) or not isinstance(quiet, int) or not 0 <= quiet <= 600_000:
-        raise ConfigError("ready.quietMs must be an integer from 0 to 600000")
-    pattern = value.get("pattern")
-    if pattern is not None:
-        if not isinstance(pattern, str) or not pattern:
-            raise ConfigError("ready.pattern must be a non-empty string or null")
-        try:
-            re.compile(pattern)
-        except re.error:
-            raise ConfigError("ready.pattern is not a valid regular expression") from None
-    return ReadyRule(quiet_ms=quiet, pattern=pattern)
-
-
-def _optional_fd(value: object) -> int | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or not 3 <= value < 1 << 20:
-        raise ConfigError("childCgroupFd must be a file descriptor number")
-    return value
-
-
-def _names(value: object) -> list[str]:
-    if value is None:
-        return []
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise ConfigError("secretEnv must be a list of strings")
-    return list(value)
-
-
-def _hostname(value: object) -> str | None:
-    if value is None:
-        return None
-    if not isinstance(value, str) or not 0 < len(value) <= 63:
-        raise ConfigError("hostname must be a string of 1 to 63 characters")
-    return value

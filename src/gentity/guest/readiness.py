@@ -2,7 +2,7 @@
 
 A process that exists is not yet an agent one can talk to: it may still be loading, drawing
 a sign-in menu, or about to crash. The catalog gives each agent a rule (see
-:class:`gentity.guest.protocol.ReadyRule`): its output has been quiet for a while (it waits
+:class:`gentity.guest.config.ReadyRule`): its output has been quiet for a while (it waits
 for input) and, when a pattern is given, its screen text has shown it (a prompt). Standard
 library only.
 """
@@ -14,7 +14,7 @@ import re
 from collections.abc import Callable
 from typing import Final
 
-from gentity.guest.protocol import ReadyRule
+from gentity.guest.config import ReadyRule
 
 #: How much recent screen text a prompt pattern is matched against.
 TEXT_TAIL: Final = 8192

@@ -1,26 +1,32 @@
-"""The guest's socket: authenticates each request, then answers health or streams a terminal.
+"""The guest's socket: authenticates each request, then answers it or streams.
 
 Listens on a unix socket path, a socket the launcher bound and handed over (``fd:N``) or
-TCP (see :func:`gentity.guest.protocol.parse_address`). ``attach`` streams the agent's
-terminal, shared with every other viewer; ``shell`` starts a private shell that dies with
-its connection. Standard library only.
+TCP (see :func:`gentity.guest.protocol.parse_address`). ``configure`` hands the agent's
+config over once; ``attach`` streams the agent's terminal, shared with every other viewer;
+``shell`` starts a private shell that dies with its connection; ``logs`` and ``follow``
+read the structured log; ``wait`` answers health once it changed. Standard library only.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import hmac
 import json
 import os
 import socket
 import stat
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Final
 
 from gentity.guest import protocol as p
+from gentity.guest.changes import Changes
 from gentity.guest.children import StartError
+from gentity.guest.config import Config
 from gentity.guest.launcher import Launcher
+from gentity.guest.logreader import follow_offsets, offset_before_last, tail_with_cursor
 from gentity.guest.logwriter import LogWriter
 from gentity.guest.session import PtySession, Viewer
 from gentity.guest.supervisor import Supervisor
@@ -30,25 +36,40 @@ ATTACH_WAIT: Final = 5.0
 SHELL_KILL_AFTER: Final = 2.0
 
 
+@dataclass
+class Configured:
+    """What exists once the guest got its config: the agent's supervisor and its tools."""
+
+    config: Config
+    digest: bytes
+    """sha256 of the config as received, to tell a repeated ``configure`` from another."""
+    log: LogWriter
+    launcher: Launcher
+    supervisor: Supervisor
+
+
 class GuestServer:
-    """Serves the guest protocol for one daemon; ``health`` builds the health answer."""
+    """Serves the guest protocol for one daemon.
+
+    ``health`` builds the health answer; ``configure(config, secret)`` applies a first
+    config and returns None, or the error to answer with; ``changes`` moves with health.
+    """
 
     def __init__(
         self,
-        config: p.Config,
+        listen: str,
         *,
-        secret: bytes,
-        supervisor: Supervisor,
-        launcher: Launcher,
-        log: LogWriter,
+        secret_sha256: bytes,
         health: Callable[[], dict[str, Any]],
+        configure: Callable[[object, str], str | None],
+        changes: Changes,
     ) -> None:
-        self._config = config
-        self._secret = secret
-        self._supervisor = supervisor
-        self._launcher = launcher
-        self._log = log
+        self._listen = listen
+        self._secret_sha256 = secret_sha256
         self._health = health
+        self._configure = configure
+        self._changes = changes
+        self.configured: Configured | None = None
         self.shells: set[PtySession] = set()
         self._connections: set[asyncio.StreamWriter] = set()
         self._server: asyncio.Server | None = None
@@ -58,7 +79,7 @@ class GuestServer:
 
     async def listen(self) -> str:
         """Start serving; returns the address as bound (the real port for ``tcp:…:0``)."""
-        addr = p.parse_address(self._config.listen)
+        addr = p.parse_address(self._listen)
         limit = p.MAX_REQUEST_BYTES
         if addr.kind == "unix":
             sock = self._bind_unix(addr.path)
@@ -93,7 +114,7 @@ class GuestServer:
         """Close every open connection and remove the socket file if it is still ours."""
         for writer in list(self._connections):
             writer.close()
-        addr = p.parse_address(self._config.listen)
+        addr = p.parse_address(self._listen)
         if addr.kind != "unix" or self._socket_id is None:
             return
         with contextlib.suppress(OSError):
@@ -134,16 +155,19 @@ class GuestServer:
                 self._reply(writer, {"ok": False, "error": request})
             elif request["op"] == p.OP_HEALTH:
                 self._reply(writer, self._health())
+            elif request["op"] == p.OP_CONFIGURE:
+                error = self._configure(request.get("config"), request["secret"])
+                self._reply(writer, {"ok": True} if error is None else _refusal(error))
+            elif (configured := self.configured) is None:
+                self._reply(writer, _refusal("not configured"))
             else:
-                size = (p.clamp_size(request.get("cols")), p.clamp_size(request.get("rows")))
-                if request["op"] == p.OP_ATTACH:
-                    await self._attach(reader, writer, size)
-                else:
-                    await self._shell(reader, writer, size)
+                await self._serve_configured(configured, request, reader, writer)
         except (ConnectionError, p.ProtocolError):
             pass
         except Exception as exc:
-            self._log.write("error", f"connection handler failed: {type(exc).__name__}: {exc}")
+            if self.configured is not None:  # before that there is no log
+                message = f"connection handler failed: {type(exc).__name__}: {exc}"
+                self.configured.log.write("error", message)
         finally:
             self._connections.discard(writer)
             writer.close()
@@ -166,7 +190,9 @@ class GuestServer:
         if not isinstance(request, dict):
             return "bad request: request must be a JSON object"
         secret = request.get("secret")
-        if not isinstance(secret, str) or not hmac.compare_digest(secret.encode(), self._secret):
+        if not isinstance(secret, str) or not hmac.compare_digest(
+            hashlib.sha256(secret.encode()).digest(), self._secret_sha256
+        ):
             return "unauthorized"
         if request.get("op") not in p.OPS:
             return f"bad request: op must be one of {', '.join(p.OPS)}"
@@ -177,13 +203,87 @@ class GuestServer:
         if not writer.is_closing():
             writer.write(p.encode_line(response))
 
+    async def _serve_configured(
+        self,
+        configured: Configured,
+        request: dict[str, Any],
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+    ) -> None:
+        op = request["op"]
+        if op == p.OP_WAIT:
+            seconds = request.get("timeout", p.MAX_WAIT)
+            if isinstance(seconds, bool) or not isinstance(seconds, int | float):
+                self._reply(writer, _refusal("bad request: timeout must be a number"))
+                return
+            await self._changes.since(request.get("since"), max(0.0, min(seconds, p.MAX_WAIT)))
+            self._reply(writer, self._health())
+        elif op == p.OP_LOGS:
+            lines = _count(request.get("lines"))
+            if lines is None:
+                self._reply(writer, _refusal("bad request: lines must be a count"))
+                return
+            records, end = tail_with_cursor(configured.config.log_file, lines)
+            self._reply(writer, {"ok": True, "records": records, "cursor": str(end)})
+        elif op == p.OP_FOLLOW:
+            await self._follow(configured, request, reader, writer)
+        else:
+            size = (p.clamp_size(request.get("cols")), p.clamp_size(request.get("rows")))
+            if op == p.OP_ATTACH:
+                await self._attach(configured.supervisor, reader, writer, size)
+            else:
+                await self._shell(configured, reader, writer, size)
+
+    async def _follow(
+        self,
+        configured: Configured,
+        request: dict[str, Any],
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+    ) -> None:
+        """Stream records after ``cursor`` (or the last ``lines``, or from now on) until the
+        client closes its end."""
+        path = configured.config.log_file
+        cursor, lines = request.get("cursor"), request.get("lines")
+        if cursor is not None and not _is_cursor(cursor):
+            self._reply(writer, _refusal("bad request: cursor must be one the guest gave out"))
+            return
+        if lines is not None and _count(lines) is None:
+            self._reply(writer, _refusal("bad request: lines must be a count"))
+            return
+        if cursor is not None:
+            start = int(cursor)
+        elif lines:
+            start = offset_before_last(path, lines)
+        else:  # from now on: fixed before answering, so nothing written after it is missed
+            start = tail_with_cursor(path, 0)[1]
+        self._reply(writer, {"ok": True})
+
+        async def stream() -> None:
+            records = follow_offsets(path, start=start)
+            try:
+                async for offset, record in records:
+                    writer.write(p.encode_line({"cursor": str(offset), "record": record}))
+                    await writer.drain()  # a slow client slows its own stream, nobody else
+            finally:
+                await records.aclose()
+
+        streaming = asyncio.ensure_future(stream())
+        closed = asyncio.ensure_future(reader.read())  # the client sends nothing: EOF ends it
+        try:
+            await asyncio.wait((streaming, closed), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (streaming, closed):
+                task.cancel()
+            await asyncio.gather(streaming, closed, return_exceptions=True)
+
     async def _attach(
         self,
+        supervisor: Supervisor,
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
         size: tuple[int | None, int | None],
     ) -> None:
-        supervisor = self._supervisor
         agent = None
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(ATTACH_WAIT):
@@ -199,6 +299,7 @@ class GuestServer:
 
     async def _shell(
         self,
+        configured: Configured,
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
         size: tuple[int | None, int | None],
@@ -206,9 +307,10 @@ class GuestServer:
         if self.stopping:
             self._reply(writer, {"ok": False, "error": "guest is stopping"})
             return
-        cols, rows = size[0] or self._config.cols, size[1] or self._config.rows
+        config = configured.config
+        cols, rows = size[0] or config.cols, size[1] or config.rows
         try:
-            session = self._launcher.start(self._config.shell, self._config.env, cols, rows)
+            session = configured.launcher.start(config.shell, config.env, cols, rows)
         except StartError as exc:
             self._reply(writer, {"ok": False, "error": f"cannot start shell: {exc}"})
             return
@@ -239,3 +341,19 @@ class GuestServer:
         finally:
             session.detach(viewer)
             viewer.close()
+
+
+def _refusal(error: str) -> dict[str, Any]:
+    return {"ok": False, "error": error}
+
+
+def _count(value: object) -> int | None:
+    """A number of log lines, capped at MAX_LOG_LINES; None if it is not a count."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        return None
+    return min(value, p.MAX_LOG_LINES)
+
+
+def _is_cursor(value: object) -> bool:
+    # ASCII digits only: str.isdigit() alone takes "²".
+    return isinstance(value, str) and value.isascii() and value.isdigit() and len(value) < 20

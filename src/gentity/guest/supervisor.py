@@ -11,12 +11,16 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from typing import Final
+from collections import deque
+from typing import Any, Final
 
 from gentity.guest import protocol as p
+from gentity.guest.changes import Changes
 from gentity.guest.children import ChildWatcher, StartError, describe_exit
+from gentity.guest.config import Config, InstallPlan
 from gentity.guest.install import install_once
 from gentity.guest.launcher import Launcher
+from gentity.guest.logformat import format_timestamp
 from gentity.guest.logwriter import LogWriter
 from gentity.guest.readiness import Readiness
 from gentity.guest.session import PtySession
@@ -25,6 +29,7 @@ from gentity.guest.textlines import LineLogger
 BACKOFF_MIN: Final = 0.5
 BACKOFF_MAX: Final = 30.0
 STABLE_RUN: Final = 10.0  # a run at least this long resets the restart backoff
+INSTALL_LINES: Final = 5  # the last lines of install output that health shows
 
 
 def describe(returncode: int) -> str:
@@ -37,12 +42,21 @@ class Supervisor:
     """Runs the agent of ``config`` for as long as :meth:`run` is not cancelled."""
 
     def __init__(
-        self, config: p.Config, *, log: LogWriter, launcher: Launcher, watcher: ChildWatcher
+        self,
+        config: Config,
+        *,
+        log: LogWriter,
+        launcher: Launcher,
+        watcher: ChildWatcher,
+        changes: Changes,
+        cgroup_fd: int | None,
     ) -> None:
         self._config = config
         self._log = log
         self._launcher = launcher
         self._watcher = watcher
+        self._changes = changes
+        self._cgroup_fd = cgroup_fd
         self.state = p.STATE_INSTALLING if config.install else p.STATE_STARTING
         self.error: str | None = None
         self.agent: PtySession | None = None
@@ -52,9 +66,11 @@ class Supervisor:
         self.last_exit_code: int | None = None
         self.last_exit_at: float | None = None
         self.ready_at: float | None = None
+        self.install: dict[str, Any] | None = None
+        """The guest's own install, as health reports it: state, package, startedAt, lines."""
+        self._install_lines: deque[str] = deque(maxlen=INSTALL_LINES)
         self.stopping = False
         """Set on shutdown: nobody waits for the agent any more."""
-        self._changed = asyncio.Event()
 
     def live_agent(self) -> PtySession | None:
         """The agent's session while its process runs."""
@@ -82,7 +98,7 @@ class Supervisor:
                 return agent
             if self.stopping or self.state in (p.STATE_ERROR, p.STATE_EXITED):
                 return None
-            await self._changed.wait()
+            await self._changes.next()
 
     async def run(self) -> None:
         """Install, then run the agent under the restart policy."""
@@ -96,18 +112,33 @@ class Supervisor:
         except Exception as exc:
             self._fail(f"internal error: {type(exc).__name__}: {exc}")
 
-    async def _install(self, plan: p.InstallPlan) -> str | None:
+    def install_report(self) -> dict[str, Any] | None:
+        """The install's progress for health, with its last output lines (redacted)."""
+        if self.install is None:
+            return None
+        return {**self.install, "lines": list(self._install_lines)}
+
+    async def _install(self, plan: InstallPlan) -> str | None:
+        self.install = {
+            "state": p.INSTALL_RUNNING,
+            "package": plan.package,
+            "startedAt": format_timestamp(),
+        }
         self._set_state(p.STATE_INSTALLING)
         env = {**os.environ, **plan.env}  # the agent's env is deliberately not here
         plan.env = {}  # needed only once: drop the copy
-        return await install_once(
+        error = await install_once(
             plan,
             cwd=self._config.workdir,
             env=env,
             log=self._log,
             wait_exit=self._watcher.exited,
-            cgroup_fd=self._config.child_cgroup_fd,
+            cgroup_fd=self._cgroup_fd,
+            on_line=self._install_lines.append,
         )
+        self.install["state"] = p.INSTALL_FAILED if error else p.INSTALL_DONE
+        self._changes.bump()
+        return error
 
     async def _run_agent(self) -> None:
         delay = BACKOFF_MIN
@@ -162,11 +193,7 @@ class Supervisor:
 
     def _set_state(self, state: str) -> None:
         self.state = state
-        self._wake()
-
-    def _wake(self) -> None:
-        self._changed.set()  # wake every waiter, then start a fresh event
-        self._changed = asyncio.Event()
+        self._changes.bump()
 
     def _fail(self, message: str) -> None:
         message = self._log.redact(message)  # health shows it (e.g. the last install line)
@@ -179,4 +206,4 @@ class Supervisor:
         self.agent_state = p.AGENT_READY
         self.ready_at = time.time()
         self._log.write("info", "agent ready")
-        self._wake()
+        self._changes.bump()

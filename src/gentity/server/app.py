@@ -20,12 +20,23 @@ from gentity.server.context import AppContext
 from gentity.server.db.database import Database
 from gentity.server.errors import install_error_handlers
 from gentity.server.logging import install_secret_filters
+from gentity.server.metrics import RequestMetrics
 from gentity.server.middleware import BodySizeLimit, CrossOriginGuard, SecurityHeaders
 from gentity.server.node import NodeIdentity
 from gentity.server.openapi import install_openapi
 from gentity.server.proxies import TrustedProxyHeaders
 from gentity.server.reconciler import reconcile_once, run_forever
-from gentity.server.routers import auth, catalog, health, instances, terminal, tokens
+from gentity.server.routers import (
+    auth,
+    catalog,
+    events,
+    health,
+    instances,
+    metrics,
+    regions,
+    terminal,
+    tokens,
+)
 from gentity.server.security.crypto import SecretBox
 from gentity.settings import Settings
 
@@ -97,10 +108,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for router in (
         health.router,
         catalog.router,
+        regions.router,
         auth.router,
         tokens.router,
         instances.router,
+        events.router,
         terminal.router,
+        metrics.router,
     ):
         app.include_router(router)
     # The dashboard: page shells (kept out of the OpenAPI schema) and their static files.
@@ -112,4 +126,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(SecurityHeaders, hsts=settings.secure_public_url)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(TrustedProxyHeaders, networks=settings.trusted_proxy_networks)
+    if settings.metrics_token is not None:
+        # Outermost, so every answer is counted, the middleware's own refusals included.
+        app.add_middleware(RequestMetrics, metrics=ctx.metrics)
     return app

@@ -18,6 +18,7 @@ from gentity.server.db.orm import User
 from gentity.server.errors import unauthorized
 from gentity.server.services import accounts, tokens
 from gentity.server.services.credentials import Credential
+from gentity.server.services.instance_status import acting
 
 SESSION_COOKIE = "gentity_session"
 # Over https the cookie gets the __Host- prefix: the browser then insists on Secure, Path=/
@@ -37,6 +38,11 @@ class Principal:
     @property
     def credential(self) -> Credential:
         return (self.via, self.credential_id)
+
+    @property
+    def actor(self) -> str:
+        """How the instance events this caller causes name it (``token:<id>``...)."""
+        return f"{self.via}:{self.credential_id}"
 
 
 def context(request: Request) -> AppContext:
@@ -166,8 +172,10 @@ class AuthFirstRoute(APIRoute):
             # No Db: the session closes before the handler runs, which may take minutes (a
             # create) and must not hold a pooled connection meanwhile.
             async def authenticated_alone(request: Request) -> Response:
-                request.state.principal = await authenticate_request(request)
-                return await handler(request)
+                principal = await authenticate_request(request)
+                request.state.principal = principal
+                with acting(principal.actor):
+                    return await handler(request)
 
             return authenticated_alone
 
@@ -175,10 +183,14 @@ class AuthFirstRoute(APIRoute):
             # One session for the whole request: the handler's ``Db`` is this one (see
             # ``db_session``). It closes when the handler returns, as ``Db``'s would.
             async with context(request).db.session() as db:
-                request.state.principal = await _authenticate(db, request)
+                principal = await _authenticate(db, request)
+                request.state.principal = principal
                 request.state.db = db
                 try:
-                    return await handler(request)
+                    # Status changes this request causes (also in the operations it starts)
+                    # say who.
+                    with acting(principal.actor):
+                        return await handler(request)
                 finally:
                     del request.state.db
 

@@ -10,6 +10,7 @@ from gentity.catalog import Catalog
 from gentity.providers.compute.registry import Providers
 from gentity.providers.dns.base import DnsProvider
 from gentity.server.db.database import Database
+from gentity.server.metrics import Metrics
 from gentity.server.node import NodeIdentity
 from gentity.server.revocation import CredentialWatch
 from gentity.server.security.crypto import SecretBox
@@ -34,6 +35,8 @@ class AppContext:
     """This process's destroys in flight, by instance: a second DELETE waits for the first."""
     node: NodeIdentity | None = None
     """Who this server is in ``Instance.operation_owner`` (see ``server.node``)."""
+    metrics: Metrics = field(default_factory=Metrics)
+    """Counters and timings served at ``/metrics`` (see ``server.metrics``)."""
     credentials: CredentialWatch = field(init=False)
     """Open streams by credential, ended when it is revoked (see ``revocation``)."""
 

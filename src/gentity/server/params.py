@@ -41,3 +41,13 @@ def parse_cursor(raw: str | None, name: str) -> str | None:
     if whole_number(raw, 0, MAX_CURSOR) is None:
         raise ApiError(400, f"{name}: not a cursor this server gave out")
     return raw
+
+
+def parse_flag(raw: str | None, name: str) -> bool:
+    """A yes/no query parameter: ``1``/``true`` or ``0``/``false`` (any case); absent is no."""
+    if raw is None:
+        return False
+    value = raw.lower()
+    if value not in ("0", "1", "true", "false"):
+        raise ApiError(400, f"{name}: must be 1 or 0")
+    return value in ("1", "true")

@@ -3,6 +3,8 @@ server with one clear line, instead of failing every create later."""
 
 from __future__ import annotations
 
+from gentity.providers.compute.base import ProviderError
+from gentity.providers.compute.registry import Providers
 from gentity.providers.dns.base import DnsError
 from gentity.providers.dns.registry import create_dns_provider
 from gentity.settings import Settings
@@ -13,8 +15,24 @@ class StartupError(Exception):
 
 
 async def preflight(settings: Settings) -> None:
-    """Raise :class:`StartupError` when the configured DNS provider cannot be used."""
+    """Raise :class:`StartupError` when a compute provider or the configured DNS provider
+    cannot be used."""
+    await _check_compute(settings)
     await _check_dns(settings)
+
+
+async def _check_compute(settings: Settings) -> None:
+    try:
+        providers = Providers.from_settings(settings)
+    except ValueError as exc:
+        raise StartupError(str(exc)) from None
+    try:
+        for provider in providers:
+            await provider.verify()
+    except ProviderError as exc:
+        raise StartupError(f"the {provider.name} compute provider cannot be used: {exc}") from None
+    finally:
+        await providers.close()
 
 
 async def _check_dns(settings: Settings) -> None:

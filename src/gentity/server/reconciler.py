@@ -3,6 +3,8 @@
 Runs at start-up and then every ``GENTITY_RECONCILE_INTERVAL_SECONDS``:
 
 - a ``running`` instance whose machine is no longer running is marked ``error`` with the reason;
+  one whose guest answers unconfigured (its machine was restarted by its provider, not by us)
+  gets its config again;
 - a transitional row (``starting``, ``stopping``…) whose operation lease has expired, e.g.
   because the server crashed mid-way, is completed or failed, never left hanging;
 - an instance this server cannot reach (``ComputeProvider.unreachable``: a ``local`` instance
@@ -33,7 +35,13 @@ from gentity.providers.compute.base import (
 from gentity.server.context import AppContext
 from gentity.server.db.orm import Instance
 from gentity.server.services import dns, instances, operations
-from gentity.server.services.instance_status import TRANSITIONAL, TransitionError, set_status
+from gentity.server.services.instance_status import (
+    RECONCILER,
+    TRANSITIONAL,
+    TransitionError,
+    acting,
+    set_status,
+)
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +49,11 @@ SWEEP_INTERVAL_SECONDS = 600.0
 
 
 async def reconcile_once(ctx: AppContext) -> None:
+    with acting(RECONCILER):
+        await _reconcile_all(ctx)
+
+
+async def _reconcile_all(ctx: AppContext) -> None:
     async with ctx.db.session() as session:
         ids = list(
             await session.scalars(
@@ -86,6 +99,8 @@ async def _reconcile(ctx: AppContext, session: AsyncSession, row: Instance) -> N
                 error_message=f"stopped unexpectedly ({why})",
             )
             await session.commit()
+        else:
+            await instances.configure_if_rebooted(ctx, row)
         return
     if not operations.abandoned(ctx, row):
         return  # an operation is (probably) still under way somewhere
@@ -126,22 +141,42 @@ async def _reconcile(ctx: AppContext, session: AsyncSession, row: Instance) -> N
 
 
 async def _guest_runs_agent(provider: ComputeProvider, ctx: AppContext, row: Instance) -> bool:
+    """Whether an interrupted start can be finished: the machine runs and its agent comes up.
+    A server killed between booting the machine and configuring its guest left that guest
+    waiting for its config: it gets it now, as the start would have sent it."""
     handle = instances.handle_of(row)
     if (await provider.status(handle)).state is not MachineState.RUNNING:
         return False
+    await instances.configure_if_rebooted(ctx, row)
     try:
-        health = await guest_client.health(
-            provider.guest_address(handle), instances.guest_secret(ctx, row)
+        health = await instances.wait_for_agent(
+            provider.guest_endpoint(handle), instances.guest_secret(ctx, row)
         )
-    except guest_client.GuestError:
+    except (guest_client.GuestError, ProviderError):
         return False
     return health.get("state") == "running"
 
 
 async def sweep_outside(ctx: AppContext) -> None:
-    """Remove what outside services hold for instances that no longer exist (DNS records)."""
+    """Remove what providers and DNS hold for instances that no longer exist (a create killed
+    before its row knew the machine, a row removed by hand)."""
     async with ctx.db.session() as session:
         await dns.sweep(ctx, session)
+
+    async def known() -> set[str]:
+        async with ctx.db.session() as session:
+            return set(
+                await session.scalars(select(Instance.id).where(Instance.destroyed_at.is_(None)))
+            )
+
+    for provider in ctx.providers:
+        try:
+            removed = await provider.sweep(known)
+        except ProviderError as exc:
+            log.warning("sweeping the %s provider failed: %s", provider.name, exc)
+            continue
+        for what in removed:
+            log.warning("%s: removed %s, which no instance owns", provider.name, what)
 
 
 async def run_forever(ctx: AppContext) -> None:

@@ -14,13 +14,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import Counter
 from collections.abc import Iterator
+from typing import Literal
 
 from gentity.server.db.database import Database
 from gentity.server.services import credentials
 from gentity.server.services.credentials import Credential
 
 log = logging.getLogger(__name__)
+
+StreamKind = Literal["terminal", "logs", "events"]
+"""What an open stream is: a terminal, a log follow or an event follow (counted in metrics)."""
 
 CHECK_INTERVAL = 2.0
 """Seconds between checks: a revoked credential's streams end within about this long."""
@@ -33,18 +38,21 @@ class CredentialWatch:
         self._db = db
         self.interval = interval
         self._open: dict[Credential, set[asyncio.Event]] = {}
+        self._kinds: Counter[StreamKind] = Counter()
         self._task: asyncio.Task[None] | None = None
 
     @contextlib.contextmanager
-    def watch(self, credential: Credential) -> Iterator[asyncio.Event]:
+    def watch(self, credential: Credential, kind: StreamKind) -> Iterator[asyncio.Event]:
         """Register a stream for as long as the block runs; the event is set when it must end."""
         ended = asyncio.Event()
         self._open.setdefault(credential, set()).add(ended)
+        self._kinds[kind] += 1
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._run(), name="credential-watch")
         try:
             yield ended
         finally:
+            self._kinds[kind] -= 1
             streams = self._open.get(credential)
             if streams is not None:
                 streams.discard(ended)
@@ -54,6 +62,10 @@ class CredentialWatch:
     @property
     def open_streams(self) -> int:
         return sum(len(events) for events in self._open.values())
+
+    def open_of(self, kind: StreamKind) -> int:
+        """How many streams of this kind this process has open."""
+        return self._kinds[kind]
 
     async def check_once(self) -> None:
         """Ask about every registered credential at once; end the streams of the dead ones."""

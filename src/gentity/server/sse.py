@@ -73,7 +73,10 @@ async def log_events(stream: LogStream, ended: asyncio.Event) -> AsyncIterator[s
             if getter in done:
                 cursor, record = getter.result()
                 getter = None
-                yield f"id: {cursor}\ndata: {json.dumps(record, separators=(',', ':'))}\n\n"
+                data = json.dumps(record, separators=(",", ":"))
+                # A record read while the instance was stopped has no cursor: no id, so the
+                # client's Last-Event-ID stays that of the last record it can resume after.
+                yield f"id: {cursor}\ndata: {data}\n\n" if cursor else f"data: {data}\n\n"
             elif pumping in done:
                 if queue.empty():
                     if not pumping.cancelled() and pumping.exception() is not None:

@@ -13,18 +13,28 @@ once, hands back a :class:`MachineHandle` that the control plane stores on the i
 from then on receives that handle. Secrets (the guest secret, the model API key) arrive in a
 :class:`GuestLaunch` on every start and must never be written to disk, logged, put on a command
 line or into a machine config the provider's API would show back.
+
+A provider only boots the guest daemon, from a bootstrap without secrets (see
+:mod:`gentity.guest.config`). Everything else goes through the guest protocol, the same on
+every provider: the control plane sends the agent's config with :func:`guest_config` after
+every boot, and reads logs, health and terminals from the guest while the machine runs. Only a
+stopped machine's log comes from the provider (:meth:`ComputeProvider.tail_stopped`).
 """
 
 from __future__ import annotations
 
 import abc
-from collections.abc import AsyncIterator
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, ClassVar
 
 from gentity.catalog import InstallStep
-from gentity.guest.protocol import ReadyRule
+from gentity.guest.client import GuestEndpoint
+from gentity.guest.config import ReadyRule
+
+KnownInstances = Callable[[], Awaitable[Collection[str]]]
+"""Reads the ids of every instance the database still holds (see ``ComputeProvider.sweep``)."""
 
 
 class ProviderError(Exception):
@@ -73,6 +83,38 @@ class GuestLaunch:
 
 
 @dataclass(frozen=True)
+class GuestLayout:
+    """Where the agent lives inside a provider's machine, as its guest sees it."""
+
+    workdir: str
+    """The agent's home and working directory, on the volume."""
+    log_file: str
+    """The structured log (on the volume, so it outlives a restart)."""
+    env: dict[str, str]
+    """The agent's base environment (``HOME``, ``PATH``…); the launch's ``agent_env`` is added."""
+    install: dict[str, Any] | None = None
+    """The guest's own one-time install (``configure``'s ``install`` object), for a provider
+    whose guest installs the agent itself; None when the provider installed it before boot."""
+    shell: list[str] = field(default_factory=lambda: ["bash", "-l"])
+
+
+def guest_config(launch: GuestLaunch, layout: GuestLayout) -> dict[str, Any]:
+    """The ``configure`` config for the guest: the one place it is put together, for every
+    provider. Carries the launch's secrets: send it over the guest protocol only."""
+    return {
+        "logFile": layout.log_file,
+        "workdir": layout.workdir,
+        "command": launch.command,
+        "shell": layout.shell,
+        "env": {**layout.env, **launch.agent_env},
+        "secretEnv": list(launch.secret_env),
+        "restart": launch.restart,
+        "ready": {"quietMs": launch.ready.quiet_ms, "pattern": launch.ready.pattern},
+        "install": layout.install,
+    }
+
+
+@dataclass(frozen=True)
 class MachineSpec:
     """What to create, from the catalog defaults and the user's request."""
 
@@ -82,6 +124,16 @@ class MachineSpec:
     memory_mb: int
     volume_gb: int
     region: str | None = None
+
+
+@dataclass(frozen=True)
+class Region:
+    """A place where a provider runs machines."""
+
+    code: str
+    """What a create request's ``region`` names (``iad``, ``local``…)."""
+    label: str
+    """The place in words, for a picker."""
 
 
 @dataclass(frozen=True)
@@ -146,10 +198,12 @@ class ComputeProvider(abc.ABC):
 
     @abc.abstractmethod
     async def start(self, handle: MachineHandle, launch: GuestLaunch) -> MachineHandle | None:
-        """Boot the machine and its guest daemon with ``launch``.
+        """Boot the machine and its guest daemon, bootstrapped for ``launch.secret`` (its
+        sha256 only: the secrets themselves never go into the machine's definition).
 
-        Returns once the guest daemon answers on :meth:`guest_address`; whether the agent itself
-        came up is the guest's to report. Starting a running machine is a no-op.
+        Returns once the guest daemon answers health on :meth:`guest_endpoint`; the caller then
+        sends it :func:`guest_config`, and whether the agent came up is the guest's to report.
+        Starting a running machine is a no-op.
 
         Returns the machine's new handle when starting changed it (a cloud provider may have
         replaced the machine, or learnt its address), which the caller stores in place of the
@@ -181,6 +235,14 @@ class ComputeProvider(abc.ABC):
     async def status(self, handle: MachineHandle) -> MachineStatus:
         """What the machine is doing right now."""
 
+    def regions(self) -> list[Region]:
+        """Where this provider can run machines; a create naming any other region is refused.
+
+        Empty (the default) when the provider does not say: any region is then passed on as
+        given. Cheap and without I/O: asked on every create.
+        """
+        return []
+
     def unreachable(self, handle: MachineHandle) -> str | None:
         """None when this server can act on the machine; else why not, for the user.
 
@@ -192,30 +254,36 @@ class ComputeProvider(abc.ABC):
         return None
 
     @abc.abstractmethod
-    def guest_address(self, handle: MachineHandle) -> str:
-        """Where the control plane reaches the guest: ``unix:/path`` or ``tcp:host:port``."""
+    def guest_endpoint(self, handle: MachineHandle) -> GuestEndpoint:
+        """Where the control plane reaches the guest (``unix:``, ``tcp:`` or ``tls:``), with
+        the TLS context that verifies it when it is behind a TLS-terminating proxy."""
 
     @abc.abstractmethod
-    async def tail_logs(self, handle: MachineHandle, lines: int) -> list[dict[str, str]]:
-        """The last ``lines`` structured log records, oldest first; also when stopped."""
+    def guest_layout(self, handle: MachineHandle, launch: GuestLaunch) -> GuestLayout:
+        """Where the agent's workdir and log are in this provider's machines, its base
+        environment and whether the guest installs the agent itself."""
 
     @abc.abstractmethod
-    def follow_logs(
-        self, handle: MachineHandle, cursor: str | None = None
-    ) -> AsyncIterator[tuple[str, dict[str, str]]]:
-        """``(cursor, record)`` for records appended from now on, until the consumer stops.
-
-        With ``cursor`` (one this method yielded earlier), resume right after that record, so a
-        client that reconnects sees no line twice and misses none.
-        """
-
-    @abc.abstractmethod
-    async def log_cursor_before(self, handle: MachineHandle, lines: int) -> str:
-        """A cursor for :meth:`follow_logs` that replays the last ``lines`` records first."""
+    async def tail_stopped(self, handle: MachineHandle, lines: int) -> list[dict[str, str]]:
+        """The last ``lines`` log records of a machine that is not running, oldest first
+        (a running machine's log is read through its guest)."""
 
     def isolation_warnings(self) -> list[str]:
         """What this provider cannot enforce here, in words for an operator (e.g. a missing
         sandbox tool). Shown at start-up and by ``GET /readyz``."""
+        return []
+
+    async def verify(self) -> None:  # noqa: B027 (optional hook, empty by default)
+        """Checked once before ``gentity serve`` starts: that the provider can work at all (its
+        credentials, its API). :class:`ProviderError` saying why, in one line, stops the server.
+        """
+
+    async def sweep(self, known_instance_ids: KnownInstances) -> list[str]:
+        """Remove machines this provider holds for instances that no longer exist (a create
+        killed before its row knew the machine); return what was removed, in words. Called by
+        the reconciler now and then. ``known_instance_ids`` reads the database: call it after
+        listing the provider's machines, so one created meanwhile is known. Nothing by default
+        (``local`` finds its leftovers from its own data directory at start-up)."""
         return []
 
     async def adopt(self) -> None:  # noqa: B027 (optional hook, empty by default)

@@ -172,6 +172,9 @@ class InstanceEvent(Base):
     from_status: Mapped[str | None] = mapped_column(String(32))
     to_status: Mapped[str] = mapped_column(String(32))
     reason: Mapped[str] = mapped_column(Text)
+    actor: Mapped[str] = mapped_column(String(80), server_default="system")
+    """Who asked: ``token:<id>``, ``session:<id>``, ``reconciler`` or ``system`` (see
+    ``services.instance_status.ACTOR``)."""
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 

@@ -13,9 +13,8 @@ from gentity import models
 from gentity.server import idempotency
 from gentity.server.auth import Auth, AuthFirstRoute, Ctx, Db, Principal
 from gentity.server.context import AppContext
-from gentity.server.errors import ApiError
 from gentity.server.openapi import errors
-from gentity.server.params import MAX_CURSOR, parse_cursor, parse_int
+from gentity.server.params import MAX_CURSOR, parse_cursor, parse_flag, parse_int
 from gentity.server.services import instances, logs
 from gentity.server.services.logs import LogStream
 from gentity.server.sse import EventStreamResponse, log_events
@@ -62,7 +61,8 @@ async def create_instance(
     async def create() -> models.InstanceCreated:
         # A session of its own: the work may outlive this request (and its session).
         async with ctx.db.session() as session:
-            return await instances.create(ctx, session, principal.user.id, body)
+            with ctx.metrics.operation("create"):
+                return await instances.create(ctx, session, principal.user.id, body)
 
     return _answer(
         await idempotency.run_once(ctx, principal.user.id, key, "POST /api/instances", body, create)
@@ -79,7 +79,8 @@ async def get_instance(instance_id: str, principal: Auth, ctx: Ctx, db: Db) -> m
 async def delete_instance(instance_id: str, principal: Auth, ctx: Ctx, db: Db) -> models.Ok:
     """Destroy the machine and its volume."""
     row = await instances.get_owned(db, principal.user.id, instance_id)
-    await instances.destroy(ctx, db, row)
+    with ctx.metrics.operation("destroy"):
+        await instances.destroy(ctx, db, row)
     return models.Ok()
 
 
@@ -98,20 +99,12 @@ async def instance_action(
     async def act() -> models.Ok:
         async with ctx.db.session() as session:
             fresh = await instances.get_owned(session, principal.user.id, instance_id)
-            await instances.act(ctx, session, fresh, body.action)
+            with ctx.metrics.operation(body.action.value):
+                await instances.act(ctx, session, fresh, body.action)
         return models.Ok()
 
     scope = f"POST /api/instances/{instance_id}/action"
     return _answer(await idempotency.run_once(ctx, principal.user.id, key, scope, body, act))
-
-
-def _parse_follow(raw: str | None) -> bool:
-    if raw is None:
-        return False
-    value = raw.lower()
-    if value not in ("0", "1", "true", "false"):
-        raise ApiError(400, "follow: must be 1 or 0")
-    return value in ("1", "true")
 
 
 @router.get(
@@ -147,7 +140,7 @@ async def instance_logs(
 ) -> models.LogList | EventStreamResponse:
     """Recent log lines, oldest first; with ``follow=1`` a ``text/event-stream`` of new ones."""
     count = parse_int(lines, "lines", 1, MAX_LOG_LINES, default=200)
-    following = _parse_follow(follow)
+    following = parse_flag(follow, "follow")
     # Checked before anything opens: a bad cursor is a 400, not a stream that breaks later.
     resume = parse_cursor(last_event_id, "Last-Event-ID")
     cursor = parse_cursor(cursor, "cursor")
@@ -165,6 +158,6 @@ async def instance_logs(
 
 async def _follow(ctx: AppContext, principal: Principal, stream: LogStream) -> AsyncIterator[str]:
     """The SSE body, registered for the whole stream so that revoking its credential ends it."""
-    with ctx.credentials.watch(principal.credential) as ended:
+    with ctx.credentials.watch(principal.credential, "logs") as ended:
         async for chunk in log_events(stream, ended):
             yield chunk

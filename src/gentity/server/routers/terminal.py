@@ -79,7 +79,7 @@ async def terminal(websocket: WebSocket, instance_id: str) -> None:
         await _deny(websocket, status, message)
         return
     # Registered before the upgrade, so a revocation from now on ends this terminal.
-    with ctx.credentials.watch(principal.credential) as ended:
+    with ctx.credentials.watch(principal.credential, "terminal") as ended:
         await websocket.accept()
         async with session:
             await _pipe(websocket, session, ended)

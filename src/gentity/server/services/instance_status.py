@@ -4,9 +4,18 @@ Statuses follow :data:`TRANSITIONS`, which also says which user action may take 
 Every change is a compare-and-set on the row (so two replicas acting on one instance cannot
 both win) and records an :class:`InstanceEvent` with the reason. ``destroyed`` is terminal:
 nothing leaves it.
+
+Each event also names who asked for the change (:data:`ACTOR`): the credential of the request
+that started it, ``reconciler``, or ``system``. A context variable carries it, so the tasks an
+operation runs in (which copy the context of the request that started them) keep it without
+every step passing it along.
 """
 
 from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from contextvars import ContextVar
 
 from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -56,6 +65,23 @@ TRANSITIONS: dict[S, dict[S, frozenset[A]]] = {
 
 # States in which an operation is under way; the reconciler finishes abandoned ones.
 TRANSITIONAL = frozenset({S.PROVISIONING, S.STARTING, S.STOPPING, S.RESTARTING, S.DESTROYING})
+
+
+SYSTEM = "system"
+RECONCILER = "reconciler"
+ACTOR: ContextVar[str] = ContextVar("gentity_status_actor", default=SYSTEM)
+"""Who the status changes made in this context are on behalf of: ``token:<api token id>`` or
+``session:<session id>`` for a request, ``reconciler``, or ``system`` for anything else."""
+
+
+@contextlib.contextmanager
+def acting(actor: str) -> Iterator[None]:
+    """Record ``actor`` on the status changes made inside the block (and tasks started in it)."""
+    token = ACTOR.set(actor)
+    try:
+        yield
+    finally:
+        ACTOR.reset(token)
 
 
 class TransitionError(Exception):
@@ -111,6 +137,7 @@ async def set_status(
             from_status=current.value,
             to_status=target.value,
             reason=reason,
+            actor=ACTOR.get(),
             created_at=now,
         )
     )
@@ -124,6 +151,10 @@ async def record_creation(db: AsyncSession, instance: Instance, reason: str) -> 
     """The first event of an instance (no previous status)."""
     db.add(
         InstanceEvent(
-            instance_id=instance.id, from_status=None, to_status=instance.status, reason=reason
+            instance_id=instance.id,
+            from_status=None,
+            to_status=instance.status,
+            reason=reason,
+            actor=ACTOR.get(),
         )
     )

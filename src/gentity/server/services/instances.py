@@ -29,6 +29,7 @@ from gentity.providers.compute.base import (
     MachineSpec,
     ProviderError,
     ProviderUnavailable,
+    guest_config,
 )
 from gentity.server.context import AppContext
 from gentity.server.db.ids import new_id, random_slug
@@ -81,8 +82,8 @@ async def agent_health(ctx: AppContext, row: Instance) -> models.AgentHealth | N
     if row.status != S.RUNNING or row.provider_ref is None:
         return None
     try:
-        address = provider_for(ctx, row).guest_address(handle_of(row))
-        info = await guest_client.health(address, guest_secret(ctx, row), timeout=HEALTH_TIMEOUT)
+        endpoint = provider_for(ctx, row).guest_endpoint(handle_of(row))
+        info = await guest_client.health(endpoint, guest_secret(ctx, row), timeout=HEALTH_TIMEOUT)
         return models.AgentHealth.model_validate(info.get("agent"))
     except (guest_client.GuestError, ProviderError, ProviderUnavailable, ValidationError):
         return None
@@ -169,6 +170,11 @@ def _validate(
         )
     if model.api_key_env and not (body.api_key and body.api_key.strip()):
         raise InvalidInput(f"apiKey: required for {agent.name} with {model.provider} models")
+    regions = [r.code for r in ctx.providers.default.regions()]
+    if body.region is not None and regions and body.region not in regions:
+        raise InvalidInput(
+            f"region: unknown region {body.region!r} (choose one of: {', '.join(regions)})"
+        )
     return agent, model
 
 
@@ -338,15 +344,23 @@ def _launch(ctx: AppContext, inst: Instance) -> GuestLaunch:
 
 
 async def _boot(ctx: AppContext, session: AsyncSession, inst: Instance, *, restart: bool) -> None:
-    """Start (or restart) the machine and wait until the guest reports the agent running."""
+    """Start (or restart) the machine, configure its guest and wait until it reports the agent
+    running. The one path by which every provider's guest gets its config and secrets."""
     provider = provider_for(ctx, inst)
-    handle = handle_of(inst)
     launch = _launch(ctx, inst)
-    if restart:
-        await provider.restart(handle, launch)
-    else:
-        await provider.start(handle, launch)
-    health = await wait_for_agent(provider.guest_address(handle), launch.secret)
+    operation = provider.restart if restart else provider.start
+    handle = await operation(handle_of(inst), launch)
+    if handle is not None:  # the provider replaced or readdressed the machine
+        inst.provider_ref, inst.provider_state = handle.ref, dict(handle.data)
+        await session.commit()
+    handle = handle_of(inst)
+    endpoint = provider.guest_endpoint(handle)
+    try:
+        await _configure(provider, handle, launch)
+        health = await wait_for_agent(endpoint, launch.secret)
+    except guest_client.GuestError as exc:
+        # Said without the guest's address: that is the provider's business, not the user's.
+        raise ProviderError(str(exc).replace(f" at {endpoint.address}", "")) from exc
     if health.get("state") == "error":
         await provider.stop(handle)
         raise ProviderError(str(health.get("error") or "the agent failed to start"))
@@ -354,17 +368,45 @@ async def _boot(ctx: AppContext, session: AsyncSession, inst: Instance, *, resta
     await session.commit()
 
 
-async def wait_for_agent(address: str, secret: str) -> dict[str, Any]:
-    """Poll the guest until the agent runs or has failed for good."""
+async def _configure(provider: ComputeProvider, handle: MachineHandle, launch: GuestLaunch) -> None:
+    """Send the guest its config, with the launch's secrets, over the guest protocol."""
+    config = guest_config(launch, provider.guest_layout(handle, launch))
+    await guest_client.configure(provider.guest_endpoint(handle), launch.secret, config)
+
+
+async def configure_if_rebooted(ctx: AppContext, row: Instance) -> bool:
+    """Configure a running instance's guest again if it answers unconfigured: its machine
+    booted without the control plane (a cloud provider restarted it on its own). Returns
+    whether it did; a guest that does not answer is left to the status checks."""
+    provider, handle = provider_for(ctx, row), handle_of(row)
+    secret = guest_secret(ctx, row)
+    try:
+        health = await guest_client.health(
+            provider.guest_endpoint(handle), secret, timeout=HEALTH_TIMEOUT
+        )
+        if health.get("configured") is not False:
+            return False
+        await _configure(provider, handle, _launch(ctx, row))
+    except guest_client.GuestError:
+        return False
+    log.info("instance %s: its guest had restarted unconfigured; configured it again", row.id)
+    return True
+
+
+async def wait_for_agent(endpoint: guest_client.GuestEndpoint, secret: str) -> dict[str, Any]:
+    """Until the guest says the agent runs or has failed for good: each ``wait`` answers as
+    soon as the guest's state changed, so there is no polling."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + AGENT_READY_TIMEOUT
-    while True:
-        health = await guest_client.health(address, secret)
-        if health.get("state") in ("running", "error"):
-            return health
-        if loop.time() > deadline:
+    health = await guest_client.health(endpoint, secret)
+    while health.get("state") not in ("running", "error"):
+        left = deadline - loop.time()
+        if left <= 0:
             raise ProviderError(f"the agent did not start (guest state: {health.get('state')})")
-        await asyncio.sleep(0.005)
+        health = await guest_client.wait(
+            endpoint, secret, since=health.get("version"), timeout=left
+        )
+    return health
 
 
 # --- running operations --------------------------------------------------------------------

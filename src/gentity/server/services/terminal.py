@@ -34,17 +34,17 @@ async def open_session(
         row = await instances.get_owned(db, user_id, instance_id)
     if row.status != InstanceStatus.RUNNING.value:
         raise Conflict(f"the instance is {row.status}; start it first")
-    address = instances.provider_for(ctx, row).guest_address(instances.handle_of(row))
+    endpoint = instances.provider_for(ctx, row).guest_endpoint(instances.handle_of(row))
     try:
         return await guest_client.open_session(
-            address, instances.guest_secret(ctx, row), op=op, cols=cols, rows=rows
+            endpoint, instances.guest_secret(ctx, row), op=op, cols=cols, rows=rows
         )
     except guest_client.GuestError as exc:
         agent = await instances.agent_health(ctx, row) if op == "attach" else None
         if agent is not None and agent.state is not models.AgentState.READY:
             raise Conflict(agent_down_message(agent)) from exc
         # The guest's address is the provider's business, not the user's.
-        raise UpstreamFailed(str(exc).replace(f" at {address}", "")) from exc
+        raise UpstreamFailed(str(exc).replace(f" at {endpoint.address}", "")) from exc
 
 
 def agent_down_message(agent: models.AgentHealth) -> str:

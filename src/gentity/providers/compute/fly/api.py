@@ -114,6 +114,12 @@ class FlyApi:
         response = await self._request("POST", "/v1/apps", json=body)
         return response.json() if response.content else {"name": name}
 
+    async def list_apps(self, org_slug: str) -> list[Json]:
+        apps: list[Json] = (
+            await self._request("GET", "/v1/apps", params={"org_slug": org_slug})
+        ).json()["apps"]
+        return apps
+
     async def get_app(self, name: str) -> Json:
         body: Json = (await self._request("GET", f"/v1/apps/{name}")).json()
         return body

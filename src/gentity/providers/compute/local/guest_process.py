@@ -1,15 +1,17 @@
 """The guest daemon's process between its spawn and its first answer, as the provider sees it.
 
-A booted guest waits for its configuration on stdin (the only channel its secrets travel
-over). Until then the provider learns about it only from its process: whether it still
-runs, how it ended, and what it printed to ``guest.out``, which the instance may have
-written to since and so is read with care.
+A booted guest waits for its bootstrap on stdin (no secret in it: the control plane sends
+the config and secrets over the guest's socket once it answers). Until then the provider
+learns about it only from its process: whether it still runs, how it ended, and what it
+printed to ``guest.out``, which the instance may have written to since and so is read with
+care.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
+import json
 import logging
 import os
 import signal
@@ -31,7 +33,7 @@ GUEST_STOP_GRACE = 8.0
 
 @dataclass
 class Booted:
-    """A sandbox whose guest waits for its config, and what it was handed."""
+    """A sandbox whose guest waits for its bootstrap, and what it was handed."""
 
     paths: InstancePaths
     process: subprocess.Popen[bytes]
@@ -47,7 +49,7 @@ class Booted:
 
 
 def wait_for_waiting(process: subprocess.Popen[bytes], output: Path, start: int) -> None:
-    """Until the guest prints that it waits for its config (its sandbox is complete by then).
+    """Until the guest prints that it waits for its bootstrap (its sandbox is complete by then).
 
     Nothing of the instance has run in this sandbox yet, so what the guest printed since
     ``start`` can be trusted this once. Raises ProviderError when it ends or hangs instead.
@@ -65,7 +67,7 @@ def wait_for_waiting(process: subprocess.Popen[bytes], output: Path, start: int)
 
 
 def end_waiting_guest(process: subprocess.Popen[bytes]) -> None:
-    """A guest still waiting for its config exits at end-of-file on stdin."""
+    """A guest still waiting for its bootstrap exits at end-of-file on stdin."""
     with contextlib.suppress(OSError):
         if process.stdin:
             process.stdin.close()
@@ -73,13 +75,13 @@ def end_waiting_guest(process: subprocess.Popen[bytes]) -> None:
         process.wait(timeout=GUEST_STOP_GRACE)
 
 
-def send_config(booted: Booted, config: bytes) -> None:
+def send_bootstrap(booted: Booted, bootstrap: dict[str, object]) -> None:
     process = booted.process
     if process.stdin is None:
-        raise ProviderError("the guest daemon has no configuration channel")
+        raise ProviderError("the guest daemon has no bootstrap channel")
     try:
         with process.stdin:
-            process.stdin.write(config)
+            process.stdin.write(json.dumps(bootstrap).encode())
     except BrokenPipeError:
         # The pipe broke as the process went: give it a moment to be reaped, so the operator
         # learns how it ended (and from guest.out, what it said) rather than just that it did.
@@ -87,7 +89,7 @@ def send_config(booted: Booted, config: bytes) -> None:
             process.wait(timeout=1)
         log_guest_output(booted.paths.root.name, booted.paths, level=logging.WARNING)
         ended = "closed its stdin" if process.poll() is None else describe_exit(process)
-        raise ProviderError(f"the guest daemon {ended} before it got its configuration") from None
+        raise ProviderError(f"the guest daemon {ended} before it got its bootstrap") from None
 
 
 def describe_exit(process: subprocess.Popen[bytes]) -> str:

@@ -18,9 +18,9 @@ from pathlib import Path
 import anyio
 
 from gentity.catalog import InstallStep
+from gentity.guest.config import InstallPlan
 from gentity.guest.install import install_once
 from gentity.guest.logwriter import LogWriter
-from gentity.guest.protocol import InstallPlan
 from gentity.providers.compute.base import ProviderError
 from gentity.providers.compute.local.sandbox import DEFAULT_PATH, TLS_TRUST_VARIABLES
 

@@ -1,4 +1,5 @@
-"""An instance's agent log on this host: made ready for the guest, and read for the API.
+"""An instance's agent log on this host: made ready for the guest, and read while the
+instance is stopped (while it runs, the control plane reads it through the guest).
 
 The log lives on the instance's volume and is written by the guest (and so by the
 instance): it is opened without following links and parsed as hostile input.
@@ -7,13 +8,12 @@ instance): it is opened without following links and parsed as hostile input.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncGenerator
 from pathlib import Path
 
 import anyio.to_thread
 
 from gentity.guest.logformat import NotARegularFile
-from gentity.guest.logreader import follow_offsets, offset_before_last, tail
+from gentity.guest.logreader import tail
 from gentity.guest.logwriter import LogWriter
 from gentity.providers.compute.local.sandbox import InstancePaths
 
@@ -35,22 +35,6 @@ def give_log_file(paths: InstancePaths, owner: int) -> None:
 
 
 async def last_records(log_file: Path, lines: int) -> list[dict[str, str]]:
+    """The last ``lines`` records, oldest first."""
     records = await anyio.to_thread.run_sync(tail, log_file, lines)
     return [dict(r) for r in records]
-
-
-async def cursor_before(log_file: Path, lines: int) -> str:
-    return str(await anyio.to_thread.run_sync(offset_before_last, log_file, lines))
-
-
-async def follow(log_file: Path, cursor: str | None) -> AsyncGenerator[tuple[str, dict[str, str]]]:
-    """The log's records, from ``cursor`` on when it is one of ours, each with its cursor."""
-    # Only a cursor this module gave out (ASCII digits; isdigit() alone takes "²") resumes.
-    valid = cursor is not None and cursor.isascii() and cursor.isdigit() and len(cursor) < 20
-    start = int(cursor) if valid and cursor else None
-    stream = follow_offsets(log_file, start=start)
-    try:
-        async for offset, record in stream:
-            yield str(offset), dict(record)
-    finally:
-        await stream.aclose()

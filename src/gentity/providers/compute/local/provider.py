@@ -20,33 +20,35 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import json
 import logging
 import os
 import secrets
 import shutil
 import signal
+import socket
 import stat
 import subprocess
 import threading
 import time
-from collections.abc import AsyncIterator
 from functools import cache, cached_property
 from pathlib import Path
 
 import anyio.to_thread
 
 from gentity.guest import client as guest_client
+from gentity.guest.client import GuestEndpoint
 from gentity.guest.logwriter import LogWriter
 from gentity.guest.redact import Redactor
 from gentity.providers.compute.base import (
     ComputeProvider,
     GuestLaunch,
+    GuestLayout,
     MachineHandle,
     MachineSpec,
     MachineState,
     MachineStatus,
     ProviderError,
+    Region,
 )
 from gentity.providers.compute.local import logs, network, processes, spares, uids, volumes
 from gentity.providers.compute.local.cgroups import (
@@ -62,7 +64,7 @@ from gentity.providers.compute.local.guest_process import (
     describe_exit,
     end_waiting_guest,
     log_guest_output,
-    send_config,
+    send_bootstrap,
     wait_for_waiting,
 )
 from gentity.providers.compute.local.install import bin_dir, ensure_installed
@@ -95,6 +97,10 @@ _JOIN_CGROUPS = (
     'IFS=:; for f in $GENTITY_CGROUP_PROCS; do echo $$ > "$f" || exit 97; done; '
     'unset GENTITY_CGROUP_PROCS; exec "$@"'
 )
+
+
+LOCAL_REGION = "local"
+"""The one region of the local provider: this host."""
 
 
 class LocalProvider(ComputeProvider):
@@ -144,6 +150,10 @@ class LocalProvider(ComputeProvider):
     @cached_property
     def host(self) -> Host:
         return Host.of(self.data_dir, self._host_id)
+
+    def regions(self) -> list[Region]:
+        # Every machine runs on this host: one region, named after it for the picker.
+        return [Region(code=LOCAL_REGION, label=f"This host ({socket.gethostname()})")]
 
     def unreachable(self, handle: MachineHandle) -> str | None:
         return self.host.unreachable(handle.ref, handle.data)
@@ -241,10 +251,10 @@ class LocalProvider(ComputeProvider):
             return
         paths = self.paths(handle)
         fresh = await anyio.to_thread.run_sync(self._prepare_start, paths)
-        # The sandbox boots (or a spare is taken over) first; the agent installs while its
-        # guest waits for the configuration, which needs the install's path.
+        # The sandbox boots (or a spare is taken over), then the agent installs on the host
+        # while its guest waits for the bootstrap; start returns with the install in place,
+        # before the control plane configures the guest to run the agent.
         booted = await anyio.to_thread.run_sync(self._boot, handle, paths, fresh)
-        extra_path: list[str] = []
         if launch.install is not None:
             redact = Redactor(launch.secret_values())
             try:
@@ -253,27 +263,16 @@ class LocalProvider(ComputeProvider):
             except BaseException:
                 await anyio.to_thread.run_sync(end_waiting_guest, booted.process)
                 raise
-            extra_path.append(str(bin_dir(self.agents_dir, launch.agent)))
-        sandboxed = bwrap_path() is not None
-        view = paths.view(sandboxed)
-        env = guest_environment(view.home, extra_path)
-        config = {
-            "secret": launch.secret,
+        # No secret in here: the guest learns only the secret's hash, and gets the agent's
+        # config and keys from the control plane over its socket (see guest_config).
+        bootstrap: dict[str, object] = {
             "listen": f"fd:{booted.listen_fd}",
-            "logFile": view.log_file,
-            "workdir": view.home,
-            "command": launch.command,
-            "shell": ["bash", "-l"],
-            "env": {**env, **launch.agent_env},
-            "secretEnv": list(launch.secret_env),
-            "restart": launch.restart,
-            "ready": {"quietMs": launch.ready.quiet_ms, "pattern": launch.ready.pattern},
+            "secretSha256": hashlib.sha256(launch.secret.encode()).hexdigest(),
             "hostname": str(handle.data.get("hostname", handle.ref))[:63],
             "childCgroupFd": booted.cgroup_fd,
         }
-        # The secrets travel over this pipe only: not argv, not the environment, not a file.
         try:
-            await anyio.to_thread.run_sync(send_config, booted, json.dumps(config).encode())
+            await anyio.to_thread.run_sync(send_bootstrap, booted, bootstrap)
         except ProviderError:
             if not booted.spare:
                 raise
@@ -281,10 +280,18 @@ class LocalProvider(ComputeProvider):
             log.warning("instance %s: its warm spare had exited; starting cold", handle.ref)
             await anyio.to_thread.run_sync(self._stop_sync, handle)
             booted = await anyio.to_thread.run_sync(self._boot, handle, paths, False)
-            config.update(listen=f"fd:{booted.listen_fd}", childCgroupFd=booted.cgroup_fd)
-            await anyio.to_thread.run_sync(send_config, booted, json.dumps(config).encode())
+            bootstrap.update(listen=f"fd:{booted.listen_fd}", childCgroupFd=booted.cgroup_fd)
+            await anyio.to_thread.run_sync(send_bootstrap, booted, bootstrap)
         await self._wait_until_ready(handle, paths, launch.secret, booted.process)
         self._spares.refill_soon()
+
+    def guest_layout(self, handle: MachineHandle, launch: GuestLaunch) -> GuestLayout:
+        # The agent was installed on the host before boot (start): its cache is mounted
+        # read-only into the sandbox, so the guest installs nothing itself.
+        extra_path = [] if launch.install is None else [str(bin_dir(self.agents_dir, launch.agent))]
+        view = self.paths(handle).view(bwrap_path() is not None)
+        env = guest_environment(view.home, extra_path)
+        return GuestLayout(workdir=view.home, log_file=view.log_file, env=env)
 
     def _prepare_start(self, paths: InstancePaths) -> bool:
         """Mount what a start needs; whether the instance never started (has no volume)."""
@@ -302,7 +309,7 @@ class LocalProvider(ComputeProvider):
         return False
 
     def _boot(self, handle: MachineHandle, paths: InstancePaths, fresh: bool) -> Booted:
-        """A sandboxed guest waiting for its config: a warm spare when one fits, else new.
+        """A sandboxed guest waiting for its bootstrap: a warm spare when one fits, else new.
 
         The log file exists and belongs to the instance afterwards."""
         cpus, memory_mb = int(handle.data["cpus"]), int(handle.data["memoryMb"])
@@ -323,7 +330,7 @@ class LocalProvider(ComputeProvider):
 
     def _spawn(self, ref: str, paths: InstancePaths, *, cpus: int, memory_mb: int) -> Booted:
         """Start the sandbox and the guest in it, and return once the guest waits for its
-        config. On failure the sandbox's processes are gone; its directories stay."""
+        bootstrap. On failure the sandbox's processes are gone; its directories stay."""
         cgroup = InstanceCgroup(ref)
         if cgroup.enabled:
             cgroup.create(cpus=cpus, memory_mb=memory_mb)
@@ -394,7 +401,7 @@ class LocalProvider(ComputeProvider):
             # slirp4netns brings the sandbox's loopback interface up; bubblewrap, when it finds
             # lo up before it has added lo's address itself, gives up ("Failed RTM_NEWADDR").
             # So the network is attached only once the sandbox is complete, which the guest
-            # says by waiting for its config.
+            # says by waiting for its bootstrap.
             wait_for_waiting(process, paths.guest_output, output_start)
             if exit_read is not None and booted.sandbox_pid is not None:
                 output = paths.root / "network.out"
@@ -429,7 +436,7 @@ class LocalProvider(ComputeProvider):
 
     @staticmethod
     def _end_sandbox(booted: Booted) -> None:
-        """Stop every process of a sandbox whose guest never got its config."""
+        """Stop every process of a sandbox whose guest never got its bootstrap."""
         with contextlib.suppress(OSError):
             if booted.process.stdin:
                 booted.process.stdin.close()  # end-of-file: the waiting guest exits by itself
@@ -473,7 +480,7 @@ class LocalProvider(ComputeProvider):
         deadline = time.monotonic() + GUEST_READY_TIMEOUT
         while True:
             with contextlib.suppress(guest_client.GuestError):
-                await guest_client.health(self.guest_address(handle), secret, timeout=2)
+                await guest_client.health(self.guest_endpoint(handle), secret, timeout=2)
                 return
             if process.poll() is not None:
                 raise ProviderError(f"the guest daemon {describe_exit(process)}")
@@ -527,26 +534,11 @@ class LocalProvider(ComputeProvider):
         log_guest_output(handle.ref, paths)
         return MachineStatus(MachineState.STOPPED, "its guest daemon is not running")
 
-    def guest_address(self, handle: MachineHandle) -> str:
-        return f"unix:{self.paths(handle).socket}"
+    def guest_endpoint(self, handle: MachineHandle) -> GuestEndpoint:
+        return GuestEndpoint(f"unix:{self.paths(handle).socket}")
 
-    # --- logs -----------------------------------------------------------------------------
-
-    async def tail_logs(self, handle: MachineHandle, lines: int) -> list[dict[str, str]]:
+    async def tail_stopped(self, handle: MachineHandle, lines: int) -> list[dict[str, str]]:
         return await logs.last_records(self.paths(handle).log_file, lines)
-
-    async def log_cursor_before(self, handle: MachineHandle, lines: int) -> str:
-        return await logs.cursor_before(self.paths(handle).log_file, lines)
-
-    async def follow_logs(
-        self, handle: MachineHandle, cursor: str | None = None
-    ) -> AsyncIterator[tuple[str, dict[str, str]]]:
-        stream = logs.follow(self.paths(handle).log_file, cursor)
-        try:
-            async for item in stream:
-                yield item
-        finally:
-            await stream.aclose()
 
     # --- helpers --------------------------------------------------------------------------
 

@@ -1,10 +1,10 @@
 """Warm spares: sandboxes started ahead of need, for new instances to take over.
 
 Most of a cold start is the guest's interpreter starting and importing. A spare is a
-sandbox whose guest has done that and waits for its config; a new instance takes one over
+sandbox whose guest has done that and waits for its bootstrap; a new instance takes one over
 by renaming the spare's directories and cgroups to its own. Only a brand-new instance can
 (its volume is empty, like the spare's); later starts boot cold. A spare whose server goes
-away reads end-of-file instead of a config, and exits.
+away reads end-of-file instead of a bootstrap, and exits.
 """
 
 from __future__ import annotations

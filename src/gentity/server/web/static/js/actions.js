@@ -11,6 +11,13 @@ const ALLOWED = {
   delete: ["provisioning", "starting", "running", "stopping", "stopped", "restarting", "error"],
 };
 
+// Statuses an operation is under way in: pages poll faster while one lasts, so each step shows.
+export const IN_PROGRESS = new Set(["provisioning", "starting", "stopping", "restarting", "destroying"]);
+
+// The status an action puts the instance in. A page shows it from the moment the action is
+// confirmed, even where the server answers only once the action is done.
+export const TRANSITION = { start: "starting", stop: "stopping", restart: "restarting", delete: "destroying" };
+
 const BUSY_LABEL = { start: "Starting…", stop: "Stopping…", restart: "Restarting…", delete: "Deleting…" };
 
 const STATUS_LABEL = {

@@ -2,11 +2,13 @@
 // lifecycle actions sit in a menu. Search and sort work on the rows already loaded.
 import "./common.js";
 import { api } from "./api.js";
-import { renderStatus, runAction, updateActionButtons } from "./actions.js";
+import { IN_PROGRESS, TRANSITION, renderStatus, runAction, updateActionButtons } from "./actions.js";
 import { loadAgents, showLabels } from "./catalog.js";
+import { renderHealth, resourcesText } from "./health.js";
 import { formatDate, relativeTime, showMessage } from "./ui.js";
 
 const POLL_MS = 3000;
+const BUSY_POLL_MS = 1000;
 const list = document.getElementById("instances");
 const rowTemplate = document.getElementById("instance-row");
 const empty = document.querySelector("[data-empty]");
@@ -34,7 +36,7 @@ function closeMenus(except) {
 function createRow(instance) {
   const node = rowTemplate.content.firstElementChild.cloneNode(true);
   node.dataset.instanceId = instance.id;
-  const entry = { node, instance };
+  const entry = { node, instance, transition: null };
   const menu = node.querySelector("[data-menu]");
   menu.addEventListener("toggle", () => menu.open && closeMenus(menu));
   for (const button of node.querySelectorAll("[data-action]")) {
@@ -46,8 +48,15 @@ function createRow(instance) {
         container: node,
         button,
         errorSlot: field(node, "actionError"),
+        // The badge says what is under way (Starting…) until the server answers.
+        onConfirmed: () => {
+          entry.transition = TRANSITION[button.dataset.action];
+          renderStatus(field(node, "status"), entry.transition);
+        },
       });
+      entry.transition = null;
       if (ok) refresh();
+      else renderStatus(field(node, "status"), entry.instance.status);
     });
   }
   // A click anywhere else on the row opens the instance, as its name does.
@@ -80,7 +89,10 @@ function fillRow(entry, instance) {
   created.setAttribute("datetime", instance.createdAt);
   created.title = formatDate(instance.createdAt);
   showMessage(field(node, "errorMessage"), instance.errorMessage || "");
-  renderStatus(field(node, "status"), instance.status);
+  renderStatus(field(node, "status"), entry.transition || instance.status);
+  renderHealth(field(node, "health"), instance);
+  const size = [resourcesText(agents, instance), instance.region].filter(Boolean).join(" · ");
+  showMessage(field(node, "resources"), size);
   node.dataset.status = instance.status;
   updateActionButtons(node, instance.status);
 }
@@ -147,7 +159,8 @@ async function refresh() {
     showMessage(listError, `Could not load your instances: ${error.message}`);
   } finally {
     clearTimeout(timer);
-    if (!document.hidden) timer = setTimeout(refresh, POLL_MS);
+    const busy = latest.some((instance) => IN_PROGRESS.has(instance.status));
+    if (!document.hidden) timer = setTimeout(refresh, busy ? BUSY_POLL_MS : POLL_MS);
   }
 }
 

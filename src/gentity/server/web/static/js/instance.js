@@ -1,19 +1,23 @@
 // /dashboard/instances/{id}: details and status (polled), lifecycle buttons, terminal and logs.
 import "./common.js";
 import { api } from "./api.js";
-import { renderStatus, runAction, updateActionButtons } from "./actions.js";
+import { IN_PROGRESS, TRANSITION, renderStatus, runAction, updateActionButtons } from "./actions.js";
+import { renderHealth, resourcesText } from "./health.js";
 import { LogsPane } from "./logs.js";
 import { TerminalPane } from "./terminal.js";
 import { loadAgents, showLabels } from "./catalog.js";
 import { setTime, showMessage } from "./ui.js";
 
 const POLL_MS = 3000;
+const BUSY_POLL_MS = 1000;
 const instanceId = document.body.dataset.instanceId;
 const path = `/api/instances/${encodeURIComponent(instanceId)}`;
 const actions = document.querySelector(".page-head__actions");
 const actionError = document.querySelector("[data-action-error]");
 const refreshError = document.querySelector("[data-refresh-error]");
-const terminal = new TerminalPane(document.querySelector("[data-terminal]"), instanceId);
+const terminal = new TerminalPane(document.querySelector("[data-terminal]"), instanceId, {
+  onExit: () => refresh(),
+});
 const logs = new LogsPane(document.querySelector("[aria-labelledby=logs-heading]"), instanceId);
 let instance = null;
 let timer = null;
@@ -31,20 +35,24 @@ function render(current) {
   showLabels(agents, current, fields("agent")[0], fields("model")[0]);
   for (const node of fields("created")) setTime(node, current.createdAt);
   for (const node of fields("errorMessage")) showMessage(node, current.errorMessage || "");
+  const health = renderHealth(fields("health")[0], current);
+  // The list keeps the detail in a tooltip; here there is room to show it.
+  fields("healthDetail")[0].textContent = health ? health.detail : "Known while the instance runs.";
+  fields("resources")[0].textContent = resourcesText(agents, current) || "—";
+  fields("region")[0].textContent = current.region || "Default";
   updateActionButtons(actions, current.status);
-  terminal.setAvailable(current.status === "running", statusReason(current.status));
+  terminal.follow(current, statusReason(current.status));
 }
 
 function statusReason(status) {
   if (status === "stopped") return "The instance is stopped. Start it to use the terminal.";
   if (status === "error") return "The instance has a problem (see above). Restart it to try again.";
+  if (status === "restarting") return "Restarting… the terminal reconnects by itself.";
   return `The instance is ${status}. The terminal connects when it is running.`;
 }
 
 let gone = false;
-// While an action from this page is under way its badge says so (Stopping, Restarting…), even
-// where the server answers only once it is done.
-const TRANSITION = { start: "starting", stop: "stopping", restart: "restarting" };
+// While an action from this page is under way its badge says so (Stopping, Restarting…).
 let transition = null;
 
 async function refresh() {
@@ -67,7 +75,8 @@ async function refresh() {
   } finally {
     // Keep polling through passing errors (a server restart, a network blip), not after 404.
     clearTimeout(timer);
-    if (!gone && !document.hidden) timer = setTimeout(refresh, POLL_MS);
+    const busy = transition || (instance && IN_PROGRESS.has(instance.status));
+    if (!gone && !document.hidden) timer = setTimeout(refresh, busy ? BUSY_POLL_MS : POLL_MS);
   }
 }
 

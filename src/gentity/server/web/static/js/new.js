@@ -87,6 +87,24 @@ async function loadCatalog() {
   }
 }
 
+// The provider's regions as a picker. "Default" sends no region and lets the server choose;
+// a provider that lists none leaves that as the only choice.
+async function loadRegions() {
+  const select = form.region;
+  const hint = form.querySelector("[data-region-hint]");
+  let regions = [];
+  try {
+    regions = (await api("GET", "/api/regions")).regions || [];
+  } catch (error) {
+    showMessage(hint, `Could not load the regions (${error.message}); the server picks one.`);
+  }
+  select.replaceChildren(el("option", { value: "", text: "Default" }));
+  for (const region of regions) {
+    select.append(el("option", { value: region.code, text: `${region.label} · ${region.code}` }));
+  }
+  select.disabled = regions.length === 0;
+}
+
 function setCreating(creating) {
   submit.disabled = creating;
   submit.textContent = creating ? "Creating…" : "Create instance";
@@ -119,7 +137,7 @@ form.addEventListener("submit", async (event) => {
   }
   const body = { agentType: agent.id, modelProvider, modelName };
   const name = form.name.value.trim();
-  const region = form.region.value.trim();
+  const region = form.region.value;
   if (name) body.name = name;
   if (region) body.region = region;
   if (agent.requiresApiKey) body.apiKey = apiKey;
@@ -143,3 +161,4 @@ form.addEventListener("submit", async (event) => {
 
 showMessage(form.querySelector("[data-error]"), "");
 loadCatalog();
+loadRegions();

@@ -19,7 +19,11 @@ const THEME = {
 };
 
 export class TerminalPane {
-  constructor(root, instanceId) {
+  // `onExit` (optional) is awaited when the process ends, before the exit is explained: the
+  // page refreshes the instance, which reaches follow() with what it is doing now.
+  constructor(root, instanceId, { onExit } = {}) {
+    this.onExit = onExit;
+    this.instance = null; // as the page last saw it
     this.root = root;
     this.instanceId = instanceId;
     this.screen = root.querySelector("[data-terminal-screen]");
@@ -92,6 +96,14 @@ export class TerminalPane {
     }
   }
 
+  // The instance as the page's poll saw it: connect while it runs; a restart, asked for here or
+  // anywhere else, is expected as one.
+  follow(instance, reason) {
+    this.instance = instance;
+    if (instance.status === "restarting") this.restarting = true;
+    this.setAvailable(instance.status === "running", reason);
+  }
+
   // Connect when the instance can take a terminal; called again on every status poll.
   setAvailable(available, reason) {
     if (available && !this.wanted) {
@@ -144,12 +156,32 @@ export class TerminalPane {
     }
     if (message.type === "output" && typeof message.data === "string") {
       this.term.write(message.data);
-    } else if (message.type === "exit" && this.restarting) {
-      this.exited = true;
-      this.term.write("\r\n\x1b[2m[restarting the instance…]\x1b[0m\r\n");
-      this.setState("Restarting…", { tone: "busy" });
     } else if (message.type === "exit") {
       this.exited = true;
+      this.explainExit(message);
+    }
+  }
+
+  // A stop or restart asked for elsewhere (another tab, the CLI) ends the process too: look at
+  // the instance before calling the exit the agent's own.
+  async explainExit(message) {
+    if (!this.restarting && this.onExit) {
+      const before = this.instance?.updatedAt;
+      try {
+        await this.onExit();
+      } catch {
+        // Not knowing the status, the exit is reported as it came.
+      }
+      // Running again already, but its status changed meanwhile (nothing else moves a running
+      // instance's updatedAt): a restart quicker than the look.
+      const now = this.instance;
+      if (now?.status === "running" && before && now.updatedAt !== before) this.restarting = true;
+    }
+    if (this.restarting) {
+      this.term.write("\r\n\x1b[2m[restarting the instance…]\x1b[0m\r\n");
+      this.setState("Restarting… the terminal reconnects by itself.", { tone: "busy" });
+    } else if (this.wanted) {
+      // Still running: the agent ended by itself, and the guest restarts it.
       const how = message.signal ? `signal ${message.signal}` : `code ${message.exitCode}`;
       this.term.write(`\r\n\x1b[2m[the process exited with ${how}]\x1b[0m\r\n`);
       this.setState(`The process exited with ${how}. It restarts by itself; reconnecting…`, {
