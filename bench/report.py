@@ -18,7 +18,7 @@ class Figure:
     """One benchmark figure: what was measured, against what, and whether it met its goal."""
 
     number: str
-    """The figure's number in the benchmark (1-6)."""
+    """The figure's number in the benchmark (1-8)."""
     key: str
     title: str
     goal: str

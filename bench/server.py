@@ -51,12 +51,16 @@ class ServerError(Exception):
 class BenchServer:
     """``async with BenchServer() as server:`` — a signed-in bearer client in ``server.api``."""
 
-    def __init__(self, parent: str | None = None) -> None:
+    def __init__(self, parent: str | None = None, *, database_url: str | None = None) -> None:
         self.data_dir = Path(tempfile.mkdtemp(prefix="gentity-bench-", dir=parent)).resolve()
+        self.database_url = database_url
+        """None: SQLite in the data directory."""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.password = secrets.token_urlsafe(18)
         self.env = {**os.environ, "GENTITY_DATA_DIR": str(self.data_dir)}
+        if database_url is not None:
+            self.env["GENTITY_DATABASE_URL"] = database_url
         self.log_path = self.data_dir / "server.log"
         self.process: subprocess.Popen[bytes] | None = None
         self.token = ""

@@ -51,6 +51,12 @@ def context(request: Request) -> AppContext:
 
 
 async def db_session(request: Request) -> AsyncIterator[AsyncSession]:
+    # AuthFirstRoute opened one to authenticate the request: the handler uses that one, so a
+    # request checks out one pooled connection, not two.
+    opened = getattr(request.state, "db", None)
+    if isinstance(opened, AsyncSession):
+        yield opened
+        return
     async with context(request).db.session() as session:
         yield session
 
@@ -125,7 +131,15 @@ async def resolve_principal(
 async def authenticate_request(request: Request) -> Principal:
     """The caller of an HTTP request, or a 401; with a database session of its own."""
     async with context(request).db.session() as db:
-        principal = await resolve_principal(db, request.headers, request.cookies)
+        return await _authenticate(db, request)
+
+
+async def _authenticate(db: AsyncSession, request: Request) -> Principal:
+    principal = await resolve_principal(db, request.headers, request.cookies)
+    # The principal's rows outlive the session's later work: detached, a rollback in the
+    # handler cannot expire them (an expired attribute would be a lazy load, which async
+    # sessions refuse).
+    db.expunge_all()
     if principal is None:
         raise unauthorized()
     if principal.scope_instance_id is not None and not _within_scope(request, principal):
@@ -154,13 +168,31 @@ class AuthFirstRoute(APIRoute):
         handler = super().get_route_handler()
         if not _depends_on(self.dependant, require_principal):
             return handler
+        if not _depends_on(self.dependant, db_session):
+            # No Db: the session closes before the handler runs, which may take minutes (a
+            # create) and must not hold a pooled connection meanwhile.
+            async def authenticated_alone(request: Request) -> Response:
+                principal = await authenticate_request(request)
+                request.state.principal = principal
+                with acting(principal.actor):
+                    return await handler(request)
+
+            return authenticated_alone
 
         async def authenticated(request: Request) -> Response:
-            principal = await authenticate_request(request)
-            request.state.principal = principal
-            # Status changes this request causes (also in the operations it starts) say who.
-            with acting(principal.actor):
-                return await handler(request)
+            # One session for the whole request: the handler's ``Db`` is this one (see
+            # ``db_session``). It closes when the handler returns, as ``Db``'s would.
+            async with context(request).db.session() as db:
+                principal = await _authenticate(db, request)
+                request.state.principal = principal
+                request.state.db = db
+                try:
+                    # Status changes this request causes (also in the operations it starts)
+                    # say who.
+                    with acting(principal.actor):
+                        return await handler(request)
+                finally:
+                    del request.state.db
 
         return authenticated
 

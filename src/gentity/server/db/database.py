@@ -26,6 +26,7 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 
+from gentity.server.db import sqlite_driver
 from gentity.server.db.bounded import BoundedSession, DatabaseUnavailable
 
 log = logging.getLogger(__name__)
@@ -61,8 +62,14 @@ class Database:
         self.url = make_url(url)
         self.limits = limits = limits or DatabaseLimits()
         self.is_sqlite = self.url.get_backend_name() == "sqlite"
+        if self.url.drivername == "sqlite+aiosqlite":
+            self.url = self.url.set(drivername=f"sqlite+{sqlite_driver.DRIVER}")
         kwargs: dict[str, Any] = {
-            "pool_pre_ping": True,
+            # A pooled PostgreSQL connection may have died with its server (a restart, a
+            # failover): one round trip on checkout finds out before a request uses it. A
+            # SQLite connection is a file this process holds open; the ping would be a
+            # wasted trip through the driver's thread on every request.
+            "pool_pre_ping": not self.is_sqlite,
             "pool_size": limits.pool_size,
             "max_overflow": limits.max_overflow,
             "pool_timeout": limits.pool_timeout,
