@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 import subprocess
 
+import httpx
 import pytest
 from typer.core import TyperGroup
 from typer.main import get_command
@@ -14,6 +16,8 @@ from gentity.cli.apikeys import api_key_env
 from gentity.cli.compute import app as compute_app
 from gentity.models import Agent, AgentModel
 from tests.cli.conftest import Cli, assert_one_line_error
+from tests.conftest import LiveServer
+from tests.server.terminal_client import Terminal, ws_url
 
 
 def test_lifecycle(logged_in: Cli, shell_instance: str) -> None:
@@ -75,6 +79,39 @@ def test_create_needs_a_key_and_never_takes_it_as_an_option(logged_in: Cli) -> N
     assert isinstance(group, TyperGroup)
     create = group.commands["create"]
     assert not any("key" in (p.name or "") for p in create.params)
+
+
+def test_create_hands_the_agent_env_without_putting_secrets_on_the_command_line(
+    logged_in: Cli, server: LiveServer, admin: httpx.Client
+) -> None:
+    missing = logged_in("compute", "create", "--agent", "shell", "--env", "GENTITY_TEST_UNSET")
+    assert_one_line_error(missing, "--env GENTITY_TEST_UNSET: GENTITY_TEST_UNSET is not set here")
+    created = logged_in(
+        "compute",
+        "create",
+        "--agent",
+        "shell",
+        "--env",
+        "PASSED",  # the value comes from this environment, not argv
+        "--env",
+        "GIVEN=two words",
+        "--json",
+        env={"PASSED": "from-here"},
+    )
+    assert created.returncode == 0, created.stderr
+    instance_id = json.loads(created.stdout)["id"]
+    try:
+
+        async def echo() -> None:
+            token = logged_in.config()["token"]
+            term = await Terminal.open(ws_url(server.url, instance_id, token))
+            await term.send("echo got-$PASSED-$GIVEN\r")
+            await term.expect("got-from-here-two words")
+            await term.close()
+
+        asyncio.run(echo())
+    finally:
+        admin.delete(f"/api/instances/{instance_id}", timeout=60)
 
 
 @pytest.mark.parametrize(

@@ -114,6 +114,21 @@ def test_requests_carry_the_token_and_camel_case_bodies() -> None:
     }
 
 
+def test_create_sends_env_and_repo_only_when_given() -> None:
+    seen: list[httpx.Request] = []
+    created = httpx.Response(200, json={"id": "i1", "subdomain": "sh-abc", "status": "running"})
+    repo = "https://example.com/project.git"
+    with client_answering(created, seen) as c:
+        c.instances.create("shell", "none", "bash", env={"CI": "1"}, repo=repo)
+    assert json.loads(seen[0].content) == {
+        "agentType": "shell",
+        "modelProvider": "none",
+        "modelName": "bash",
+        "env": {"CI": "1"},
+        "repo": repo,
+    }
+
+
 def test_without_a_token_no_authorization_header() -> None:
     seen: list[httpx.Request] = []
     with client_answering(httpx.Response(200, json={"agents": []}), seen, token=None) as c:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable
 from typing import Annotated
@@ -71,6 +72,16 @@ def create(
     ] = None,
     name: Annotated[str | None, typer.Option(help="A label for the instance.")] = None,
     region: Annotated[str | None, typer.Option(help="Where to run it (provider-specific).")] = None,
+    env: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--env",
+            help="NAME to pass your NAME through, or NAME=VALUE; repeatable. Kept encrypted.",
+        ),
+    ] = None,
+    repo: Annotated[
+        str | None, typer.Option(help="An https git URL to clone into the working directory.")
+    ] = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Create an instance and wait until it runs.
@@ -84,15 +95,39 @@ def create(
             fail(f"unknown agent {agent!r}; see: gentity catalog")
         chosen = _pick_model(found, model, provider)
         api_key = read_api_key(found, chosen)
+        extra_env = _parse_env(env or [])
         with spinner(f"Creating {found.name} ({chosen.provider}/{chosen.name})…"):
             created = client.instances.create(
-                found.id, chosen.provider, chosen.name, api_key=api_key, name=name, region=region
+                found.id,
+                chosen.provider,
+                chosen.name,
+                api_key=api_key,
+                name=name,
+                region=region,
+                env=extra_env or None,
+                repo=repo,
             )
     if as_json:
         print_json(created)
         return
     typer.echo(f"Created {created.id} ({created.subdomain}), {created.status.value}.")
     note(f"Open its terminal with: gentity compute ssh {created.id}")
+
+
+def _parse_env(items: list[str]) -> dict[str, str]:
+    """``NAME`` takes the value of ``NAME`` here (so a secret stays out of the command line and
+    the process list); ``NAME=VALUE`` gives it. The server checks the names."""
+    env: dict[str, str] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not name:
+            fail(f"--env {item!r}: expected NAME or NAME=VALUE")
+        if not sep:
+            if name not in os.environ:
+                fail(f"--env {name}: {name} is not set here (give NAME=VALUE, or set it)")
+            value = os.environ[name]
+        env[name] = value
+    return env
 
 
 def _pick_model(agent: models.Agent, name: str | None, provider: str | None) -> models.AgentModel:

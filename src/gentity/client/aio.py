@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Mapping
 from types import TracebackType
 from typing import TypeVar
 
@@ -199,10 +199,16 @@ class AsyncInstances:
         api_key: str | None = None,
         name: str | None = None,
         region: str | None = None,
+        env: Mapping[str, str] | None = None,
+        repo: str | None = None,
     ) -> models.InstanceCreated:
-        """Create an instance; blocks until its machine has started."""
+        """Create an instance; blocks until its machine has started. ``env`` is extra
+        environment for the agent (kept encrypted, never shown back); ``repo`` an https git URL
+        cloned into its working directory on first start."""
         return await self._client._send(
-            calls.create_instance(agent_type, model_provider, model_name, api_key, name, region)
+            calls.create_instance(
+                agent_type, model_provider, model_name, api_key, name, region, env, repo
+            )
         )
 
     async def start(self, instance_id: str) -> None:

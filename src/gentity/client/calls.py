@@ -5,7 +5,7 @@ A :class:`Call` says what to send and how to read the answer; the clients only d
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 from urllib.parse import quote, urlencode
@@ -91,6 +91,8 @@ def create_instance(
     api_key: str | None = None,
     name: str | None = None,
     region: str | None = None,
+    env: Mapping[str, str] | None = None,
+    repo: str | None = None,
 ) -> Call[models.InstanceCreated]:
     # A plain dict, not models.InstanceCreateRequest: the server validates and answers with a
     # 400 naming the field, which is the one error path callers have to handle anyway.
@@ -101,6 +103,8 @@ def create_instance(
         "modelName": model_name,
         "apiKey": api_key,
         "region": region,
+        "env": dict(env) if env is not None else None,
+        "repo": repo,
     }
     body = {k: v for k, v in fields.items() if v is not None}
     return Call(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import builtins
 import time
-from collections.abc import Generator
+from collections.abc import Generator, Mapping
 from types import TracebackType
 from typing import TypeVar
 
@@ -198,10 +198,16 @@ class Instances:
         api_key: str | None = None,
         name: str | None = None,
         region: str | None = None,
+        env: Mapping[str, str] | None = None,
+        repo: str | None = None,
     ) -> models.InstanceCreated:
-        """Create an instance; blocks until its machine has started."""
+        """Create an instance; blocks until its machine has started. ``env`` is extra
+        environment for the agent (kept encrypted, never shown back); ``repo`` an https git URL
+        cloned into its working directory on first start."""
         return self._client._send(
-            calls.create_instance(agent_type, model_provider, model_name, api_key, name, region)
+            calls.create_instance(
+                agent_type, model_provider, model_name, api_key, name, region, env, repo
+            )
         )
 
     def start(self, instance_id: str) -> None:
