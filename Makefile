@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck unit bench install clean
+.PHONY: run run-fakes test lint typecheck unit bench install clean
 
 $(STAMP): requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +18,10 @@ install: $(STAMP)
 ## Serve Gentity with the embedded defaults (SQLite, local compute) on http://127.0.0.1:8080
 run: install
 	$(BIN)/gentity serve
+
+## Serve on the fake Fly and fake Cloudflare (compute on fly, DNS on cloudflare); needs root
+run-fakes: install
+	$(BIN)/python -m gentity.testing.stack
 
 ## Lint, type-check and run the whole test suite (SQLite and PostgreSQL)
 test: install lint typecheck unit
