@@ -35,6 +35,8 @@ typecheck: install
 
 unit: install
 	$(BIN)/pytest $(PYTEST_ARGS)
+	# The API, SDK and CLI suites again, every server on the fake Fly and the fake Cloudflare.
+	GENTITY_TEST_STACK=fakes $(BIN)/pytest tests/server tests/client tests/cli $(PYTEST_ARGS)
 
 ## Benchmarks (not part of `make test`)
 bench: install

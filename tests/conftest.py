@@ -22,6 +22,7 @@ from fastapi import FastAPI
 
 from gentity.server.app import create_app
 from gentity.settings import Settings
+from gentity.testing.stack import fakes
 
 POSTGRES_DSN = os.environ.get("GENTITY_TEST_POSTGRES", "postgresql://127.0.0.1:5432/test")
 PASSWORD = "correct horse battery"
@@ -74,13 +75,59 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
             conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
 
 
+STACK = os.environ.get("GENTITY_TEST_STACK", "local")
+"""``local`` (the default), or ``fakes``: the API suites' servers run instances on the fake Fly
+and make their records on the fake Cloudflare (``make test`` runs those suites both ways)."""
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if STACK != "fakes":
+        return
+    # What only the local provider has is tested in the default pass; here it is left out.
+    local = [item for item in items if item.get_closest_marker("local_only")]
+    if local:
+        config.hook.pytest_deselected(items=local)
+        items[:] = [item for item in items if not item.get_closest_marker("local_only")]
+
+
+@pytest.fixture(scope="session")
+def stack_settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """Settings that put every server of the session on the chosen stack."""
+    if STACK != "fakes":
+        yield {}
+        return
+    state = tmp_path_factory.mktemp("fakes")
+    with fakes(state, "gentity.test") as env:
+        # The fly provider reads its own settings (GENTITY_FLY_*) from the environment.
+        saved = {k: os.environ.get(k) for k in env}
+        os.environ.update({k: v for k, v in env.items() if k.startswith("GENTITY_FLY_")})
+        try:
+            yield {
+                "compute_provider": "fly",
+                "dns_provider": "cloudflare",
+                "cloudflare_api_url": env["GENTITY_CLOUDFLARE_API_URL"],
+                "cloudflare_api_token": env["GENTITY_CLOUDFLARE_API_TOKEN"],
+                "cloudflare_zone_id": env["GENTITY_CLOUDFLARE_ZONE_ID"],
+                "base_domain": env["GENTITY_BASE_DOMAIN"],
+            }
+        finally:
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+
+
 @pytest.fixture
-def settings_factory(tmp_path: Path, database_url: str) -> Callable[..., Settings]:
+def settings_factory(
+    tmp_path: Path, database_url: str, stack_settings: dict[str, Any]
+) -> Callable[..., Settings]:
     def make(**overrides: Any) -> Settings:
         values: dict[str, Any] = {
             "data_dir": tmp_path / "data",
             "database_url": database_url,
             "reconcile_interval_seconds": 1.0,
+            **stack_settings,
         }
         values.update(overrides)
         return Settings(**values)

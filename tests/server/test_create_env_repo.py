@@ -126,6 +126,7 @@ def _give_to_the_instance(where: Path) -> None:
             path.chmod(0o755 if path.is_dir() else 0o644)
 
 
+@pytest.mark.local_only  # the repository is given to the local sandbox's uid
 def test_repo_is_cloned_into_the_workdir_at_create(
     file_repo_server: tuple[httpx.Client, Path], settings: Settings
 ) -> None:

@@ -93,10 +93,10 @@ def test_a_dns_provider_that_cannot_work_stops_the_server_with_one_line(
         "cloudflare_api_url": cloudflare.url,
         "cloudflare_zone_id": cloudflare.zone_id,
     }
-    no_domain = settings_factory(**base, cloudflare_api_token=SecretStr(TOKEN))
+    no_domain = settings_factory(**base, base_domain=None, cloudflare_api_token=SecretStr(TOKEN))
     with pytest.raises(StartupError, match="GENTITY_BASE_DOMAIN"):
         asyncio.run(preflight(no_domain))
-    no_token = settings_factory(**base, base_domain=DOMAIN)
+    no_token = settings_factory(**base, base_domain=DOMAIN, cloudflare_api_token=None)
     with pytest.raises(StartupError, match="GENTITY_CLOUDFLARE_API_TOKEN"):
         asyncio.run(preflight(no_token))
     invalid = {"success": False, "errors": [{"code": 1000, "message": "Invalid API Token"}]}

@@ -250,6 +250,7 @@ def test_revoking_the_credential_ends_the_follow(
     bearer.delete(f"/api/instances/{iid}")
 
 
+@pytest.mark.local_only  # kills a local machine behind the server's back
 def test_the_reconciler_is_named_when_it_changes_a_status(
     server: LiveServer, bearer: httpx.Client
 ) -> None:

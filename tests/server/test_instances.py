@@ -30,6 +30,7 @@ def instance_dir(settings: Settings, instance_id: str) -> Path:
     return settings.data_dir / "instances" / instance_id
 
 
+@pytest.mark.local_only  # looks at the volume on this host; tests/fly/test_server.py does fly's
 def test_shell_instance_lifecycle(bearer: httpx.Client, settings: Settings, token: str) -> None:
     created = create_shell(bearer)
     assert set(created) == {"id", "subdomain", "status"}
@@ -148,7 +149,11 @@ def _guest_processes(iid: str) -> list[int]:
         ({"modelProvider": "none", "modelName": "bash"}, "agentType"),
         ({**SHELL, "name": "x" * 201}, "name"),
         # The local provider has one region, this host; the error names the one asked for.
-        ({**SHELL, "region": "iad"}, "unknown region 'iad' (choose one of: local)"),
+        pytest.param(
+            {**SHELL, "region": "iad"},
+            "unknown region 'iad' (choose one of: local)",
+            marks=pytest.mark.local_only,
+        ),
     ],
 )
 def test_create_validation(bearer: httpx.Client, body: dict[str, Any], fragment: str) -> None:

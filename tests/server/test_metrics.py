@@ -125,8 +125,9 @@ def test_families_instances_requests_streams_and_operations(
     } <= set(families)
 
     instances = families["gentity_instances"]
-    assert value(instances, "gentity_instances", status="stopped", provider="local") == 1
-    assert value(instances, "gentity_instances", status="running", provider="local") == 1
+    provider = metrics_server.app.state.ctx.providers.default.name
+    assert value(instances, "gentity_instances", status="stopped", provider=provider) == 1
+    assert value(instances, "gentity_instances", status="running", provider=provider) == 1
     assert value(instances, "gentity_instances", status="destroyed") is None
 
     requests = families["gentity_http_requests"]

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import httpx
+import pytest
 
 from gentity.settings import Settings
 from tests.conftest import LiveServer, signup
@@ -29,6 +30,7 @@ UTC_STAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z")
 IDEMPOTENT = {("post", "/api/instances"), ("post", "/api/instances/{instance_id}/action")}
 
 
+@pytest.mark.local_only  # the document is the same on every provider
 def test_schemathesis_finds_nothing(
     server: LiveServer, settings: Settings, admin: httpx.Client
 ) -> None:

@@ -97,6 +97,7 @@ def test_provider_errors_answer_502_with_their_message(
     assert bearer.delete(f"/api/instances/{iid}").json() == {"ok": True}
 
 
+@pytest.mark.local_only  # rows of the local provider on a server that runs another
 def test_an_instance_of_a_provider_this_server_does_not_run_is_left_alone(
     bearer: httpx.Client, settings: Settings
 ) -> None:

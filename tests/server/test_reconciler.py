@@ -9,6 +9,7 @@ from datetime import timedelta
 from typing import Any
 
 import httpx
+import pytest
 from sqlalchemy import update
 
 from gentity.providers.compute.base import GuestLaunch, MachineHandle
@@ -41,6 +42,7 @@ def set_row(settings: Settings, iid: str, **values: object) -> None:
     asyncio.run(run())
 
 
+@pytest.mark.local_only  # kills a local machine's processes
 def test_dead_machine_is_marked_with_a_reason(
     server: LiveServer, bearer: httpx.Client, settings: Settings
 ) -> None:

@@ -1,8 +1,10 @@
 import socket
 
 import httpx
+import pytest
 
 
+@pytest.mark.local_only  # the local provider's one region
 def test_regions_are_the_providers(bearer: httpx.Client) -> None:
     response = bearer.get("/api/regions")
     assert response.status_code == 200

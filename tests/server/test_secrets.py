@@ -30,6 +30,7 @@ exec bash --norc -i
 """
 
 
+@pytest.mark.local_only  # reads the local sandbox's processes and files
 def test_canary_key_is_only_in_the_agents_environment(
     bearer: httpx.Client,
     token: str,
@@ -95,6 +96,7 @@ def test_canary_key_is_only_in_the_agents_environment(
     assert bearer.delete(f"/api/instances/{iid}").status_code == 200
 
 
+@pytest.mark.local_only  # installs into the local provider's shared cache
 def test_install_failure_is_an_error_with_a_reason(
     bearer: httpx.Client, monkeypatch: pytest.MonkeyPatch
 ) -> None:
