@@ -52,7 +52,7 @@ class Launcher:
             cgroup_fd=self._cgroup_fd,
             replay_bytes=replay_bytes,
             logger=logger,
-            on_activity=self._touch,
+            on_activity=self.touch,
             on_output=on_output,
         )
         try:
@@ -62,5 +62,7 @@ class Launcher:
             raise StartError(f"{argv[0]}: {reason.lower()}") from None
         return session
 
-    def _touch(self) -> None:
+    def touch(self) -> None:
+        """Note activity now: a started program's input or output, or work a client asked of
+        the guest beside the agent (what auto-stop counts as use)."""
         self.last_activity = time.time()
