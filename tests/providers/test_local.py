@@ -61,6 +61,32 @@ def test_processes_outlive_the_provider_object(tmp_path: Path) -> None:
     run(scenario())
 
 
+def test_the_hostname_is_the_subdomain_after_every_start(provider: LocalProvider) -> None:
+    """A prompt shows the same name whether the machine booted warm, cold, or restarted."""
+    require(bwrap_path() is not None, "bubblewrap")
+    secret = secrets.token_urlsafe(16)
+
+    async def hostname(handle: Any) -> str:
+        await wait_agent(provider, handle, secret)
+        # The typed line is echoed too: only the output has the product in it.
+        out = await shell_output(provider, handle, secret, "echo host=$(hostname)=$((6*7))", "=42")
+        return out.rsplit("host=", 1)[1].split("=42", 1)[0]
+
+    async def scenario() -> None:
+        machine = spec()
+        handle = await provider.create(machine)
+        handle = await start(provider, handle, launch(secret))
+        assert await hostname(handle) == machine.subdomain
+        await provider.stop(handle)
+        handle = await start(provider, handle, launch(secret))
+        assert await hostname(handle) == machine.subdomain
+        handle = await start(provider, handle, launch(secret), restart=True)
+        assert await hostname(handle) == machine.subdomain
+        await provider.destroy(handle)
+
+    run(scenario())
+
+
 def test_limits_are_applied_and_destroy_leaves_nothing(provider: LocalProvider) -> None:
     require(bool(capabilities().v1), "writable cgroup v1 controllers")
     secret = secrets.token_urlsafe(16)

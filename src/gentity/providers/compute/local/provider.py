@@ -314,9 +314,9 @@ class LocalProvider(ComputeProvider):
         The log file exists and belongs to the instance afterwards."""
         cpus, memory_mb = int(handle.data["cpus"]), int(handle.data["memoryMb"])
         volume_gb = int(handle.data.get("volumeGb", spares.SPARE_VOLUME_GB))
+        hostname = str(handle.data.get("hostname", handle.ref))[:63]
         spare = self._spares.take(volume_gb) if fresh else None
         if spare is not None:
-            hostname = str(handle.data.get("hostname", handle.ref))[:63]
             spares.take_over(
                 spare, paths, volume_gb=volume_gb, cpus=cpus, memory_mb=memory_mb, hostname=hostname
             )
@@ -324,11 +324,15 @@ class LocalProvider(ComputeProvider):
         else:
             if fresh:
                 self._make_directories(paths, volume_gb)
-            booted = self._spawn(handle.ref, paths, cpus=cpus, memory_mb=memory_mb)
+            booted = self._spawn(
+                handle.ref, paths, cpus=cpus, memory_mb=memory_mb, hostname=hostname
+            )
         logs.give_log_file(paths, os.getuid() if booted.uid is None else booted.uid)
         return booted
 
-    def _spawn(self, ref: str, paths: InstancePaths, *, cpus: int, memory_mb: int) -> Booted:
+    def _spawn(
+        self, ref: str, paths: InstancePaths, *, cpus: int, memory_mb: int, hostname: str
+    ) -> Booted:
         """Start the sandbox and the guest in it, and return once the guest waits for its
         bootstrap. On failure the sandbox's processes are gone; its directories stay."""
         cgroup = InstanceCgroup(ref)
@@ -357,7 +361,7 @@ class LocalProvider(ComputeProvider):
                 spec = SandboxSpec(
                     paths=paths,
                     data_dir=self.data_dir,
-                    hostname=ref[:63],
+                    hostname=hostname,
                     env=guest_environment(SANDBOX_HOME, []),
                     command=guest_command(),
                     readonly_paths=[self.agents_dir],
@@ -424,7 +428,7 @@ class LocalProvider(ComputeProvider):
         self._make_directories(paths, spares.SPARE_VOLUME_GB)
         # Spares get the smallest limits until an instance takes one over.
         try:
-            return self._spawn(ref, paths, cpus=1, memory_mb=512)
+            return self._spawn(ref, paths, cpus=1, memory_mb=512, hostname=ref[:63])
         except ProviderError:
             self._remove(paths, InstanceCgroup(ref))
             raise
