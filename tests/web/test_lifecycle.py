@@ -210,3 +210,23 @@ def test_steps_taken_in_another_tab_show_as_they_happen(browsing: Browsing) -> N
     expect(page.locator(TERMINAL_ROWS)).not_to_contain_text("exited with")
     expect(page.locator(".details [data-field=health]")).to_be_hidden()
     expect(row.locator("[data-field=status]")).to_have_text("Stopped", timeout=10_000)
+
+    # The events panel told the whole story as it happened, newest first, with who asked.
+    events = page.locator("[data-events] .event")
+    expect(events.locator(".event__change")).to_have_text(
+        [
+            "Stopping → Stopped",
+            "Running → Stopping",
+            "Restarting → Running",
+            "Running → Restarting",
+            "Starting → Running",
+            "Provisioning → Starting",
+            "Provisioning",
+        ],
+        timeout=10_000,
+    )
+    expect(events.nth(1).locator(".event__actor")).to_have_text("by a dashboard session")
+    screenshot(page, "lifecycle-events")
+    # A reload shows the same history (each event once), read back from the server.
+    page.reload()
+    expect(page.locator("[data-events] .event .event__change")).to_have_count(7)

@@ -32,8 +32,12 @@ const STATUS_LABEL = {
   destroyed: "Deleted",
 };
 
+export function statusLabel(status) {
+  return STATUS_LABEL[status] || status;
+}
+
 export function renderStatus(node, status) {
-  node.textContent = STATUS_LABEL[status] || status;
+  node.textContent = statusLabel(status);
   node.className = `status status--${status}`;
 }
 

@@ -3,6 +3,7 @@ import "./common.js";
 import { api } from "./api.js";
 import { IN_PROGRESS, TRANSITION, renderStatus, runAction, updateActionButtons } from "./actions.js";
 import { renderHealth, resourcesText } from "./health.js";
+import { EventsPane } from "./events.js";
 import { LogsPane } from "./logs.js";
 import { TerminalPane } from "./terminal.js";
 import { loadAgents, showLabels } from "./catalog.js";
@@ -19,6 +20,7 @@ const terminal = new TerminalPane(document.querySelector("[data-terminal]"), ins
   onExit: () => refresh(),
 });
 const logs = new LogsPane(document.querySelector("[aria-labelledby=logs-heading]"), instanceId);
+const events = new EventsPane(document.querySelector("[aria-labelledby=events-heading]"), instanceId);
 let instance = null;
 let timer = null;
 let agents = [];
@@ -69,6 +71,7 @@ async function refresh() {
       showMessage(refreshError, "This instance no longer exists.");
       updateActionButtons(actions, "destroyed");
       logs.stop();
+      events.stop();
       return;
     }
     showMessage(refreshError, `Could not refresh the instance: ${error.message}`);
@@ -120,3 +123,4 @@ loadAgents()
   })
   .finally(refresh);
 logs.start();
+events.start();
