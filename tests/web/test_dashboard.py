@@ -96,7 +96,14 @@ def _reconnects(page: Page, sockets: list[WebSocketRoute]) -> None:
     expect(page.locator(TERMINAL_STATE)).to_have_text("Connected", timeout=30_000)
     assert len(sockets) == connections + 1
     # The screen was reset and refilled from the replay: the earlier output is there once.
-    expect(page.locator(TERMINAL_ROWS)).to_contain_text("hello-42")
+    try:
+        expect(page.locator(TERMINAL_ROWS)).to_contain_text("hello-42")
+    except AssertionError as failed:
+        # Say what the agent did meanwhile: a fresh session would replay only its prompt.
+        instance_id = page.url.rsplit("/", 1)[1]
+        agent = page.request.get(f"/api/instances/{instance_id}").json().get("agent")
+        logs = page.locator("[data-logs]").inner_text().splitlines()[-30:]
+        raise AssertionError(f"{failed}\nagent: {agent}\nlog tail:\n" + "\n".join(logs)) from None
     assert page.locator(TERMINAL_ROWS).inner_text().count("hello-42") == 1
     # The shell exits; the server restarts the agent and the terminal reconnects to it.
     run_in_terminal(page, "exit")
