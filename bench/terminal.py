@@ -51,16 +51,12 @@ class Terminal:
         extensions = getattr(self.ws.protocol, "extensions", [])
         return any("deflate" in type(e).__name__.lower() for e in extensions)
 
-    async def send(self, data: str) -> None:
-        await self.ws.send(json.dumps({"type": "input", "data": data}))
+    def encode_input(self, data: str) -> str:
+        """One input message (Gentity's contract: ``{"type": "input", "data": ...}``)."""
+        return json.dumps({"type": "input", "data": data})
 
-    async def next_output(self, timeout: float) -> str:
-        """The data of the next ``output`` message ("" for other messages)."""
-        try:
-            async with asyncio.timeout(timeout):
-                raw = await self.ws.recv()
-        except ConnectionClosed as exc:
-            raise TerminalError(f"the terminal WebSocket closed: {exc}") from None
+    def decode(self, raw: str | bytes) -> str:
+        """The output in one message ("" for other messages); raises at the session's end."""
         message = json.loads(raw)
         kind = message.get("type")
         if kind == "output":
@@ -69,6 +65,18 @@ class Terminal:
             self.exit = message
             raise TerminalError(f"the session exited: {message}")
         return ""
+
+    async def send(self, data: str) -> None:
+        await self.ws.send(self.encode_input(data))
+
+    async def next_output(self, timeout: float) -> str:
+        """The data of the next ``output`` message ("" for other messages)."""
+        try:
+            async with asyncio.timeout(timeout):
+                raw = await self.ws.recv()
+        except ConnectionClosed as exc:
+            raise TerminalError(f"the terminal WebSocket closed: {exc}") from None
+        return self.decode(raw)
 
     async def read_until(self, marker: str, timeout: float = 10.0) -> int:
         """Read output until ``marker`` appears; returns the number of UTF-8 bytes received."""

@@ -1,10 +1,11 @@
 """Figure 3: terminal output throughput over the WebSocket, as a ratio to a raw PTY.
 
 The same file of base64 text (written once into the instance's volume, which the sandbox shows
-at the same path) is ``cat``-ed by bash in the instance and by bash on a raw PTY; bytes of
-output are counted until a completion marker (``done-42``, which base64 cannot contain).
-Runs alternate between the two. The WebSocket is measured as a browser would use it
-(permessage-deflate negotiated) and, for diagnosis, without compression.
+at the same path) is ``cat``-ed by bash in the instance, by bash under terminado (the Python
+peer, :mod:`bench.terminado_peer`) and by bash on a raw PTY; bytes of output are counted until
+a completion marker (``done-42``, which base64 cannot contain). Runs alternate between them.
+The WebSocket is measured as a browser would use it (permessage-deflate negotiated) and, for
+diagnosis, without compression.
 """
 
 from __future__ import annotations
@@ -21,11 +22,12 @@ from bench.context import Context, say
 from bench.pty_baseline import PtyTimeout, RawPty
 from bench.report import Figure
 from bench.stats import median, rate, ratio, size
+from bench.terminado_peer import PeerServer, TerminadoTerminal
 from bench.terminal import Terminal, TerminalError
 from gentity.guest.logwriter import LogWriter
 from gentity.guest.textlines import LineLogger
 
-GOAL_RATIO = 0.5
+GOAL_RATIO = 0.8
 MARKER = "done-42"
 TIMEOUT = 300.0
 
@@ -60,6 +62,18 @@ async def log_pipeline_rate(payload: Path, limit: int = 5_000_000) -> float:
 
 async def ws_run(ctx: Context, url: str, command: str, compression: bool) -> tuple[int, float]:
     async with await Terminal.open(url, compression=compression) as term:
+        await term.sync()
+        start = time.perf_counter()
+        await term.send(command)
+        received = await term.read_until(MARKER, timeout=TIMEOUT)
+        elapsed = time.perf_counter() - start
+        await term.drain(quiet=0.2)
+    return received, elapsed
+
+
+async def peer_run(url: str, command: str) -> tuple[int, float]:
+    term = await TerminadoTerminal.open_sized(url, 200, 50)
+    async with term:
         await term.sync()
         start = time.perf_counter()
         await term.send(command)
@@ -109,33 +123,38 @@ async def run(ctx: Context) -> Figure:
     ws_rates: list[float] = []
     plain_rates: list[float] = []
     raw_rates: list[float] = []
+    peer_rates: list[float] = []
     failures: list[str] = []
     try:
-        for index in range(plan.throughput_runs):
-            raw_bytes, raw_seconds = raw_run(home, command)
-            raw_rates.append(raw_bytes / raw_seconds)
-            for compression, rates in ((True, ws_rates), (False, plain_rates)):
-                label = "deflate" if compression else "no compression"
-                try:
-                    got, seconds = await ws_run(ctx, url, command, compression)
-                except (TerminalError, TimeoutError, PtyTimeout) as exc:
-                    failures.append(f"run {index + 1} ({label}): {exc or type(exc).__name__}")
-                    ctx.report.problem(
-                        f"throughput run {index + 1} ({label}): the terminal stream broke "
-                        f"before the completion marker: {exc or type(exc).__name__}"
+        with PeerServer(home) as peer:
+            for index in range(plan.throughput_runs):
+                raw_bytes, raw_seconds = raw_run(home, command)
+                raw_rates.append(raw_bytes / raw_seconds)
+                peer_bytes, peer_seconds = await peer_run(peer.url, command)
+                peer_rates.append(peer_bytes / peer_seconds)
+                for compression, rates in ((True, ws_rates), (False, plain_rates)):
+                    label = "deflate" if compression else "no compression"
+                    try:
+                        got, seconds = await ws_run(ctx, url, command, compression)
+                    except (TerminalError, TimeoutError, PtyTimeout) as exc:
+                        failures.append(f"run {index + 1} ({label}): {exc or type(exc).__name__}")
+                        ctx.report.problem(
+                            f"throughput run {index + 1} ({label}): the terminal stream broke "
+                            f"before the completion marker: {exc or type(exc).__name__}"
+                        )
+                        await recover(ctx, url)
+                        continue
+                    rates.append(got / seconds)
+                    if got < raw_bytes * 0.99:
+                        ctx.report.problem(
+                            f"throughput run {index + 1} ({label}): only {size(got)} of output "
+                            f"arrived over the WebSocket for {size(raw_bytes)} on the raw PTY"
+                        )
+                    say(
+                        f"    run {index + 1}: raw {rate(raw_bytes / raw_seconds)}, terminado "
+                        f"{rate(peer_bytes / peer_seconds)}, WebSocket ({label}) "
+                        f"{rate(got / seconds)} ({size(got)} in {seconds:.2f} s)"
                     )
-                    await recover(ctx, url)
-                    continue
-                rates.append(got / seconds)
-                if got < raw_bytes * 0.99:
-                    ctx.report.problem(
-                        f"throughput run {index + 1} ({label}): only {size(got)} of output "
-                        f"arrived over the WebSocket for {size(raw_bytes)} on the raw PTY"
-                    )
-                say(
-                    f"    run {index + 1}: raw {rate(raw_bytes / raw_seconds)}, "
-                    f"WebSocket ({label}) {rate(got / seconds)} ({size(got)} in {seconds:.2f} s)"
-                )
     finally:
         shutil.rmtree(home, ignore_errors=True)
     guest = procs.find_guest(ctx.server.cgroup_name(instance_id))
@@ -143,7 +162,11 @@ async def run(ctx: Context) -> Figure:
     pipeline = await log_pipeline_rate(payload)
     payload.unlink(missing_ok=True)
     raw = median(raw_rates)
-    fig.baseline = f"raw PTY: {rate(raw)} (median of {len(raw_rates)})"
+    peer_rate = median(peer_rates)
+    fig.baseline = (
+        f"raw PTY: {rate(raw)}; terminado: {rate(peer_rate)}, ratio {ratio(peer_rate, raw):.2f} "
+        f"(medians of {len(raw_rates)})"
+    )
     if ws_rates:
         measured = median(ws_rates)
         fig.measured = f"{rate(measured)} (median of {len(ws_rates)})"
@@ -171,6 +194,7 @@ async def run(ctx: Context) -> Figure:
         "websocketBytesPerSecond": ws_rates,
         "websocketNoCompressionBytesPerSecond": plain_rates,
         "rawPtyBytesPerSecond": raw_rates,
+        "terminadoBytesPerSecond": peer_rates,
         "failures": failures,
         "guestRssKbAfter": guest_rss,
         "logPipelineBytesPerSecond": pipeline,
