@@ -100,7 +100,8 @@ class PeerServer:
 
 async def _serve(port: int, home: Path) -> None:
     import tornado.web
-    from terminado import TermSocket, UniqueTermManager
+    from terminado.management import UniqueTermManager
+    from terminado.websocket import TermSocket
 
     manager = UniqueTermManager(shell_command=SHELL_COMMAND, term_settings={"cwd": str(home)})
     app = tornado.web.Application([(PATH, TermSocket, {"term_manager": manager})])
