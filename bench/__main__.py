@@ -17,7 +17,17 @@ import traceback
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from bench import api, keystrokes, load, logtail, memory, session_start, startup, throughput
+from bench import (
+    api,
+    concurrent_creates,
+    keystrokes,
+    load,
+    logtail,
+    memory,
+    session_start,
+    startup,
+    throughput,
+)
 from bench.context import Context, Plan, say
 from bench.report import Figure, Report
 from bench.server import BenchServer
@@ -32,6 +42,7 @@ FIGURES: list[tuple[str, Callable[[Context], Awaitable[Figure]], str]] = [
     ("7", api.run_sqlite, "Authenticated API rps, SQLite"),
     ("8", api.run_postgres, "Authenticated API rps, PostgreSQL"),
     ("9", session_start.run, "Terminal session start"),
+    ("10", concurrent_creates.run, "Concurrent creates"),
 ]
 
 
@@ -42,7 +53,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write the figures here")
     parser.add_argument(
-        "--only", metavar="N,…", help="run only these figures (1-9, comma separated)"
+        "--only", metavar="N,…", help="run only these figures (1-10, comma separated)"
     )
     parser.add_argument(
         "--data-parent",

@@ -1,0 +1,61 @@
+"""Figure 10: 20 shell instances created at once, beside one created alone.
+
+The goal (issue 11) is that 20 concurrent creates finish within twice the time the machine
+needs for their work done one by one, shared over its cores: ``2 * 20 * one create / cores``.
+A create that waits on another's unrelated lock shows up here as a long tail. One create is
+the median of a few sequential ones in the same run; each ``POST /api/instances`` blocks until
+the instance runs. Warm spares are used as they are for any user: the first creates take them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+
+from bench.context import Context, say
+from bench.report import Figure
+from bench.stats import median, percentile
+
+CONCURRENT = 20
+ALONE_RUNS = 3
+
+
+async def _timed_create(ctx: Context) -> tuple[str, float]:
+    start = time.perf_counter()
+    instance_id = await ctx.server.create_shell()
+    return instance_id, time.perf_counter() - start
+
+
+async def run(ctx: Context) -> Figure:
+    cores = os.cpu_count() or 1
+    fig = ctx.report.add(
+        Figure(
+            "10",
+            "concurrent-creates",
+            f"{CONCURRENT} concurrent creates",
+            goal=f"all done <= 2 x {CONCURRENT} x one create / {cores} cores",
+        )
+    )
+    say(f"[10] {CONCURRENT} concurrent creates beside {ALONE_RUNS} alone")
+    alone: list[float] = []
+    for _ in range(ALONE_RUNS):
+        instance_id, seconds = await _timed_create(ctx)
+        alone.append(seconds)
+        await ctx.server.delete(instance_id)
+    start = time.perf_counter()
+    results = await asyncio.gather(*(_timed_create(ctx) for _ in range(CONCURRENT)))
+    wall = time.perf_counter() - start
+    await asyncio.gather(*(ctx.server.delete(instance_id) for instance_id, _ in results))
+    each = [seconds for _, seconds in results]
+    one = median(alone)
+    budget = 2 * CONCURRENT * one / cores
+    fig.measured = (
+        f"all {CONCURRENT} in {wall:.2f} s; each p50 {median(each):.2f} s, max {max(each):.2f} s"
+    )
+    fig.baseline = f"one create alone: {one:.2f} s (median of {ALONE_RUNS})"
+    fig.comparison = f"{wall / budget:.2f} of the budget ({budget:.2f} s)"
+    fig.passed = wall <= budget
+    fig.notes.append(f"each create's p95 {percentile(each, 95):.2f} s; {cores} cores")
+    fig.data = {"aloneSeconds": alone, "eachSeconds": each, "wallSeconds": wall}
+    return fig
