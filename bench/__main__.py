@@ -20,6 +20,7 @@ from pathlib import Path
 from bench import (
     api,
     concurrent_creates,
+    idle_cost,
     keystrokes,
     load,
     logtail,
@@ -43,6 +44,7 @@ FIGURES: list[tuple[str, Callable[[Context], Awaitable[Figure]], str]] = [
     ("8", api.run_postgres, "Authenticated API rps, PostgreSQL"),
     ("9", session_start.run, "Terminal session start"),
     ("10", concurrent_creates.run, "Concurrent creates"),
+    ("11", idle_cost.run, "Idle instances: CPU and guest memory"),
 ]
 
 
@@ -53,7 +55,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write the figures here")
     parser.add_argument(
-        "--only", metavar="N,…", help="run only these figures (1-10, comma separated)"
+        "--only", metavar="N,…", help="run only these figures (1-11, comma separated)"
     )
     parser.add_argument(
         "--data-parent",

@@ -27,6 +27,8 @@ class Plan:
     load_followers: int = 1000
     load_terminals: int = 100
     load_seconds: float = 5.0
+    idle_instances: int = 200
+    idle_window: float = 60.0
 
     @classmethod
     def full(cls) -> Plan:
@@ -45,6 +47,8 @@ class Plan:
             load_followers=100,
             load_terminals=10,
             load_seconds=2.0,
+            idle_instances=20,
+            idle_window=10.0,
         )
 
 

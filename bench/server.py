@@ -196,6 +196,13 @@ class BenchServer:
         except OSError:
             return instance_id
 
+    @property
+    def pid(self) -> int:
+        """The ``gentity serve`` process (its instances' processes are under it)."""
+        if self.process is None:
+            raise ServerError("the server is not running")
+        return self.process.pid
+
     def ws_url(self, instance_id: str, extra: str = "") -> str:
         base = self.url.replace("http://", "ws://")
         query = f"token={self.token}" + (f"&{extra}" if extra else "")
