@@ -14,7 +14,6 @@ from starlette.datastructures import Headers
 from starlette.responses import Response
 
 from gentity.server.context import AppContext
-from gentity.server.db.orm import User
 from gentity.server.errors import unauthorized
 from gentity.server.services import accounts, tokens
 from gentity.server.services.credentials import Credential
@@ -28,7 +27,7 @@ SECURE_SESSION_COOKIE = "__Host-gentity_session"
 
 @dataclass(frozen=True)
 class Principal:
-    user: User
+    user: accounts.Account
     via: Literal["token", "session"]
     credential_id: str
     """The API token's or the session's id."""
@@ -102,7 +101,7 @@ def clear_session_cookie(response: Response, *, secure: bool) -> None:
 
 
 async def resolve_principal(
-    db: AsyncSession,
+    db: accounts.Reader,
     headers: Headers,
     cookies: Mapping[str, str],
     query_token: str | None = None,
@@ -118,28 +117,23 @@ async def resolve_principal(
         else:
             plaintext = query_token or ""
         found = await tokens.authenticate(db, plaintext)
-        return Principal(found[1], "token", found[0].id) if found else None
+        return Principal(found[1], "token", found[0]) if found else None
     secret = read_session_cookie(cookies)
     if secret:
         opened = await accounts.session_user(db, secret)
         if opened:
-            session, user = opened
-            return Principal(user, "session", session.id, session.scope_instance_id)
+            return Principal(opened.account, "session", opened.id, opened.scope_instance_id)
     return None
 
 
 async def authenticate_request(request: Request) -> Principal:
-    """The caller of an HTTP request, or a 401; with a database session of its own."""
-    async with context(request).db.session() as db:
+    """The caller of an HTTP request, or a 401; on a pooled connection of its own."""
+    async with context(request).db.connect() as db:
         return await _authenticate(db, request)
 
 
-async def _authenticate(db: AsyncSession, request: Request) -> Principal:
+async def _authenticate(db: accounts.Reader, request: Request) -> Principal:
     principal = await resolve_principal(db, request.headers, request.cookies)
-    # The principal's rows outlive the session's later work: detached, a rollback in the
-    # handler cannot expire them (an expired attribute would be a lazy load, which async
-    # sessions refuse).
-    db.expunge_all()
     if principal is None:
         raise unauthorized()
     if principal.scope_instance_id is not None and not _within_scope(request, principal):

@@ -20,6 +20,7 @@ from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.engine.url import make_url
 from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
     AsyncEngine,
     AsyncSession,
     async_sessionmaker,
@@ -77,7 +78,12 @@ class Database:
         if self.is_sqlite:
             if self.url.database:
                 _create_private_file(Path(self.url.database))
-            kwargs["connect_args"] = {"timeout": limits.statement_timeout}
+            # The driver (sqlite_driver) asks whether a transaction is open from the event
+            # loop's thread; statements still run only in aiosqlite's thread.
+            kwargs["connect_args"] = {
+                "timeout": limits.statement_timeout,
+                "check_same_thread": False,
+            }
         else:
             kwargs["connect_args"] = _postgres_connect_args(limits)
         self.engine: AsyncEngine = create_async_engine(self.url, **kwargs)
@@ -98,6 +104,18 @@ class Database:
     async def session(self) -> AsyncIterator[AsyncSession]:
         async with self.sessionmaker() as session:
             yield session
+
+    @asynccontextmanager
+    async def connect(self) -> AsyncIterator[AsyncConnection]:
+        """A pooled connection for a few Core statements, without an ORM session (cheaper on
+        a hot path, such as authenticating a request). Bounded as a session is: past the
+        statement timeout, the whole block fails with :class:`DatabaseUnavailable`."""
+        deadline = self.limits.statement_timeout
+        try:
+            async with asyncio.timeout(deadline), self.engine.connect() as connection:
+                yield connection
+        except TimeoutError as exc:
+            raise DatabaseUnavailable(f"the database did not answer within {deadline:g} s") from exc
 
     async def migrate(self) -> None:
         """Bring the schema to the newest revision; safe when replicas start together.

@@ -7,6 +7,13 @@ the loop, the GIL changing hands), which costs more than the statement itself: a
 reads its credential and one row paid for about ten of them. This cursor does the four steps in
 one call, so a statement is one trip.
 
+Reads make no trip at all: a ``SELECT`` runs on the event loop's thread. In WAL mode a read
+never waits for the writer, and it takes microseconds, far less than the hand-over. It runs with
+the busy timeout at zero, so should SQLite answer "busy" (a WAL recovery by another process),
+it goes to the driver's thread instead and waits there, as writes always do: waiting for the
+write lock (``busy_timeout``) never stalls the event loop. ``ROLLBACK`` and ``COMMIT`` outside a
+transaction (after reads only: SQLite opens one for writes) do nothing, and make no trip.
+
 Everything else (connections, transactions, errors) is the stock dialect's. Selected by
 :class:`~gentity.server.db.database.Database` for SQLite URLs as ``sqlite+gentity_aiosqlite``.
 """
@@ -50,7 +57,8 @@ _NOT_RUN = _Finished(description=None, rowcount=-1, lastrowid=None)
 def _run(
     connection: aiosqlite.Connection, operation: str, parameters: Any, many: bool
 ) -> tuple[_Finished, list[Any]]:
-    # In aiosqlite's thread: the sqlite3 connection is only ever used there.
+    # In aiosqlite's thread, or for a read in the event loop's (see _read_here), never both
+    # at once: the adapter's mutex holds one statement per connection at a time.
     cursor = connection._conn.cursor()
     try:
         if many:
@@ -87,16 +95,56 @@ class _OneTripCursor(AsyncAdapt_aiosqlite_cursor):
     async def _trip(self, operation: str, parameters: Any, *, many: bool) -> None:
         connection: aiosqlite.Connection = self._connection  # type: ignore[assignment]
         async with self._adapt_connection._execute_mutex:
-            finished, rows = await connection._execute(  # type: ignore[no-untyped-call]
-                _run, connection, operation, parameters, many
-            )
-        self._cursor = finished
+            done = None if many else _read_here(connection, operation, parameters)
+            if done is None:
+                done = await connection._execute(  # type: ignore[no-untyped-call]
+                    _run, connection, operation, parameters, many
+                )
+        finished, rows = done
+        self._cursor = finished  # type: ignore[assignment]  # the cursor's stand-in, closed
         self._rows = collections.deque(rows)
+
+
+def _read_here(
+    connection: aiosqlite.Connection, operation: str, parameters: Any
+) -> tuple[_Finished, list[Any]] | None:
+    """Run a ``SELECT`` on this thread, never waiting for a lock; None to run it in the
+    driver's thread instead (not a read, or SQLite is busy)."""
+    raw: sqlite3.Connection | None = connection._connection
+    if raw is None or operation.lstrip()[:6].upper() != "SELECT":
+        return None
+    timeout = raw.execute("PRAGMA busy_timeout").fetchone()[0]
+    raw.execute("PRAGMA busy_timeout=0")
+    try:
+        return _run(connection, operation, parameters, many=False)
+    except sqlite3.OperationalError as exc:
+        if exc.sqlite_errorcode != sqlite3.SQLITE_BUSY:
+            raise
+        return None
+    finally:
+        raw.execute(f"PRAGMA busy_timeout={int(timeout)}")
 
 
 class _Connection(AsyncAdapt_aiosqlite_connection):
     __slots__ = ()
     _cursor_cls = _OneTripCursor  # type: ignore[assignment]  # a subclass, as the base's
+
+    def rollback(self) -> None:
+        if not self._in_transaction():
+            return
+        super().rollback()
+
+    def commit(self) -> None:
+        if not self._in_transaction():
+            return
+        super().commit()
+
+    def _in_transaction(self) -> bool:
+        # Read from the event loop's thread (the connection is opened with
+        # check_same_thread=False for this): SQLAlchemy ends a transaction only between
+        # statements, so the driver's thread is not changing the state while we look.
+        raw: sqlite3.Connection | None = self._connection._connection
+        return raw is None or raw.in_transaction
 
 
 class _Dbapi(AsyncAdapt_aiosqlite_dbapi):

@@ -25,7 +25,7 @@ from gentity.server.services.errors import NotFound
 router = APIRouter(prefix="/api/auth", tags=["auth"], route_class=AuthFirstRoute)
 
 
-def _user_info(user: User) -> models.UserInfo:
+def _user_info(user: User | accounts.Account) -> models.UserInfo:
     return models.UserInfo.model_validate(user, from_attributes=True)
 
 

@@ -6,10 +6,12 @@ import asyncio
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import bindparam, delete, func, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+from sqlalchemy.orm import aliased
 
 from gentity.server.db.ids import utcnow
 from gentity.server.db.orm import LoginFailure, Marker, Session, User
@@ -226,29 +228,85 @@ async def _failures(db: AsyncSession, condition: object, since: datetime) -> int
     return int(await db.scalar(query) or 0)
 
 
-async def session_user(db: AsyncSession, secret: str) -> tuple[Session, User] | None:
-    """The live session and its user for a cookie value, or None."""
+@dataclass(frozen=True, slots=True)
+class Account:
+    """A signed-in user as authentication reads it: plain values, not an ORM row, so they
+    outlive the database session that read them."""
+
+    id: str
+    email: str
+    is_admin: bool
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class OpenSession:
+    """A live sign-in session found by its cookie value."""
+
+    id: str
+    scope_instance_id: str | None
+    account: Account
+
+
+Reader = AsyncSession | AsyncConnection
+"""Authentication reads on the request's session when it has one, else on a bare pooled
+connection (no ORM session: it is on every request's path, and costs several times the
+query)."""
+
+_sessions = Session.__table__
+_users = User.__table__
+_parents = aliased(Session.__table__)
+_SESSION_LOOKUP = (
+    select(
+        _sessions.c.id,
+        _sessions.c.expires_at,
+        _sessions.c.revoked_at,
+        _sessions.c.last_seen_at,
+        _sessions.c.scope_instance_id,
+        _sessions.c.parent_id,
+        _parents.c.expires_at.label("parent_expires_at"),
+        _parents.c.revoked_at.label("parent_revoked_at"),
+        _users.c.id.label("user_id"),
+        _users.c.email,
+        _users.c.is_admin,
+        _users.c.created_at,
+        _users.c.disabled_at,
+    )
+    .join(_users, _users.c.id == _sessions.c.user_id)
+    .outerjoin(_parents, _parents.c.id == _sessions.c.parent_id)
+    .where(_sessions.c.secret_hash == bindparam("digest"))
+)
+
+
+async def read(db: Reader, statement: Any, params: dict[str, Any]) -> Any:
+    """One row of a Core ``statement`` (or None), on the session's connection or ``db``."""
+    connection = await db.connection() if isinstance(db, AsyncSession) else db
+    return (await connection.execute(statement, params)).one_or_none()
+
+
+async def touch(db: Reader, statement: Any) -> None:
+    """Write a last-seen time and commit it, on whichever ``db`` authentication used."""
+    await db.execute(statement)
+    await db.commit()
+
+
+async def session_user(db: Reader, secret: str) -> OpenSession | None:
+    """The live session and its user for a cookie value, or None (one query: a subdomain
+    session's parent is read with it)."""
     now = utcnow()
-    row = (
-        await db.execute(
-            select(Session, User)
-            .join(User, User.id == Session.user_id)
-            .where(Session.secret_hash == token_hash(secret))
-        )
-    ).one_or_none()
-    if row is None:
+    row = await read(db, _SESSION_LOOKUP, {"digest": token_hash(secret)})
+    if row is None or row.revoked_at is not None or row.expires_at <= now or row.disabled_at:
         return None
-    session, user = row
-    if not _live(session, now) or user.disabled_at:
+    if row.parent_id is not None and (
+        row.parent_expires_at is None  # the parent row is gone
+        or row.parent_revoked_at is not None
+        or row.parent_expires_at <= now
+    ):
         return None
-    if session.parent_id is not None:
-        parent = await db.get(Session, session.parent_id)
-        if parent is None or not _live(parent, now):
-            return None
-    if now - session.last_seen_at >= TOUCH_INTERVAL:
-        session.last_seen_at = now
-        await db.commit()
-    return session, user
+    if now - row.last_seen_at >= TOUCH_INTERVAL:
+        await touch(db, update(Session).where(Session.id == row.id).values(last_seen_at=now))
+    account = Account(row.user_id, row.email, row.is_admin, row.created_at)
+    return OpenSession(row.id, row.scope_instance_id, account)
 
 
 def _live(session: Session, now: datetime) -> bool:
@@ -259,8 +317,7 @@ async def sign_out(db: AsyncSession, secret: str | None) -> None:
     """End the session whose cookie value is ``secret``, if it is live."""
     opened = await session_user(db, secret) if secret else None
     if opened is not None:
-        session, user = opened
-        await revoke_session(db, user.id, session.id)
+        await revoke_session(db, opened.account.id, opened.id)
 
 
 async def list_sessions(db: AsyncSession, user_id: str) -> list[Session]:

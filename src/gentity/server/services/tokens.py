@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from gentity import models
@@ -16,6 +16,7 @@ from gentity.server.security.tokens import (
     is_well_formed,
     token_hash,
 )
+from gentity.server.services import accounts
 from gentity.server.services.errors import InvalidInput, NotFound
 
 # last_used_at is written at most this often, so authenticating stays a read.
@@ -73,29 +74,41 @@ async def revoke(db: AsyncSession, user_id: str, token_id: str) -> None:
     await db.commit()
 
 
-async def authenticate(db: AsyncSession, plaintext: str) -> tuple[ApiToken, User] | None:
-    """The token row and its user, or None for anything that is not a live token.
+_tokens = ApiToken.__table__
+_users = User.__table__
+_TOKEN_LOOKUP = (
+    select(
+        _tokens.c.id,
+        _tokens.c.expires_at,
+        _tokens.c.revoked_at,
+        _tokens.c.last_used_at,
+        _users.c.id.label("user_id"),
+        _users.c.email,
+        _users.c.is_admin,
+        _users.c.created_at,
+        _users.c.disabled_at,
+    )
+    .join(_users, _users.c.id == _tokens.c.user_id)
+    .where(_tokens.c.token_hash == bindparam("digest"))
+)
+
+
+async def authenticate(db: accounts.Reader, plaintext: str) -> tuple[str, accounts.Account] | None:
+    """The token's id and its user, or None for anything that is not a live token.
 
     A malformed token or one with a bad checksum is refused before the database is asked.
     """
     if not is_well_formed(plaintext):
         return None
-    found = (
-        await db.execute(
-            select(ApiToken, User)
-            .join(User, User.id == ApiToken.user_id)
-            .where(ApiToken.token_hash == token_hash(plaintext))
-        )
-    ).one_or_none()
-    if found is None:
+    row = await accounts.read(db, _TOKEN_LOOKUP, {"digest": token_hash(plaintext)})
+    if row is None:
         return None
-    token, user = found
     now = utcnow()
-    if token.revoked_at is not None or user.disabled_at is not None:
+    if row.revoked_at is not None or row.disabled_at is not None:
         return None
-    if token.expires_at is not None and token.expires_at <= now:
+    if row.expires_at is not None and row.expires_at <= now:
         return None
-    if token.last_used_at is None or now - token.last_used_at >= LAST_USED_RESOLUTION:
-        token.last_used_at = now
-        await db.commit()
-    return token, user
+    if row.last_used_at is None or now - row.last_used_at >= LAST_USED_RESOLUTION:
+        stamp = update(ApiToken).where(ApiToken.id == row.id).values(last_used_at=now)
+        await accounts.touch(db, stamp)
+    return row.id, accounts.Account(row.user_id, row.email, row.is_admin, row.created_at)
