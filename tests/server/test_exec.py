@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
 import pytest
 
+from gentity.server.auth import SESSION_COOKIE
+from gentity.server.db.database import Database
+from gentity.server.services.accounts import open_session
+from gentity.settings import Settings
+from tests.conftest import LiveServer
 from tests.server.test_instances import create_shell
 from tests.waiting import wait_until_blocking
 
@@ -185,3 +192,34 @@ def test_refusals(bearer: httpx.Client, other_user: httpx.Client) -> None:
         bearer.post(f"/api/instances/{iid}/exec?stream=2", json={"command": ["true"]}).status_code
         == 400
     )
+
+
+def test_a_session_scoped_to_one_instance_runs_commands_there_only(
+    server: LiveServer, settings: Settings, bearer: httpx.Client
+) -> None:
+    """As with its terminal: the full-screen page's session may exec in its own instance."""
+    iid = create_shell(bearer)["id"]
+    other = create_shell(bearer)["id"]
+    user_id = bearer.get("/api/auth/me").json()["id"]
+
+    async def open_scoped() -> str:
+        db = Database(settings.resolved_database_url)
+        async with db.session() as session:
+            opened = await open_session(
+                session,
+                user_id,
+                expires_at=datetime.now(UTC) + timedelta(hours=1),
+                user_agent="test",
+                address="127.0.0.1",
+                scope_instance_id=iid,
+            )
+        await db.close()
+        return opened.secret
+
+    secret = asyncio.run(open_scoped())
+    with httpx.Client(base_url=server.url, cookies={SESSION_COOKIE: secret}, timeout=60) as scoped:
+        body = {"command": ["echo", "scoped"]}
+        assert scoped.post(f"/api/instances/{iid}/exec", json=body).json()["stdout"] == "scoped\n"
+        assert scoped.post(f"/api/instances/{other}/exec", json=body).status_code == 401
+        stop = scoped.post(f"/api/instances/{iid}/action", json={"action": "stop"})
+        assert stop.status_code == 401
