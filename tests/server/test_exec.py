@@ -144,6 +144,19 @@ def test_stream_client_disconnect_kills_the_command(bearer: httpx.Client) -> Non
     )
 
 
+def test_one_shot_client_leaving_kills_the_command(bearer: httpx.Client) -> None:
+    iid = create_shell(bearer)["id"]
+    script = "sleep 300 & echo $! > sleeper; wait"
+    with pytest.raises(httpx.ReadTimeout):
+        bearer.post(
+            f"/api/instances/{iid}/exec",
+            json={"command": ["sh", "-c", script], "timeout": 600},
+            timeout=httpx.Timeout(30, read=2),
+        )
+    sleeper = int(sh(bearer, iid, "cat sleeper")["stdout"])
+    wait_until_blocking(lambda: not alive(bearer, iid, sleeper), "the command is killed")
+
+
 @pytest.mark.parametrize(
     ("body", "message"),
     [

@@ -15,16 +15,20 @@ import json
 from collections.abc import AsyncIterator
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
 from pydantic import WithJsonSchema
 
 from gentity import models
 from gentity.server.auth import Auth, AuthFirstRoute, Ctx
+from gentity.server.errors import ApiError
 from gentity.server.openapi import errors
 from gentity.server.params import parse_flag
 from gentity.server.services import exec as exec_service
 from gentity.server.services.errors import DomainError
 from gentity.server.sse import KEEPALIVE_SECONDS, EventStreamResponse
+
+#: Logged for a one-shot exec whose client left before the end (nginx's code for it).
+CLIENT_CLOSED = 499
 
 router = APIRouter(prefix="/api/instances", tags=["instances"], route_class=AuthFirstRoute)
 
@@ -39,6 +43,7 @@ async def exec_command(
     body: models.ExecRequest,
     principal: Auth,
     ctx: Ctx,
+    request: Request,
     stream: Annotated[
         str | None,
         Query(description="1 (or true) to stream stdout, stderr and exit as text/event-stream"),
@@ -53,12 +58,34 @@ async def exec_command(
         ctx, principal.user.id, instance_id, body, scope_instance_id=principal.scope_instance_id
     )
     if not streaming:
-        return await run.collect()
+        return await _collect(request, run)
     return EventStreamResponse(
         _events(run),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
     )
+
+
+async def _collect(request: Request, run: exec_service.ExecRun) -> models.ExecResult:
+    """The whole result; a client that leaves before it is ready kills the command."""
+    collecting = asyncio.ensure_future(run.collect())
+    left = asyncio.ensure_future(_disconnected(request))
+    try:
+        await asyncio.wait((collecting, left), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        left.cancel()
+        if not collecting.done():
+            collecting.cancel()
+            await run.close()
+    if collecting.cancelled():  # nobody is there to read an answer; the status is for the log
+        raise ApiError(CLIENT_CLOSED, "the client closed the connection before the command ended")
+    return collecting.result()
+
+
+async def _disconnected(request: Request) -> None:
+    # The body has been read: the next message the server has for us is the disconnect.
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 async def _events(run: exec_service.ExecRun) -> AsyncIterator[str]:
