@@ -133,3 +133,16 @@ async def test_exec_counts_as_activity(guest_factory: GuestFactory) -> None:
     assert before is None
     await run(guest, ["true"])
     assert (await guest.health())["lastActivity"] is not None
+
+
+async def test_stdin_and_stdout_flow_together(guest_factory: GuestFactory) -> None:
+    guest = guest_factory()
+    data = os.urandom(3 * 1024 * 1024)
+    # More than a pipe holds each way: only works if the guest writes and reads at once.
+    ran = await run(guest, ["cat"], stdin=data)
+    assert ran.end.exit_code == 0 and ran.stdout == data
+    # A command that reads none of its input still ends, with its output.
+    ran = await run(guest, ["sh", "-c", "echo ignored input"], stdin=data)
+    assert ran.end.exit_code == 0 and ran.stdout == b"ignored input\n"
+    ran = await run(guest, ["head", "-c", "5"], stdin=data)
+    assert ran.end.exit_code == 0 and ran.stdout == data[:5]
