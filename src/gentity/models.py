@@ -316,3 +316,84 @@ class InstanceEventList(WireModel):
     """Newest first."""
     next_before: int | None
     """Pass as ``before`` for the next (older) page; null on the last page."""
+
+
+# --- exec ------------------------------------------------------------------------------------
+
+#: Limits of an exec request: the command's arguments together, stdin, and the timeout.
+MAX_EXEC_COMMAND_BYTES = 32 * 1024
+MAX_EXEC_STDIN_BYTES = 1024 * 1024
+DEFAULT_EXEC_TIMEOUT = 60.0
+MAX_EXEC_TIMEOUT = 3600.0
+#: Output kept of each of stdout and stderr; the rest is read and dropped (flagged truncated).
+EXEC_OUTPUT_CAP = 1024 * 1024
+
+
+def _command(value: list[str]) -> list[str]:
+    if not value[0]:
+        raise ValueError("the program (the first item) must not be empty")
+    if any("\x00" in arg for arg in value):
+        raise ValueError("arguments must not contain a NUL character")
+    if sum(len(arg.encode()) for arg in value) > MAX_EXEC_COMMAND_BYTES:
+        raise ValueError(f"the arguments must not exceed {MAX_EXEC_COMMAND_BYTES} bytes in all")
+    return value
+
+
+def _cwd(value: str) -> str:
+    if "\x00" in value:
+        raise ValueError("must not contain a NUL character")
+    if not value.startswith("/"):
+        parts = [p for p in value.split("/") if p not in ("", ".")]
+        depth = 0
+        for part in parts:
+            depth += -1 if part == ".." else 1
+            if depth < 0:
+                raise ValueError("a relative cwd must stay within the working directory")
+    return value
+
+
+def _stdin(value: str) -> str:
+    if len(value.encode(errors="surrogatepass")) > MAX_EXEC_STDIN_BYTES:
+        raise ValueError(f"must not exceed {MAX_EXEC_STDIN_BYTES} bytes")
+    return value
+
+
+class ExecRequest(RequestModel):
+    """A command to run in a running instance, beside its agent."""
+
+    command: Annotated[list[str], AfterValidator(_command)] = Field(min_length=1, max_length=4096)
+    """The program and its arguments (no shell: use ``["sh", "-c", "..."]`` for one)."""
+    cwd: Annotated[str, AfterValidator(_cwd)] | None = Field(
+        default=None, min_length=1, max_length=4096
+    )
+    """Where it runs: relative to the agent's working directory (the default), or absolute."""
+    env: Annotated[dict[str, str], AfterValidator(_env)] | None = Field(
+        default=None, max_length=MAX_ENV_VARS
+    )
+    """Added to the agent's environment."""
+    stdin: Annotated[str, AfterValidator(_stdin)] | None = None
+    """Text for its standard input (UTF-8); it then sees the end of its input."""
+    timeout: float | None = Field(default=None, gt=0, le=MAX_EXEC_TIMEOUT, strict=True)
+    """Seconds before its whole process tree is killed (default 60)."""
+
+
+class ExecExit(WireModel):
+    """How a command ended: the ``exit`` event of a streamed exec."""
+
+    exit_code: int | None
+    """Null when a signal ended it."""
+    signal: str | None
+    """The signal's name (``SIGKILL``) when one ended it."""
+    timed_out: bool
+    """It ran past its timeout and was killed (``signal`` is then ``SIGKILL``)."""
+    truncated: bool
+    """Either stream went past the cap and was cut."""
+    stdout_truncated: bool
+    stderr_truncated: bool
+
+
+class ExecResult(ExecExit):
+    """How a command ended and what it printed (UTF-8, invalid bytes replaced)."""
+
+    stdout: str
+    stderr: str

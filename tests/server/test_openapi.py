@@ -154,3 +154,17 @@ def test_times_are_utc_with_z_on_every_answer(
     assert minted["createdAt"] == listed["createdAt"]
     for stamp in (listed["createdAt"], me["createdAt"]):
         assert UTC_STAMP.fullmatch(stamp), stamp
+
+
+def test_exec_is_described(client: httpx.Client) -> None:
+    spec = client.get("/api/openapi.json").json()
+    operation = spec["paths"]["/api/instances/{instance_id}/exec"]["post"]
+    assert {"400", "404", "409", "502"} <= set(operation["responses"])
+    content = operation["responses"]["200"]["content"]
+    assert content["application/json"]["schema"] == {"$ref": "#/components/schemas/ExecResult"}
+    assert "text/event-stream" in content
+    stream = next(p for p in operation["parameters"] if p["name"] == "stream")
+    assert {"type": "boolean"} in stream["schema"]["anyOf"]
+    body = spec["components"]["schemas"]["ExecRequest"]
+    assert body["required"] == ["command"]
+    assert body["properties"]["timeout"]["anyOf"][0]["maximum"] == 3600

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Annotated
 
 import typer
@@ -27,7 +28,7 @@ from gentity.cli.output import (
     when,
 )
 from gentity.cli.resolve import find_instance, instance_gone
-from gentity.client import ApiError, Client
+from gentity.client import ApiError, Client, ExecOutput
 
 app = typer.Typer(
     rich_markup_mode=PLAIN_HELP,
@@ -356,6 +357,92 @@ def _print_log(record: models.LogLine, color: bool, as_json: bool) -> None:
 
 
 app.command("events")(events.events)
+
+
+@app.command("exec")
+def exec_command(
+    instance_id: InstanceId,
+    command: Annotated[
+        list[str],
+        typer.Argument(
+            metavar="CMD", help="The program and its arguments, after -- (no shell: sh -c '...')."
+        ),
+    ],
+    timeout: Annotated[
+        float | None,
+        typer.Option(
+            help="Seconds before it and everything it started are killed (default 60, max 3600)."
+        ),
+    ] = None,
+    cwd: Annotated[
+        str | None,
+        typer.Option(
+            help="Where it runs: relative to the agent's working directory (the default), "
+            "or absolute."
+        ),
+    ] = None,
+    env: Annotated[
+        list[str] | None,
+        typer.Option(
+            "-e",
+            "--env",
+            help="NAME=VALUE added to the agent's environment, or NAME to pass yours; repeatable.",
+        ),
+    ] = None,
+) -> None:
+    """Run a command in a running instance, beside its agent (not in its terminal).
+
+    Its stdout and stderr arrive here apart, as they are written, and its exit code is this
+    command's (a signal gives 128+n). Piped input is its stdin:
+    echo hi | gentity compute exec ID -- sh -c 'cat; ls -l'
+    """
+    extra_env = _parse_env(env or [])
+    stdin = None
+    if not sys.stdin.isatty():
+        stdin = sys.stdin.buffer.read().decode(errors="replace")
+    with Client() as client:
+        found = find_instance(client, instance_id)
+        with instance_gone(instance_id):
+            stream = client.instances.exec_stream(
+                found.id, command, cwd=cwd, env=extra_env or None, stdin=stdin, timeout=timeout
+            )
+        try:
+            end = _copy_output(stream)
+        except KeyboardInterrupt:
+            raise typer.Exit(130) from None  # leaving closes the stream: the command is killed
+    if end.timed_out:
+        note(f"the command ran past its timeout ({timeout or 60:g} s) and was killed")
+    for name, cut in (("stdout", end.stdout_truncated), ("stderr", end.stderr_truncated)):
+        if cut:
+            note(f"its {name} was cut at 1 MiB")
+    raise typer.Exit(_exit_status(end))
+
+
+def _copy_output(stream: Iterator[ExecOutput | models.ExecExit]) -> models.ExecExit:
+    try:
+        for item in stream:
+            if isinstance(item, models.ExecExit):
+                return item
+            out = sys.stdout if item.stream == "stdout" else sys.stderr
+            out.buffer.write(item.data.encode())
+            out.buffer.flush()
+    finally:
+        close = getattr(stream, "close", None)
+        if close is not None:
+            close()
+    fail("the command's output ended before it did")
+
+
+def _exit_status(end: models.ExecExit) -> int:
+    """The exit code, or 128 + the signal's number, as a shell reports a killed command."""
+    if end.exit_code is not None:
+        return end.exit_code
+    name = end.signal or ""
+    try:
+        return 128 + signal.Signals[name].value
+    except KeyError:
+        number = name.removeprefix("SIG")
+        return 128 + int(number) if number.isdigit() and int(number) < 128 else 255
 
 
 @app.command("ssh")

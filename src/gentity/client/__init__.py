@@ -14,6 +14,7 @@ for every failure, :class:`ApiConnectionError` when the server cannot be reached
 """
 
 from gentity.client.aio import AsyncClient
+from gentity.client.base import ExecOutput
 from gentity.client.config import ConfigError
 from gentity.client.errors import ApiConnectionError, ApiError
 from gentity.client.streams import AsyncEventStream, AsyncLogStream, EventStream, LogStream
@@ -30,6 +31,7 @@ __all__ = [
     "Client",
     "ConfigError",
     "EventStream",
+    "ExecOutput",
     "LogStream",
     "Terminal",
     "TerminalExit",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from types import TracebackType
 from typing import TypeVar
 
@@ -146,6 +146,21 @@ class AsyncClient:
     ) -> PendingTerminal:
         """Same as :meth:`AsyncInstances.attach`."""
         return self.instances.attach(instance_id, shell=shell, cols=cols, rows=rows)
+
+    async def exec(
+        self,
+        instance_id: str,
+        command: Sequence[str],
+        *,
+        cwd: str | None = None,
+        env: Mapping[str, str] | None = None,
+        stdin: str | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 (the command's, enforced by the server)
+    ) -> models.ExecResult:
+        """Same as :meth:`AsyncInstances.exec`."""
+        return await self.instances.exec(
+            instance_id, command, cwd=cwd, env=env, stdin=stdin, timeout=timeout
+        )
 
     # --- lifetime ----------------------------------------------------------------------------
 
@@ -356,3 +371,72 @@ class AsyncInstances:
                 base.USER_AGENT,
             )
         )
+
+    async def exec(
+        self,
+        instance_id: str,
+        command: Sequence[str],
+        *,
+        cwd: str | None = None,
+        env: Mapping[str, str] | None = None,
+        stdin: str | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 (the command's, enforced by the server)
+    ) -> models.ExecResult:
+        """The async twin of :meth:`gentity.client.sync.Instances.exec`."""
+        call = calls.exec_command(instance_id, command, cwd, env, stdin, timeout)
+        return await self._client._send(call)
+
+    async def exec_stream(
+        self,
+        instance_id: str,
+        command: Sequence[str],
+        *,
+        cwd: str | None = None,
+        env: Mapping[str, str] | None = None,
+        stdin: str | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 (the command's, enforced by the server)
+    ) -> AsyncIterator[base.ExecOutput | models.ExecExit]:
+        """The async twin of :meth:`gentity.client.sync.Instances.exec_stream`: await it for
+        the iterator (a refusal raises then); closing it early (``aclose``) kills the
+        command."""
+        client = self._client
+        http = client._http
+        request = http.build_request(
+            "POST",
+            calls.exec_path(instance_id),
+            params={"stream": 1},
+            json=calls.exec_body(command, cwd, env, stdin, timeout),
+            headers={**base.request_headers(client.token), **base.stream_headers(None)},
+            timeout=base.stream_timeout(http.timeout),
+        )
+        try:
+            response = await http.send(request, stream=True)
+        except httpx.TransportError as exc:
+            raise base.connection_error(exc, client.base_url) from exc
+        try:
+            if response.is_error or response.is_redirect:
+                await response.aread()
+                base.raise_for_status(response)
+            base.check_event_stream(response)
+        except BaseException:
+            await response.aclose()
+            raise
+        return self._exec_events(response)
+
+    async def _exec_events(
+        self, response: httpx.Response
+    ) -> AsyncGenerator[base.ExecOutput | models.ExecExit, None]:
+        try:
+            decoder = SSEDecoder()
+            async for line in response.aiter_lines():
+                event = decoder.feed(line)
+                item = base.exec_event(event) if event else None
+                if item is not None:
+                    yield item
+                    if isinstance(item, models.ExecExit):
+                        return
+        except httpx.TransportError as exc:
+            raise base.connection_error(exc, self._client.base_url) from exc
+        finally:
+            await response.aclose()
+        raise ApiError(502, "the exec stream ended before the command did")

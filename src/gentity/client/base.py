@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from typing import Any, Generic, TypeVar
+from dataclasses import dataclass
+from typing import Any, Generic, Literal, TypeVar
 
 import httpx
 from pydantic import ValidationError
@@ -122,6 +123,33 @@ def instance_event(event: Event) -> models.InstanceEvent | None:
         return models.InstanceEvent.model_validate(json.loads(event.data))
     except (ValueError, ValidationError):
         return None
+
+
+@dataclass(frozen=True)
+class ExecOutput:
+    """Output of a streamed exec: ``stream`` is ``stdout`` or ``stderr``; ``data`` is text
+    (the command's bytes as UTF-8, invalid bytes replaced)."""
+
+    stream: Literal["stdout", "stderr"]
+    data: str
+
+
+def exec_event(event: Event) -> ExecOutput | models.ExecExit | None:
+    """Output or the end in one event of an exec stream; None for anything else. An ``error``
+    event (the instance stopped answering) raises ApiError as a 502."""
+    try:
+        data = json.loads(event.data) if event.data else None
+        if event.name == "exit":
+            return models.ExecExit.model_validate(data)
+        if event.name in ("stdout", "stderr") and isinstance(data, dict):
+            text = data.get("data")
+            if isinstance(text, str):
+                return ExecOutput(event.name, text)  # type: ignore[arg-type]
+        if event.name == "error" and isinstance(data, dict):
+            raise ApiError(502, str(data.get("error") or "the command's stream broke off"))
+    except (ValueError, ValidationError):
+        raise ApiError(502, "the server sent a malformed exec event") from None
+    return None
 
 
 def is_destroyed(event: models.InstanceEvent) -> bool:

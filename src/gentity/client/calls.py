@@ -5,7 +5,7 @@ A :class:`Call` says what to send and how to read the answer; the clients only d
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 from urllib.parse import quote, urlencode
@@ -161,3 +161,45 @@ def terminal_path(
     query = {"shell": "1" if shell else None, "cols": cols, "rows": rows}
     params = urlencode({k: v for k, v in query.items() if v is not None})
     return f"/api/instances/{_seg(instance_id)}/terminal" + (f"?{params}" if params else "")
+
+
+#: How much longer than the command's own timeout an exec call waits for its answer.
+EXEC_GRACE = 30.0
+
+
+def exec_body(
+    command: Sequence[str],
+    cwd: str | None,
+    env: Mapping[str, str] | None,
+    stdin: str | None,
+    timeout: float | None,
+) -> dict[str, Any]:
+    fields = {
+        "command": list(command),
+        "cwd": cwd,
+        "env": dict(env) if env is not None else None,
+        "stdin": stdin,
+        "timeout": timeout,
+    }
+    return {k: v for k, v in fields.items() if v is not None}
+
+
+def exec_command(
+    instance_id: str,
+    command: Sequence[str],
+    cwd: str | None = None,
+    env: Mapping[str, str] | None = None,
+    stdin: str | None = None,
+    timeout: float | None = None,
+) -> Call[models.ExecResult]:
+    return Call(
+        "POST",
+        exec_path(instance_id),
+        _model(models.ExecResult),
+        json=exec_body(command, cwd, env, stdin, timeout),
+        timeout=(timeout or models.DEFAULT_EXEC_TIMEOUT) + EXEC_GRACE,
+    )
+
+
+def exec_path(instance_id: str) -> str:
+    return f"/api/instances/{_seg(instance_id)}/exec"

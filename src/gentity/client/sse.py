@@ -1,8 +1,8 @@
 """Reading ``text/event-stream`` (the followed-logs stream) and pacing reconnects.
 
 Only what the log stream uses: ``id:``, ``data:`` (several lines join with newlines), comments
-(``: keep-alive``) and blank lines that end an event. ``event:`` and ``retry:`` are accepted and
-ignored.
+(``: keep-alive``), ``event:`` (the exec stream names its events) and blank lines that end an
+event. ``retry:`` is accepted and ignored.
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ class Event:
     data: str
     id: str | None
     """The event's ``id:``, or None when it had none (the cursor then stays where it was)."""
+    name: str = "message"
+    """The event's ``event:``, ``message`` when it had none."""
 
 
 class SSEDecoder:
@@ -24,14 +26,16 @@ class SSEDecoder:
     def __init__(self) -> None:
         self._data: list[str] = []
         self._id: str | None = None
+        self._name = "message"
 
     def feed(self, line: str) -> Event | None:
         if line == "":
             if not self._data and self._id is None:
+                self._name = "message"
                 return None
             # An id-only event still moves the cursor; its empty data is skipped by readers.
-            event = Event("\n".join(self._data), self._id)
-            self._data, self._id = [], None
+            event = Event("\n".join(self._data), self._id, self._name)
+            self._data, self._id, self._name = [], None, "message"
             return event
         if line.startswith(":"):
             return None
@@ -41,6 +45,8 @@ class SSEDecoder:
             self._data.append(value)
         elif name == "id" and "\0" not in value:
             self._id = value
+        elif name == "event":
+            self._name = value
         return None
 
 

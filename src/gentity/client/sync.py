@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import builtins
 import time
-from collections.abc import Generator, Mapping
+from collections.abc import Generator, Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import TypeVar
 
@@ -145,6 +145,21 @@ class Client:
     ) -> Terminal:
         """Same as :meth:`Instances.attach`."""
         return self.instances.attach(instance_id, shell=shell, cols=cols, rows=rows)
+
+    def exec(
+        self,
+        instance_id: str,
+        command: Sequence[str],
+        *,
+        cwd: str | None = None,
+        env: Mapping[str, str] | None = None,
+        stdin: str | None = None,
+        timeout: float | None = None,
+    ) -> models.ExecResult:
+        """Same as :meth:`Instances.exec`."""
+        return self.instances.exec(
+            instance_id, command, cwd=cwd, env=env, stdin=stdin, timeout=timeout
+        )
 
     # --- lifetime ----------------------------------------------------------------------------
 
@@ -352,3 +367,77 @@ class Instances:
             base.credential_headers(client.token, client._http.cookies),
             base.USER_AGENT,
         )
+
+    def exec(
+        self,
+        instance_id: str,
+        command: Sequence[str],
+        *,
+        cwd: str | None = None,
+        env: Mapping[str, str] | None = None,
+        stdin: str | None = None,
+        timeout: float | None = None,
+    ) -> models.ExecResult:
+        """Run ``command`` (a program and its arguments, no shell) in the running instance,
+        beside its agent, and wait for it: exit code or signal, stdout and stderr apart (each
+        cut at 1 MiB, flagged), ``timed_out`` when it ran past ``timeout`` seconds (default
+        60, at most 3600) and was killed with its process tree. ``cwd`` is relative to the
+        agent's working directory (the default) or absolute; ``env`` adds to the agent's
+        environment; ``stdin`` is its input."""
+        call = calls.exec_command(instance_id, command, cwd, env, stdin, timeout)
+        return self._client._send(call)
+
+    def exec_stream(
+        self,
+        instance_id: str,
+        command: Sequence[str],
+        *,
+        cwd: str | None = None,
+        env: Mapping[str, str] | None = None,
+        stdin: str | None = None,
+        timeout: float | None = None,
+    ) -> Iterator[base.ExecOutput | models.ExecExit]:
+        """:meth:`exec`, with output as it comes: :class:`~gentity.client.ExecOutput` items,
+        then one :class:`~gentity.models.ExecExit`. A refusal (400, 404, 409) raises here;
+        closing the iterator before the end kills the command."""
+        client = self._client
+        http = client._http
+        request = http.build_request(
+            "POST",
+            calls.exec_path(instance_id),
+            params={"stream": 1},
+            json=calls.exec_body(command, cwd, env, stdin, timeout),
+            headers={**base.request_headers(client.token), **base.stream_headers(None)},
+            timeout=base.stream_timeout(http.timeout),
+        )
+        try:
+            response = http.send(request, stream=True)
+        except httpx.TransportError as exc:
+            raise base.connection_error(exc, client.base_url) from exc
+        try:
+            if response.is_error or response.is_redirect:
+                response.read()
+                base.raise_for_status(response)
+            base.check_event_stream(response)
+        except BaseException:
+            response.close()
+            raise
+        return self._exec_events(response)
+
+    def _exec_events(
+        self, response: httpx.Response
+    ) -> Generator[base.ExecOutput | models.ExecExit, None, None]:
+        try:
+            decoder = SSEDecoder()
+            for line in response.iter_lines():
+                event = decoder.feed(line)
+                item = base.exec_event(event) if event else None
+                if item is not None:
+                    yield item
+                    if isinstance(item, models.ExecExit):
+                        return
+        except httpx.TransportError as exc:
+            raise base.connection_error(exc, self._client.base_url) from exc
+        finally:
+            response.close()
+        raise ApiError(502, "the exec stream ended before the command did")

@@ -13,6 +13,9 @@ Every call takes where the guest is: a :class:`GuestEndpoint` (as a provider's
 ...     await s.send_input(b"ls\\n")
 ...     while (event := await s.read()) is not None:
 ...         ...  # Output(data) or Exit(exit_code, signal)
+>>> async with await open_exec(endpoint, secret, ["sh", "-c", "ls"], stdin=b"") as e:
+...     while (event := await e.read()) is not None:
+...         ...  # ExecOutput(stream, data) or ExecExit(...)
 """
 
 from __future__ import annotations
@@ -27,18 +30,23 @@ from dataclasses import dataclass
 from typing import Any, Final, Literal
 
 from gentity.guest import protocol as p
-from gentity.guest.protocol import Exit, Output
+from gentity.guest.protocol import ExecExit, Exit, Output
 
 __all__ = [
+    "ExecExit",
+    "ExecOutput",
     "Exit",
     "GuestEndpoint",
     "GuestError",
+    "GuestExec",
+    "GuestRefused",
     "GuestSession",
     "Output",
     "configure",
     "follow",
     "health",
     "logs",
+    "open_exec",
     "open_session",
     "wait",
 ]
@@ -52,6 +60,15 @@ MAX_FOLLOW_LINE: Final = 2 * 1024 * 1024
 class GuestError(Exception):
     """Talking to the guest failed: unreachable, timeout, unauthorized, refused
     request or protocol error. The message says which, in plain words."""
+
+
+class GuestRefused(GuestError):
+    """The guest refused a request and said why in ``reason`` (for ``exec``: ``invalid``, it
+    cannot run as asked, or ``busy``)."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -140,6 +157,9 @@ async def _request(
     if response.get("ok") is not True:
         writer.close()
         error = response.get("error") or "request refused"
+        reason = response.get("reason")
+        if isinstance(reason, str):
+            raise GuestRefused(f"guest at {address}: {error}", reason)
         raise GuestError(f"guest at {address}: {error}")
     return reader, writer, response
 
@@ -340,6 +360,120 @@ class GuestSession:
             raise GuestError(f"sending to the guest failed: {exc}") from None
 
     async def __aenter__(self) -> GuestSession:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: types.TracebackType | None,
+    ) -> None:
+        await self.close()
+
+
+@dataclass(frozen=True, slots=True)
+class ExecOutput:
+    """Output of an ``exec`` command: ``stream`` is ``stdout`` or ``stderr``."""
+
+    stream: Literal["stdout", "stderr"]
+    data: bytes
+
+
+async def open_exec(
+    where: GuestEndpoint | str,
+    secret: str,
+    command: list[str],
+    *,
+    stdin: bytes = b"",
+    cwd: str | None = None,
+    env: dict[str, str] | None = None,
+    run_timeout: float = p.DEFAULT_EXEC_TIMEOUT,
+    max_output: int | None = None,
+    timeout: float = 10.0,  # noqa: ASYNC109
+) -> GuestExec:
+    """Start ``command`` beside the agent, on pipes, and send it ``stdin`` (then its end).
+
+    The guest kills it after ``run_timeout`` seconds, or when the returned :class:`GuestExec`
+    is closed before the command ended. Raises GuestRefused when the guest will not run it
+    (``reason`` says why), GuestError when it cannot be reached or the request does not fit
+    in a request line. ``timeout`` bounds connecting and the answer.
+    """
+    fields = {
+        "command": command,
+        "cwd": cwd,
+        "env": env,
+        "timeout": run_timeout,
+        "maxOutput": max_output,
+    }
+    try:
+        p.encode_request(secret, p.OP_EXEC, fields)
+    except ValueError:
+        raise GuestRefused("the command, cwd and env are too long", p.REFUSED_INVALID) from None
+    reader, writer, _ = await _request(where, secret, p.OP_EXEC, fields, timeout)
+    execution = GuestExec(reader, writer)
+    # A command that does not read its stdin may be done already and its guest gone: what
+    # it printed is still there to read, so a failed send is not an error here.
+    with contextlib.suppress(GuestError):
+        await execution.send_stdin(stdin, close=True)
+    return execution
+
+
+class GuestExec:
+    """A running ``exec`` command: read its output until its exit."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._reader = reader
+        self._writer = writer
+        self._ended = False
+
+    async def send_stdin(self, data: bytes, *, close: bool = False) -> None:
+        """Send bytes to the command's stdin; ``close`` then ends its stdin."""
+        try:
+            for chunk in p.chunks(data):
+                self._writer.write(p.encode_frame(p.FRAME_INPUT, chunk))
+                await self._writer.drain()
+            if close:
+                self._writer.write(p.encode_frame(p.FRAME_CLOSE_STDIN, b""))
+                await self._writer.drain()
+        except OSError as exc:
+            raise GuestError(f"sending to the guest failed: {exc}") from None
+
+    async def read(self) -> ExecOutput | ExecExit | None:
+        """Next event: ExecOutput, then one ExecExit; None once the connection is closed
+        (after the ExecExit, or without one if the guest went away)."""
+        while not self._ended:
+            try:
+                frame = await p.read_frame(self._reader)
+            except p.ProtocolError as exc:
+                await self.close()
+                raise GuestError(f"protocol error from the guest: {exc}") from None
+            except OSError:
+                frame = None
+            if frame is None:
+                self._ended = True
+                break
+            kind, payload = frame
+            if kind == p.FRAME_OUTPUT:
+                return ExecOutput("stdout", payload)
+            if kind == p.FRAME_STDERR:
+                return ExecOutput("stderr", payload)
+            if kind == p.FRAME_EXIT:
+                self._ended = True
+                try:
+                    return p.decode_exec_exit(payload)
+                except (p.ProtocolError, ValueError) as exc:
+                    raise GuestError(f"protocol error from the guest: {exc}") from None
+        return None
+
+    async def close(self) -> None:
+        """Close the connection; a command still running is killed with its tree."""
+        self._ended = True
+        if not self._writer.is_closing():
+            self._writer.close()
+        with contextlib.suppress(OSError):
+            await self._writer.wait_closed()
+
+    async def __aenter__(self) -> GuestExec:
         return self
 
     async def __aexit__(

@@ -158,6 +158,7 @@ class Guest:
             "install": sup.install_report(),
             "viewers": len(live.viewers) if live is not None else 0,
             "shells": len(self._server.shells),
+            "execs": len(self._server.execs),
             "rssKb": rss_kb(),
         }
 
@@ -188,6 +189,8 @@ class Guest:
             await asyncio.sleep(0.05)
         for session in sessions:
             session.kill_all()
+        for execution in self._server.execs:
+            execution.kill()
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(2.0):
                 for session in sessions:

@@ -1,6 +1,7 @@
-"""Starting the guest's programs on terminals: the agent and the private shells.
+"""Starting the guest's programs: the agent and the private shells on terminals, and the
+commands of ``exec`` on pipes.
 
-Both start alike: in the instance's working directory, in the children's cgroup, with the
+All start alike: in the instance's working directory, in the children's cgroup, with the
 daemon's environment plus their own. Standard library only.
 """
 
@@ -12,6 +13,7 @@ import time
 from collections.abc import Callable
 
 from gentity.guest.children import ChildWatcher, StartError, resolve
+from gentity.guest.execute import Execution, Send
 from gentity.guest.session import PtySession
 from gentity.guest.textlines import LineLogger
 
@@ -66,3 +68,36 @@ class Launcher:
         """Note activity now: a started program's input or output, or work a client asked of
         the guest beside the agent (what auto-stop counts as use)."""
         self.last_activity = time.time()
+
+    def start_exec(
+        self,
+        argv: list[str],
+        extra_env: dict[str, str],
+        *,
+        cwd: str,
+        timeout: float,
+        max_output: int,
+        send: Send,
+    ) -> Execution:
+        """Start ``argv`` on pipes in ``cwd`` (see :mod:`gentity.guest.execute`). Raises
+        StartError, in plain words, if it cannot."""
+        env = {**os.environ, **extra_env}
+        exe = resolve(argv[0], env, cwd)
+        execution = Execution(
+            argv,
+            executable=exe,
+            cwd=cwd,
+            env=env,
+            watcher=self._watcher,
+            cgroup_fd=self._cgroup_fd,
+            timeout=timeout,
+            max_output=max_output,
+            send=send,
+            on_activity=self.touch,
+        )
+        try:
+            execution.start()
+        except (OSError, subprocess.SubprocessError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise StartError(f"{argv[0]}: {reason.lower()}") from None
+        return execution

@@ -5,7 +5,8 @@ and one JSON response line from the guest (``{"ok": true, ...}`` or ``{"ok": fal
 "error"}``). Then, for ``attach`` and ``shell``, the connection carries binary frames in
 both directions: a 1-byte type, a 4-byte big-endian payload length, then the payload; for
 ``follow`` the guest sends one JSON line per log record (``{"cursor", "record"}``) until
-the client closes. Every other op is one request and one response.
+the client closes; for ``exec`` see :func:`encode_exec_exit` and the frames below. Every
+other op is one request and one response.
 
 Until it is configured (op ``configure``, see :mod:`gentity.guest.config`) a guest answers
 ``health`` and ``configure`` only.
@@ -44,7 +45,8 @@ OP_SHELL: Final = "shell"
 OP_LOGS: Final = "logs"
 OP_FOLLOW: Final = "follow"
 OP_WAIT: Final = "wait"
-OPS: Final = (OP_HEALTH, OP_CONFIGURE, OP_ATTACH, OP_SHELL, OP_LOGS, OP_FOLLOW, OP_WAIT)
+OP_EXEC: Final = "exec"
+OPS: Final = (OP_HEALTH, OP_CONFIGURE, OP_ATTACH, OP_SHELL, OP_LOGS, OP_FOLLOW, OP_WAIT, OP_EXEC)
 
 #: The longest ``wait`` the guest accepts, in seconds.
 MAX_WAIT: Final = 60.0
@@ -258,3 +260,62 @@ async def read_frame(reader: asyncio.StreamReader) -> tuple[bytes, bytes] | None
     except asyncio.IncompleteReadError as exc:
         raise ProtocolError("connection closed inside a frame") from exc
     return kind, payload
+
+
+# --- exec -----------------------------------------------------------------------------------
+# ``exec`` runs a command beside the agent on pipes. The request carries ``command``, ``cwd``,
+# ``env``, ``timeout`` and ``maxOutput``; the answer is ``{"ok": true, "pid"}`` once it runs,
+# or a refusal whose ``reason`` is ``invalid`` (it cannot start as asked) or ``busy``. Then the
+# client sends its stdin as input frames and one close-stdin frame; the guest sends stdout
+# (``o``) and stderr (``e``) frames, each stream cut at ``maxOutput`` bytes (the rest is read and
+# dropped), and last an exit frame (``x``, see :func:`encode_exec_exit`). A client that closes
+# the connection before the exit frame kills the command's process tree.
+
+# client -> guest
+FRAME_CLOSE_STDIN: Final = b"c"
+# guest -> client (stdout uses FRAME_OUTPUT)
+FRAME_STDERR: Final = b"e"
+
+#: An ``exec`` timeout when none is given and the longest, in seconds; the most output kept
+#: of each stream.
+DEFAULT_EXEC_TIMEOUT: Final = 60.0
+MAX_EXEC_TIMEOUT: Final = 3600.0
+MAX_EXEC_OUTPUT: Final = 16 * 1024 * 1024
+#: Commands one guest runs at once; more are refused (reason ``busy``).
+MAX_EXECS: Final = 32
+
+REFUSED_INVALID: Final = "invalid"
+REFUSED_BUSY: Final = "busy"
+
+
+@dataclass(frozen=True, slots=True)
+class ExecExit:
+    """How an ``exec`` command ended."""
+
+    exit_code: int | None
+    signal: str | None
+    timed_out: bool
+    stdout_truncated: bool
+    stderr_truncated: bool
+
+
+def encode_exec_exit(end: ExecExit) -> bytes:
+    """Encode the guest->client exit frame of an ``exec``."""
+    payload = {
+        "exitCode": end.exit_code,
+        "signal": end.signal,
+        "timedOut": end.timed_out,
+        "stdoutTruncated": end.stdout_truncated,
+        "stderrTruncated": end.stderr_truncated,
+    }
+    return encode_frame(FRAME_EXIT, json.dumps(payload).encode())
+
+
+def decode_exec_exit(payload: bytes) -> ExecExit:
+    """Decode an ``exec`` exit payload. Raises ProtocolError if it is malformed."""
+    base = decode_exit(payload)
+    data = json.loads(payload)
+    flags = [data.get(k, False) for k in ("timedOut", "stdoutTruncated", "stderrTruncated")]
+    if not all(isinstance(f, bool) for f in flags):
+        raise ProtocolError("malformed exit frame: bad flags")
+    return ExecExit(base.exit_code, base.signal, *flags)

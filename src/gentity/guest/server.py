@@ -4,7 +4,8 @@ Listens on a unix socket path, a socket the launcher bound and handed over (``fd
 TCP (see :func:`gentity.guest.protocol.parse_address`). ``configure`` hands the agent's
 config over once; ``attach`` streams the agent's terminal, shared with every other viewer;
 ``shell`` starts a private shell that dies with its connection; ``logs`` and ``follow``
-read the structured log; ``wait`` answers health once it changed. Standard library only.
+read the structured log; ``wait`` answers health once it changed; ``exec`` runs a command on
+pipes beside the agent. Standard library only.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from gentity.guest import protocol as p
 from gentity.guest.changes import Changes
 from gentity.guest.children import StartError
 from gentity.guest.config import Config
+from gentity.guest.execute import Execution, check_cwd, wait_killed
 from gentity.guest.launcher import Launcher
 from gentity.guest.logreader import follow_offsets, offset_before_last, tail_with_cursor
 from gentity.guest.logwriter import LogWriter
@@ -34,6 +36,8 @@ from gentity.guest.supervisor import Supervisor
 REQUEST_TIMEOUT: Final = 5.0
 ATTACH_WAIT: Final = 5.0
 SHELL_KILL_AFTER: Final = 2.0
+#: After an ``exec`` exit frame, how long the client gets to close its end first.
+EXEC_CLOSE_WAIT: Final = 5.0
 
 
 @dataclass
@@ -71,6 +75,7 @@ class GuestServer:
         self._changes = changes
         self.configured: Configured | None = None
         self.shells: set[PtySession] = set()
+        self.execs: set[Execution] = set()
         self._connections: set[asyncio.StreamWriter] = set()
         self._server: asyncio.Server | None = None
         self._socket_id: tuple[int, int] | None = None
@@ -227,6 +232,8 @@ class GuestServer:
             self._reply(writer, {"ok": True, "records": records, "cursor": str(end)})
         elif op == p.OP_FOLLOW:
             await self._follow(configured, request, reader, writer)
+        elif op == p.OP_EXEC:
+            await self._exec(configured, request, reader, writer)
         else:
             size = (p.clamp_size(request.get("cols")), p.clamp_size(request.get("rows")))
             if op == p.OP_ATTACH:
@@ -342,8 +349,125 @@ class GuestServer:
             session.detach(viewer)
             viewer.close()
 
+    async def _exec(
+        self,
+        configured: Configured,
+        request: dict[str, Any],
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+    ) -> None:
+        """Run a command on pipes: stdin from the client's frames, output and the exit back;
+        the client closing its end kills the command's tree."""
+        parsed = _exec_request(request)
+        if isinstance(parsed, str):
+            self._reply(writer, _refusal(f"bad request: {parsed}", p.REFUSED_INVALID))
+            return
+        argv, cwd, env, timeout, max_output = parsed
+        if self.stopping:
+            self._reply(writer, _refusal("guest is stopping"))
+            return
+        if len(self.execs) >= p.MAX_EXECS:
+            error = f"{p.MAX_EXECS} commands are running already; try again later"
+            self._reply(writer, _refusal(error, p.REFUSED_BUSY))
+            return
 
-def _refusal(error: str) -> dict[str, Any]:
+        def send(kind: bytes, data: bytes) -> None:
+            if not writer.is_closing():
+                for chunk in p.chunks(data):
+                    writer.write(p.encode_frame(kind, chunk))
+
+        try:
+            execution = configured.launcher.start_exec(
+                argv,
+                {**configured.config.env, **env},
+                cwd=check_cwd(configured.config.workdir, cwd),
+                timeout=timeout,
+                max_output=max_output,
+                send=send,
+            )
+        except (StartError, ValueError) as exc:
+            self._reply(writer, _refusal(f"cannot start: {exc}", p.REFUSED_INVALID))
+            return
+        self.execs.add(execution)
+        try:
+            self._reply(writer, {"ok": True, "pid": execution.pid})
+            await self._pipe_exec(execution, reader, writer)
+        finally:
+            if not execution.finished:
+                await wait_killed(execution)
+            self.execs.discard(execution)
+            configured.launcher.touch()
+
+    @staticmethod
+    async def _pipe_exec(
+        execution: Execution, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        async def feed() -> None:
+            while (frame := await p.read_frame(reader)) is not None:
+                kind, payload = frame
+                if kind == p.FRAME_INPUT:
+                    execution.write_stdin(payload)
+                elif kind == p.FRAME_CLOSE_STDIN:
+                    execution.close_stdin()
+
+        feeding = asyncio.ensure_future(feed())
+        ending = asyncio.ensure_future(execution.wait())
+        try:
+            await asyncio.wait((feeding, ending), return_when=asyncio.FIRST_COMPLETED)
+            if ending.done() and not writer.is_closing():
+                writer.write(p.encode_exec_exit(ending.result()))
+                await writer.drain()
+                # Closing with input unread would reset a TCP connection, and the reset may
+                # destroy the exit frame before the client reads it: let the client close.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(EXEC_CLOSE_WAIT):
+                        await asyncio.wait((feeding,))
+            # Otherwise the client went away (or broke the protocol): the caller kills it.
+        finally:
+            for task in (feeding, ending):
+                task.cancel()
+            await asyncio.gather(feeding, ending, return_exceptions=True)
+
+
+def _exec_request(
+    request: dict[str, Any],
+) -> tuple[list[str], str | None, dict[str, str], float, int] | str:
+    """An ``exec`` request's (command, cwd, env, timeout, maxOutput), or what is wrong."""
+    command, cwd, env = request.get("command"), request.get("cwd"), request.get("env", {})
+    timeout = request.get("timeout", p.DEFAULT_EXEC_TIMEOUT)
+    max_output = request.get("maxOutput", p.MAX_EXEC_OUTPUT)
+    if not (
+        isinstance(command, list)
+        and command
+        and all(isinstance(a, str) and "\0" not in a for a in command)
+        and command[0]
+    ):
+        return "command must be a non-empty list of strings"
+    if cwd is not None and (not isinstance(cwd, str) or "\0" in cwd):
+        return "cwd must be a string"
+    if not isinstance(env, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) and k and "=" not in k and "\0" not in k + v
+        for k, v in env.items()
+    ):
+        return "env must be an object of string values"
+    if (
+        isinstance(timeout, bool)
+        or not isinstance(timeout, int | float)
+        or not 0 < timeout <= p.MAX_EXEC_TIMEOUT
+    ):
+        return f"timeout must be a number of seconds up to {p.MAX_EXEC_TIMEOUT:g}"
+    if (
+        isinstance(max_output, bool)
+        or not isinstance(max_output, int)
+        or not 0 <= max_output <= p.MAX_EXEC_OUTPUT
+    ):
+        return f"maxOutput must be a count of bytes up to {p.MAX_EXEC_OUTPUT}"
+    return command, cwd, env, float(timeout), max_output
+
+
+def _refusal(error: str, reason: str | None = None) -> dict[str, Any]:
+    if reason is not None:
+        return {"ok": False, "error": error, "reason": reason}
     return {"ok": False, "error": error}
 
 

@@ -37,6 +37,7 @@ from gentity.server.routers import (
     terminal,
     tokens,
 )
+from gentity.server.routers import exec as exec_router
 from gentity.server.security.crypto import SecretBox
 from gentity.settings import Settings
 
@@ -115,6 +116,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         events.router,
         terminal.router,
         metrics.router,
+        exec_router.router,
     ):
         app.include_router(router)
     # The dashboard: page shells (kept out of the OpenAPI schema) and their static files.

@@ -196,8 +196,11 @@ def _depends_on(dependant: Dependant, call: Callable[..., Any]) -> bool:
 
 
 def _within_scope(request: Request, principal: Principal) -> bool:
-    # A subdomain's session may read its own instance, nothing else through the REST API.
+    # A subdomain's session may read its own instance and, as in its terminal, run commands
+    # there; nothing else through the REST API.
     own = f"/api/instances/{principal.scope_instance_id}"
+    if request.method == "POST" and request.url.path == f"{own}/exec":
+        return True
     return request.method == "GET" and request.url.path == own
 
 
