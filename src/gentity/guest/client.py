@@ -22,7 +22,7 @@ import contextlib
 import json
 import ssl
 import types
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, AsyncIterable
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
@@ -33,13 +33,17 @@ __all__ = [
     "Exit",
     "GuestEndpoint",
     "GuestError",
+    "GuestRefused",
     "GuestSession",
     "Output",
     "configure",
+    "delete_file",
     "follow",
+    "get_file",
     "health",
     "logs",
     "open_session",
+    "put_file",
     "wait",
 ]
 
@@ -52,6 +56,15 @@ MAX_FOLLOW_LINE: Final = 2 * 1024 * 1024
 class GuestError(Exception):
     """Talking to the guest failed: unreachable, timeout, unauthorized, refused
     request or protocol error. The message says which, in plain words."""
+
+
+class GuestRefused(GuestError):
+    """The guest refused a file op for a reason it classified: ``code`` is ``invalid``,
+    ``missing`` or ``conflict``; the message is about the request only (no address)."""
+
+    def __init__(self, message: str, code: str) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 @dataclass(frozen=True)
@@ -140,6 +153,8 @@ async def _request(
     if response.get("ok") is not True:
         writer.close()
         error = response.get("error") or "request refused"
+        if isinstance(response.get("code"), str):
+            raise GuestRefused(str(error), response["code"])
         raise GuestError(f"guest at {address}: {error}")
     return reader, writer, response
 
@@ -349,3 +364,129 @@ class GuestSession:
         tb: types.TracebackType | None,
     ) -> None:
         await self.close()
+
+
+#: The longest directory listing accepted from a guest (it caps entries at 10,000).
+MAX_LISTING_BYTES: Final = 16 * 1024 * 1024
+#: How long the guest may take to make a written file durable and answer.
+PUT_COMMIT_TIMEOUT: Final = 120.0
+
+
+class FileDownload:
+    """A file the guest streams: ``size`` bytes from :meth:`chunks`, which raises GuestError
+    if the stream ends short (the file shrank, the guest went away)."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, size: int):
+        self._reader = reader
+        self._writer = writer
+        self.size = size
+
+    async def chunks(self) -> AsyncGenerator[bytes, None]:
+        received = 0
+        try:
+            while True:
+                try:
+                    frame = await p.read_frame(self._reader)
+                except (OSError, p.ProtocolError):
+                    frame = None
+                if frame is None:
+                    raise GuestError("the file changed or the instance stopped while it was read")
+                kind, payload = frame
+                if kind == p.FRAME_END:
+                    if received != self.size:
+                        raise GuestError("the file changed while it was read")
+                    return
+                if kind == p.FRAME_DATA:
+                    received += len(payload)
+                    if received > self.size:
+                        raise GuestError("the file changed while it was read")
+                    yield payload
+        finally:
+            await self.aclose()
+
+    async def aclose(self) -> None:
+        if not self._writer.is_closing():
+            self._writer.close()
+        with contextlib.suppress(OSError):
+            await self._writer.wait_closed()
+
+
+async def get_file(
+    where: GuestEndpoint | str,
+    secret: str,
+    path: str,
+    *,
+    timeout: float = 30.0,  # noqa: ASYNC109
+) -> dict[str, Any] | FileDownload:
+    """What is at ``path`` in the instance: a directory's listing (``{"type": "directory",
+    "entries", "truncated"}``) or a file to stream. GuestRefused when the path is refused
+    (outside the volume, missing…)."""
+    reader, writer, response = await _request(
+        where, secret, p.OP_FILE_GET, {"path": path}, timeout, MAX_LISTING_BYTES
+    )
+    if response.get("type") == "directory":
+        writer.close()
+        if not isinstance(response.get("entries"), list):
+            raise GuestError("the guest sent an invalid listing")
+        return response
+    size = response.get("size")
+    if response.get("type") != "file" or not isinstance(size, int) or size < 0:
+        writer.close()
+        raise GuestError("the guest sent an invalid file answer")
+    return FileDownload(reader, writer, size)
+
+
+async def put_file(
+    where: GuestEndpoint | str,
+    secret: str,
+    path: str,
+    data: AsyncIterable[bytes],
+    *,
+    timeout: float = 30.0,  # noqa: ASYNC109
+) -> dict[str, Any]:
+    """Write ``data`` to ``path`` in the instance (parents made, replaced atomically once all
+    of it arrived); returns ``{"path", "size", "created"}``. If ``data`` raises, nothing
+    changes in the instance."""
+    reader, writer, _ = await _request(where, secret, p.OP_FILE_PUT, {"path": path}, timeout)
+    try:
+        try:
+            async for chunk in data:
+                for piece in p.chunks(chunk):
+                    writer.write(p.encode_frame(p.FRAME_DATA, piece))
+                    await writer.drain()
+            writer.write(p.encode_frame(p.FRAME_END, b""))
+            await writer.drain()
+            async with asyncio.timeout(PUT_COMMIT_TIMEOUT):
+                line = await reader.readline()
+        except TimeoutError:
+            raise GuestError("timed out waiting for the guest to store the file") from None
+        except (OSError, ValueError) as exc:
+            raise GuestError(f"the connection to the guest failed: {exc}") from None
+        try:
+            answer = json.loads(line)
+            if not isinstance(answer, dict):
+                raise ValueError
+        except ValueError:
+            raise GuestError("the guest went away before it stored the file") from None
+        if answer.get("ok") is not True:
+            error = str(answer.get("error") or "request refused")
+            code = answer.get("code")
+            raise GuestRefused(error, code) if isinstance(code, str) else GuestError(error)
+        return answer
+    finally:
+        writer.close()
+
+
+async def delete_file(
+    where: GuestEndpoint | str,
+    secret: str,
+    path: str,
+    *,
+    recursive: bool = False,
+    timeout: float = 60.0,  # noqa: ASYNC109
+) -> str:
+    """Remove ``path`` in the instance (a directory only when empty, unless ``recursive``);
+    returns what it was (``file``, ``directory``, ``symlink``, ``other``)."""
+    fields = {"path": path, "recursive": True if recursive else None}
+    response = await _call(where, secret, p.OP_FILE_DELETE, fields, timeout)
+    return str(response.get("type", ""))

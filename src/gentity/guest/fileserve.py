@@ -1,0 +1,118 @@
+"""The file ops of the guest protocol: ``file_get``, ``file_put`` and ``file_delete``.
+
+``file_get`` answers ``{"ok", "type": "directory", "entries", "truncated"}`` for a directory,
+or ``{"ok", "type": "file", "size"}`` for a file and then streams its bytes in data frames and
+an empty end frame (a file that shrank meanwhile ends the connection without one).
+``file_put`` answers ``{"ok": true}`` once the temporary file exists, reads data frames until
+an end frame, then answers ``{"ok", "path", "size", "created"}``; a client that goes away
+first leaves nothing behind. ``file_delete`` (``recursive`` for a tree) answers
+``{"ok", "type"}``. Refusals carry a ``code`` (``invalid``, ``missing``, ``conflict``).
+
+Every op counts as activity of the instance (``Launcher.touch``), for auto-stop.
+Standard library only; disk work runs in threads so terminals stay live meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import stat
+from collections.abc import Callable
+from typing import Any
+
+from gentity.guest import protocol as p
+from gentity.guest.files import CHUNK, FileRefused, Upload, Volume
+
+Reply = Callable[[asyncio.StreamWriter, dict[str, Any]], None]
+
+
+async def serve(
+    volume: Volume,
+    touch: Callable[[], None],
+    request: dict[str, Any],
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    reply: Reply,
+) -> None:
+    """Answer one file op (``request["op"]`` is one of :data:`protocol.FILE_OPS`)."""
+    touch()
+    op, path = request["op"], request.get("path")
+    try:
+        if op == p.OP_FILE_GET:
+            await _get(volume, touch, path, writer, reply)
+        elif op == p.OP_FILE_PUT:
+            await _put(volume, touch, path, reader, writer, reply)
+        else:
+            recursive = request.get("recursive", False) is True
+            kind = await asyncio.to_thread(volume.delete, path, recursive=recursive)
+            reply(writer, {"ok": True, "type": kind})
+    except FileRefused as exc:
+        reply(writer, {"ok": False, "error": exc.message, "code": exc.code})
+    finally:
+        touch()
+
+
+async def _get(
+    volume: Volume,
+    touch: Callable[[], None],
+    path: object,
+    writer: asyncio.StreamWriter,
+    reply: Reply,
+) -> None:
+    place, st = volume.stat(path)
+    with place:
+        if stat.S_ISDIR(st.st_mode):
+            listing = await asyncio.to_thread(volume.list, place)
+            reply(writer, {"ok": True, **listing})
+            return
+        fd, size = volume.open_read(place)
+    try:
+        reply(writer, {"ok": True, "type": "file", "size": size})
+        left = size
+        while left > 0:
+            data = await asyncio.to_thread(os.read, fd, min(CHUNK, left))
+            if not data:
+                return  # it shrank: no end frame, so the client knows the copy is short
+            left -= len(data)
+            writer.write(p.encode_frame(p.FRAME_DATA, data))
+            await writer.drain()  # a slow client slows its own copy, nobody else
+            touch()
+        writer.write(p.encode_frame(p.FRAME_END, b""))
+        await writer.drain()
+    finally:
+        os.close(fd)
+
+
+async def _put(
+    volume: Volume,
+    touch: Callable[[], None],
+    path: object,
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    reply: Reply,
+) -> None:
+    upload: Upload = await asyncio.to_thread(volume.open_write, path)
+    committed = False
+    try:
+        reply(writer, {"ok": True})
+        while True:
+            frame = await p.read_frame(reader)
+            if frame is None:
+                return  # the client went away before the end: nothing changes
+            kind, payload = frame
+            if kind == p.FRAME_END:
+                break
+            if kind == p.FRAME_DATA and payload:
+                await asyncio.to_thread(upload.write, payload)
+                touch()
+        await asyncio.to_thread(upload.commit)
+        committed = True
+        reply(
+            writer,
+            {"ok": True, "path": upload.path, "size": upload.size, "created": not upload.existed},
+        )
+    finally:
+        if not committed:
+            with contextlib.suppress(OSError):
+                upload.abort()
