@@ -4,6 +4,7 @@ import { api } from "./api.js";
 import { IN_PROGRESS, TRANSITION, renderStatus, runAction, updateActionButtons } from "./actions.js";
 import { renderHealth, resourcesText } from "./health.js";
 import { LogsPane } from "./logs.js";
+import { FilesPane } from "./files.js";
 import { TerminalPane } from "./terminal.js";
 import { loadAgents, showLabels } from "./catalog.js";
 import { setTime, showMessage } from "./ui.js";
@@ -19,6 +20,7 @@ const terminal = new TerminalPane(document.querySelector("[data-terminal]"), ins
   onExit: () => refresh(),
 });
 const logs = new LogsPane(document.querySelector("[aria-labelledby=logs-heading]"), instanceId);
+const files = new FilesPane(document.querySelector("[data-files]"), instanceId);
 let instance = null;
 let timer = null;
 let agents = [];
@@ -42,6 +44,7 @@ function render(current) {
   fields("region")[0].textContent = current.region || "Default";
   updateActionButtons(actions, current.status);
   terminal.follow(current, statusReason(current.status));
+  files.follow(current);
 }
 
 function statusReason(status) {
