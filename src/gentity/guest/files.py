@@ -18,6 +18,7 @@ group/other write), so a reader never sees half a file. Standard library only.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import secrets
 import shutil
@@ -121,6 +122,9 @@ class Volume:
         place = Place(root_fd, None, stack)
         try:
             self._walk(stack, pending, follow_last, make_parents, str(path))
+        except OSError as exc:  # a permission, or a directory swapped for a link meanwhile
+            place.close()
+            raise refusal(exc, str(path)) from None
         except BaseException:
             place.close()
             raise
@@ -262,7 +266,7 @@ class Volume:
             try:
                 fd = os.open(temp, flags, mode, dir_fd=place.dir_fd)
             except OSError as exc:
-                raise FileRefused(INVALID, f"{path}: cannot write: {exc.strerror}") from None
+                raise refusal(exc, str(path)) from None
             os.fchmod(fd, mode)  # whatever the umask: exactly these bits
             _give_to_owner(fd, place.dir_fd)
         except BaseException:
@@ -288,7 +292,7 @@ class Volume:
             except FileNotFoundError:
                 raise FileRefused(MISSING, f"{path}: no such file or directory") from None
             except OSError as exc:
-                if exc.errno == 39:  # ENOTEMPTY
+                if exc.errno == errno.ENOTEMPTY:
                     raise FileRefused(
                         CONFLICT, f"{path} is a directory that is not empty (delete recursively)"
                     ) from None
@@ -331,7 +335,7 @@ class Upload:
             self.abort()
             if isinstance(exc, IsADirectoryError):
                 raise FileRefused(CONFLICT, f"{self.path} is a directory") from None
-            raise FileRefused(INVALID, f"{self.path}: cannot write: {exc.strerror}") from None
+            raise refusal(exc, self.path) from None
         self._place.close()
 
     def abort(self) -> None:
@@ -357,9 +361,17 @@ def _open_at(place: Place, flags: int) -> int:
     except FileNotFoundError:
         raise FileRefused(MISSING, "no such file or directory") from None
     except OSError as exc:
-        if exc.errno == 40:  # ELOOP: a link appeared in last place after the walk
+        if exc.errno == errno.ELOOP:  # a link appeared in last place after the walk
             raise FileRefused(INVALID, "the path changed while it was resolved") from None
         raise FileRefused(INVALID, exc.strerror or str(exc)) from None
+
+
+def refusal(exc: OSError, what: str) -> FileRefused:
+    """A refusal in words for an operating system error on ``what``: a full volume is a
+    conflict (the request was fine), anything else a request that cannot be done."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return FileRefused(CONFLICT, "the instance's volume is full")
+    return FileRefused(INVALID, f"{what}: {(exc.strerror or str(exc)).lower()}")
 
 
 def _leads_out(asked: str) -> str:

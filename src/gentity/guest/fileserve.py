@@ -22,7 +22,7 @@ from collections.abc import Callable
 from typing import Any
 
 from gentity.guest import protocol as p
-from gentity.guest.files import CHUNK, FileRefused, Upload, Volume
+from gentity.guest.files import CHUNK, FileRefused, Upload, Volume, refusal
 
 Reply = Callable[[asyncio.StreamWriter, dict[str, Any]], None]
 
@@ -49,6 +49,9 @@ async def serve(
             reply(writer, {"ok": True, "type": kind})
     except FileRefused as exc:
         reply(writer, {"ok": False, "error": exc.message, "code": exc.code})
+    except OSError as exc:  # what the walk did not foresee: still an answer, not a hang-up
+        failed = refusal(exc, str(path))
+        reply(writer, {"ok": False, "error": failed.message, "code": failed.code})
     finally:
         touch()
 
@@ -94,6 +97,7 @@ async def _put(
 ) -> None:
     upload: Upload = await asyncio.to_thread(volume.open_write, path)
     committed = False
+    failed: OSError | None = None
     try:
         reply(writer, {"ok": True})
         while True:
@@ -103,9 +107,17 @@ async def _put(
             kind, payload = frame
             if kind == p.FRAME_END:
                 break
-            if kind == p.FRAME_DATA and payload:
-                await asyncio.to_thread(upload.write, payload)
+            if kind == p.FRAME_DATA and payload and failed is None:
+                try:
+                    await asyncio.to_thread(upload.write, payload)
+                except OSError as exc:
+                    # A full volume: drop the rest, so the client hears why instead of a
+                    # connection cut in the middle of its upload.
+                    failed = exc
+                    upload.abort()
                 touch()
+        if failed is not None:
+            raise failed
         await asyncio.to_thread(upload.commit)
         committed = True
         reply(

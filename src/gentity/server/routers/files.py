@@ -14,10 +14,12 @@ from urllib.parse import quote
 
 from fastapi import APIRouter, Query, Request
 from pydantic import WithJsonSchema
+from starlette.requests import ClientDisconnect
 from starlette.responses import JSONResponse, StreamingResponse
 
 from gentity import models
 from gentity.server.auth import Auth, AuthFirstRoute, Ctx, Db
+from gentity.server.errors import ApiError
 from gentity.server.openapi import errors
 from gentity.server.params import parse_flag
 from gentity.server.services import files, instances
@@ -99,9 +101,12 @@ async def put_file(
     """Write the body to ``path``: parents are made, the file replaced atomically once all of
     it arrived (201 when it is new, 200 when it replaced one)."""
     # No Db: an upload may take minutes and must not hold a pooled connection meanwhile.
-    written, created = await files.put(
-        ctx, principal.user.id, instance_id, path or "", request.stream()
-    )
+    try:
+        written, created = await files.put(
+            ctx, principal.user.id, instance_id, path or "", request.stream()
+        )
+    except ClientDisconnect:  # nobody to answer; the guest dropped its temporary file
+        raise ApiError(400, "the upload was cut off") from None
     body: dict[str, Any] = written.model_dump(mode="json", by_alias=True)
     return JSONResponse(body, status_code=201 if created else 200)
 
