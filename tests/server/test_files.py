@@ -236,3 +236,18 @@ def test_a_100_mb_file_streams_through_without_being_held(bearer: httpx.Client) 
     assert upload.growth_mb < 40, upload.growth_mb
     assert download.growth_mb < 40, download.growth_mb
     bearer.delete(f"/api/instances/{iid}")
+
+
+def test_the_openapi_document_lists_the_file_routes(client: httpx.Client) -> None:
+    spec = client.get("/api/openapi.json").json()
+    operations = spec["paths"]["/api/instances/{instance_id}/files"]
+    assert set(operations) == {"get", "put", "delete"}
+    got = operations["get"]["responses"]["200"]["content"]
+    assert {"application/json", "application/octet-stream"} <= set(got)
+    put = operations["put"]
+    assert "application/octet-stream" in put["requestBody"]["content"]
+    assert {"200", "201", "400", "401", "403", "404", "409", "413", "502"} <= set(put["responses"])
+    for operation in operations.values():
+        names = {parameter["name"] for parameter in operation["parameters"]}
+        assert "path" in names
+        assert "409" in operation["responses"]
