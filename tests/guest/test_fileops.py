@@ -114,3 +114,21 @@ async def test_a_full_volume_is_a_refusal_the_client_hears(
     assert sorted(os.listdir(small_volume)) == ["keep.txt"]
     assert (small_volume / "keep.txt").read_bytes() == b"old"
     assert (await client.health(guest.address, guest.secret))["configured"] is True
+
+
+async def test_a_long_listing_comes_in_frames_and_is_capped(guest_factory: GuestFactory) -> None:
+    guest = guest_factory(command=QUIET)
+    many = Path(guest.config["workdir"]) / "many"
+    many.mkdir(parents=True)
+    for i in range(10_050):
+        (many / f"{i:05d}-{'x' * 200}").touch()
+    listing = await client.get_file(guest.address, guest.secret, "many")
+    assert isinstance(listing, dict) and listing["truncated"] is True
+    names = [entry["name"] for entry in listing["entries"]]
+    assert len(names) == 10_000 and names == sorted(names)
+    # The answer line stays small whatever the directory holds (64 KiB read buffers).
+    reader, writer = await asyncio.open_unix_connection(parse_address(guest.address).path)
+    writer.write(p.encode_request(guest.secret, p.OP_FILE_GET, {"path": "many"}))
+    line = await reader.readline()
+    assert len(line) < 100 and b'"truncated":true' in line
+    writer.close()

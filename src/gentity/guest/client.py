@@ -366,8 +366,8 @@ class GuestSession:
         await self.close()
 
 
-#: The longest directory listing accepted from a guest (it caps entries at 10,000).
-MAX_LISTING_BYTES: Final = 16 * 1024 * 1024
+#: The most directory entries accepted from a guest (it sends at most 10,000).
+MAX_LISTING_ENTRIES: Final = 10_000
 #: How long the guest may take to make a written file durable and answer.
 PUT_COMMIT_TIMEOUT: Final = 120.0
 
@@ -421,19 +421,48 @@ async def get_file(
     """What is at ``path`` in the instance: a directory's listing (``{"type": "directory",
     "entries", "truncated"}``) or a file to stream. GuestRefused when the path is refused
     (outside the volume, missing…)."""
-    reader, writer, response = await _request(
-        where, secret, p.OP_FILE_GET, {"path": path}, timeout, MAX_LISTING_BYTES
-    )
+    reader, writer, response = await _request(where, secret, p.OP_FILE_GET, {"path": path}, timeout)
     if response.get("type") == "directory":
-        writer.close()
-        if not isinstance(response.get("entries"), list):
-            raise GuestError("the guest sent an invalid listing")
-        return response
+        try:
+            async with asyncio.timeout(timeout):
+                entries = await _entries(reader)
+        except TimeoutError:
+            raise GuestError("timed out waiting for the guest's listing") from None
+        finally:
+            writer.close()
+        return {
+            "type": "directory",
+            "entries": entries,
+            "truncated": bool(response.get("truncated")),
+        }
     size = response.get("size")
     if response.get("type") != "file" or not isinstance(size, int) or size < 0:
         writer.close()
         raise GuestError("the guest sent an invalid file answer")
     return FileDownload(reader, writer, size)
+
+
+async def _entries(reader: asyncio.StreamReader) -> list[Any]:
+    """A listing's entries, from its data frames up to the end frame."""
+    entries: list[Any] = []
+    while True:
+        try:
+            frame = await p.read_frame(reader)
+        except (OSError, p.ProtocolError):
+            frame = None
+        if frame is None:
+            raise GuestError("the guest went away while it listed the directory")
+        kind, payload = frame
+        if kind == p.FRAME_END:
+            return entries
+        if kind == p.FRAME_DATA:
+            try:
+                batch = json.loads(payload)
+            except ValueError:
+                batch = None
+            if not isinstance(batch, list) or len(entries) + len(batch) > MAX_LISTING_ENTRIES:
+                raise GuestError("the guest sent an invalid listing")
+            entries.extend(batch)
 
 
 async def put_file(

@@ -1,8 +1,10 @@
 """The file ops of the guest protocol: ``file_get``, ``file_put`` and ``file_delete``.
 
-``file_get`` answers ``{"ok", "type": "directory", "entries", "truncated"}`` for a directory,
-or ``{"ok", "type": "file", "size"}`` for a file and then streams its bytes in data frames and
-an empty end frame (a file that shrank meanwhile ends the connection without one).
+``file_get`` answers ``{"ok", "type": "directory", "truncated"}`` for a directory and then
+sends its entries as JSON arrays in data frames (a few hundred a frame, so the client's read
+buffer stays small) and an end frame; or ``{"ok", "type": "file", "size"}`` for a file and
+then its bytes in data frames and an empty end frame (a file that shrank meanwhile ends the
+connection without one).
 ``file_put`` answers ``{"ok": true}`` once the temporary file exists, reads data frames until
 an end frame, then answers ``{"ok", "path", "size", "created"}``; a client that goes away
 first leaves nothing behind. ``file_delete`` (``recursive`` for a tree) answers
@@ -16,13 +18,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import stat
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Final
 
 from gentity.guest import protocol as p
 from gentity.guest.files import CHUNK, FileRefused, Upload, Volume, refusal
+
+#: Directory entries per data frame: even names of 255 escaped control characters fit a frame.
+ENTRIES_PER_FRAME: Final = 256
 
 Reply = Callable[[asyncio.StreamWriter, dict[str, Any]], None]
 
@@ -67,7 +73,14 @@ async def _get(
     with place:
         if stat.S_ISDIR(st.st_mode):
             listing = await asyncio.to_thread(volume.list, place)
-            reply(writer, {"ok": True, **listing})
+            entries = listing["entries"]
+            reply(writer, {"ok": True, "type": "directory", "truncated": listing["truncated"]})
+            for start in range(0, len(entries), ENTRIES_PER_FRAME):
+                batch = json.dumps(entries[start : start + ENTRIES_PER_FRAME]).encode()
+                writer.write(p.encode_frame(p.FRAME_DATA, batch))
+                await writer.drain()
+            writer.write(p.encode_frame(p.FRAME_END, b""))
+            await writer.drain()
             return
         fd, size = volume.open_read(place)
     try:
