@@ -251,3 +251,21 @@ def test_the_openapi_document_lists_the_file_routes(client: httpx.Client) -> Non
         names = {parameter["name"] for parameter in operation["parameters"]}
         assert "path" in names
         assert "409" in operation["responses"]
+
+
+@pytest.mark.local_only  # looks at the volume on this host
+def test_written_files_belong_to_the_instance_user(
+    bearer: httpx.Client, settings: Settings
+) -> None:
+    iid = create_shell(bearer)["id"]
+    assert bearer.put(files(iid), params={"path": "new/dir/f"}, content=b"x").status_code == 201
+    work = settings.data_dir / "instances" / iid / "disk" / "home" / "work"
+    owner = work.stat().st_uid
+    if os.geteuid() == 0:
+        assert owner != 0  # the instance's own host uid
+    expected = {"new": 0o755, "new/dir": 0o755, "new/dir/f": 0o644}
+    for name, mode in expected.items():
+        path = work / name
+        st = path.stat()
+        assert (st.st_uid, st.st_mode & 0o7777) == (owner, mode), name
+    bearer.delete(f"/api/instances/{iid}")
