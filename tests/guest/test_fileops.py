@@ -132,3 +132,21 @@ async def test_a_long_listing_comes_in_frames_and_is_capped(guest_factory: Guest
     line = await reader.readline()
     assert len(line) < 100 and b'"truncated":true' in line
     writer.close()
+
+
+async def test_a_file_that_shrinks_while_read_is_not_passed_off_as_whole(
+    guest_factory: GuestFactory,
+) -> None:
+    guest = guest_factory(command=QUIET)
+    target = Path(guest.config["workdir"]) / "growing.log"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(os.urandom(16 * 1024 * 1024))
+    download = await client.get_file(guest.address, guest.secret, "growing.log")
+    assert isinstance(download, FileDownload) and download.size == 16 * 1024 * 1024
+    received = 0
+    with pytest.raises(GuestError, match="changed"):
+        async for chunk in download.chunks():
+            if received == 0:
+                os.truncate(target, 1024)  # the guest is held back by this slow reader
+            received += len(chunk)
+    assert received < download.size

@@ -55,6 +55,8 @@ async def serve(
             reply(writer, {"ok": True, "type": kind})
     except FileRefused as exc:
         reply(writer, {"ok": False, "error": exc.message, "code": exc.code})
+    except ConnectionError:
+        raise  # the client went away: nobody to answer
     except OSError as exc:  # what the walk did not foresee: still an answer, not a hang-up
         failed = refusal(exc, str(path))
         reply(writer, {"ok": False, "error": failed.message, "code": failed.code})
@@ -87,7 +89,10 @@ async def _get(
         reply(writer, {"ok": True, "type": "file", "size": size})
         left = size
         while left > 0:
-            data = await asyncio.to_thread(os.read, fd, min(CHUNK, left))
+            try:
+                data = await asyncio.to_thread(os.read, fd, min(CHUNK, left))
+            except OSError:
+                data = b""  # answered already: all that can be said is that the copy ends
             if not data:
                 return  # it shrank: no end frame, so the client knows the copy is short
             left -= len(data)
