@@ -295,6 +295,35 @@ class LogList(WireModel):
     logs: list[LogLine]
 
 
+class FileType(StrEnum):
+    FILE = "file"
+    DIRECTORY = "directory"
+    SYMLINK = "symlink"
+    OTHER = "other"
+
+
+class FileEntry(WireModel):
+    """One entry of a directory in an instance (a link is not followed: its own size)."""
+
+    name: str
+    type: FileType
+    size: int
+    modified_at: datetime
+
+
+class FileList(WireModel):
+    entries: list[FileEntry]
+    """Sorted by name."""
+    truncated: bool = False
+    """True when the directory holds more entries than the listing's limit (10,000)."""
+
+
+class FileWritten(WireModel):
+    path: str
+    """The absolute path written, as the instance sees it."""
+    size: int
+
+
 class InstanceEvent(WireModel):
     """One status change of an instance: when, from what, to what, why, and who asked."""
 

@@ -89,6 +89,9 @@ class Settings(BaseSettings):
 
     session_ttl_hours: int = Field(default=24 * 14, ge=1)
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+    max_upload_bytes: int = Field(default=1024**3, ge=1024)
+    """Largest file ``PUT /api/instances/<id>/files`` accepts (it streams to the instance, so
+    the server never holds it); larger uploads get 413."""
 
     login_max_failures_per_account: int = Field(default=5, ge=1)
     """Failed sign-ins per (account, address) before that pair gets 429; past as many on the

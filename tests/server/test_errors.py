@@ -26,7 +26,10 @@ def _routes(server: LiveServer) -> dict[str, dict[str, bool]]:
     """Every HTTP route: its methods and whether each takes a JSON body (from OpenAPI)."""
     spec = server.app.openapi()
     return {
-        path: {method.upper(): "requestBody" in op for method, op in ops.items()}
+        path: {
+            method.upper(): "application/json" in op.get("requestBody", {}).get("content", {})
+            for method, op in ops.items()
+        }
         for path, ops in spec["paths"].items()
     }
 

@@ -12,7 +12,7 @@ import typer
 from rich.text import Text
 
 from gentity import models
-from gentity.cli import completion, events
+from gentity.cli import completion, events, files
 from gentity.cli.apikeys import read_api_key
 from gentity.cli.output import (
     PLAIN_HELP,
@@ -357,6 +357,9 @@ def _print_log(record: models.LogLine, color: bool, as_json: bool) -> None:
 
 
 app.command("events")(events.events)
+app.command("cp")(files.cp)
+app.command("ls-files")(files.ls_files)
+app.command("rm-file")(files.rm_file)
 
 
 @app.command("exec")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import contextlib
+import io
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from types import TracebackType
 from typing import TypeVar
@@ -11,7 +13,7 @@ from typing import TypeVar
 import httpx
 
 from gentity import models
-from gentity.client import base, calls
+from gentity.client import base, calls, files
 from gentity.client.errors import ApiError
 from gentity.client.sse import SSEDecoder
 from gentity.client.streams import AsyncEventStream, AsyncLogStream
@@ -161,6 +163,26 @@ class AsyncClient:
         return await self.instances.exec(
             instance_id, command, cwd=cwd, env=env, stdin=stdin, timeout=timeout
         )
+
+    async def list_files(self, instance_id: str, path: str | None = None) -> models.FileList:
+        """Same as :meth:`AsyncInstances.list_files`."""
+        return await self.instances.list_files(instance_id, path)
+
+    async def download(self, instance_id: str, path: str) -> bytes:
+        """Same as :meth:`AsyncInstances.download`."""
+        return await self.instances.download(instance_id, path)
+
+    async def download_to(self, instance_id: str, path: str, local_file: files.Target) -> int:
+        """Same as :meth:`AsyncInstances.download_to`."""
+        return await self.instances.download_to(instance_id, path, local_file)
+
+    async def upload(self, instance_id: str, path: str, data: files.Source) -> models.FileWritten:
+        """Same as :meth:`AsyncInstances.upload`."""
+        return await self.instances.upload(instance_id, path, data)
+
+    async def delete_file(self, instance_id: str, path: str, *, recursive: bool = False) -> None:
+        """Same as :meth:`AsyncInstances.delete_file`."""
+        await self.instances.delete_file(instance_id, path, recursive=recursive)
 
     # --- lifetime ----------------------------------------------------------------------------
 
@@ -440,3 +462,90 @@ class AsyncInstances:
         finally:
             await response.aclose()
         raise ApiError(502, "the exec stream ended before the command did")
+
+    # --- files -------------------------------------------------------------------------------
+
+    async def list_files(self, instance_id: str, path: str | None = None) -> models.FileList:
+        """The entries of a directory in the running instance: its working directory by
+        default; a relative ``path`` starts there, an absolute one must be in its home."""
+        async with self._get_file(instance_id, path) as response:
+            if not files.is_listing(response):
+                raise files.not_a_directory(path)
+            await response.aread()
+            return files.listing(response)
+
+    async def download(self, instance_id: str, path: str) -> bytes:
+        """A file of the running instance, whole in memory (see :meth:`download_to` for big
+        ones)."""
+        buffer = io.BytesIO()
+        await self.download_to(instance_id, path, buffer)
+        return buffer.getvalue()
+
+    async def download_to(self, instance_id: str, path: str, local_file: files.Target) -> int:
+        """Stream a file of the running instance into ``local_file`` (a local path, made or
+        replaced, or a binary file object); returns the number of bytes written. A transfer
+        cut short raises :class:`~gentity.client.ApiConnectionError`."""
+        async with self._get_file(instance_id, path) as response:
+            if files.is_listing(response):
+                raise files.not_a_file(path)
+            out, opened = files.open_target(local_file)
+            written = 0
+            try:
+                async for chunk in response.aiter_bytes():
+                    await asyncio.to_thread(out.write, chunk)
+                    written += len(chunk)
+            except httpx.TransportError as exc:
+                raise base.connection_error(exc, self._client.base_url) from exc
+            finally:
+                if opened:
+                    out.close()
+            return written
+
+    @contextlib.asynccontextmanager
+    async def _get_file(self, instance_id: str, path: str | None) -> AsyncIterator[httpx.Response]:
+        client = self._client
+        try:
+            async with client._http.stream(
+                "GET",
+                files.files_path(instance_id),
+                params=files.params(path),
+                headers=base.request_headers(client.token),
+                timeout=base.stream_timeout(client._http.timeout),
+            ) as response:
+                if response.is_error or response.is_redirect:
+                    await response.aread()
+                    base.raise_for_status(response)
+                yield response
+        except httpx.TransportError as exc:
+            raise base.connection_error(exc, client.base_url) from exc
+
+    async def upload(self, instance_id: str, path: str, data: files.Source) -> models.FileWritten:
+        """Write a file in the running instance (parents made, replaced whole once all of it
+        arrived): ``data`` is bytes, a local file by ``pathlib.Path``, or a binary file object,
+        which is streamed."""
+        client = self._client
+        content, file, opened = files.pieces(data)
+        headers = base.request_headers(client.token)
+        try:
+            if file is not None and (size := files.size_of(file)) is not None:
+                headers["Content-Length"] = str(size)
+            response = await client._http.request(
+                "PUT",
+                files.files_path(instance_id),
+                params={"path": path},
+                content=content if file is None else files.aread_pieces(file),
+                headers=headers,
+                timeout=base.stream_timeout(client._http.timeout),
+            )
+        except httpx.TransportError as exc:
+            raise base.connection_error(exc, client.base_url) from exc
+        finally:
+            if file is not None and opened:
+                file.close()
+        base.raise_for_status(response)
+        return files.written(response)
+
+    async def delete_file(self, instance_id: str, path: str, *, recursive: bool = False) -> None:
+        """Delete a file, a link or an empty directory in the running instance (a directory
+        and everything in it with ``recursive``)."""
+        await self._client._send(files.delete_call(instance_id, path, recursive))

@@ -25,7 +25,7 @@ import contextlib
 import json
 import ssl
 import types
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, AsyncIterable
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
@@ -43,11 +43,14 @@ __all__ = [
     "GuestSession",
     "Output",
     "configure",
+    "delete_file",
     "follow",
+    "get_file",
     "health",
     "logs",
     "open_exec",
     "open_session",
+    "put_file",
     "wait",
 ]
 
@@ -63,8 +66,9 @@ class GuestError(Exception):
 
 
 class GuestRefused(GuestError):
-    """The guest refused a request and said why in ``reason`` (for ``exec``: ``invalid``, it
-    cannot run as asked, or ``busy``)."""
+    """The guest refused a request and said why in ``reason``: ``invalid`` (it cannot be done
+    as asked), ``busy`` (``exec``: too many commands running), ``missing`` or ``conflict`` (the
+    file ops). The message is about the request only (no address)."""
 
     def __init__(self, message: str, reason: str) -> None:
         super().__init__(message)
@@ -159,7 +163,7 @@ async def _request(
         error = response.get("error") or "request refused"
         reason = response.get("reason")
         if isinstance(reason, str):
-            raise GuestRefused(f"guest at {address}: {error}", reason)
+            raise GuestRefused(str(error), reason)
         raise GuestError(f"guest at {address}: {error}")
     return reader, writer, response
 
@@ -483,3 +487,158 @@ class GuestExec:
         tb: types.TracebackType | None,
     ) -> None:
         await self.close()
+
+
+#: The most directory entries accepted from a guest (it sends at most 10,000).
+MAX_LISTING_ENTRIES: Final = 10_000
+#: How long the guest may take to make a written file durable and answer.
+PUT_COMMIT_TIMEOUT: Final = 120.0
+
+
+class FileDownload:
+    """A file the guest streams: ``size`` bytes from :meth:`chunks`, which raises GuestError
+    if the stream ends short (the file shrank, the guest went away)."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, size: int):
+        self._reader = reader
+        self._writer = writer
+        self.size = size
+
+    async def chunks(self) -> AsyncGenerator[bytes, None]:
+        received = 0
+        try:
+            while True:
+                try:
+                    frame = await p.read_frame(self._reader)
+                except (OSError, p.ProtocolError):
+                    frame = None
+                if frame is None:
+                    raise GuestError("the file changed or the instance stopped while it was read")
+                kind, payload = frame
+                if kind == p.FRAME_END:
+                    if received != self.size:
+                        raise GuestError("the file changed while it was read")
+                    return
+                if kind == p.FRAME_DATA:
+                    received += len(payload)
+                    if received > self.size:
+                        raise GuestError("the file changed while it was read")
+                    yield payload
+        finally:
+            await self.aclose()
+
+    async def aclose(self) -> None:
+        if not self._writer.is_closing():
+            self._writer.close()
+        with contextlib.suppress(OSError):
+            await self._writer.wait_closed()
+
+
+async def get_file(
+    where: GuestEndpoint | str,
+    secret: str,
+    path: str,
+    *,
+    timeout: float = 30.0,  # noqa: ASYNC109
+) -> dict[str, Any] | FileDownload:
+    """What is at ``path`` in the instance: a directory's listing (``{"type": "directory",
+    "entries", "truncated"}``) or a file to stream. GuestRefused when the path is refused
+    (outside the volume, missing…)."""
+    reader, writer, response = await _request(where, secret, p.OP_FILE_GET, {"path": path}, timeout)
+    if response.get("type") == "directory":
+        try:
+            async with asyncio.timeout(timeout):
+                entries = await _entries(reader)
+        except TimeoutError:
+            raise GuestError("timed out waiting for the guest's listing") from None
+        finally:
+            writer.close()
+        return {
+            "type": "directory",
+            "entries": entries,
+            "truncated": bool(response.get("truncated")),
+        }
+    size = response.get("size")
+    if response.get("type") != "file" or not isinstance(size, int) or size < 0:
+        writer.close()
+        raise GuestError("the guest sent an invalid file answer")
+    return FileDownload(reader, writer, size)
+
+
+async def _entries(reader: asyncio.StreamReader) -> list[Any]:
+    """A listing's entries, from its data frames up to the end frame."""
+    entries: list[Any] = []
+    while True:
+        try:
+            frame = await p.read_frame(reader)
+        except (OSError, p.ProtocolError):
+            frame = None
+        if frame is None:
+            raise GuestError("the guest went away while it listed the directory")
+        kind, payload = frame
+        if kind == p.FRAME_END:
+            return entries
+        if kind == p.FRAME_DATA:
+            try:
+                batch = json.loads(payload)
+            except ValueError:
+                batch = None
+            if not isinstance(batch, list) or len(entries) + len(batch) > MAX_LISTING_ENTRIES:
+                raise GuestError("the guest sent an invalid listing")
+            entries.extend(batch)
+
+
+async def put_file(
+    where: GuestEndpoint | str,
+    secret: str,
+    path: str,
+    data: AsyncIterable[bytes],
+    *,
+    timeout: float = 30.0,  # noqa: ASYNC109
+) -> dict[str, Any]:
+    """Write ``data`` to ``path`` in the instance (parents made, replaced atomically once all
+    of it arrived); returns ``{"path", "size", "created"}``. If ``data`` raises, nothing
+    changes in the instance."""
+    reader, writer, _ = await _request(where, secret, p.OP_FILE_PUT, {"path": path}, timeout)
+    try:
+        try:
+            async for chunk in data:
+                for piece in p.chunks(chunk):
+                    writer.write(p.encode_frame(p.FRAME_DATA, piece))
+                    await writer.drain()
+            writer.write(p.encode_frame(p.FRAME_END, b""))
+            await writer.drain()
+            async with asyncio.timeout(PUT_COMMIT_TIMEOUT):
+                line = await reader.readline()
+        except TimeoutError:
+            raise GuestError("timed out waiting for the guest to store the file") from None
+        except (OSError, ValueError) as exc:
+            raise GuestError(f"the connection to the guest failed: {exc}") from None
+        try:
+            answer = json.loads(line)
+            if not isinstance(answer, dict):
+                raise ValueError
+        except ValueError:
+            raise GuestError("the guest went away before it stored the file") from None
+        if answer.get("ok") is not True:
+            error = str(answer.get("error") or "request refused")
+            reason = answer.get("reason")
+            raise GuestRefused(error, reason) if isinstance(reason, str) else GuestError(error)
+        return answer
+    finally:
+        writer.close()
+
+
+async def delete_file(
+    where: GuestEndpoint | str,
+    secret: str,
+    path: str,
+    *,
+    recursive: bool = False,
+    timeout: float = 60.0,  # noqa: ASYNC109
+) -> str:
+    """Remove ``path`` in the instance (a directory only when empty, unless ``recursive``);
+    returns what it was (``file``, ``directory``, ``symlink``, ``other``)."""
+    fields = {"path": path, "recursive": True if recursive else None}
+    response = await _call(where, secret, p.OP_FILE_DELETE, fields, timeout)
+    return str(response.get("type", ""))

@@ -138,6 +138,13 @@ class Config:
     the guest redacts them, and its own secret, from every log record it writes."""
     prepare: PreparePlan = field(default_factory=PreparePlan)
     """Seeded files and a repository, before the agent's first start (workdir is made)."""
+    root: str = ""
+    """The volume's root (the agent's home): the file ops reach nothing outside it. Empty
+    (a config from before it existed): the working directory."""
+
+    @property
+    def volume_root(self) -> str:
+        return self.root or self.workdir
 
     def secret_values(self) -> list[str]:
         """The env values named in ``secretEnv``, which the log must never show."""
@@ -149,7 +156,7 @@ def parse_config(data: object) -> Config:
     """Validate the ``configure`` config object (fields: logFile, workdir, command, shell,
     env, secretEnv, restart, install: {lockFile, marker, commands, env, package},
     replayBytes, cols, rows, ready: {quietMs, pattern}, prepare: see
-    :mod:`gentity.guest.seeds`)."""
+    :mod:`gentity.guest.seeds`, root: the volume's root for the file ops)."""
     if not isinstance(data, dict):
         raise ConfigError("config must be a JSON object")
     restart = data.get("restart", "always")
@@ -179,6 +186,7 @@ def parse_config(data: object) -> Config:
         secret_env=_names(data.get("secretEnv")),
         ready=parse_ready_rule(data.get("ready")),
         prepare=_prepare(data.get("prepare")),
+        root=_abs_path(data, "root") if data.get("root") is not None else "",
     )
 
 

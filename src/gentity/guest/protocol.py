@@ -5,8 +5,11 @@ and one JSON response line from the guest (``{"ok": true, ...}`` or ``{"ok": fal
 "error"}``). Then, for ``attach`` and ``shell``, the connection carries binary frames in
 both directions: a 1-byte type, a 4-byte big-endian payload length, then the payload; for
 ``follow`` the guest sends one JSON line per log record (``{"cursor", "record"}``) until
-the client closes; for ``exec`` see :func:`encode_exec_exit` and the frames below. Every
-other op is one request and one response.
+the client closes; for ``exec`` see :func:`encode_exec_exit` and the frames below. For
+``file_get`` of a file the guest then sends the file's bytes as data frames and an end
+frame; for ``file_put`` the client sends them, and after its end frame the guest answers a
+second JSON line (see :mod:`gentity.guest.fileserve`). Every other op is one request and
+one response.
 
 Until it is configured (op ``configure``, see :mod:`gentity.guest.config`) a guest answers
 ``health`` and ``configure`` only.
@@ -37,6 +40,9 @@ FRAME_RESIZE: Final = b"r"
 # guest -> client
 FRAME_OUTPUT: Final = b"o"
 FRAME_EXIT: Final = b"x"
+# files, both ways: a file's bytes, then an empty end frame once all of them were sent
+FRAME_DATA: Final = b"d"
+FRAME_END: Final = b"e"
 
 OP_HEALTH: Final = "health"
 OP_CONFIGURE: Final = "configure"
@@ -46,7 +52,21 @@ OP_LOGS: Final = "logs"
 OP_FOLLOW: Final = "follow"
 OP_WAIT: Final = "wait"
 OP_EXEC: Final = "exec"
-OPS: Final = (OP_HEALTH, OP_CONFIGURE, OP_ATTACH, OP_SHELL, OP_LOGS, OP_FOLLOW, OP_WAIT, OP_EXEC)
+OP_FILE_GET: Final = "file_get"
+OP_FILE_PUT: Final = "file_put"
+OP_FILE_DELETE: Final = "file_delete"
+FILE_OPS: Final = (OP_FILE_GET, OP_FILE_PUT, OP_FILE_DELETE)
+OPS: Final = (
+    OP_HEALTH,
+    OP_CONFIGURE,
+    OP_ATTACH,
+    OP_SHELL,
+    OP_LOGS,
+    OP_FOLLOW,
+    OP_WAIT,
+    OP_EXEC,
+    *FILE_OPS,
+)
 
 #: The longest ``wait`` the guest accepts, in seconds.
 MAX_WAIT: Final = 60.0

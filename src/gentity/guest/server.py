@@ -22,11 +22,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
+from gentity.guest import fileserve
 from gentity.guest import protocol as p
 from gentity.guest.changes import Changes
 from gentity.guest.children import StartError
 from gentity.guest.config import Config
 from gentity.guest.execute import Execution, check_cwd, wait_killed
+from gentity.guest.files import Volume
 from gentity.guest.launcher import Launcher
 from gentity.guest.logreader import follow_offsets, offset_before_last, tail_with_cursor
 from gentity.guest.logwriter import LogWriter
@@ -234,6 +236,11 @@ class GuestServer:
             await self._follow(configured, request, reader, writer)
         elif op == p.OP_EXEC:
             await self._exec(configured, request, reader, writer)
+        elif op in p.FILE_OPS:
+            config = configured.config
+            volume = Volume(config.volume_root, config.workdir)
+            touch = configured.launcher.touch
+            await fileserve.serve(volume, touch, request, reader, writer, self._reply)
         else:
             size = (p.clamp_size(request.get("cols")), p.clamp_size(request.get("rows")))
             if op == p.OP_ATTACH:

@@ -30,6 +30,7 @@ from gentity.server.routers import (
     auth,
     catalog,
     events,
+    files,
     health,
     instances,
     metrics,
@@ -114,6 +115,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         tokens.router,
         instances.router,
         events.router,
+        files.router,
         terminal.router,
         metrics.router,
         exec_router.router,
@@ -126,7 +128,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # the scheme or the client; refuse oversized bodies before anything reads them.
     app.add_middleware(CrossOriginGuard, public_origin=settings.public_url)
     app.add_middleware(SecurityHeaders, hsts=settings.secure_public_url)
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        BodySizeLimit,
+        max_bytes=settings.max_body_bytes,
+        uploads=(files.UPLOAD_PATH, settings.max_upload_bytes),
+    )
     app.add_middleware(TrustedProxyHeaders, networks=settings.trusted_proxy_networks)
     if settings.metrics_token is not None:
         # Outermost, so every answer is counted, the middleware's own refusals included.

@@ -6,6 +6,8 @@ They run before routing, so they hold for every route, including ones added late
 
 from __future__ import annotations
 
+import re
+
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -33,24 +35,36 @@ class BodySizeLimit:
     """Answer 413 when a request body is larger than ``max_bytes``.
 
     Checks ``Content-Length`` up front and counts streamed chunks too, so a chunked upload
-    cannot slip past the limit.
+    cannot slip past the limit. ``uploads`` gives the ``PUT`` routes whose path matches it a
+    limit of their own (file uploads, which stream and are never held in memory).
     """
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(
+        self, app: ASGIApp, max_bytes: int, uploads: tuple[re.Pattern[str], int] | None = None
+    ) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.uploads = uploads
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        max_bytes, refusal = self.max_bytes, "Request body too large"
+        if (
+            self.uploads is not None
+            and scope["method"] == "PUT"
+            and self.uploads[0].fullmatch(scope["path"])
+        ):
+            max_bytes = self.uploads[1]
+            refusal = f"File too large: uploads are limited to {max_bytes} bytes"
         length = Headers(scope=scope).get("content-length")
         # ASCII digits only ("²".isdigit() is true, and int() refuses it), of a sane length.
         if length is not None and (
             not (length.isascii() and length.isdigit() and len(length) <= 19)
-            or int(length) > self.max_bytes
+            or int(length) > max_bytes
         ):
-            await _send_error(send, 413, "Request body too large")
+            await _send_error(send, 413, refusal)
             return
 
         received = 0
@@ -61,7 +75,7 @@ class BodySizeLimit:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_bytes:
+                if received > max_bytes:
                     too_large = True
                     raise _TooLarge
             return message
@@ -72,12 +86,12 @@ class BodySizeLimit:
             if not too_large:
                 await send(message)
             elif message["type"] == "http.response.start":
-                await _send_error(send, 413, "Request body too large")
+                await _send_error(send, 413, refusal)
 
         try:
             await self.app(scope, limited_receive, guarded_send)
         except _TooLarge:
-            await _send_error(send, 413, "Request body too large")
+            await _send_error(send, 413, refusal)
 
 
 class _TooLarge(Exception):

@@ -119,6 +119,7 @@ def guest_config(launch: GuestLaunch, layout: GuestLayout) -> dict[str, Any]:
         "ready": {"quietMs": launch.ready.quiet_ms, "pattern": launch.ready.pattern},
         "install": layout.install,
         "prepare": launch.prepare.to_json(),
+        "root": layout.workdir,
     }
 
 

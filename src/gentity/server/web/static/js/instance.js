@@ -5,6 +5,7 @@ import { IN_PROGRESS, TRANSITION, renderStatus, runAction, updateActionButtons }
 import { renderHealth, resourcesText } from "./health.js";
 import { EventsPane } from "./events.js";
 import { LogsPane } from "./logs.js";
+import { FilesPane } from "./files.js";
 import { TerminalPane } from "./terminal.js";
 import { loadAgents, showLabels } from "./catalog.js";
 import { setTime, showMessage } from "./ui.js";
@@ -21,6 +22,7 @@ const terminal = new TerminalPane(document.querySelector("[data-terminal]"), ins
 });
 const logs = new LogsPane(document.querySelector("[aria-labelledby=logs-heading]"), instanceId);
 const events = new EventsPane(document.querySelector("[aria-labelledby=events-heading]"), instanceId);
+const files = new FilesPane(document.querySelector("[data-files]"), instanceId);
 let instance = null;
 let timer = null;
 let agents = [];
@@ -44,6 +46,7 @@ function render(current) {
   fields("region")[0].textContent = current.region || "Default";
   updateActionButtons(actions, current.status);
   terminal.follow(current, statusReason(current.status));
+  files.follow(current);
 }
 
 function statusReason(status) {
