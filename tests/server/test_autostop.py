@@ -144,7 +144,7 @@ def test_zero_never_stops_and_the_default_comes_from_the_setting(
             stopped += asyncio.run_coroutine_threadsafe(
                 autostop.check_once(server.app.state.ctx), server.server_loop
             ).result(30)
-            return get(c, default)["status"] == "stopped"
+            return bool(get(c, default)["status"] == "stopped")
 
         # `default` goes once its guest has been quiet for a second.
         wait_until_blocking(check, "the default one stops", 30)
