@@ -81,23 +81,26 @@ async def check_once(ctx: AppContext) -> int:
 async def _check(ctx: AppContext, instance_id: str) -> bool:
     if operations.in_flight_here(ctx, instance_id):
         return False  # being started, stopped or destroyed right now
+    # No transaction stays open while the guest is asked (a slow guest must not pin a pooled
+    # connection, nor SQLite's snapshot).
     async with ctx.db.session() as session:
         row = await session.get(Instance, instance_id)
         if row is None or row.status != S.RUNNING or row.provider_ref is None:
             return False
         try:
-            provider = instances.provider_for(ctx, row)
-        except ProviderUnavailable:
-            return False  # another host's instance: its own servers watch it
-        try:
-            health = await guest_client.health(
-                provider.guest_endpoint(instances.handle_of(row)),
-                instances.guest_secret(ctx, row),
-                timeout=HEALTH_TIMEOUT,
-            )
-        except (guest_client.GuestError, ProviderError):
+            endpoint = instances.provider_for(ctx, row).guest_endpoint(instances.handle_of(row))
+        except (ProviderUnavailable, ProviderError):
+            return False  # e.g. another host's instance: its own servers watch it
+        secret = instances.guest_secret(ctx, row)
+    try:
+        health = await guest_client.health(endpoint, secret, timeout=HEALTH_TIMEOUT)
+    except (guest_client.GuestError, ProviderError):
+        return False
+    seen = parse_activity(health.get("lastActivity"))
+    async with ctx.db.session() as session:
+        row = await session.get(Instance, instance_id)
+        if row is None:
             return False
-        seen = parse_activity(health.get("lastActivity"))
         if seen is not None:
             await record_activity(session, row, seen)
         deadline = instances.auto_stop_at(row, minute(ctx))
