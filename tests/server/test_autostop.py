@@ -212,3 +212,21 @@ def test_the_guests_word_on_activity_is_checked() -> None:
     assert future is not None and now <= future <= utcnow()
     for junk in (None, 12, "", "yesterday", "2026-11-29T10:15:02", "9" * 100):
         assert autostop.parse_activity(junk) is None
+
+
+def test_two_replicas_stop_an_idle_instance_once(
+    server_factory: Callable[[Settings], LiveServer], settings: Settings
+) -> None:
+    # Two servers on one database and data directory, both checking twice a second.
+    first, second = server_factory(settings), server_factory(settings)
+    with signed_in(first) as c:
+        iid = create_shell(c, autoStopMinutes=2)["id"]
+        wait_until_blocking(lambda: get(c, iid)["status"] == "stopped", "it stops", 30)
+        # A few more checks by both: nothing more happens to it.
+        time.sleep(1.5)
+        seen = c.get(f"{second.url}/api/instances/{iid}").json()
+        assert seen["status"] == "stopped" and seen["errorMessage"] is None
+        history = [(e["to"], e["reason"]) for e in events(c, iid)]
+        assert history[:2] == [("stopped", "idle"), ("stopping", "idle")]
+        assert [reason for _, reason in history].count("idle") == 2
+        c.delete(f"/api/instances/{iid}")
