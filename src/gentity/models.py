@@ -229,11 +229,19 @@ class Instance(WireModel):
     agent: AgentHealth | None = None
     """The agent's health while the instance runs; null otherwise or when its guest does
     not answer in time."""
+    auto_stop_minutes: int = 0
+    """Minutes without activity after which the instance is stopped; 0 never stops it."""
+    auto_stop_at: datetime | None = None
+    """When it stops if it stays idle (UTC), from the last activity the server knows of; null
+    unless it runs with auto-stop on. Activity seen later moves it forward."""
 
 
 class InstanceList(WireModel):
     instances: list[Instance]
 
+
+#: The longest ``autoStopMinutes``: a week.
+MAX_AUTO_STOP_MINUTES = 7 * 24 * 60
 
 #: Limits of a create request's ``env``: how many variables, and their names and values
 #: together (they travel in the guest's config and are stored encrypted).
@@ -267,6 +275,11 @@ class InstanceCreateRequest(RequestModel):
     """Extra environment for the agent. Stored encrypted, like ``apiKey``; never shown back."""
     repo: PlainText | None = Field(default=None, min_length=1, max_length=2048)
     """A git repository (``https://``) cloned into the working directory on first start."""
+    auto_stop_minutes: Annotated[int, Field(strict=True, ge=0, le=MAX_AUTO_STOP_MINUTES)] | None = (
+        None
+    )
+    """Stop the instance after this many minutes without activity (0: never). The server's
+    ``GENTITY_AUTO_STOP_MINUTES`` when not given."""
 
 
 class InstanceCreated(WireModel):

@@ -132,6 +132,16 @@ class Settings(BaseSettings):
     machine that runs the instance). Off, only ``https://`` is accepted."""
 
     reconcile_interval_seconds: float = Field(default=15.0, gt=0)
+
+    auto_stop_minutes: int = Field(default=0, ge=0, le=10080)
+    """The ``autoStopMinutes`` of an instance created without one: stop it after that many
+    minutes without activity (0, the default, never stops it; at most 10080, a week)."""
+    auto_stop_check_seconds: float = Field(default=60.0, gt=0, le=3600)
+    """How often running instances are checked for idleness: an idle instance stops within
+    this long after its ``autoStopAt``."""
+    auto_stop_minute_seconds: float = Field(default=60.0, gt=0, le=60)
+    """How many seconds an auto-stop "minute" lasts. For tests, which cannot wait minutes;
+    leave it at 60 anywhere else."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     @field_validator("compute_provider")

@@ -129,6 +129,43 @@ def test_create_sends_env_and_repo_only_when_given() -> None:
     }
 
 
+@pytest.mark.parametrize("minutes", [0, 30])
+def test_create_sends_auto_stop_minutes_zero_included(minutes: int) -> None:
+    seen: list[httpx.Request] = []
+    created = httpx.Response(200, json={"id": "i1", "subdomain": "sh-abc", "status": "running"})
+    with client_answering(created, seen) as c:
+        c.instances.create("shell", "none", "bash", auto_stop_minutes=minutes)
+        c.instances.create("shell", "none", "bash")
+
+    async def from_async() -> None:
+        def handle(request: httpx.Request) -> httpx.Response:
+            seen.append(request)
+            return httpx.Response(200, json={"id": "i1", "subdomain": "sh-a", "status": "running"})
+
+        transport = httpx.MockTransport(handle)
+        async with AsyncClient(URL, TOKEN, transport=transport) as ac:
+            await ac.instances.create("shell", "none", "bash", auto_stop_minutes=minutes)
+
+    asyncio.run(from_async())
+    sent = [json.loads(r.content) for r in seen]
+    assert sent[0]["autoStopMinutes"] == minutes
+    assert "autoStopMinutes" not in sent[1]  # the server's default
+    assert sent[2]["autoStopMinutes"] == minutes
+
+
+def test_the_auto_stop_time_is_read() -> None:
+    answer = {**INSTANCE, "autoStopMinutes": 30, "autoStopAt": "2026-01-01T00:30:00Z"}
+    with client_answering(httpx.Response(200, json=answer)) as c:
+        got = c.instances.get("i1")
+    assert got.auto_stop_minutes == 30
+    assert (
+        got.auto_stop_at is not None and got.auto_stop_at.isoformat() == "2026-01-01T00:30:00+00:00"
+    )
+    with client_answering(httpx.Response(200, json=INSTANCE)) as c:
+        older = c.instances.get("i1")  # a server from before auto-stop
+    assert (older.auto_stop_minutes, older.auto_stop_at) == (0, None)
+
+
 def test_without_a_token_no_authorization_header() -> None:
     seen: list[httpx.Request] = []
     with client_answering(httpx.Response(200, json={"agents": []}), seen, token=None) as c:

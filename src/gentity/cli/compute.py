@@ -83,6 +83,17 @@ def create(
     repo: Annotated[
         str | None, typer.Option(help="An https git URL to clone into the working directory.")
     ] = None,
+    auto_stop: Annotated[
+        int | None,
+        typer.Option(
+            "--auto-stop",
+            metavar="MINUTES",
+            min=0,
+            max=models.MAX_AUTO_STOP_MINUTES,
+            help="Stop it after this many minutes without activity; 0 never (default: the "
+            "server's setting).",
+        ),
+    ] = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Create an instance and wait until it runs.
@@ -107,6 +118,7 @@ def create(
                 region=region,
                 env=extra_env or None,
                 repo=repo,
+                auto_stop_minutes=auto_stop,
             )
     if as_json:
         print_json(created)
@@ -159,7 +171,7 @@ def list_instances(as_json: JsonFlag = False) -> None:
         note("No instances yet. Create one with: gentity compute create --agent shell")
         return
     table(
-        ["ID", "NAME", "AGENT", "MODEL", "STATUS", "HEALTH", "CREATED"],
+        ["ID", "NAME", "AGENT", "MODEL", "STATUS", "HEALTH", "CREATED", "AUTO-STOP"],
         (
             (
                 i.id,
@@ -169,6 +181,7 @@ def list_instances(as_json: JsonFlag = False) -> None:
                 status(i.status.value),
                 _health(i),
                 when(i.created_at),
+                when(i.auto_stop_at),
             )
             for i in instances
         ),
@@ -203,6 +216,15 @@ def _agent_fields(instance: models.Instance) -> list[tuple[str, Cell]]:
     ]
 
 
+def _auto_stop(instance: models.Instance) -> str:
+    """When it stops if it stays idle, after how long; "never" when auto-stop is off."""
+    minutes = instance.auto_stop_minutes
+    if minutes <= 0:
+        return "never"
+    after = f"after {minutes} min idle"
+    return f"{when(instance.auto_stop_at)} ({after})" if instance.auto_stop_at else after
+
+
 @app.command("show")
 def show(instance_id: InstanceId, as_json: JsonFlag = False) -> None:
     """Show one instance."""
@@ -224,6 +246,7 @@ def show(instance_id: InstanceId, as_json: JsonFlag = False) -> None:
             ("Model", f"{instance.model_provider}/{instance.model_name}"),
             ("Subdomain", instance.subdomain),
             ("Region", instance.region or "-"),
+            ("Auto-stop", _auto_stop(instance)),
             ("Created", when(instance.created_at)),
             ("Updated", when(instance.updated_at)),
         ]

@@ -237,13 +237,23 @@ class Instances:
         region: str | None = None,
         env: Mapping[str, str] | None = None,
         repo: str | None = None,
+        auto_stop_minutes: int | None = None,
     ) -> models.InstanceCreated:
         """Create an instance; blocks until its machine has started. ``env`` is extra
         environment for the agent (kept encrypted, never shown back); ``repo`` an https git URL
-        cloned into its working directory on first start."""
+        cloned into its working directory on first start; ``auto_stop_minutes`` stops it after
+        that many minutes without activity (0: never; by default the server's setting)."""
         return self._client._send(
             calls.create_instance(
-                agent_type, model_provider, model_name, api_key, name, region, env, repo
+                agent_type,
+                model_provider,
+                model_name,
+                api_key,
+                name,
+                region,
+                env,
+                repo,
+                auto_stop_minutes,
             )
         )
 

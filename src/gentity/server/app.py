@@ -40,6 +40,7 @@ from gentity.server.routers import (
 )
 from gentity.server.routers import exec as exec_router
 from gentity.server.security.crypto import SecretBox
+from gentity.server.services import autostop
 from gentity.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -79,12 +80,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # The first pass runs before serving, so rows left by a crash are settled at once.
         await reconcile_once(ctx)
         reconciler = asyncio.create_task(run_forever(ctx), name="reconciler")
+        idle_check = asyncio.create_task(autostop.run_forever(ctx), name="auto-stop")
         try:
             yield
         finally:
             reconciler.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await reconciler
+            idle_check.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await idle_check
             # Operations in flight finish (they are short) so no row is left half-done.
             if ctx.background:
                 await asyncio.wait(set(ctx.background), timeout=30)

@@ -150,6 +150,11 @@ class Instance(Base):
     """The user's ``env`` for the agent, as a sealed JSON object (None: none given)."""
     repo: Mapped[str | None] = mapped_column(String(2048), default=None)
     """A git URL the guest clones into the working directory on first start."""
+    auto_stop_minutes: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    """Stop the instance after this many minutes without activity; 0 never does."""
+    last_activity_at: Mapped[datetime | None] = mapped_column(default=None)
+    """The latest activity known here: when it last became ``running``, or the last use its
+    guest reported to the idle check (see ``server.autostop``), whichever is later."""
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
     destroyed_at: Mapped[datetime | None] = mapped_column(default=None)

@@ -123,6 +123,9 @@ async def set_status(
     }
     if target is S.DESTROYED:
         values["destroyed_at"] = now
+    if target is S.RUNNING:
+        # Becoming `running` counts as activity: a freshly started instance is not idle.
+        values["last_activity_at"] = now
     result = await db.execute(
         update(Instance)
         .where(Instance.id == instance.id, Instance.status == current.value)

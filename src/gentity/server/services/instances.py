@@ -11,6 +11,7 @@ import asyncio
 import json
 import logging
 import secrets
+from datetime import datetime, timedelta
 from typing import Any
 
 from pydantic import ValidationError
@@ -62,7 +63,9 @@ HEALTH_LIST_BUDGET = 3.0
 _SUBDOMAIN_ATTEMPTS = 8
 
 
-def to_wire(row: Instance) -> models.Instance:
+def to_wire(row: Instance, minute: timedelta = timedelta(minutes=1)) -> models.Instance:
+    """The row as the API shows it; ``minute`` is how long an auto-stop minute lasts
+    (``GENTITY_AUTO_STOP_MINUTE_SECONDS``)."""
     return models.Instance(
         id=row.id,
         name=row.name,
@@ -75,7 +78,17 @@ def to_wire(row: Instance) -> models.Instance:
         error_message=row.error_message,
         created_at=row.created_at,
         updated_at=row.updated_at,
+        auto_stop_minutes=row.auto_stop_minutes,
+        auto_stop_at=auto_stop_at(row, minute),
     )
+
+
+def auto_stop_at(row: Instance, minute: timedelta) -> datetime | None:
+    """When a running instance stops if nothing more happens in it: a pure function of its row
+    (the idle check keeps ``last_activity_at`` current), so reading it asks no guest."""
+    if row.status != S.RUNNING or row.auto_stop_minutes <= 0 or row.last_activity_at is None:
+        return None
+    return row.last_activity_at + row.auto_stop_minutes * minute
 
 
 async def agent_health(ctx: AppContext, row: Instance) -> models.AgentHealth | None:
@@ -108,7 +121,7 @@ async def to_wire_with_health(ctx: AppContext, rows: list[Instance]) -> list[mod
     answers = iter(tasks)
     wires = []
     for row in rows:
-        wire = to_wire(row)
+        wire = to_wire(row, timedelta(seconds=ctx.settings.auto_stop_minute_seconds))
         if row.status == S.RUNNING:
             task = next(answers)
             if task.done() and not task.cancelled():
@@ -214,6 +227,9 @@ async def create(
         if body.env
         else None,
         repo=body.repo,
+        auto_stop_minutes=ctx.settings.auto_stop_minutes
+        if body.auto_stop_minutes is None
+        else body.auto_stop_minutes,
     )
     for _attempt in range(_SUBDOMAIN_ATTEMPTS):
         row.subdomain = f"{agent.subdomain_prefix}-{random_slug(6)}"

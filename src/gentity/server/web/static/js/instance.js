@@ -8,7 +8,7 @@ import { LogsPane } from "./logs.js";
 import { FilesPane } from "./files.js";
 import { TerminalPane } from "./terminal.js";
 import { loadAgents, showLabels } from "./catalog.js";
-import { setTime, showMessage } from "./ui.js";
+import { formatDate, setTime, showMessage } from "./ui.js";
 
 const POLL_MS = 3000;
 const BUSY_POLL_MS = 1000;
@@ -44,9 +44,32 @@ function render(current) {
   fields("healthDetail")[0].textContent = health ? health.detail : "Known while the instance runs.";
   fields("resources")[0].textContent = resourcesText(agents, current) || "—";
   fields("region")[0].textContent = current.region || "Default";
+  renderAutoStop(fields("autoStop")[0], current);
   updateActionButtons(actions, current.status);
   terminal.follow(current, statusReason(current.status));
   files.follow(current);
+}
+
+// When the server will stop the instance if nobody uses it: autoStopAt moves on with activity.
+function renderAutoStop(node, current) {
+  const minutes = current.autoStopMinutes || 0;
+  node.title = "";
+  if (minutes <= 0) {
+    node.textContent = "Never";
+    return;
+  }
+  const after = `after ${minutes} min without activity`;
+  const at = current.autoStopAt ? new Date(current.autoStopAt) : null;
+  if (!at || Number.isNaN(at.getTime())) {
+    node.textContent = `While running, ${after}`;
+    return;
+  }
+  let text = at.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", hour12: false });
+  if (at.toDateString() !== new Date().toDateString()) {
+    text = `${at.toLocaleDateString([], { month: "short", day: "numeric" })} ${text}`;
+  }
+  node.textContent = `Stops when idle at ${text} (${after})`;
+  node.title = formatDate(current.autoStopAt);
 }
 
 function statusReason(status) {

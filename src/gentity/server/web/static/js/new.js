@@ -141,6 +141,13 @@ form.addEventListener("submit", async (event) => {
   if (name) body.name = name;
   if (region) body.region = region;
   if (agent.requiresApiKey) body.apiKey = apiKey;
+  const autoStop = form.autoStopMinutes.value.trim();
+  if (autoStop) {
+    if (!/^\d+$/.test(autoStop) || Number(autoStop) > 10080) {
+      return showFormError(form, "Auto-stop is a whole number of minutes, 0 to 10080.", "autoStopMinutes");
+    }
+    body.autoStopMinutes = Number(autoStop);
+  }
 
   setCreating(true);
   const started = Date.now();
