@@ -34,6 +34,10 @@ from gentity.guest.supervisor import Supervisor
 REQUEST_TIMEOUT: Final = 5.0
 ATTACH_WAIT: Final = 5.0
 SHELL_KILL_AFTER: Final = 2.0
+#: How often a ``follow`` looks for new lines in a quiet log: the floor of a follower's lag.
+#: Each control plane process keeps one follow per instance (however many users follow it),
+#: so polling this often costs an instance little.
+FOLLOW_POLL: Final = 0.05
 
 
 @dataclass
@@ -260,7 +264,7 @@ class GuestServer:
         self._reply(writer, {"ok": True})
 
         async def stream() -> None:
-            records = follow_offsets(path, start=start)
+            records = follow_offsets(path, start=start, poll_interval=FOLLOW_POLL)
             try:
                 async for offset, record in records:
                     writer.write(p.encode_line({"cursor": str(offset), "record": record}))

@@ -42,6 +42,10 @@ RING_RECORDS: Final = 1000
 MAX_BACKLOG_BYTES: Final = 1024 * 1024
 #: How long a feed stays open after its last follower left (a reconnect finds it still there).
 LINGER_SECONDS = 2.0
+#: Batches go out at most this long apart when the feed has many followers (see
+#: ``Feed._flush_delay``): the delay a record may wait for others to share its batch.
+FLUSH_DELAY_MAX = 0.1
+FLUSH_DELAY_PER_FOLLOWER = 0.0001
 
 
 def frame(cursor: str, record: dict[str, str]) -> bytes:
@@ -109,11 +113,12 @@ class Follower:
         self._backlog += len(batch.data)
         self.wake.set()
 
-    def finish(self) -> None:
-        """End this follower: what it holds is dropped; its stream closes."""
+    def finish(self, *, drop: bool = True) -> None:
+        """End this follower: its stream closes, after what it holds unless ``drop``."""
         self.finished = True
-        self._pending.clear()
-        self._early.clear()
+        if drop:
+            self._pending.clear()
+            self._early.clear()
         self.wake.set()
 
     def take(self) -> bytes | None:
@@ -211,6 +216,11 @@ class Feed:
         self.ended = False
         self._ring: deque[tuple[int, bytes]] = deque()
         self._last: int | None = None
+        """The cursor of the last record published to the followers."""
+        self._last_read: int | None = None
+        self._unpublished: list[tuple[int, bytes]] = []
+        self._flushed_at = 0.0
+        self._flush_at: asyncio.TimerHandle | None = None
         self._start_end = 0
         self._complete = False
         """The ring holds every record of the log (it never dropped one)."""
@@ -252,37 +262,56 @@ class Feed:
         return self._last is not None and self._last >= self._start_end
 
     async def _run(self, stream: AsyncGenerator[list[tuple[str, dict[str, str]]]]) -> None:
+        loop = asyncio.get_running_loop()
         try:
             async for items in stream:
-                records: list[tuple[int, bytes]] = []
                 for cursor, record in items:
                     position = int(cursor)
-                    if self._last is not None and position <= self._last:
+                    if self._last_read is not None and position <= self._last_read:
                         # Truncated or replaced: the guest starts over at its beginning.
-                        self._publish(records)
-                        records = []
+                        self._flush()
                         self._restart()
-                    records.append((position, frame(cursor, record)))
-                    self._last = position
-                self._publish(records)
+                    self._unpublished.append((position, frame(cursor, record)))
+                    self._last_read = position
+                if self._flush_at is None:
+                    # Right away when the feed was quiet; otherwise once the delay since the
+                    # last batch is over, with all that came meanwhile.
+                    due = self._flushed_at + self._flush_delay()
+                    if due <= loop.time():
+                        self._flush()
+                    else:
+                        self._flush_at = loop.call_at(due, self._flush)
         except guest_client.GuestError as exc:
             log.warning("log feed of instance %s failed: %s", self.key, exc)
         finally:
             self.ended = True
             self.feeds.forget(self)
+            self._flush()
             for follower in tuple(self.followers):
-                follower.finish()
+                follower.finish(drop=False)
             with contextlib.suppress(Exception):
                 await stream.aclose()
+
+    def _flush_delay(self) -> float:
+        # A batch costs every follower a write: with many followers, batches are fewer and
+        # larger (at most FLUSH_DELAY_MAX apart); with a few, records go out as they come.
+        return min(FLUSH_DELAY_MAX, FLUSH_DELAY_PER_FOLLOWER * len(self.followers))
 
     def _restart(self) -> None:
         self.generation += 1
         self._ring.clear()
         self._complete = True
 
-    def _publish(self, records: list[tuple[int, bytes]]) -> None:
+    def _flush(self) -> None:
+        """Publish what was read since the last batch to every follower, as one batch."""
+        if self._flush_at is not None:
+            self._flush_at.cancel()
+            self._flush_at = None
+        records, self._unpublished = self._unpublished, []
+        self._flushed_at = asyncio.get_running_loop().time()
         if not records:
             return
+        self._last = records[-1][0]
         batch = Batch(self.generation, records, b"".join(f for _, f in records))
         ring = self._ring
         ring.extend(records)
@@ -341,6 +370,9 @@ class Feed:
     def close(self) -> None:
         self.ended = True
         self.feeds.forget(self)
+        if self._flush_at is not None:
+            self._flush_at.cancel()
+            self._flush_at = None
         if self._linger is not None:
             self._linger.cancel()
             self._linger = None
