@@ -29,7 +29,6 @@ import logging
 from collections import deque
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
-from typing import Final
 
 from gentity.guest import client as guest_client
 from gentity.guest.client import GuestEndpoint
@@ -37,9 +36,9 @@ from gentity.guest.client import GuestEndpoint
 log = logging.getLogger(__name__)
 
 #: Recent records a feed keeps for followers that join or resume.
-RING_RECORDS: Final = 1000
+RING_RECORDS = 1000
 #: How far (in SSE bytes) a follower may fall behind the feed before it is ended.
-MAX_BACKLOG_BYTES: Final = 1024 * 1024
+MAX_BACKLOG_BYTES = 1024 * 1024
 #: How long a feed stays open after its last follower left (a reconnect finds it still there).
 LINGER_SECONDS = 2.0
 #: Batches go out at most this long apart when the feed has many followers (see
@@ -180,6 +179,8 @@ class Follower:
         record the feed still holds for this follower; then the feed's records after them."""
         try:
             async for cursor, record in stream:
+                if self.finished:
+                    return
                 position = int(cursor)
                 item = frame(cursor, record)
                 self._early.append(item)
@@ -324,6 +325,9 @@ class Feed:
     async def subscribe(self, cursor: int | None, lines: int) -> Follower:
         """A new follower: after ``cursor``, or else the last ``lines`` records first."""
         follower = Follower(self)
+        if self.ended:  # its guest went away just now: the follower ends at once, as it would
+            follower.finish()
+            return follower
         self.followers.add(follower)
         if self._linger is not None:
             self._linger.cancel()
