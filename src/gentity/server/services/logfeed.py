@@ -14,10 +14,11 @@ no more recent lines than they hold) starts from there. Any other follower first
 asked for from a stream of its own, which it closes as soon as that reaches the records the
 feed holds; from then on it drops the feed's records at or before the last one it sent.
 
-A follower that falls more than :data:`MAX_BACKLOG_BYTES` behind is ended: its stream closes
-cleanly and the client reconnects with the id of the last record it got (the SDK and browsers
-do so by themselves), which it then resumes after. No follower ever slows the feed or another
-follower down.
+The ring and every batch are bounded in bytes too (:data:`RING_BYTES`, :data:`BATCH_BYTES`):
+records are the instance's to write. A follower that falls more than :data:`MAX_BACKLOG_BYTES`
+behind is ended: its stream closes cleanly and the client reconnects with the id of the last
+record it got (the SDK and browsers do so by themselves), which it then resumes after. No
+follower ever slows the feed or another follower down.
 """
 
 from __future__ import annotations
@@ -35,8 +36,12 @@ from gentity.guest.client import GuestEndpoint
 
 log = logging.getLogger(__name__)
 
-#: Recent records a feed keeps for followers that join or resume.
+#: Recent records a feed keeps for followers that join or resume, and at most how many bytes
+#: of them (records are the instance's to write: a thousand huge ones must not cost a GB).
 RING_RECORDS = 1000
+RING_BYTES = 4 * 1024 * 1024
+#: A batch goes out at once when it reaches this size, whatever the delay between batches.
+BATCH_BYTES = 1024 * 1024
 #: How far (in SSE bytes) a follower may fall behind the feed before it is ended.
 MAX_BACKLOG_BYTES = 1024 * 1024
 #: How long a feed stays open after its last follower left (a reconnect finds it still there).
@@ -220,6 +225,8 @@ class Feed:
         """The cursor of the last record published to the followers."""
         self._last_read: int | None = None
         self._unpublished: list[tuple[int, bytes]] = []
+        self._unpublished_bytes = 0
+        self._ring_bytes = 0
         self._flushed_at = 0.0
         self._flush_at: asyncio.TimerHandle | None = None
         self._start_end = 0
@@ -272,9 +279,13 @@ class Feed:
                         # Truncated or replaced: the guest starts over at its beginning.
                         self._flush()
                         self._restart()
-                    self._unpublished.append((position, frame(cursor, record)))
+                    item = frame(cursor, record)
+                    self._unpublished.append((position, item))
+                    self._unpublished_bytes += len(item)
                     self._last_read = position
-                if self._flush_at is None:
+                if self._unpublished_bytes >= BATCH_BYTES:
+                    self._flush()
+                elif self._flush_at is None:
                     # Right away when the feed was quiet; otherwise once the delay since the
                     # last batch is over, with all that came meanwhile.
                     due = self._flushed_at + self._flush_delay()
@@ -301,6 +312,7 @@ class Feed:
     def _restart(self) -> None:
         self.generation += 1
         self._ring.clear()
+        self._ring_bytes = 0
         self._complete = True
 
     def _flush(self) -> None:
@@ -309,6 +321,7 @@ class Feed:
             self._flush_at.cancel()
             self._flush_at = None
         records, self._unpublished = self._unpublished, []
+        self._unpublished_bytes = 0
         self._flushed_at = asyncio.get_running_loop().time()
         if not records:
             return
@@ -316,8 +329,9 @@ class Feed:
         batch = Batch(self.generation, records, b"".join(f for _, f in records))
         ring = self._ring
         ring.extend(records)
-        while len(ring) > RING_RECORDS:
-            ring.popleft()
+        self._ring_bytes += len(batch.data)
+        while len(ring) > RING_RECORDS or self._ring_bytes > RING_BYTES:
+            self._ring_bytes -= len(ring.popleft()[1])
             self._complete = False
         for follower in tuple(self.followers):
             follower.push(batch)
