@@ -137,6 +137,34 @@ async def test_follow_replays_lines_then_resumes_without_gaps_or_repeats(
         await client.follow(guest.address, guest.secret, cursor="²")
 
 
+async def test_follow_batches_hands_out_what_arrived_together(
+    guest_factory: GuestFactory,
+) -> None:
+    guest = guest_factory(command=QUIET)
+    await guest.wait_for(lambda h: h["agent"]["state"] == "ready")  # the guest's last record
+    _, end = await client.logs(guest.address, guest.secret, lines=0)
+    with LogWriter(guest.log_path) as writer:
+        stream = await client.follow_batches(guest.address, guest.secret, cursor=end)
+        writer.write_lines("info", [f"n-{n}" for n in range(500)])
+        got: list[tuple[str, dict[str, str]]] = []
+        batches = 0
+        async with asyncio.timeout(10):
+            async for batch in stream:
+                assert batch, "a batch is never empty"
+                got += batch
+                batches += 1
+                if len(got) >= 500:
+                    break
+        await stream.aclose()
+    assert [r["message"] for _, r in got] == [f"n-{n}" for n in range(500)]
+    assert batches < 500, "records that arrived together come as one batch"
+    cursors = [int(c) for c, _ in got]
+    assert cursors == sorted(set(cursors)) and cursors[-1] == guest.log_path.stat().st_size
+    # The same cursors as the one-record-at-a-time stream gives.
+    one_by_one = await take(await client.follow(guest.address, guest.secret, cursor=end), 500)
+    assert [c for c, _ in one_by_one] == [c for c, _ in got]
+
+
 async def test_wait_answers_on_a_change_or_at_the_timeout(guest_factory: GuestFactory) -> None:
     guest = guest_factory(command=["sh", "-c", "read line; exit 3"], restart="never")
     info = await guest.wait_for(lambda h: h["agent"]["state"] == "ready")

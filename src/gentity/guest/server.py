@@ -41,6 +41,11 @@ SHELL_KILL_AFTER: Final = 2.0
 #: After an ``exec`` exit frame, how long the client gets to close its end first.
 EXEC_CLOSE_WAIT: Final = 5.0
 
+#: How often a ``follow`` looks for new lines in a quiet log: the floor of a follower's lag.
+#: Each control plane process keeps one follow per instance (however many users follow it),
+#: so polling this often costs an instance little.
+FOLLOW_POLL: Final = 0.05
+
 
 @dataclass
 class Configured:
@@ -274,7 +279,7 @@ class GuestServer:
         self._reply(writer, {"ok": True})
 
         async def stream() -> None:
-            records = follow_offsets(path, start=start)
+            records = follow_offsets(path, start=start, poll_interval=FOLLOW_POLL)
             try:
                 async for offset, record in records:
                     writer.write(p.encode_line({"cursor": str(offset), "record": record}))

@@ -94,6 +94,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             if ctx.background:
                 await asyncio.wait(set(ctx.background), timeout=30)
             await ctx.credentials.close()
+            await ctx.logfeeds.close()
             await ctx.providers.close()
             await ctx.dns.close()
             await ctx.db.close()

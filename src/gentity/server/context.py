@@ -14,6 +14,7 @@ from gentity.server.metrics import Metrics
 from gentity.server.node import NodeIdentity
 from gentity.server.revocation import CredentialWatch
 from gentity.server.security.crypto import SecretBox
+from gentity.server.services.logfeed import Feeds
 from gentity.settings import Settings
 
 
@@ -37,6 +38,8 @@ class AppContext:
     """Who this server is in ``Instance.operation_owner`` (see ``server.node``)."""
     metrics: Metrics = field(default_factory=Metrics)
     """Counters and timings served at ``/metrics`` (see ``server.metrics``)."""
+    logfeeds: Feeds = field(default_factory=Feeds)
+    """This process's shared log follow streams, by instance (see ``services.logfeed``)."""
     credentials: CredentialWatch = field(init=False)
     """Open streams by credential, ended when it is revoked (see ``revocation``)."""
 

@@ -12,6 +12,7 @@ import anyio
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
+from gentity.server.services.logfeed import Follower
 from gentity.server.services.logs import LogStream
 
 log = logging.getLogger(__name__)
@@ -91,3 +92,57 @@ async def log_events(stream: LogStream, ended: asyncio.Event) -> AsyncIterator[s
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await pumping
         await stream.aclose()  # type: ignore[attr-defined]
+
+
+async def feed_events(follower: Follower, ended: asyncio.Event) -> AsyncIterator[bytes]:
+    """:func:`log_events` for a follower of an instance's shared feed (``services.logfeed``).
+
+    The frames come encoded from the feed; everything the follower has pending goes out in one
+    write. A keep-alive comment goes out after ``KEEPALIVE_SECONDS`` without a write. The
+    stream ends when the feed ends the follower (its instance stopped or went away, or the
+    client fell too far behind: it then reconnects with the id of the last record it got),
+    or when ``ended`` is set.
+    """
+    loop = asyncio.get_running_loop()
+    wake = follower.wake
+    interval = KEEPALIVE_SECONDS
+    last_write = loop.time()
+    keepalive_due = False
+    timer: asyncio.TimerHandle | None = None
+
+    def tick() -> None:
+        nonlocal timer, keepalive_due
+        idle = loop.time() - last_write
+        if idle >= interval:
+            keepalive_due = True
+            wake.set()
+            idle = 0.0
+        timer = loop.call_later(interval - idle, tick)
+
+    timer = loop.call_later(interval, tick)
+    stop = asyncio.ensure_future(ended.wait())
+    stop.add_done_callback(lambda _: wake.set())
+    try:
+        yield b"retry: 2000\n\n"
+        while not ended.is_set():
+            data = follower.take()
+            if data:
+                last_write = loop.time()
+                yield data
+                continue
+            if follower.finished:
+                if follower.overflowed:
+                    log.info("a log follower fell too far behind and was ended")
+                return
+            if keepalive_due:
+                keepalive_due = False
+                last_write = loop.time()
+                yield b": keep-alive\n\n"
+                continue
+            wake.clear()
+            await wake.wait()
+    finally:
+        if timer is not None:
+            timer.cancel()
+        stop.cancel()
+        follower.close()

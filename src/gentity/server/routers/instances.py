@@ -16,8 +16,9 @@ from gentity.server.context import AppContext
 from gentity.server.openapi import errors
 from gentity.server.params import MAX_CURSOR, parse_cursor, parse_flag, parse_int
 from gentity.server.services import instances, logs
+from gentity.server.services.logfeed import Follower
 from gentity.server.services.logs import LogStream
-from gentity.server.sse import EventStreamResponse, log_events
+from gentity.server.sse import EventStreamResponse, feed_events, log_events
 
 router = APIRouter(prefix="/api/instances", tags=["instances"], route_class=AuthFirstRoute)
 
@@ -156,8 +157,14 @@ async def instance_logs(
     )
 
 
-async def _follow(ctx: AppContext, principal: Principal, stream: LogStream) -> AsyncIterator[str]:
+async def _follow(
+    ctx: AppContext, principal: Principal, stream: LogStream | Follower
+) -> AsyncIterator[str | bytes]:
     """The SSE body, registered for the whole stream so that revoking its credential ends it."""
     with ctx.credentials.watch(principal.credential, "logs") as ended:
-        async for chunk in log_events(stream, ended):
-            yield chunk
+        if isinstance(stream, Follower):
+            async for data in feed_events(stream, ended):
+                yield data
+        else:
+            async for chunk in log_events(stream, ended):
+                yield chunk

@@ -13,6 +13,7 @@ from gentity.server.context import AppContext
 from gentity.server.db.orm import Instance
 from gentity.server.services.errors import Conflict, UpstreamFailed
 from gentity.server.services.instances import guest_secret, handle_of, provider_for
+from gentity.server.services.logfeed import Follower, Source
 
 LogStream = AsyncIterator[tuple[str, dict[str, str]]]
 """``(cursor, record)`` pairs as the guest streams them (``""`` for a record with none)."""
@@ -40,18 +41,30 @@ async def tail(ctx: AppContext, row: Instance, lines: int) -> list[models.LogLin
     return [models.LogLine.model_validate(r) for r in records]
 
 
-async def follow(ctx: AppContext, row: Instance, cursor: str | None, lines: int) -> LogStream:
+async def follow(
+    ctx: AppContext, row: Instance, cursor: str | None, lines: int
+) -> LogStream | Follower:
     """New records from ``cursor`` on; without one, the last ``lines`` records first.
 
     A running instance's guest streams its log. A stopped one's stream gives what its provider
     still has (without a cursor), then waits until the instance runs again and goes on from its
     guest; it ends when the instance is destroyed. A cursor from before resumes exactly once the
-    instance runs (the log is on its volume)."""
+    instance runs (the log is on its volume).
+
+    A running instance's followers share one stream from its guest: the answer is then a
+    :class:`~gentity.server.services.logfeed.Follower` of its feed."""
     if row.provider_ref is None:
         raise Conflict("the instance has no machine yet")
     if row.status != InstanceStatus.RUNNING.value:
         return _until_running(ctx, row, cursor, lines)
-    return await _from_guest(ctx, row, cursor, lines)
+    endpoint = provider_for(ctx, row).guest_endpoint(handle_of(row))
+    source = Source(endpoint, guest_secret(ctx, row))
+    try:
+        return await ctx.logfeeds.follow(
+            row.id, source, None if cursor is None else int(cursor), lines
+        )
+    except guest_client.GuestError as exc:
+        raise UpstreamFailed(str(exc).replace(f" at {endpoint.address}", "")) from exc
 
 
 async def _from_guest(ctx: AppContext, row: Instance, cursor: str | None, lines: int) -> LogStream:
