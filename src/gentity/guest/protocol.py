@@ -5,7 +5,8 @@ and one JSON response line from the guest (``{"ok": true, ...}`` or ``{"ok": fal
 "error"}``). Then, for ``attach`` and ``shell``, the connection carries binary frames in
 both directions: a 1-byte type, a 4-byte big-endian payload length, then the payload; for
 ``follow`` the guest sends one JSON line per log record (``{"cursor", "record"}``) until
-the client closes. Every other op is one request and one response.
+the client closes; for ``connect`` the connection then carries the raw bytes of a TCP
+connection to a port inside the instance. Every other op is one request and one response.
 
 Until it is configured (op ``configure``, see :mod:`gentity.guest.config`) a guest answers
 ``health`` and ``configure`` only.
@@ -44,7 +45,21 @@ OP_SHELL: Final = "shell"
 OP_LOGS: Final = "logs"
 OP_FOLLOW: Final = "follow"
 OP_WAIT: Final = "wait"
-OPS: Final = (OP_HEALTH, OP_CONFIGURE, OP_ATTACH, OP_SHELL, OP_LOGS, OP_FOLLOW, OP_WAIT)
+OP_PORTS: Final = "ports"
+"""The TCP ports something listens on inside the instance (the guest's own left out)."""
+OP_CONNECT: Final = "connect"
+"""Open a TCP connection to ``port`` inside the instance, then carry raw bytes both ways."""
+OPS: Final = (
+    OP_HEALTH,
+    OP_CONFIGURE,
+    OP_ATTACH,
+    OP_SHELL,
+    OP_LOGS,
+    OP_FOLLOW,
+    OP_WAIT,
+    OP_PORTS,
+    OP_CONNECT,
+)
 
 #: The longest ``wait`` the guest accepts, in seconds.
 MAX_WAIT: Final = 60.0

@@ -33,11 +33,13 @@ from gentity.server.routers import (
     health,
     instances,
     metrics,
+    ports,
     regions,
     terminal,
     tokens,
 )
 from gentity.server.security.crypto import SecretBox
+from gentity.server.web.preview import PreviewProxy
 from gentity.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -113,6 +115,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         tokens.router,
         instances.router,
         events.router,
+        ports.router,
         terminal.router,
         metrics.router,
     ):
@@ -125,6 +128,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(CrossOriginGuard, public_origin=settings.public_url)
     app.add_middleware(SecurityHeaders, hsts=settings.secure_public_url)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    # Preview hosts (<port>-<subdomain>.<host>) are the instance's: none of the above applies.
+    app.add_middleware(PreviewProxy, ctx=ctx)
     app.add_middleware(TrustedProxyHeaders, networks=settings.trusted_proxy_networks)
     if settings.metrics_token is not None:
         # Outermost, so every answer is counted, the middleware's own refusals included.
