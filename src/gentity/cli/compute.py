@@ -11,7 +11,7 @@ import typer
 from rich.text import Text
 
 from gentity import models
-from gentity.cli import completion, events
+from gentity.cli import completion, events, ports
 from gentity.cli.apikeys import read_api_key
 from gentity.cli.output import (
     PLAIN_HELP,
@@ -356,6 +356,8 @@ def _print_log(record: models.LogLine, color: bool, as_json: bool) -> None:
 
 
 app.command("events")(events.events)
+app.command("ports")(ports.ports)
+app.command("open")(ports.open_url)
 
 
 @app.command("ssh")

@@ -161,3 +161,20 @@ def terminal_path(
     query = {"shell": "1" if shell else None, "cols": cols, "rows": rows}
     params = urlencode({k: v for k, v in query.items() if v is not None})
     return f"/api/instances/{_seg(instance_id)}/terminal" + (f"?{params}" if params else "")
+
+
+def ports(instance_id: str) -> Call[list[models.Port]]:
+    return Call(
+        "GET",
+        f"/api/instances/{_seg(instance_id)}/ports",
+        lambda d: models.PortList.model_validate(d).ports,
+    )
+
+
+def set_port_public(instance_id: str, port: int, public: bool) -> Call[models.Port]:
+    return Call(
+        "PUT",
+        f"/api/instances/{_seg(instance_id)}/ports/{int(port)}",
+        _model(models.Port),
+        json={"public": public},
+    )
