@@ -1,9 +1,11 @@
-// /dashboard/instances/{id}: details and status (polled), lifecycle buttons, terminal and logs.
+// /dashboard/instances/{id}: details and status (polled), lifecycle buttons, ports, terminal
+// and logs.
 import "./common.js";
 import { api } from "./api.js";
 import { IN_PROGRESS, TRANSITION, renderStatus, runAction, updateActionButtons } from "./actions.js";
 import { renderHealth, resourcesText } from "./health.js";
 import { LogsPane } from "./logs.js";
+import { PortsPane } from "./ports.js";
 import { TerminalPane } from "./terminal.js";
 import { loadAgents, showLabels } from "./catalog.js";
 import { setTime, showMessage } from "./ui.js";
@@ -19,6 +21,11 @@ const terminal = new TerminalPane(document.querySelector("[data-terminal]"), ins
   onExit: () => refresh(),
 });
 const logs = new LogsPane(document.querySelector("[aria-labelledby=logs-heading]"), instanceId);
+const ports = new PortsPane(
+  document.querySelector("[data-ports]"),
+  instanceId,
+  document.body.dataset.subdomain,
+);
 let instance = null;
 let timer = null;
 let agents = [];
@@ -42,6 +49,7 @@ function render(current) {
   fields("region")[0].textContent = current.region || "Default";
   updateActionButtons(actions, current.status);
   terminal.follow(current, statusReason(current.status));
+  ports.follow(current);
 }
 
 function statusReason(status) {
