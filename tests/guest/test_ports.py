@@ -59,6 +59,7 @@ async def test_ports_lists_a_listener_and_connect_pipes_to_it(
 ) -> None:
     guest = guest_factory(command=QUIET)
     assert echo_server in await client.ports(guest.address, guest.secret)
+    before = (await guest.health())["lastActivity"]
     reader, writer = await client.open_port(guest.address, guest.secret, echo_server)
     payload = b"hello through the guest " * 10_000  # several chunks each way
     writer.write(payload)
@@ -68,6 +69,9 @@ async def test_ports_lists_a_listener_and_connect_pipes_to_it(
         answer = await reader.read()
     writer.close()
     assert answer == payload.upper()
+    # Preview traffic is activity (what auto-stop counts), like typing in a terminal.
+    after = (await guest.health())["lastActivity"]
+    assert after is not None and (before is None or after > before)
 
 
 async def test_connect_refuses_bad_ports_and_silent_ones(guest_factory: GuestFactory) -> None:

@@ -16,7 +16,7 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 from websockets.asyncio.client import connect
-from websockets.exceptions import InvalidStatus
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from tests.conftest import LiveServer
 from tests.server.terminal_client import Terminal, ws_url
@@ -217,7 +217,7 @@ def test_credentials_never_reach_the_instance_nor_its_cookies_ours(
 
 
 def test_websocket_through_the_preview(
-    server: LiveServer, token: str, previewed: dict[str, Any]
+    server: LiveServer, admin: httpx.Client, token: str, previewed: dict[str, Any]
 ) -> None:
     sub = previewed["subdomain"]
     url = f"ws://{_host(APP_PORT, sub, server)}/socket"
@@ -241,5 +241,19 @@ def test_websocket_through_the_preview(
             async with connect(url, host="127.0.0.1", port=server.port, open_timeout=10):
                 pass
         assert refused.value.response.status_code == 401
+
+        # Revoking the credential that opened it ends it, as for a terminal.
+        minted = admin.post("/api/tokens", json={"name": "short-lived"}).json()
+        headers = {"Authorization": f"Bearer {minted['token']}"}
+        async with connect(
+            url, host="127.0.0.1", port=server.port, additional_headers=headers, open_timeout=10
+        ) as ws:
+            await ws.send("still")
+            assert await ws.recv() == "echo:still"
+            assert admin.delete(f"/api/tokens/{minted['record']['id']}").status_code == 200
+            with pytest.raises(ConnectionClosed):
+                async with asyncio.timeout(15):
+                    await ws.recv()
+            assert ws.close_code == 4401
 
     asyncio.run(scenario())
