@@ -9,6 +9,7 @@ import base64
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -25,14 +26,20 @@ from tests.waiting import wait_until_blocking
 
 APP = (Path(__file__).parent / "preview_app.py").read_bytes()
 SITE_PORT, APP_PORT = 8000, 8001
+BIG = 24 * 1024 * 1024
 
 
-async def _start_servers(base: str, iid: str, token: str) -> None:
+async def _start_servers(base: str, iid: str, token: str) -> str:
     """``python3 -m http.server`` and the test app, started in the agent's terminal (the
     agent is a shell, whose jobs live as long as the instance runs)."""
     term = await Terminal.open(ws_url(base, iid, token))
     encoded = base64.b64encode(APP).decode()
     await term.send("mkdir -p $HOME/site && echo hello-preview > $HOME/site/index.txt\r")
+    # A download larger than any buffer on the way, and its digest as the instance sees it.
+    await term.send(
+        f"head -c {BIG} /dev/urandom > $HOME/site/big.bin"
+        " && echo digest-$(sha256sum < $HOME/site/big.bin | cut -c1-64)-end\r"
+    )
     for start in range(0, len(encoded), 1000):  # terminal lines are limited to 4 KiB
         await term.send(f"printf %s '{encoded[start : start + 1000]}' >> $HOME/app.b64\r")
     await term.send(
@@ -45,6 +52,9 @@ async def _start_servers(base: str, iid: str, token: str) -> None:
     except TimeoutError:
         raise AssertionError(f"starting the servers failed: {term.output[-2000:]!r}") from None
     await term.close()
+    found = re.search(r"digest-([0-9a-f]{64})-end", term.output)
+    assert found is not None, term.output[-2000:]
+    return found[1]
 
 
 def _preview(server: LiveServer, host: str, **headers: str) -> httpx.Client:
@@ -67,7 +77,7 @@ def _seen(response: httpx.Response) -> dict[str, Any]:
 def previewed(bearer: httpx.Client, token: str) -> dict[str, Any]:
     """A running shell instance with both servers listening."""
     created = create_shell(bearer)
-    asyncio.run(_start_servers(str(bearer.base_url), created["id"], token))
+    created["digest"] = asyncio.run(_start_servers(str(bearer.base_url), created["id"], token))
 
     def listening() -> bool:
         answer = bearer.get(f"/api/instances/{created['id']}/ports")
@@ -100,6 +110,16 @@ def test_ports_listing_and_owner_only_previews(
         answer = owner.get("/index.txt")
         assert answer.status_code == 200 and answer.text == "hello-preview\n"
         assert "SimpleHTTP" in answer.headers["server"]
+        # A large download streams through whole.
+        digest, size = hashlib.sha256(), 0
+        with owner.stream("GET", "/big.bin") as download:
+            assert download.status_code == 200
+            for chunk in download.iter_bytes():
+                digest.update(chunk)
+                size += len(chunk)
+        assert (size, digest.hexdigest()) == (BIG, previewed["digest"])
+        head = owner.head("/big.bin")
+        assert head.status_code == 200 and head.headers["content-length"] == str(BIG)
 
     # Nobody else does: no credential is a 401 (a browser is sent to sign in), another
     # user's token the same 404 as an instance that does not exist.
