@@ -35,6 +35,7 @@ from starlette.requests import HTTPConnection, Request
 from starlette.responses import RedirectResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from gentity.providers.compute.base import ProviderError, ProviderUnavailable
 from gentity.server.auth import Principal
 from gentity.server.context import AppContext
 from gentity.server.db.ids import utcnow
@@ -265,7 +266,7 @@ class PreviewProxy:
         instance_id, _ = admitted
         try:
             upstream = await previews.open_port(self.ctx, instance_id, port)
-        except DomainError as exc:
+        except (DomainError, ProviderError, ProviderUnavailable) as exc:
             status, message, _ = answer_for(exc)
             await _error(status, message)(scope, receive, send)
             return
@@ -341,7 +342,7 @@ class PreviewProxy:
         headers = Headers(scope=scope)
         try:
             upstream = await previews.open_port(self.ctx, instance_id, port)
-        except DomainError as exc:
+        except (DomainError, ProviderError, ProviderUnavailable) as exc:
             status, message, _ = answer_for(exc)
             await _deny(scope, send, status, message)
             return
