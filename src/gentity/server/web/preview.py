@@ -130,7 +130,8 @@ def _forwarded(scope: Scope, drop_authorization: bool) -> proxy.Headers:
     token and any forwarding headers the client made up left out; ours set."""
     raw: proxy.Headers = list(scope["headers"])
     drop = proxy.hop_by_hop(raw) | {b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"}
-    drop |= {b"forwarded", b"x-real-ip"}
+    # ``Expect: 100-continue`` was this hop's to answer (the ASGI server did).
+    drop |= {b"forwarded", b"x-real-ip", b"expect"}
     if drop_authorization:
         drop.add(b"authorization")
     headers = []
