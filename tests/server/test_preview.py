@@ -168,6 +168,12 @@ def test_ports_listing_and_owner_only_previews(
     assert stopped.status_code == 409 and "stopped" in stopped.json()["error"]
     with _preview(server, host, Authorization=f"Bearer {token}") as owner:
         assert owner.get("/").status_code == 409
+        # A browser gets a page of ours, with nothing loaded from the host (whose paths are
+        # all the instance's).
+        page = owner.get("/", headers={"Accept": "text/html"})
+        assert page.status_code == 409 and page.headers["content-type"].startswith("text/html")
+        assert "stopped" in page.text and "/static/" not in page.text
+        assert page.headers["content-security-policy"].startswith("default-src 'none'")
 
 
 def test_credentials_never_reach_the_instance_nor_its_cookies_ours(

@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Mapping
+from html import escape
 from typing import Final
 from urllib.parse import quote
 
@@ -46,7 +47,6 @@ from gentity.server.services import accounts, previews, tokens
 from gentity.server.services.errors import DomainError
 from gentity.server.web import handoff, proxy
 from gentity.server.web.hosts import instance_subdomain, main_origin, preview_label
-from gentity.server.web.pages import render
 
 #: The one path of a preview host that is Gentity's: it redeems a hand-off code.
 HANDOFF_PATH: Final = "/__gentity/handoff"
@@ -248,20 +248,18 @@ class PreviewProxy:
             await (await self._redeem(request, sub, port))(scope, receive, send)
             return
         admitted = await self._admit(scope, sub, port)
+        dashboard = main_origin(request, self.ctx.settings) + "/dashboard"
         if isinstance(admitted[0], int):
             status, message = admitted
             assert isinstance(message, str)
-            wants_page = scope["method"] in ("GET", "HEAD") and "text/html" in request.headers.get(
-                "accept", ""
-            )
-            if status == 401 and wants_page and "authorization" not in request.headers:
+            if status == 401 and _wants_page(request) and "authorization" not in request.headers:
                 here = quote(safe_path(_here(scope)), safe="/")
                 origin = main_origin(request, self.ctx.settings)
                 where = f"{origin}/dashboard/preview/{sub}/{port}?next={here}"
                 response: Response = RedirectResponse(where, status_code=303)
                 response.headers["Cache-Control"] = "no-store"
             else:
-                response = _error(status, message)
+                response = _refusal(request, status, message, dashboard)
             await response(scope, receive, send)
             return
         instance_id, _ = admitted
@@ -269,7 +267,7 @@ class PreviewProxy:
             upstream = await previews.open_port(self.ctx, instance_id, port)
         except (DomainError, ProviderError, ProviderUnavailable) as exc:
             status, message, _ = answer_for(exc)
-            await _error(status, message)(scope, receive, send)
+            await _refusal(request, status, message, dashboard)(scope, receive, send)
             return
         try:
             await proxy.http(
@@ -299,17 +297,13 @@ class PreviewProxy:
                 address=request.client.host if request.client else "unknown",
             )
         if opened is None:
-            return render(
-                request,
-                "message.html",
-                status=403,
-                title="This link has expired",
-                message=(
-                    "Links that open a preview work once, within a minute. "
-                    "Open the preview again from the dashboard."
-                ),
-                back=main_origin(request, ctx.settings) + f"/dashboard/preview/{sub}/{port}",
-                back_label="Open it again",
+            again = main_origin(request, ctx.settings) + f"/dashboard/preview/{sub}/{port}"
+            return _page(
+                403,
+                "This link has expired",
+                "Links that open a preview work once, within a minute.",
+                again,
+                "Open it again",
             )
         response = RedirectResponse(safe_path(request.query_params.get("next")), status_code=303)
         response.headers["Cache-Control"] = "no-store"
@@ -384,6 +378,43 @@ def _here(scope: Scope) -> str:
     path = (scope.get("raw_path") or scope["path"].encode()).decode("latin-1")
     query = scope.get("query_string", b"").decode("latin-1")
     return f"{path}?{query}" if query else path
+
+
+def _wants_page(request: Request) -> bool:
+    """A browser navigating (as opposed to a script or a page's own fetch)."""
+    accept = request.headers.get("accept", "")
+    return request.method in ("GET", "HEAD") and "text/html" in accept
+
+
+def _refusal(request: Request, status: int, message: str, dashboard: str) -> Response:
+    if not _wants_page(request):
+        return _error(status, message)
+    titles = {404: "Not found", 409: "The instance is not running", 502: "Nothing to show"}
+    return _page(status, titles.get(status, "Preview unavailable"), message, dashboard, "Dashboard")
+
+
+def _page(status: int, title: str, message: str, link: str, label: str) -> Response:
+    """A page of our own on a preview host: self-contained, since every other path there,
+    ``/static/…`` included, is the instance's."""
+    body = (
+        "<!doctype html><meta charset=utf-8><meta name=viewport content='width=device-width'>"
+        f"<title>{escape(title)} · Gentity</title>"
+        "<body style='font-family:system-ui,sans-serif;max-width:34rem;margin:4rem auto;"
+        "padding:0 1rem;line-height:1.5'>"
+        f"<h1>{escape(title)}</h1><p>{escape(message)}</p>"
+        f"<p><a href='{escape(link)}'>{escape(label)}</a></p>"
+    )
+    return Response(
+        body,
+        status_code=status,
+        media_type="text/html",
+        headers={
+            "Cache-Control": "no-store",
+            "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'",
+            "Referrer-Policy": "no-referrer",
+            "X-Content-Type-Options": "nosniff",
+        },
+    )
 
 
 def _error(status: int, message: str) -> Response:
