@@ -40,8 +40,19 @@ class Handler(BaseHTTPRequestHandler):
         self.answer(self.seen())
 
     def do_POST(self) -> None:
-        data = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-        self.answer({"length": len(data), "sha256": hashlib.sha256(data).hexdigest()})
+        chunked = "chunked" in self.headers.get("Transfer-Encoding", "")
+        length = int(self.headers.get("Content-Length", 0))
+        data = self.read_chunks() if chunked else self.rfile.read(length)
+        digest = hashlib.sha256(data).hexdigest()
+        self.answer({"length": len(data), "sha256": digest, "chunked": chunked})
+
+    def read_chunks(self) -> bytes:
+        parts = []
+        while size := int(self.rfile.readline().split(b";")[0], 16):
+            parts.append(self.rfile.read(size))
+            self.rfile.readline()
+        self.rfile.readline()  # the blank line after the last chunk
+        return b"".join(parts)
 
     def websocket(self) -> None:
         key = self.headers["Sec-WebSocket-Key"].encode()

@@ -209,7 +209,11 @@ def test_credentials_never_reach_the_instance_nor_its_cookies_ours(
         # Bodies stream both ways: a large upload arrives whole.
         upload = os.urandom(8 * 1024 * 1024)
         answer = _seen(owner.post("/upload", content=upload))
-        assert answer == {"length": len(upload), "sha256": hashlib.sha256(upload).hexdigest()}
+        whole = {"length": len(upload), "sha256": hashlib.sha256(upload).hexdigest()}
+        assert answer == {**whole, "chunked": False}
+        # Without a length (chunked), it arrives whole too.
+        pieces = (upload[i : i + 100_000] for i in range(0, len(upload), 100_000))
+        assert _seen(owner.post("/upload", content=pieces)) == {**whole, "chunked": True}
 
     # The dashboard's hand-off: signed in on the main host, the owner gets a cookie of the
     # preview host (never the dashboard's), then the page asked for.
