@@ -439,3 +439,26 @@ class ExecResult(ExecExit):
 
     stdout: str
     stderr: str
+
+
+# --- preview ports -------------------------------------------------------------------------
+
+
+class Port(WireModel):
+    """A TCP port inside an instance and its preview URL."""
+
+    port: int
+    url: str | None
+    """``<scheme>://<port>-<subdomain>.<host>/``; null when the server is reached by an IP
+    address, which cannot have subdomains (set ``GENTITY_PUBLIC_URL``)."""
+    public: bool
+    """True: anyone with the URL gets through; false: only the owner (the default)."""
+
+
+class PortList(WireModel):
+    ports: list[Port]
+    """The ports something listens on inside the instance, lowest first."""
+
+
+class PortUpdateRequest(RequestModel):
+    public: bool

@@ -12,7 +12,7 @@ import typer
 from rich.text import Text
 
 from gentity import models
-from gentity.cli import completion, events, files
+from gentity.cli import completion, events, files, ports
 from gentity.cli.apikeys import read_api_key
 from gentity.cli.output import (
     PLAIN_HELP,
@@ -380,6 +380,8 @@ def _print_log(record: models.LogLine, color: bool, as_json: bool) -> None:
 
 
 app.command("events")(events.events)
+app.command("ports")(ports.ports)
+app.command("open")(ports.open_url)
 app.command("cp")(files.cp)
 app.command("ls-files")(files.ls_files)
 app.command("rm-file")(files.rm_file)

@@ -186,6 +186,16 @@ class AsyncClient:
 
     # --- lifetime ----------------------------------------------------------------------------
 
+    async def ports(self, instance_id: str) -> builtins.list[models.Port]:
+        """Same as :meth:`Instances.ports`."""
+        return await self.instances.ports(instance_id)
+
+    async def set_port_public(
+        self, instance_id: str, port: int, public: bool = True
+    ) -> models.Port:
+        """Same as :meth:`Instances.set_port_public`."""
+        return await self.instances.set_port_public(instance_id, port, public)
+
     async def aclose(self) -> None:
         await self._http.aclose()
 
@@ -559,3 +569,16 @@ class AsyncInstances:
         """Delete a file, a link or an empty directory in the running instance (a directory
         and everything in it with ``recursive``)."""
         await self._client._send(files.delete_call(instance_id, path, recursive))
+
+    async def ports(self, instance_id: str) -> builtins.list[models.Port]:
+        """The TCP ports something listens on inside the running instance, lowest first,
+        each with its preview URL (``<port>-<subdomain>.<host>``) and whether it is public.
+        A 409 ApiError when the instance is not running."""
+        return await self._client._send(calls.ports(instance_id))
+
+    async def set_port_public(
+        self, instance_id: str, port: int, public: bool = True
+    ) -> models.Port:
+        """Open a port's preview to anyone with its URL (``public=False``: the owner's only
+        again, the default). Kept while the instance lives, whether or not anything listens."""
+        return await self._client._send(calls.set_port_public(instance_id, port, public))

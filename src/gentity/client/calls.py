@@ -205,3 +205,20 @@ def exec_command(
 
 def exec_path(instance_id: str) -> str:
     return f"/api/instances/{_seg(instance_id)}/exec"
+
+
+def ports(instance_id: str) -> Call[list[models.Port]]:
+    return Call(
+        "GET",
+        f"/api/instances/{_seg(instance_id)}/ports",
+        lambda d: models.PortList.model_validate(d).ports,
+    )
+
+
+def set_port_public(instance_id: str, port: int, public: bool) -> Call[models.Port]:
+    return Call(
+        "PUT",
+        f"/api/instances/{_seg(instance_id)}/ports/{int(port)}",
+        _model(models.Port),
+        json={"public": public},
+    )

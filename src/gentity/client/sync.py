@@ -185,6 +185,14 @@ class Client:
 
     # --- lifetime ----------------------------------------------------------------------------
 
+    def ports(self, instance_id: str) -> builtins.list[models.Port]:
+        """Same as :meth:`Instances.ports`."""
+        return self.instances.ports(instance_id)
+
+    def set_port_public(self, instance_id: str, port: int, public: bool = True) -> models.Port:
+        """Same as :meth:`Instances.set_port_public`."""
+        return self.instances.set_port_public(instance_id, port, public)
+
     def close(self) -> None:
         self._http.close()
 
@@ -560,3 +568,14 @@ class Instances:
         """Delete a file, a link or an empty directory in the running instance (a directory
         and everything in it with ``recursive``)."""
         self._client._send(files.delete_call(instance_id, path, recursive))
+
+    def ports(self, instance_id: str) -> builtins.list[models.Port]:
+        """The TCP ports something listens on inside the running instance, lowest first,
+        each with its preview URL (``<port>-<subdomain>.<host>``) and whether it is public.
+        A 409 ApiError when the instance is not running."""
+        return self._client._send(calls.ports(instance_id))
+
+    def set_port_public(self, instance_id: str, port: int, public: bool = True) -> models.Port:
+        """Open a port's preview to anyone with its URL (``public=False``: the owner's only
+        again, the default). Kept while the instance lives, whether or not anything listens."""
+        return self._client._send(calls.set_port_public(instance_id, port, public))

@@ -9,6 +9,8 @@ Every call takes where the guest is: a :class:`GuestEndpoint` (as a provider's
 >>> records, cursor = await logs(endpoint, secret, lines=100)
 >>> async for cursor, record in await follow(endpoint, secret, cursor=cursor):
 ...     ...
+>>> await ports(endpoint, secret)  # [3000, 5173]
+>>> reader, writer = await open_port(endpoint, secret, 3000)  # raw TCP to it, via the guest
 >>> async with await open_session(endpoint, secret, cols=120, rows=32) as s:
 ...     await s.send_input(b"ls\\n")
 ...     while (event := await s.read()) is not None:
@@ -50,7 +52,9 @@ __all__ = [
     "health",
     "logs",
     "open_exec",
+    "open_port",
     "open_session",
+    "ports",
     "put_file",
     "wait",
 ]
@@ -703,3 +707,36 @@ async def delete_file(
     fields = {"path": path, "recursive": True if recursive else None}
     response = await _call(where, secret, p.OP_FILE_DELETE, fields, timeout)
     return str(response.get("type", ""))
+
+
+async def ports(
+    where: GuestEndpoint | str,
+    secret: str,
+    *,
+    timeout: float = 5.0,  # noqa: ASYNC109
+) -> list[int]:
+    """The TCP ports something listens on inside the instance, sorted (the guest's own
+    port left out)."""
+    response = await _call(where, secret, p.OP_PORTS, None, timeout)
+    found = response.get("ports")
+    if not isinstance(found, list):
+        raise GuestError("the guest sent an invalid ports answer")
+    return sorted(
+        {n for n in found if isinstance(n, int) and not isinstance(n, bool) and 0 < n < 65536}
+    )
+
+
+async def open_port(
+    where: GuestEndpoint | str,
+    secret: str,
+    port: int,
+    *,
+    timeout: float = 10.0,  # noqa: ASYNC109
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A TCP connection to ``port`` inside the instance, through the guest: what is written
+    reaches the program listening there, what it sends comes back. GuestError when nothing
+    listens there (or the guest refuses the port). Closing the writer ends it."""
+    reader, writer, _ = await _request(
+        where, secret, p.OP_CONNECT, {"port": port}, timeout, 256 * 1024
+    )
+    return reader, writer

@@ -8,8 +8,9 @@ both directions: a 1-byte type, a 4-byte big-endian payload length, then the pay
 the client closes; for ``exec`` see :func:`encode_exec_exit` and the frames below. For
 ``file_get`` of a file the guest then sends the file's bytes as data frames and an end
 frame; for ``file_put`` the client sends them, and after its end frame the guest answers a
-second JSON line (see :mod:`gentity.guest.fileserve`). Every other op is one request and
-one response.
+second JSON line (see :mod:`gentity.guest.fileserve`); for ``connect`` the connection then
+carries the raw bytes of a TCP connection to a port inside the instance. Every other op is
+one request and one response.
 
 Until it is configured (op ``configure``, see :mod:`gentity.guest.config`) a guest answers
 ``health`` and ``configure`` only.
@@ -56,6 +57,10 @@ OP_FILE_GET: Final = "file_get"
 OP_FILE_PUT: Final = "file_put"
 OP_FILE_DELETE: Final = "file_delete"
 FILE_OPS: Final = (OP_FILE_GET, OP_FILE_PUT, OP_FILE_DELETE)
+OP_PORTS: Final = "ports"
+"""The TCP ports something listens on inside the instance (the guest's own left out)."""
+OP_CONNECT: Final = "connect"
+"""Open a TCP connection to ``port`` inside the instance, then carry raw bytes both ways."""
 OPS: Final = (
     OP_HEALTH,
     OP_CONFIGURE,
@@ -66,6 +71,8 @@ OPS: Final = (
     OP_WAIT,
     OP_EXEC,
     *FILE_OPS,
+    OP_PORTS,
+    OP_CONNECT,
 )
 
 #: The longest ``wait`` the guest accepts, in seconds.

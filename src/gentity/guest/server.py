@@ -5,7 +5,8 @@ TCP (see :func:`gentity.guest.protocol.parse_address`). ``configure`` hands the 
 config over once; ``attach`` streams the agent's terminal, shared with every other viewer;
 ``shell`` starts a private shell that dies with its connection; ``logs`` and ``follow``
 read the structured log; ``wait`` answers health once it changed; ``exec`` runs a command on
-pipes beside the agent. Standard library only.
+pipes beside the agent; ``ports`` lists the TCP ports listening inside the instance and
+``connect`` pipes a connection to one of them (preview URLs). Standard library only.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from gentity.guest.files import Volume
 from gentity.guest.launcher import Launcher
 from gentity.guest.logreader import follow_offsets, offset_before_last, tail_with_cursor
 from gentity.guest.logwriter import LogWriter
+from gentity.guest.ports import listening_ports, open_port, pipe, valid_port
 from gentity.guest.session import PtySession, Viewer
 from gentity.guest.supervisor import Supervisor
 
@@ -86,6 +88,8 @@ class GuestServer:
         self._connections: set[asyncio.StreamWriter] = set()
         self._server: asyncio.Server | None = None
         self._socket_id: tuple[int, int] | None = None
+        self.own_port: int | None = None
+        """The TCP port the guest itself listens on, if any: never listed nor connected to."""
         self.stopping = False
         """Set on shutdown: no new shells."""
 
@@ -115,6 +119,7 @@ class GuestServer:
         sock.listen(64)
         self._server = await asyncio.start_server(self._handle, sock=sock, limit=limit)
         host, port = sock.getsockname()[:2]
+        self.own_port = port
         return str(p.Address("tcp", host=host, port=port))
 
     def close(self) -> None:
@@ -246,6 +251,12 @@ class GuestServer:
             volume = Volume(config.volume_root, config.workdir)
             touch = configured.launcher.touch
             await fileserve.serve(volume, touch, request, reader, writer, self._reply)
+        elif op == p.OP_PORTS:
+            own = () if self.own_port is None else (self.own_port,)
+            ports = await asyncio.to_thread(listening_ports, own)
+            self._reply(writer, {"ok": True, "ports": ports})
+        elif op == p.OP_CONNECT:
+            await self._connect(configured, request, reader, writer)
         else:
             size = (p.clamp_size(request.get("cols")), p.clamp_size(request.get("rows")))
             if op == p.OP_ATTACH:
@@ -295,6 +306,30 @@ class GuestServer:
             for task in (streaming, closed):
                 task.cancel()
             await asyncio.gather(streaming, closed, return_exceptions=True)
+
+    async def _connect(
+        self,
+        configured: Configured,
+        request: dict[str, Any],
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+    ) -> None:
+        """Connect to a port inside the instance and pipe bytes until both sides are done."""
+        port = valid_port(request.get("port"))
+        if port is None:
+            self._reply(writer, _refusal("bad request: port must be 1-65535"))
+            return
+        if port == self.own_port:
+            self._reply(writer, _refusal(f"port {port} is the guest's own"))
+            return
+        try:
+            upstream = await open_port(port)
+        except OSError as exc:
+            self._reply(writer, _refusal(str(exc)))
+            return
+        configured.launcher.touch()  # preview traffic is activity (auto-stop)
+        self._reply(writer, {"ok": True})
+        await pipe((reader, writer), upstream, configured.launcher.touch)
 
     async def _attach(
         self,

@@ -34,6 +34,7 @@ from gentity.server.routers import (
     health,
     instances,
     metrics,
+    ports,
     regions,
     terminal,
     tokens,
@@ -41,6 +42,7 @@ from gentity.server.routers import (
 from gentity.server.routers import exec as exec_router
 from gentity.server.security.crypto import SecretBox
 from gentity.server.services import autostop
+from gentity.server.web.preview import PreviewProxy
 from gentity.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -122,6 +124,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         instances.router,
         events.router,
         files.router,
+        ports.router,
         terminal.router,
         metrics.router,
         exec_router.router,
@@ -139,6 +142,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         max_bytes=settings.max_body_bytes,
         uploads=(files.UPLOAD_PATH, settings.max_upload_bytes),
     )
+    # Preview hosts (<port>-<subdomain>.<host>) are the instance's: none of the above applies.
+    app.add_middleware(PreviewProxy, ctx=ctx)
     app.add_middleware(TrustedProxyHeaders, networks=settings.trusted_proxy_networks)
     if settings.metrics_token is not None:
         # Outermost, so every answer is counted, the middleware's own refusals included.

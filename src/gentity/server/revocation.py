@@ -24,8 +24,9 @@ from gentity.server.services.credentials import Credential
 
 log = logging.getLogger(__name__)
 
-StreamKind = Literal["terminal", "logs", "events"]
-"""What an open stream is: a terminal, a log follow or an event follow (counted in metrics)."""
+StreamKind = Literal["terminal", "logs", "events", "preview"]
+"""What an open stream is: a terminal, a log follow, an event follow or a preview WebSocket
+(counted in metrics)."""
 
 CHECK_INTERVAL = 2.0
 """Seconds between checks: a revoked credential's streams end within about this long."""

@@ -191,6 +191,22 @@ class InstanceEvent(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class InstancePort(Base):
+    """A port of an instance whose preview URL its owner opened to everyone (``public``).
+
+    Ports without a row are owner-only, the default; the row outlives the listener, so a
+    server that restarts on the same port stays public."""
+
+    __tablename__ = "instance_ports"
+
+    instance_id: Mapped[str] = mapped_column(
+        ForeignKey("instances.id", ondelete="CASCADE"), primary_key=True
+    )
+    port: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    public: Mapped[bool] = mapped_column(Boolean, default=False)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class IdempotencyKey(Base):
     """A request made with an ``Idempotency-Key`` header, and the answer it got.
 

@@ -14,7 +14,9 @@ whoever sees it. It is
 - single-use: redeeming inserts a ``markers`` row named after its nonce, and a second insert
   of the same name fails (this holds across replicas sharing one database);
 - bound to the user, the instance and its subdomain: it is refused on any other host, and
-  when the instance is gone or changed hands;
+  when the instance is gone or changed hands; a code for a port's preview host
+  (``<port>-<subdomain>``, see ``web/preview.py``) names the port too, and a terminal's
+  code is no good there, nor the other way round;
 - bound to the dashboard session it came from: it is refused once that session has ended, and
   the subdomain's session is its child: it ends when the dashboard session ends (sign-out), and
   it is scoped to that one instance (its details and its terminal, nothing else).
@@ -54,6 +56,8 @@ class Handoff:
     session_id: str
     expires_at: datetime
     nonce: str
+    port: int | None = None
+    """The preview port the code is for; None for the full-screen terminal."""
 
 
 @dataclass(frozen=True)
@@ -71,6 +75,7 @@ def mint(
     subdomain: str,
     session_id: str,
     now: datetime | None = None,
+    port: int | None = None,
 ) -> str:
     expires = (now or utcnow()) + HANDOFF_TTL
     payload = {
@@ -81,6 +86,8 @@ def mint(
         "e": expires.timestamp(),
         "n": secrets.token_hex(16),
     }
+    if port is not None:
+        payload["p"] = port
     blob = box.encrypt(json.dumps(payload, separators=(",", ":")), context=_CONTEXT)
     return base64.urlsafe_b64encode(blob).rstrip(b"=").decode()
 
@@ -99,6 +106,7 @@ def open_code(box: SecretBox, code: str) -> Handoff | None:
             session_id=str(data["s"]),
             expires_at=datetime.fromtimestamp(float(data["e"]), tz=UTC),
             nonce=str(data["n"]),
+            port=int(data["p"]) if "p" in data else None,
         )
     except (binascii.Error, ValueError, KeyError, TypeError, SecretBoxError):
         return None
@@ -112,11 +120,18 @@ async def redeem(
     subdomain: str,
     user_agent: str | None,
     address: str,
+    port: int | None = None,
 ) -> SubdomainSession | None:
-    """Use up ``code`` on ``subdomain``'s host and open a session there, or None if refused."""
+    """Use up ``code`` on ``subdomain``'s host (``port``'s preview host when given) and open a
+    session there, or None if refused."""
     handoff = open_code(box, code)
     now = utcnow()
-    if handoff is None or handoff.subdomain != subdomain or handoff.expires_at <= now:
+    if (
+        handoff is None
+        or handoff.subdomain != subdomain
+        or handoff.port != port
+        or handoff.expires_at <= now
+    ):
         return None
     if not await _claim(db, handoff.nonce):
         return None

@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from starlette.requests import Request
+from starlette.requests import HTTPConnection, Request
 
 from gentity.settings import Settings
 
@@ -48,7 +48,7 @@ def parse_host(value: str | None) -> HostName | None:
     return HostName((parts.hostname or "").lower(), port)
 
 
-def request_host(request: Request) -> HostName | None:
+def request_host(request: HTTPConnection) -> HostName | None:
     return parse_host(request.headers.get("host"))
 
 
@@ -121,7 +121,7 @@ def canonical_url(request: Request, settings: Settings) -> str | None:
     return f"{origin}{request.url.path}{query}"
 
 
-def instance_subdomain(request: Request, settings: Settings) -> str | None:
+def instance_subdomain(request: HTTPConnection, settings: Settings) -> str | None:
     """The instance subdomain this request was addressed to, or None on the main host."""
     host = request_host(request)
     if host is None:
@@ -138,7 +138,7 @@ def instance_subdomain(request: Request, settings: Settings) -> str | None:
     return None
 
 
-def main_origin(request: Request, settings: Settings) -> str:
+def main_origin(request: HTTPConnection, settings: Settings) -> str:
     """Where the dashboard lives, seen from a request on an instance subdomain."""
     host = request_host(request)
     public = _public_host(settings)
@@ -153,7 +153,7 @@ def main_origin(request: Request, settings: Settings) -> str:
     return f"{request.url.scheme}://{HostName(name, host.port).netloc}"
 
 
-def subdomain_origin(request: Request, settings: Settings, subdomain: str) -> str | None:
+def subdomain_origin(request: HTTPConnection, settings: Settings, subdomain: str) -> str | None:
     """The origin of an instance's full-screen terminal, or None when no such host can exist.
 
     A bare IP address other than loopback has no subdomains; the operator then needs
@@ -179,3 +179,24 @@ def websocket_sources(request: Request) -> str:
     if host is None:
         return ""
     return f"ws://{host.netloc} wss://{host.netloc}"
+
+
+# ``<port>-<subdomain>``: a port in canonical form (no leading zero), then a subdomain. Handed
+# out subdomains start with the agent's letters, so the two never read alike.
+_PREVIEW = re.compile(r"^([1-9][0-9]{0,4})-(.+)$")
+
+
+def preview_label(label: str | None) -> tuple[int, str] | None:
+    """``(port, subdomain)`` of a preview host's first label (``3000-cl-x7k2m9``), or None."""
+    found = _PREVIEW.match(label or "")
+    if found is None or not _LABEL.match(found[2]) or int(found[1]) > 65535:
+        return None
+    return int(found[1]), found[2]
+
+
+def preview_origin(
+    request: HTTPConnection, settings: Settings, subdomain: str, port: int
+) -> str | None:
+    """The origin of an instance's preview of ``port``, or None when no such host can exist
+    (the server is reached by an IP address)."""
+    return subdomain_origin(request, settings, f"{port}-{subdomain}")

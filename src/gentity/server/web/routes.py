@@ -30,9 +30,11 @@ from gentity.server.web.hosts import (
     canonical_url,
     instance_subdomain,
     main_origin,
+    preview_origin,
     subdomain_origin,
 )
 from gentity.server.web.pages import not_found, render
+from gentity.server.web.preview import HANDOFF_PATH, safe_path
 
 router = APIRouter(include_in_schema=False)
 
@@ -211,6 +213,48 @@ async def open_on_subdomain(request: Request, db: Db, subdomain: str) -> Respons
     )
     response = _redirect(f"{origin}/?handoff={code}")
     # The code must not travel on in a Referer header.
+    response.headers["Referrer-Policy"] = "no-referrer"
+    return response
+
+
+@router.get("/dashboard/preview/{subdomain}/{port}")
+async def open_preview(request: Request, db: Db, subdomain: str, port: str) -> Response:
+    """Hand the signed-in owner over to a port's preview host (see ``web/preview.py``), then
+    on to ``next``, the path there they asked for."""
+    if (away := _off_subdomain(request)) is not None:
+        return away
+    principal = await _principal(request, db)
+    if principal is None:
+        return _to_login(request)
+    number = int(port) if port.isascii() and port.isdigit() and len(port) <= 5 else 0
+    row = await instances.find_owned(db, principal.user.id, subdomain=subdomain)
+    if row is None or not 1 <= number <= 65535:
+        return not_found(request, user=principal.user)
+    ctx = context(request)
+    origin = preview_origin(request, ctx.settings, row.subdomain, number)
+    if origin is None:
+        return render(
+            request,
+            "message.html",
+            status=409,
+            title="No host name for previews",
+            user=principal.user,
+            message=(
+                "This server is reached by an IP address, which cannot have subdomains. "
+                "Set GENTITY_PUBLIC_URL to a host name with a wildcard DNS record."
+            ),
+            back=f"/dashboard/instances/{row.id}",
+        )
+    code = handoff.mint(
+        ctx.box,
+        user_id=principal.user.id,
+        instance_id=row.id,
+        subdomain=row.subdomain,
+        session_id=principal.credential_id,
+        port=number,
+    )
+    target = quote(safe_path(request.query_params.get("next")), safe="/")
+    response = _redirect(f"{origin}{HANDOFF_PATH}?code={code}&next={target}")
     response.headers["Referrer-Policy"] = "no-referrer"
     return response
 

@@ -1,4 +1,5 @@
-// /dashboard/instances/{id}: details and status (polled), lifecycle buttons, terminal and logs.
+// /dashboard/instances/{id}: details and status (polled), lifecycle buttons, ports, terminal
+// and logs.
 import "./common.js";
 import { api } from "./api.js";
 import { IN_PROGRESS, TRANSITION, renderStatus, runAction, updateActionButtons } from "./actions.js";
@@ -6,6 +7,7 @@ import { renderHealth, resourcesText } from "./health.js";
 import { EventsPane } from "./events.js";
 import { LogsPane } from "./logs.js";
 import { FilesPane } from "./files.js";
+import { PortsPane } from "./ports.js";
 import { TerminalPane } from "./terminal.js";
 import { loadAgents, showLabels } from "./catalog.js";
 import { formatDate, setTime, showMessage } from "./ui.js";
@@ -23,6 +25,11 @@ const terminal = new TerminalPane(document.querySelector("[data-terminal]"), ins
 const logs = new LogsPane(document.querySelector("[aria-labelledby=logs-heading]"), instanceId);
 const events = new EventsPane(document.querySelector("[aria-labelledby=events-heading]"), instanceId);
 const files = new FilesPane(document.querySelector("[data-files]"), instanceId);
+const ports = new PortsPane(
+  document.querySelector("[data-ports]"),
+  instanceId,
+  document.body.dataset.subdomain,
+);
 let instance = null;
 let timer = null;
 let agents = [];
@@ -48,6 +55,7 @@ function render(current) {
   updateActionButtons(actions, current.status);
   terminal.follow(current, statusReason(current.status));
   files.follow(current);
+  ports.follow(current);
 }
 
 // When the server will stop the instance if nobody uses it: autoStopAt moves on with activity.
