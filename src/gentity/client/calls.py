@@ -17,8 +17,9 @@ from gentity import models
 T = TypeVar("T")
 M = TypeVar("M", bound=BaseModel)
 
-#: ``POST /api/instances`` blocks until the machine is started, which can take minutes.
-CREATE_TIMEOUT = 600.0
+#: ``POST /api/instances`` blocks until the machine is started, which can take minutes (a
+#: first install among them): as long as the server allows.
+CREATE_TIMEOUT = float(models.CREATE_TIMEOUT_SECONDS)
 
 
 @dataclass(frozen=True)
