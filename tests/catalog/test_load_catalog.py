@@ -119,3 +119,22 @@ def test_a_bad_ready_rule_names_the_agent(tmp_path: Path, ready: object, message
 def test_a_ready_rule_is_read_as_given(tmp_path: Path) -> None:
     catalog = load_catalog(_write(tmp_path, {"ready": {"quietMs": 50, "pattern": "> $"}}))
     assert catalog.agents[0].ready == ReadyRule(quiet_ms=50, pattern="> $")
+
+
+def test_the_fly_guest_image_preinstalls_the_pinned_versions() -> None:
+    dockerfile = (_SHIPPED.parents[3] / "deploy" / "guest" / "Dockerfile").read_text()
+    args = dict(
+        line.removeprefix("ARG ").split("=", 1)
+        for line in dockerfile.splitlines()
+        if line.startswith("ARG ") and "_VERSION=" in line
+    )
+    names = {
+        "claude-code": "CLAUDE_CODE_VERSION",
+        "codex": "CODEX_VERSION",
+        "gemini-cli": "GEMINI_CLI_VERSION",
+        "opencode": "OPENCODE_VERSION",
+        "aider": "AIDER_VERSION",
+    }
+    for agent in load_catalog().agents:
+        if agent.install is not None:
+            assert args[names[agent.id]] == agent.install.version, agent.id
