@@ -94,6 +94,7 @@ def create_instance(
     region: str | None = None,
     env: Mapping[str, str] | None = None,
     repo: str | None = None,
+    wait: bool = True,
 ) -> Call[models.InstanceCreated]:
     # A plain dict, not models.InstanceCreateRequest: the server validates and answers with a
     # 400 naming the field, which is the one error path callers have to handle anyway.
@@ -109,7 +110,12 @@ def create_instance(
     }
     body = {k: v for k, v in fields.items() if v is not None}
     return Call(
-        "POST", "/api/instances", _model(models.InstanceCreated), json=body, timeout=CREATE_TIMEOUT
+        "POST",
+        "/api/instances",
+        _model(models.InstanceCreated),
+        json=body,
+        params=None if wait else {"wait": "0"},
+        timeout=CREATE_TIMEOUT if wait else None,
     )
 
 

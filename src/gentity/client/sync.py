@@ -200,13 +200,16 @@ class Instances:
         region: str | None = None,
         env: Mapping[str, str] | None = None,
         repo: str | None = None,
+        wait: bool = True,
     ) -> models.InstanceCreated:
         """Create an instance; blocks until its machine has started. ``env`` is extra
         environment for the agent (kept encrypted, never shown back); ``repo`` an https git URL
-        cloned into its working directory on first start."""
+        cloned into its working directory on first start. With ``wait=False`` it answers as soon
+        as the instance exists (status ``provisioning``) while the start goes on: follow its
+        logs and events to see it run."""
         return self._client._send(
             calls.create_instance(
-                agent_type, model_provider, model_name, api_key, name, region, env, repo
+                agent_type, model_provider, model_name, api_key, name, region, env, repo, wait
             )
         )
 
