@@ -26,12 +26,14 @@ import pyte
 
 from bench.server import BenchServer
 from gentity import models
-from gentity.client import AsyncClient, TerminalOutput
+from gentity.client import ApiError, AsyncClient, TerminalOutput
 from gentity.client.calls import CREATE_TIMEOUT
 
 FAKE_KEY = "sk-gentity-agents-check-fake-key-0000000000000000"
 READY_TIMEOUT = 120.0
 """After ``running``, how long the agent has to become ready."""
+GIVE_UP_RESTARTS = 2
+"""An agent in back-off after this many restarts is reported as it is, not waited for."""
 COLS, ROWS = 120, 36
 SCREEN_QUIET = 2.0
 """The screen is taken once the terminal has been quiet this long (or after SCREEN_MAX)."""
@@ -73,14 +75,20 @@ async def check(client: AsyncClient, server: BenchServer, agent: models.Agent) -
         result.status = instance.status.value
         result.install_s = await _install_seconds(client, created.id)
         if instance.status is not models.InstanceStatus.RUNNING:
-            result.error = instance.error_message or ""
+            result.error = f"did not start: {instance.error_message or instance.status.value}"
             return result
         health = await _wait_ready(client, created.id)
         if health is not None:
             result.state, result.restarts = health.state.value, health.restarts
             if health.ready_at is not None:
                 result.ready_s = (health.ready_at - began).total_seconds()
-        result.screen = await _screen(client, created.id)
+        try:
+            result.screen = await _screen(client, created.id)
+        except ApiError as exc:
+            # No terminal (an agent that keeps exiting): its last log lines say why.
+            result.error = str(exc)
+            records = await client.instances.logs(created.id, 12)
+            result.screen = [f"{r.level.upper():5} {r.message}" for r in records]
         return result
     finally:
         with contextlib.suppress(Exception):
@@ -124,7 +132,10 @@ async def _wait_ready(client: AsyncClient, instance_id: str) -> models.AgentHeal
     health = None
     while time.monotonic() < deadline:
         health = (await client.instances.get(instance_id)).agent
-        if health is not None and health.state in _ENDED:
+        if health is not None and (
+            health.state in _ENDED
+            or (health.state is models.AgentState.BACKOFF and health.restarts >= GIVE_UP_RESTARTS)
+        ):
             return health
         await asyncio.sleep(0.5)
     return health
@@ -165,7 +176,7 @@ def report(results: list[Result]) -> None:
     for r in results:
         print(f"\n--- {r.agent}: last screen ({COLS}x{ROWS}) ---")
         if r.error:
-            print(f"(did not start: {r.error})")
+            print(f"({r.error})")
         for line in r.screen:
             print(line)
 
