@@ -35,9 +35,9 @@ READY_TIMEOUT = 120.0
 GIVE_UP_RESTARTS = 2
 """An agent in back-off after this many restarts is reported as it is, not waited for."""
 COLS, ROWS = 120, 36
-SCREEN_QUIET = 2.0
+SCREEN_QUIET = 3.0
 """The screen is taken once the terminal has been quiet this long (or after SCREEN_MAX)."""
-SCREEN_MAX = 15.0
+SCREEN_MAX = 30.0
 _ENDED = frozenset({models.AgentState.READY, models.AgentState.CRASHED, models.AgentState.EXITED})
 
 
@@ -85,9 +85,11 @@ async def check(client: AsyncClient, server: BenchServer, agent: models.Agent) -
         try:
             result.screen = await _screen(client, created.id)
         except ApiError as exc:
-            # No terminal (an agent that keeps exiting): its last log lines say why.
             result.error = str(exc)
-            records = await client.instances.logs(created.id, 12)
+        if not result.screen:
+            # No terminal (an agent that keeps exiting) or a blank one: its log says more.
+            result.error = result.error or "the screen is blank; the end of its log:"
+            records = await client.instances.logs(created.id, 15)
             result.screen = [f"{r.level.upper():5} {r.message}" for r in records]
         return result
     finally:
@@ -141,21 +143,32 @@ async def _wait_ready(client: AsyncClient, instance_id: str) -> models.AgentHeal
     return health
 
 
+class _Screen(pyte.Screen):
+    """pyte's screen, which takes ``CSI > … m`` (xterm's key-modifier options, which Ink-based
+    agents send) for colours and fails on it; those set nothing on the screen."""
+
+    def select_graphic_rendition(self, *attrs: int, private: bool = False) -> None:
+        if not private:
+            super().select_graphic_rendition(*attrs)
+
+
 async def _screen(client: AsyncClient, instance_id: str) -> list[str]:
-    screen = pyte.Screen(COLS, ROWS)
+    screen = _Screen(COLS, ROWS)
     stream = pyte.Stream(screen)
     async with client.instances.attach(instance_id, cols=COLS, rows=ROWS) as terminal:
-        await terminal.resize(COLS, ROWS)
         deadline = time.monotonic() + SCREEN_MAX
+        drawn = False  # quiet counts once something was drawn: a slow agent gets SCREEN_MAX
         while (left := deadline - time.monotonic()) > 0:
             try:
-                event = await asyncio.wait_for(terminal.recv(), min(SCREEN_QUIET, left))
+                wait = min(SCREEN_QUIET, left) if drawn else left
+                event = await asyncio.wait_for(terminal.recv(), wait)
             except TimeoutError:
                 break  # quiet: the screen is drawn
             if event is None:
                 break
             if isinstance(event, TerminalOutput):
                 stream.feed(event.data)
+                drawn = drawn or bool(event.data.strip())
     lines = [line.rstrip() for line in screen.display]
     while lines and not lines[-1]:
         lines.pop()
