@@ -158,3 +158,11 @@ def test_the_cause_of_a_pip_failure_is_its_last_error() -> None:
 
 def test_other_output_has_no_recognised_cause() -> None:
     assert _cause("something went wrong", "") == ""
+
+
+def test_the_last_line_skips_npms_debug_log_path() -> None:
+    cause = FailureCause()
+    for line in ["npm ERR! network down", "npm ERR! A complete log of this run can be found in: x"]:
+        cause.feed(line)
+    assert cause.describe() == ""  # a detail line alone names no cause…
+    assert cause.last == "npm ERR! network down"  # …and the caller quotes the real last line

@@ -145,6 +145,8 @@ class FailureCause:
         text = line.strip()
         if not text:
             return
+        if _NPM_NOISE[0] not in text and _NPM_NOISE[1] not in text:
+            self.last = text
         if match := _NPM_ERROR.match(text):
             detail = match.group(1).strip()
             if detail.startswith("code ") and not self.npm_code:
@@ -156,8 +158,6 @@ class FailureCause:
             self.pip_error = text.removeprefix("ERROR: ").strip()
         elif text.startswith("WARNING: Retrying") and "connection" in text.lower():
             self.pip_unreachable = True
-        if not text.startswith(_NPM_NOISE):
-            self.last = text
 
     def describe(self) -> str:
         """The cause in one line, or "" when the output held none."""
