@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run run-fakes test lint typecheck unit bench install clean
+.PHONY: run run-fakes test lint typecheck unit bench agents-check install clean
 
 $(STAMP): requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,11 @@ unit: install
 ## Benchmarks (not part of `make test`)
 bench: install
 	$(BIN)/python -m bench
+
+## Every catalog agent for real (registries, installs, a fake key): install time, time to ready,
+## last screen. Needs network, takes minutes; not part of `make test`. AGENTS="aider codex" for some.
+agents-check: install
+	$(BIN)/python -m bench.agents_check $(AGENTS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache test-output

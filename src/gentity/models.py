@@ -22,6 +22,12 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 from pydantic_core import CoreSchema
 
+#: How long a first start may spend installing the agent's CLI before the server gives up.
+INSTALL_TIMEOUT_SECONDS = 15 * 60
+#: How long ``POST /api/instances`` (and a start) may block: the install's limit plus the rest
+#: of a start (machine, guest, agent), each bounded on its own. Clients wait this long.
+CREATE_TIMEOUT_SECONDS = INSTALL_TIMEOUT_SECONDS + 5 * 60
+
 # C0 and C1 controls (NUL, escapes, newlines, DEL, ...), Unicode line separators and the bidi
 # overrides that make a name display as something else ("trojan source").
 _CONTROLS = r"\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069"

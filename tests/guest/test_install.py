@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from gentity.guest.config import InstallPlan
-from gentity.guest.install import install_once
+from gentity.guest.install import FailureCause, install_once
 from gentity.guest.logreader import tail
 from gentity.guest.logwriter import LogWriter
 from gentity.guest.redact import Redactor
@@ -108,3 +108,61 @@ def _gone(pid: int) -> bool:
             return True
         time.sleep(0.05)
     return False
+
+
+def _cause(*lines: str) -> str:
+    cause = FailureCause()
+    for line in lines:
+        cause.feed(line)
+    return cause.describe()
+
+
+def test_the_cause_of_an_npm_failure_is_its_code_not_its_last_line() -> None:
+    assert (
+        _cause(
+            "npm http fetch GET http://127.0.0.1:1/x attempt 1 failed with ENOTFOUND",
+            "npm error code ENOTFOUND",
+            "npm error syscall getaddrinfo",
+            "npm error network request to http://registry.example/x failed",
+            "npm error A complete log of this run can be found in: /root/.npm/_logs/1-debug-0.log",
+        )
+        == "npm: ENOTFOUND reaching the registry"
+    )
+    assert (
+        _cause(
+            "npm error code ETARGET",
+            "npm error notarget No matching version found for left-pad@9.9.9.",
+            "npm error notarget In most cases you or one of your dependencies are requesting",
+            "npm error A complete log of this run can be found in: /root/.npm/_logs/2-debug-0.log",
+        )
+        == "npm: ETARGET: notarget No matching version found for left-pad@9.9.9."
+    )
+    # npm 6's spelling, and an install script that failed.
+    assert _cause(
+        "npm ERR! code ELIFECYCLE",
+        "npm ERR! errno 1",
+        "npm ERR! x@1.0.0 install: `node-gyp rebuild`",
+    ) == ("npm: ELIFECYCLE: x@1.0.0 install: `node-gyp rebuild`")
+
+
+def test_the_cause_of_a_pip_failure_is_its_last_error() -> None:
+    assert (
+        _cause(
+            "Collecting aider-chat==9.9",
+            "ERROR: Could not find a version that satisfies the requirement aider-chat==9.9",
+            "ERROR: No matching distribution found for aider-chat==9.9",
+        )
+        == "pip: No matching distribution found for aider-chat==9.9"
+    )
+
+
+def test_other_output_has_no_recognised_cause() -> None:
+    assert _cause("something went wrong", "") == ""
+
+
+def test_the_last_line_skips_npms_debug_log_path() -> None:
+    cause = FailureCause()
+    for line in ["npm ERR! network down", "npm ERR! A complete log of this run can be found in: x"]:
+        cause.feed(line)
+    assert cause.describe() == ""  # a detail line alone names no cause…
+    assert cause.last == "npm ERR! network down"  # …and the caller quotes the real last line

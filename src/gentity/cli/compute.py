@@ -12,7 +12,7 @@ import typer
 from rich.text import Text
 
 from gentity import models
-from gentity.cli import completion, events, files, ports
+from gentity.cli import completion, events, files, ports, watch
 from gentity.cli.apikeys import read_api_key
 from gentity.cli.output import (
     PLAIN_HELP,
@@ -29,6 +29,7 @@ from gentity.cli.output import (
 )
 from gentity.cli.resolve import find_instance, instance_gone
 from gentity.client import ApiError, Client, ExecOutput
+from gentity.client.calls import CREATE_TIMEOUT
 
 app = typer.Typer(
     rich_markup_mode=PLAIN_HELP,
@@ -96,10 +97,12 @@ def create(
     ] = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """Create an instance and wait until it runs.
+    """Create an instance and wait until it runs, showing its log as it starts.
 
-    The model API key is read from the provider's usual variable (ANTHROPIC_API_KEY,
-    OPENAI_API_KEY, GEMINI_API_KEY) or prompted for without echo; it is never an option.
+    The id is printed as soon as the instance exists, then the install and start lines of its
+    log, until it runs or fails. The model API key is read from the provider's usual variable
+    (ANTHROPIC_API_KEY, OPENAI_API_KEY, GEMINI_API_KEY) or prompted for without echo; it is
+    never an option.
     """
     with Client() as client:
         found = next((a for a in client.catalog() if a.id == agent), None)
@@ -108,18 +111,24 @@ def create(
         chosen = _pick_model(found, model, provider)
         api_key = read_api_key(found, chosen)
         extra_env = _parse_env(env or [])
-        with spinner(f"Creating {found.name} ({chosen.provider}/{chosen.name})…"):
-            created = client.instances.create(
-                found.id,
-                chosen.provider,
-                chosen.name,
-                api_key=api_key,
-                name=name,
-                region=region,
-                env=extra_env or None,
-                repo=repo,
-                auto_stop_minutes=auto_stop,
-            )
+    request = watch.CreateRequest(
+        found, chosen, api_key, name, region, extra_env or None, repo, auto_stop
+    )
+    try:
+        created, instance = watch.create_and_watch(request)
+    except KeyboardInterrupt:
+        note("Stopped watching; the instance goes on starting (see: gentity compute ls).")
+        raise typer.Exit(130) from None
+    except watch.StillStarting as exc:
+        minutes = CREATE_TIMEOUT / 60
+        fail(
+            f"{exc.created.id} had not started after {minutes:.0f} minutes, the server's limit; "
+            f"see: gentity compute logs {exc.created.id}"
+        )
+    if instance.status is not models.InstanceStatus.RUNNING:
+        why = instance.error_message or f"it is {instance.status.value}"
+        fail(f"{_label(instance)} did not start: {why}")
+    created = created.model_copy(update={"status": instance.status})
     if as_json:
         print_json(created)
         return

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from gentity.cli import auth, catalog, compute, secret_keys, serve, tokens, users
+from gentity.cli import agents, auth, catalog, compute, secret_keys, serve, tokens, users
 from gentity.cli.output import PLAIN_HELP, report_and_exit
 from gentity.client import ApiError, ConfigError
 
@@ -25,6 +25,7 @@ app.command("whoami")(auth.whoami)
 app.command("catalog")(catalog.catalog)
 app.add_typer(compute.app, name="compute")
 app.add_typer(tokens.app, name="tokens")
+app.add_typer(agents.app, name="agents")
 
 
 def main() -> None:

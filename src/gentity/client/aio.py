@@ -249,11 +249,14 @@ class AsyncInstances:
         env: Mapping[str, str] | None = None,
         repo: str | None = None,
         auto_stop_minutes: int | None = None,
+        wait: bool = True,
     ) -> models.InstanceCreated:
         """Create an instance; blocks until its machine has started. ``env`` is extra
         environment for the agent (kept encrypted, never shown back); ``repo`` an https git URL
         cloned into its working directory on first start; ``auto_stop_minutes`` stops it after
-        that many minutes without activity (0: never; by default the server's setting)."""
+        that many minutes without activity (0: never; by default the server's setting). With
+        ``wait=False`` it answers as soon as the instance exists (status ``provisioning``) while
+        the start goes on: follow its logs and events to see it run."""
         return await self._client._send(
             calls.create_instance(
                 agent_type,
@@ -265,6 +268,7 @@ class AsyncInstances:
                 env,
                 repo,
                 auto_stop_minutes,
+                wait,
             )
         )
 

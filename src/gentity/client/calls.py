@@ -17,8 +17,9 @@ from gentity import models
 T = TypeVar("T")
 M = TypeVar("M", bound=BaseModel)
 
-#: ``POST /api/instances`` blocks until the machine is started, which can take minutes.
-CREATE_TIMEOUT = 600.0
+#: ``POST /api/instances`` blocks until the machine is started, which can take minutes (a
+#: first install among them): as long as the server allows.
+CREATE_TIMEOUT = float(models.CREATE_TIMEOUT_SECONDS)
 
 
 @dataclass(frozen=True)
@@ -94,6 +95,7 @@ def create_instance(
     env: Mapping[str, str] | None = None,
     repo: str | None = None,
     auto_stop_minutes: int | None = None,
+    wait: bool = True,
 ) -> Call[models.InstanceCreated]:
     # A plain dict, not models.InstanceCreateRequest: the server validates and answers with a
     # 400 naming the field, which is the one error path callers have to handle anyway.
@@ -110,7 +112,12 @@ def create_instance(
     }
     body = {k: v for k, v in fields.items() if v is not None}
     return Call(
-        "POST", "/api/instances", _model(models.InstanceCreated), json=body, timeout=CREATE_TIMEOUT
+        "POST",
+        "/api/instances",
+        _model(models.InstanceCreated),
+        json=body,
+        params=None if wait else {"wait": "0"},
+        timeout=CREATE_TIMEOUT if wait else None,
     )
 
 

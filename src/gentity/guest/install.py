@@ -16,6 +16,7 @@ import asyncio
 import fcntl
 import itertools
 import os
+import re
 import shlex
 import subprocess
 from collections.abc import Callable
@@ -85,10 +86,10 @@ async def _run(
     except StartError as exc:
         return str(exc)
     log.write("info", f"install: running {shlex.join(argv)}")
-    last = [""]  # the last output line explains most failures
+    cause = FailureCause()
 
     def note(line: str) -> None:
-        last[0] = line
+        cause.feed(line)
         log.write("info", f"install: {line}")
         if on_line is not None:
             on_line(line)
@@ -111,7 +112,64 @@ async def _run(
     code, sig_name = describe_exit(returncode)
     what = f"{name} exited with code {code}" if sig_name is None else f"{name} killed by {sig_name}"
     # Lines arrive redacted (run_piped applies the log's redactor), so the error can quote one.
-    return f"{what}: {last[0]}" if last[0] else what
+    return cause.describe() or (f"{what}: {cause.last}" if cause.last else what)
+
+
+#: npm's error codes for a registry it could not reach (DNS, refused, reset, timed out).
+_NETWORK_CODES: Final = frozenset(
+    {"ECONNREFUSED", "ECONNRESET", "ENOTFOUND", "EAI_AGAIN", "ETIMEDOUT", "ENETUNREACH"}
+)
+_NPM_ERROR: Final = re.compile(r"npm (?:error|ERR!) ?(.*)")
+# npm lines that say where or how, not what went wrong.
+_NPM_DETAIL_KEYS: Final = ("code ", "syscall ", "errno ", "path ", "signal ", "network ")
+_NPM_NOISE: Final = ("A complete log of this run", "Log files were not written")
+
+
+class FailureCause:
+    """Picks the cause of an installer's failure out of its output, as the installer wrote it.
+
+    npm ends with the path of its debug log, and pip with a summary: the last line is rarely
+    the cause. npm's cause is its ``npm error code E…`` with the first line that explains it;
+    pip's is its last ``ERROR:`` line, and the index it could not reach when it retried.
+    Other programs: none (the caller quotes their last line).
+    """
+
+    def __init__(self) -> None:
+        self.last = ""
+        self.npm_code = ""
+        self.npm_lines: list[str] = []
+        self.pip_error = ""
+        self.pip_unreachable = False
+
+    def feed(self, line: str) -> None:
+        text = line.strip()
+        if not text:
+            return
+        if _NPM_NOISE[0] not in text and _NPM_NOISE[1] not in text:
+            self.last = text
+        if match := _NPM_ERROR.match(text):
+            detail = match.group(1).strip()
+            if detail.startswith("code ") and not self.npm_code:
+                self.npm_code = detail.removeprefix("code ").strip()
+            elif detail and not detail.startswith(_NPM_DETAIL_KEYS + _NPM_NOISE):
+                self.npm_lines.append(detail)
+            return
+        if text.startswith("ERROR: "):
+            self.pip_error = text.removeprefix("ERROR: ").strip()
+        elif text.startswith("WARNING: Retrying") and "connection" in text.lower():
+            self.pip_unreachable = True
+
+    def describe(self) -> str:
+        """The cause in one line, or "" when the output held none."""
+        if self.npm_code in _NETWORK_CODES:
+            return f"npm: {self.npm_code} reaching the registry"
+        if self.npm_code or self.npm_lines:
+            head = f"npm: {self.npm_code}" if self.npm_code else "npm"
+            return f"{head}: {self.npm_lines[0]}" if self.npm_lines else head
+        if self.pip_error:
+            unreachable = "; the package index could not be reached" if self.pip_unreachable else ""
+            return f"pip: {self.pip_error}{unreachable}"
+        return ""
 
 
 # Small synchronous helpers, kept out of async functions on purpose: they touch only local

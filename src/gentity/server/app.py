@@ -12,7 +12,7 @@ from pathlib import Path
 from fastapi import FastAPI
 
 from gentity import __version__
-from gentity.catalog import load_catalog
+from gentity.catalog import load_catalog, read_pins
 from gentity.providers.compute.registry import Providers
 from gentity.providers.dns.registry import create_dns_provider
 from gentity.server import web
@@ -67,7 +67,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         box=SecretBox.from_settings(
             settings.secret_key, settings.data_dir, settings.resolved_secret_key_file
         ),
-        catalog=load_catalog(),
+        # `gentity agents update` pins versions in the data directory, over the catalog's.
+        catalog=load_catalog().with_pins(read_pins(settings.data_dir)),
         providers=Providers.from_settings(settings),
         dns=create_dns_provider(settings),
     )

@@ -49,10 +49,12 @@ async def run_once(
     scope: str,
     request: BaseModel,
     work: Callable[[], Awaitable[BaseModel]],
+    status: int = 200,
 ) -> Answer:
-    """Do ``work`` once per (user, scope, key) and answer with its result, or the stored one."""
+    """Do ``work`` once per (user, scope, key) and answer with its result (as ``status``), or
+    the stored one."""
     if key is None:
-        return 200, _dump(await work())
+        return status, _dump(await work())
     digest = hashlib.sha256(request.model_dump_json().encode()).hexdigest()
     async with ctx.db.session() as db:
         cutoff = utcnow() - TTL
@@ -81,17 +83,17 @@ async def run_once(
         except IntegrityError:
             raise _in_progress() from None  # a concurrent retry claimed it first
         claim_id = claim.id
-    task = asyncio.create_task(_do_and_store(ctx, claim_id, work))
+    task = asyncio.create_task(_do_and_store(ctx, claim_id, work, status))
     ctx.background.add(task)
     task.add_done_callback(ctx.background.discard)
     return await asyncio.shield(task)
 
 
 async def _do_and_store(
-    ctx: AppContext, claim_id: int, work: Callable[[], Awaitable[BaseModel]]
+    ctx: AppContext, claim_id: int, work: Callable[[], Awaitable[BaseModel]], status: int = 200
 ) -> Answer:
     try:
-        answer: Answer = (200, _dump(await work()))
+        answer: Answer = (status, _dump(await work()))
     except (ApiError, DomainError, ProviderError, ProviderUnavailable) as exc:
         status, message, _ = answer_for(exc)
         if status >= 500:

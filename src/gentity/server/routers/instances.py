@@ -49,24 +49,49 @@ def _answer(answer: idempotency.Answer) -> JSONResponse:
     return JSONResponse(body, status_code=status)
 
 
-@router.post("", response_model=models.InstanceCreated, responses=errors(409, 422, 502))
+@router.post(
+    "",
+    response_model=models.InstanceCreated,
+    responses={
+        202: {"model": models.InstanceCreated, "description": "With wait=0: created, starting"},
+        **errors(409, 422, 502),
+    },
+)
 async def create_instance(
     body: models.InstanceCreateRequest,
     principal: Auth,
     ctx: Ctx,
     idempotency_key: IdempotencyHeader = None,
+    wait: Annotated[
+        str | None,
+        Query(
+            description="0 (or false) to answer 202 as soon as the instance exists, while it "
+            "starts (follow its log and events); by default the answer waits until it runs"
+        ),
+        WithJsonSchema({"anyOf": [{"type": "boolean"}, {"type": "integer", "enum": [0, 1]}]}),
+    ] = None,
 ) -> JSONResponse:
-    """Create an instance and block until its machine and agent are running."""
+    """Create an instance and block until its machine and agent are running (or, with
+    ``wait=0``, answer ``202`` once it exists)."""
     key = idempotency.validate_key(idempotency_key)
+    waiting = wait is None or parse_flag(wait, "wait")
 
     async def create() -> models.InstanceCreated:
         # A session of its own: the work may outlive this request (and its session).
         async with ctx.db.session() as session:
             with ctx.metrics.operation("create"):
-                return await instances.create(ctx, session, principal.user.id, body)
+                return await instances.create(ctx, session, principal.user.id, body, wait=waiting)
 
     return _answer(
-        await idempotency.run_once(ctx, principal.user.id, key, "POST /api/instances", body, create)
+        await idempotency.run_once(
+            ctx,
+            principal.user.id,
+            key,
+            "POST /api/instances",
+            body,
+            create,
+            status=200 if waiting else 202,
+        )
     )
 
 

@@ -200,8 +200,15 @@ def _validate(
 
 
 async def create(
-    ctx: AppContext, db: AsyncSession, user_id: str, body: models.InstanceCreateRequest
+    ctx: AppContext,
+    db: AsyncSession,
+    user_id: str,
+    body: models.InstanceCreateRequest,
+    *,
+    wait: bool = True,
 ) -> models.InstanceCreated:
+    """Create the instance's row, then start it: until it runs (a failure raises), or, without
+    ``wait``, in the background (the answer is the new row, ``provisioning``)."""
     agent, model = _validate(ctx, body)
     instance_id = new_id()
     api_key = body.api_key.strip() if body.api_key and model.api_key_env else None
@@ -262,11 +269,26 @@ async def create(
         await session.commit()
         await _boot(ctx, session, inst, restart=False)
 
+    if not wait:
+        # The operation runs to its end whatever happens to this request (run_operation
+        # shields it); how it ends is the instance's status, its events and its log.
+        task = asyncio.create_task(run_operation(ctx, instance_id, provision))
+        ctx.background.add(task)
+        task.add_done_callback(ctx.background.discard)
+        task.add_done_callback(_log_unexpected)
+        return models.InstanceCreated(id=row.id, subdomain=row.subdomain, status=S.PROVISIONING)
     await run_operation(ctx, instance_id, provision)
     await db.refresh(row)
     if row.status != S.RUNNING.value:
         raise UpstreamFailed(row.error_message or f"instance is {row.status}")
     return models.InstanceCreated(id=row.id, subdomain=row.subdomain, status=S.RUNNING)
+
+
+def _log_unexpected(task: asyncio.Task[Any]) -> None:
+    """A background create's end: its failures are already the instance's status, except one
+    refused before it began (e.g. a destroy came first), which is logged here."""
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        log.warning("background create ended with %s: %s", type(exc).__name__, exc)
 
 
 # --- actions -------------------------------------------------------------------------------

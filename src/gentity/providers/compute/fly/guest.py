@@ -83,13 +83,14 @@ def layout(launch: GuestLaunch, *, preinstalled: bool) -> GuestLayout:
     extra_path: list[str] = []
     install: Json | None = None
     if launch.install is not None and not preinstalled:
-        target = f"{STATE}/agents/{launch.agent}"
+        # One directory per version: a new pin installs anew, beside the old one.
+        target = f"{STATE}/agents/{launch.install.cache_name(launch.agent)}"
         install = {
-            "lockFile": f"{STATE}/agents/{launch.agent}.lock",
+            "lockFile": f"{target}.lock",
             "marker": f"{target}/.installed",
             "commands": install_commands(target, launch.install),
             "env": {"PATH": DEFAULT_PATH, "HOME": HOME, "npm_config_cache": f"{STATE}/npm"},
-            "package": launch.install.npm or launch.install.pypi or "",
+            "package": launch.install.spec,
         }
         extra_path.append(f"{target}/bin")
     env = {
@@ -105,13 +106,4 @@ def layout(launch: GuestLaunch, *, preinstalled: bool) -> GuestLayout:
 
 def install_commands(target: str, step: InstallStep) -> list[list[str]]:
     """Install the agent's CLI under ``target`` (``target/bin`` then holds its commands)."""
-    if step.npm:
-        return [
-            ["npm", "install", "--global", "--prefix", target, "--no-fund", "--no-audit", step.npm]
-        ]
-    if step.pypi:
-        return [
-            ["python3", "-m", "venv", "--clear", target],
-            [f"{target}/bin/python", "-m", "pip", "install", "--quiet", step.pypi],
-        ]
-    raise ValueError("the catalog names no package to install")
+    return step.commands(target, "python3")

@@ -288,7 +288,11 @@ class LocalProvider(ComputeProvider):
     def guest_layout(self, handle: MachineHandle, launch: GuestLaunch) -> GuestLayout:
         # The agent was installed on the host before boot (start): its cache is mounted
         # read-only into the sandbox, so the guest installs nothing itself.
-        extra_path = [] if launch.install is None else [str(bin_dir(self.agents_dir, launch.agent))]
+        extra_path = (
+            []
+            if launch.install is None
+            else [str(bin_dir(self.agents_dir, launch.agent, launch.install))]
+        )
         view = self.paths(handle).view(bwrap_path() is not None)
         env = guest_environment(view.home, extra_path)
         return GuestLayout(workdir=view.home, log_file=view.log_file, env=env)
