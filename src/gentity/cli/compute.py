@@ -82,6 +82,13 @@ def create(
     repo: Annotated[
         str | None, typer.Option(help="An https git URL to clone into the working directory.")
     ] = None,
+    restart_policy: Annotated[
+        models.RestartPolicy,
+        typer.Option(
+            "--restart-policy",
+            help="Restart the agent and a dead machine: always, on-failure or never.",
+        ),
+    ] = models.RestartPolicy.ALWAYS,
     as_json: JsonFlag = False,
 ) -> None:
     """Create an instance and wait until it runs.
@@ -106,6 +113,7 @@ def create(
                 region=region,
                 env=extra_env or None,
                 repo=repo,
+                restart_policy=restart_policy.value,
             )
     if as_json:
         print_json(created)

@@ -201,13 +201,23 @@ class AsyncInstances:
         region: str | None = None,
         env: Mapping[str, str] | None = None,
         repo: str | None = None,
+        restart_policy: str | None = None,
     ) -> models.InstanceCreated:
         """Create an instance; blocks until its machine has started. ``env`` is extra
         environment for the agent (kept encrypted, never shown back); ``repo`` an https git URL
-        cloned into its working directory on first start."""
+        cloned into its working directory on first start; ``restart_policy`` ``always`` (the
+        server's default), ``on-failure`` or ``never``."""
         return await self._client._send(
             calls.create_instance(
-                agent_type, model_provider, model_name, api_key, name, region, env, repo
+                agent_type,
+                model_provider,
+                model_name,
+                api_key,
+                name,
+                region,
+                env,
+                repo,
+                restart_policy,
             )
         )
 

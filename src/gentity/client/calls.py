@@ -93,6 +93,7 @@ def create_instance(
     region: str | None = None,
     env: Mapping[str, str] | None = None,
     repo: str | None = None,
+    restart_policy: str | None = None,
 ) -> Call[models.InstanceCreated]:
     # A plain dict, not models.InstanceCreateRequest: the server validates and answers with a
     # 400 naming the field, which is the one error path callers have to handle anyway.
@@ -105,6 +106,7 @@ def create_instance(
         "region": region,
         "env": dict(env) if env is not None else None,
         "repo": repo,
+        "restartPolicy": restart_policy,
     }
     body = {k: v for k, v in fields.items() if v is not None}
     return Call(

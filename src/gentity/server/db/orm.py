@@ -150,6 +150,13 @@ class Instance(Base):
     """The user's ``env`` for the agent, as a sealed JSON object (None: none given)."""
     repo: Mapped[str | None] = mapped_column(String(2048), default=None)
     """A git URL the guest clones into the working directory on first start."""
+    restart_policy: Mapped[str] = mapped_column(String(16), default="always")
+    """``always``, ``on-failure`` or ``never`` (see ``models.RestartPolicy``)."""
+    recovery_attempts: Mapped[int] = mapped_column(Integer, default=0)
+    """Automatic restarts of a dead machine since the user last started it (see
+    ``server.recovery``)."""
+    recover_at: Mapped[datetime | None] = mapped_column(default=None)
+    """When the next automatic restart of a dead machine is due; None when none is."""
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
     destroyed_at: Mapped[datetime | None] = mapped_column(default=None)

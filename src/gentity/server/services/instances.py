@@ -50,7 +50,7 @@ from gentity.server.services.instance_status import (
     record_creation,
     set_status,
 )
-from gentity.server.services.operations import release, run_operation
+from gentity.server.services.operations import in_flight_here, release, run_operation
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +60,8 @@ HEALTH_TIMEOUT = 2.0
 HEALTH_CONCURRENCY = 16
 HEALTH_LIST_BUDGET = 3.0
 _SUBDOMAIN_ATTEMPTS = 8
+#: The statuses in which an instance's guest is asked for its agent's health.
+_HEALTHY = (S.RUNNING.value, S.RESTARTING.value)
 
 
 def to_wire(row: Instance) -> models.Instance:
@@ -75,13 +77,15 @@ def to_wire(row: Instance) -> models.Instance:
         error_message=row.error_message,
         created_at=row.created_at,
         updated_at=row.updated_at,
+        restart_policy=models.RestartPolicy(row.restart_policy),
     )
 
 
 async def agent_health(ctx: AppContext, row: Instance) -> models.AgentHealth | None:
-    """The agent's health from its guest; None unless the instance runs and its guest answers
-    in time (the instance's status stays the truth about the machine)."""
-    if row.status != S.RUNNING or row.provider_ref is None:
+    """The agent's health from its guest; None unless the instance runs (or its agent is being
+    restarted) and its guest answers in time (the instance's status stays the truth about the
+    machine)."""
+    if row.status not in _HEALTHY or row.provider_ref is None:
         return None
     try:
         endpoint = provider_for(ctx, row).guest_endpoint(handle_of(row))
@@ -100,7 +104,7 @@ async def to_wire_with_health(ctx: AppContext, rows: list[Instance]) -> list[mod
         async with limit:
             return await agent_health(ctx, row)
 
-    tasks = [asyncio.create_task(one(row)) for row in rows if row.status == S.RUNNING]
+    tasks = [asyncio.create_task(one(row)) for row in rows if row.status in _HEALTHY]
     if tasks:
         _, pending = await asyncio.wait(tasks, timeout=HEALTH_LIST_BUDGET)
         for task in pending:
@@ -109,12 +113,25 @@ async def to_wire_with_health(ctx: AppContext, rows: list[Instance]) -> list[mod
     wires = []
     for row in rows:
         wire = to_wire(row)
-        if row.status == S.RUNNING:
+        if row.status in _HEALTHY:
             task = next(answers)
             if task.done() and not task.cancelled():
                 wire.agent = task.result()
         wires.append(wire)
     return wires
+
+
+def guest_serves(ctx: AppContext, row: Instance) -> bool:
+    """Whether the instance's guest runs and serves its log and terminals: the instance is
+    ``running``, or ``restarting`` because its guest restarts the agent (no operation under
+    way, see ``server.recovery``)."""
+    if row.status == S.RUNNING.value:
+        return True
+    return (
+        row.status == S.RESTARTING.value
+        and row.operation_owner is None
+        and not in_flight_here(ctx, row.id)
+    )
 
 
 def handle_of(row: Instance) -> MachineHandle:
@@ -214,6 +231,7 @@ async def create(
         if body.env
         else None,
         repo=body.repo,
+        restart_policy=body.restart_policy.value,
     )
     for _attempt in range(_SUBDOMAIN_ATTEMPTS):
         row.subdomain = f"{agent.subdomain_prefix}-{random_slug(6)}"
@@ -261,12 +279,17 @@ async def act(ctx: AppContext, db: AsyncSession, row: Instance, action: Instance
     current = S(row.status)
     if action_step(current, action) is None or row.provider_ref is None:
         raise Conflict(f"cannot {action.value} the instance while it is {current.value}")
+    if current is S.RESTARTING and (row.operation_owner is not None or in_flight_here(ctx, row.id)):
+        # Only the agent's own restart (no operation under way) gives way to an action.
+        raise Conflict(f"cannot {action.value} the instance while it is being restarted")
 
     async def operate(session: AsyncSession, inst: Instance) -> None:
         # Decided again on the row as this session reads it: it may have moved since.
         step = action_step(S(inst.status), action)
         if step is None:
             raise TransitionError(f"the instance is now {inst.status}")
+        # The user takes over: no automatic restart is pending, and the count starts again.
+        inst.recovery_attempts, inst.recover_at = 0, None
         await set_status(session, inst, step, f"{action.value} requested")
         await session.commit()
         if step is S.STOPPING:
@@ -362,6 +385,7 @@ def _launch(ctx: AppContext, inst: Instance) -> GuestLaunch:
         secret=guest_secret(ctx, inst),
         agent_env=agent_env,
         install=agent.install,
+        restart=inst.restart_policy,
         secret_env=(*user_env, *((model.api_key_env,) if api_key is not None else ())),
         ready=agent.ready,
         workdir=WORKDIR,
@@ -377,6 +401,12 @@ def _launch(ctx: AppContext, inst: Instance) -> GuestLaunch:
             repo=inst.repo,
         ),
     )
+
+
+async def boot(ctx: AppContext, session: AsyncSession, inst: Instance) -> None:
+    """Start a stopped (or failed) instance's machine, as a user's ``start`` does: for the
+    automatic restarts of ``server.recovery``."""
+    await _boot(ctx, session, inst, restart=False)
 
 
 async def _boot(ctx: AppContext, session: AsyncSession, inst: Instance, *, restart: bool) -> None:
@@ -402,6 +432,9 @@ async def _boot(ctx: AppContext, session: AsyncSession, inst: Instance, *, resta
         raise ProviderError(str(health.get("error") or "the agent failed to start"))
     await set_status(session, inst, S.RUNNING, "agent running")
     await session.commit()
+    from gentity.server import recovery  # it builds on this module
+
+    recovery.watch(ctx, inst.id)
 
 
 async def _configure(provider: ComputeProvider, handle: MachineHandle, launch: GuestLaunch) -> None:

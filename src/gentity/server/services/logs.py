@@ -8,11 +8,10 @@ from collections.abc import AsyncGenerator, AsyncIterator
 
 from gentity import models
 from gentity.guest import client as guest_client
-from gentity.models import InstanceStatus
 from gentity.server.context import AppContext
 from gentity.server.db.orm import Instance
 from gentity.server.services.errors import Conflict, UpstreamFailed
-from gentity.server.services.instances import guest_secret, handle_of, provider_for
+from gentity.server.services.instances import guest_secret, guest_serves, handle_of, provider_for
 
 LogStream = AsyncIterator[tuple[str, dict[str, str]]]
 """``(cursor, record)`` pairs as the guest streams them (``""`` for a record with none)."""
@@ -27,7 +26,7 @@ async def tail(ctx: AppContext, row: Instance, lines: int) -> list[models.LogLin
         return []
     provider, handle = provider_for(ctx, row), handle_of(row)
     records: list[dict[str, str]] | None = None
-    if row.status == InstanceStatus.RUNNING.value:
+    if guest_serves(ctx, row):
         endpoint = provider.guest_endpoint(handle)
         try:
             records, _ = await guest_client.logs(endpoint, guest_secret(ctx, row), lines=lines)
@@ -49,7 +48,7 @@ async def follow(ctx: AppContext, row: Instance, cursor: str | None, lines: int)
     instance runs (the log is on its volume)."""
     if row.provider_ref is None:
         raise Conflict("the instance has no machine yet")
-    if row.status != InstanceStatus.RUNNING.value:
+    if not guest_serves(ctx, row):
         return _until_running(ctx, row, cursor, lines)
     return await _from_guest(ctx, row, cursor, lines)
 
@@ -81,7 +80,7 @@ async def _until_running(
             current = await session.get(Instance, row.id)
         if current is None or current.destroyed_at is not None:
             return
-        if current.status == InstanceStatus.RUNNING.value:
+        if guest_serves(ctx, current):
             break
     # Records written while it booted (before this cursor-less follow began) were not read.
     stream = await _from_guest(ctx, current, cursor, 0 if cursor is None else lines)

@@ -36,6 +36,14 @@ def recorded(pid_file: Path) -> int | None:
     return pid if _start_time(pid) == started else None
 
 
+def recorded_pid(pid_file: Path) -> int | None:
+    """The recorded pid, whether or not that process still runs (to look up how it ended)."""
+    try:
+        return int(pid_file.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def forget(pid_file: Path) -> None:
     with contextlib.suppress(FileNotFoundError):
         pid_file.unlink()

@@ -63,6 +63,7 @@ from gentity.providers.compute.local.guest_process import (
     bind_socket,
     describe_exit,
     end_waiting_guest,
+    exit_words,
     log_guest_output,
     send_bootstrap,
     wait_for_waiting,
@@ -125,6 +126,9 @@ class LocalProvider(ComputeProvider):
         self.key_dir = key_dir
         self._spares = spares.WarmSpares(warm_spares, self._start_spare, self._discard)
         self._warned_unlimited: set[str] = set()
+        # How each guest this process spawned ended, by its host pid: `status` names the
+        # guest's exit ("killed by signal KILL") instead of just saying that nothing runs.
+        self._exits: dict[int, int] = {}
         self.instances_dir = data_dir / "instances"
         self.agents_dir = data_dir / "agents"
         # Unix socket paths are limited to 107 bytes, and data directories can be deep: the
@@ -393,7 +397,9 @@ class LocalProvider(ComputeProvider):
                 os.close(fd)
         processes.record(paths.pid_file, process.pid)
         # Reap it when it ends while this server runs; after a server restart, init does.
-        threading.Thread(target=process.wait, name=f"reap-{ref}", daemon=True).start()
+        threading.Thread(
+            target=self._reap, args=(process,), name=f"reap-{ref}", daemon=True
+        ).start()
         booted = Booted(paths, process, listen_fd, cgroup_fd, uid=uid)
         try:
             if info_read is not None:
@@ -415,6 +421,9 @@ class LocalProvider(ComputeProvider):
                 if leftover is not None:
                     os.close(leftover)
         return booted
+
+    def _reap(self, process: subprocess.Popen[bytes]) -> None:
+        self._exits[process.pid] = process.wait()
 
     # --- warm spares (see spares.py) ------------------------------------------------------
 
@@ -532,7 +541,11 @@ class LocalProvider(ComputeProvider):
         if self._pids(handle):
             return MachineStatus(MachineState.RUNNING)
         log_guest_output(handle.ref, paths)
-        return MachineStatus(MachineState.STOPPED, "its guest daemon is not running")
+        code = self._exits.get(processes.recorded_pid(paths.pid_file) or 0)
+        if code is None:
+            # Spawned by an earlier server process, or stopped on purpose: how it ended is unknown.
+            return MachineStatus(MachineState.STOPPED, "its guest daemon is not running")
+        return MachineStatus(MachineState.STOPPED, f"the guest daemon {exit_words(code)}")
 
     def guest_endpoint(self, handle: MachineHandle) -> GuestEndpoint:
         return GuestEndpoint(f"unix:{self.paths(handle).socket}")
