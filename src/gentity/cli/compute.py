@@ -231,6 +231,7 @@ def show(instance_id: InstanceId, as_json: JsonFlag = False) -> None:
             ("Model", f"{instance.model_provider}/{instance.model_name}"),
             ("Subdomain", instance.subdomain),
             ("Region", instance.region or "-"),
+            ("Restart policy", instance.restart_policy.value),
             ("Created", when(instance.created_at)),
             ("Updated", when(instance.updated_at)),
         ]

@@ -109,14 +109,32 @@ def agent_exit(code: object) -> str:
 # --- what the guest says -------------------------------------------------------------------
 
 
-async def follow(ctx: AppContext, session: AsyncSession, row: Instance, health: Any) -> None:
+async def follow(
+    ctx: AppContext,
+    session: AsyncSession,
+    row: Instance,
+    health: Any,
+    *,
+    restarts_seen: int | None = None,
+) -> None:
     """Bring a watched row's status in line with its guest's ``health``. Commits; raises
-    :class:`TransitionError` when the row changed meanwhile."""
+    :class:`TransitionError` when the row changed meanwhile.
+
+    ``restarts_seen``: the agent's restart count in the guest's previous answer, if the caller
+    has one; a higher count now means a whole restart happened between the two answers (a
+    short back-off on a busy host), which is recorded too."""
     if not isinstance(health, dict) or health.get("configured") is not True:
         return  # an unconfigured guest is configured again by the reconciler
     status, state = S(row.status), health.get("state")
     reported = health.get("agent")
     agent: dict[str, Any] = reported if isinstance(reported, dict) else {}
+    restarts = agent.get("restarts")
+    missed = isinstance(restarts, int) and restarts_seen is not None and restarts > restarts_seen
+    if missed and status is S.RUNNING and agent.get("state") != p.AGENT_BACKOFF:
+        exited = agent_exit(agent.get("lastExitCode"))
+        await set_status(session, row, S.RESTARTING, f"{exited}; restarting")
+        await session.commit()
+        status = S.RESTARTING
     if agent.get("state") == p.AGENT_BACKOFF and status is S.RUNNING:
         delay = agent.get("restartDelay")
         when = f"restarting in {delay:g} s" if isinstance(delay, int | float) else "restarting"
@@ -263,10 +281,22 @@ async def _watch(ctx: AppContext, instance_id: str) -> None:
         log.exception("watching instance %s failed", instance_id)
 
 
+async def _operations_done(ctx: AppContext, instance_id: str) -> None:
+    """Until this server runs no operation on the instance (e.g. the start that began the
+    watch, which is still finishing)."""
+    while operations.in_flight_here(ctx, instance_id):
+        running: set[asyncio.Task[str | None]] = set(ctx.operations.get(instance_id, ()))
+        if instance_id in ctx.destroying:
+            running.add(ctx.destroying[instance_id])
+        await asyncio.wait(running)
+
+
 async def _watch_loop(ctx: AppContext, instance_id: str) -> None:
     since: object = None
+    restarts_seen: int | None = None
     failures = 0
     while True:
+        await _operations_done(ctx, instance_id)
         async with ctx.db.session() as session:
             row = await session.get(Instance, instance_id)
             if row is None or not watched(ctx, row):
@@ -299,7 +329,10 @@ async def _watch_loop(ctx: AppContext, instance_id: str) -> None:
             try:
                 if health is not None:
                     since = health.get("version")
-                    await follow(ctx, session, row, health)
+                    await follow(ctx, session, row, health, restarts_seen=restarts_seen)
+                    agent = health.get("agent")
+                    if isinstance(agent, dict) and isinstance(agent.get("restarts"), int):
+                        restarts_seen = agent["restarts"]
                     continue
                 seen = await provider.status(handle)
                 if not seen.state.in_progress and seen.state is not MachineState.RUNNING:
