@@ -26,7 +26,7 @@ def upgrade() -> None:
         batch_op.add_column(
             sa.Column("recovery_attempts", sa.Integer(), nullable=False, server_default="0")
         )
-        batch_op.add_column(sa.Column("recover_at", sa.DateTime(), nullable=True))
+        batch_op.add_column(sa.Column("recover_at", sa.DateTime(timezone=True), nullable=True))
 
 
 def downgrade() -> None:
