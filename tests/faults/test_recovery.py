@@ -8,6 +8,7 @@ instance down in ``error``. Nothing may be left running afterwards.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import signal
@@ -24,6 +25,7 @@ from gentity.providers.compute.local.cgroups import InstanceCgroup
 from gentity.providers.compute.local.provider import LocalProvider
 from gentity.settings import Settings
 from tests.faults.serve import processes_mentioning
+from tests.server.terminal_client import Terminal, ws_url
 from tests.server.test_instances import create_shell
 from tests.server.test_reconciler import set_row
 from tests.waiting import wait_until_blocking
@@ -200,6 +202,37 @@ def test_killed_guest_is_restarted_under_always(bearer: httpx.Client, settings: 
     assert up["reason"] == "agent running"
     running_ready(bearer, iid)  # its guest answers health again
     assert instance(bearer, iid)["errorMessage"] is None
+    assert_nothing_left(bearer, settings, iid)
+
+
+def test_killed_guest_is_noticed_even_with_a_process_left_behind(
+    bearer: httpx.Client, settings: Settings, token: str
+) -> None:
+    # The instance leaves a process that outlives its guest (its own session, deaf to the
+    # hang-up): the machine must not pass for running because something of it still is.
+    iid = create_shell(bearer)["id"]
+    running_ready(bearer, iid)
+
+    async def leave_a_process() -> None:
+        term = await Terminal.open(ws_url(str(bearer.base_url), iid, token))
+        await term.send("setsid nohup sleep 987654 >/dev/null 2>&1 & echo left-$((6*7))\r")
+        await term.expect("left-42")
+        await term.close()
+
+    asyncio.run(leave_a_process())
+
+    def lingering() -> list[int]:
+        return [p for p in processes_mentioning("987654") if _cmdline(p)[0] == b"sleep"]
+
+    wait_until_blocking(lambda: len(lingering()) == 1, "the process is left running")
+    before = len(events(bearer, iid))
+    killed = kill(guest_pid(settings, iid))
+    down = wait_for_event(bearer, iid, lambda e: e["to"] == "error", "the instance fails", before)
+    assert time.monotonic() - killed < SEEN_SECONDS
+    assert down["reason"] == "the guest daemon is not running"
+    wait_for_event(bearer, iid, lambda e: e["to"] == "running", "it runs again", before)
+    running_ready(bearer, iid)
+    assert lingering() == []  # stopped with the rest of the old machine
     assert_nothing_left(bearer, settings, iid)
 
 

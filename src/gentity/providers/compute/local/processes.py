@@ -82,6 +82,17 @@ def is_guest(pid: int) -> bool:
     return False
 
 
+def is_guest_daemon(pid: int) -> bool:
+    """The guest daemon's own process (``python -I -m gentity.guest``), not the sandbox
+    processes whose command lines name it too. The instance could name a process so: this
+    only tells whether the instance looks alive, never what may be signalled."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().rstrip(b"\0").split(b"\0")
+    except OSError:
+        return False
+    return argv[-2:] == [b"-m", b"gentity.guest"] and not argv[0].endswith(b"bwrap")
+
+
 def kill_tree(pids: set[int], timeout: float = 5.0) -> None:
     deadline = time.monotonic() + timeout
     while pids := {p for p in pids if alive(p)}:

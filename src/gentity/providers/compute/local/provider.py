@@ -511,7 +511,12 @@ class LocalProvider(ComputeProvider):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + GUEST_STOP_GRACE
-        while any(processes.alive(p) for p in guests) and time.monotonic() < deadline:
+        # The grace is for the guest daemon to stop the agent; once it is gone (or when it
+        # was dead already), what is left of the sandbox is killed without waiting for it.
+        while (
+            any(processes.alive(p) and processes.is_guest_daemon(p) for p in guests)
+            and time.monotonic() < deadline
+        ):
             time.sleep(0.02)
         cgroup = self.cgroup_of(handle)
         if cgroup.enabled:
@@ -538,8 +543,13 @@ class LocalProvider(ComputeProvider):
         paths = self.paths(handle)
         if not paths.root.exists():
             return MachineStatus(MachineState.MISSING)
-        if self._pids(handle):
+        pids = self._pids(handle)
+        if any(processes.is_guest_daemon(pid) for pid in pids):
             return MachineStatus(MachineState.RUNNING)
+        if pids:
+            # The guest is gone but something of the instance lingers (a process it left
+            # behind): the machine is as good as stopped, and stopping it removes the rest.
+            return MachineStatus(MachineState.STOPPED, "the guest daemon is not running")
         log_guest_output(handle.ref, paths)
         code = self._exits.get(processes.recorded_pid(paths.pid_file) or 0)
         if code is None:
