@@ -100,6 +100,9 @@ _JOIN_CGROUPS = (
 )
 
 
+GUEST_GONE_GRACE = 2.0
+"""How long a sandbox whose guest daemon ended is given to end by itself (see ``_seen``)."""
+
 LOCAL_REGION = "local"
 """The one region of the local provider: this host."""
 
@@ -129,6 +132,8 @@ class LocalProvider(ComputeProvider):
         # How each guest this process spawned ended, by its host pid: `status` names the
         # guest's exit ("killed by signal KILL") instead of just saying that nothing runs.
         self._exits: dict[int, int] = {}
+        # Since when each instance's guest has been seen gone while the rest of it ran on.
+        self._guest_gone_at: dict[str, float] = {}
         self.instances_dir = data_dir / "instances"
         self.agents_dir = data_dir / "agents"
         # Unix socket paths are limited to 107 bytes, and data directories can be deep: the
@@ -545,11 +550,18 @@ class LocalProvider(ComputeProvider):
             return MachineStatus(MachineState.MISSING)
         pids = self._pids(handle)
         if any(processes.is_guest_daemon(pid) for pid in pids):
+            self._guest_gone_at.pop(handle.ref, None)
             return MachineStatus(MachineState.RUNNING)
         if pids:
-            # The guest is gone but something of the instance lingers (a process it left
-            # behind): the machine is as good as stopped, and stopping it removes the rest.
+            gone_at = self._guest_gone_at.setdefault(handle.ref, time.monotonic())
+            if time.monotonic() - gone_at < GUEST_GONE_GRACE:
+                # The guest just ended and the rest of its sandbox (the agent on its hang-up,
+                # bubblewrap) ends after it: look again in a moment, when how it ended is known.
+                return MachineStatus(MachineState.STOPPING, "its guest daemon has exited")
+            # Something of the instance outlives its guest (a process it left behind): the
+            # machine is as good as stopped, and stopping it removes the rest.
             return MachineStatus(MachineState.STOPPED, "the guest daemon is not running")
+        self._guest_gone_at.pop(handle.ref, None)
         log_guest_output(handle.ref, paths)
         code = self._exits.get(processes.recorded_pid(paths.pid_file) or 0)
         if code is None:
