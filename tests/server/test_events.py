@@ -270,7 +270,7 @@ def test_the_reconciler_is_named_when_it_changes_a_status(
     assert (latest["from"], latest["to"]) == ("running", "error")
     # Whichever noticed first, the guest's watch or the reconciler's pass, acts as the
     # reconciler. (Stopped this way, how the guest ended is not known: see test_recovery.)
-    assert (latest["reason"], latest["actor"]) == ("its guest daemon is not running", "reconciler")
+    assert (latest["reason"], latest["actor"]) == ("the guest daemon is not running", "reconciler")
     bearer.delete(f"/api/instances/{iid}")
 
 

@@ -566,7 +566,7 @@ class LocalProvider(ComputeProvider):
         code = self._exits.get(processes.recorded_pid(paths.pid_file) or 0)
         if code is None:
             # Spawned by an earlier server process, or stopped on purpose: how it ended is unknown.
-            return MachineStatus(MachineState.STOPPED, "its guest daemon is not running")
+            return MachineStatus(MachineState.STOPPED, "the guest daemon is not running")
         return MachineStatus(MachineState.STOPPED, f"the guest daemon {exit_words(code)}")
 
     def guest_endpoint(self, handle: MachineHandle) -> GuestEndpoint:
