@@ -129,6 +129,14 @@ def test_create_sends_env_and_repo_only_when_given() -> None:
     }
 
 
+def test_create_sends_the_restart_policy_when_given() -> None:
+    seen: list[httpx.Request] = []
+    created = httpx.Response(200, json={"id": "i1", "subdomain": "sh-abc", "status": "running"})
+    with client_answering(created, seen) as c:
+        c.instances.create("shell", "none", "bash", restart_policy="never")
+    assert json.loads(seen[0].content)["restartPolicy"] == "never"
+
+
 def test_without_a_token_no_authorization_header() -> None:
     seen: list[httpx.Request] = []
     with client_answering(httpx.Response(200, json={"agents": []}), seen, token=None) as c:
