@@ -60,8 +60,6 @@ HEALTH_TIMEOUT = 2.0
 HEALTH_CONCURRENCY = 16
 HEALTH_LIST_BUDGET = 3.0
 _SUBDOMAIN_ATTEMPTS = 8
-#: The statuses in which an instance's guest is asked for its agent's health.
-_HEALTHY = (S.RUNNING.value, S.RESTARTING.value)
 
 
 def to_wire(row: Instance) -> models.Instance:
@@ -85,7 +83,7 @@ async def agent_health(ctx: AppContext, row: Instance) -> models.AgentHealth | N
     """The agent's health from its guest; None unless the instance runs (or its agent is being
     restarted) and its guest answers in time (the instance's status stays the truth about the
     machine)."""
-    if row.status not in _HEALTHY or row.provider_ref is None:
+    if not guest_serves(ctx, row) or row.provider_ref is None:
         return None
     try:
         endpoint = provider_for(ctx, row).guest_endpoint(handle_of(row))
@@ -104,16 +102,17 @@ async def to_wire_with_health(ctx: AppContext, rows: list[Instance]) -> list[mod
         async with limit:
             return await agent_health(ctx, row)
 
-    tasks = [asyncio.create_task(one(row)) for row in rows if row.status in _HEALTHY]
+    asked = [guest_serves(ctx, row) for row in rows]
+    tasks = [asyncio.create_task(one(row)) for row, ask in zip(rows, asked, strict=True) if ask]
     if tasks:
         _, pending = await asyncio.wait(tasks, timeout=HEALTH_LIST_BUDGET)
         for task in pending:
             task.cancel()
     answers = iter(tasks)
     wires = []
-    for row in rows:
+    for row, ask in zip(rows, asked, strict=True):
         wire = to_wire(row)
-        if row.status in _HEALTHY:
+        if ask:
             task = next(answers)
             if task.done() and not task.cancelled():
                 wire.agent = task.result()
