@@ -21,6 +21,7 @@ import httpx
 import pytest
 
 from gentity.providers.compute.base import MachineHandle
+from gentity.providers.compute.local import processes
 from gentity.providers.compute.local.cgroups import InstanceCgroup
 from gentity.providers.compute.local.provider import LocalProvider
 from gentity.settings import Settings
@@ -202,6 +203,25 @@ def test_killed_guest_is_restarted_under_always(bearer: httpx.Client, settings: 
     assert up["reason"] == "agent running"
     running_ready(bearer, iid)  # its guest answers health again
     assert instance(bearer, iid)["errorMessage"] is None
+    assert_nothing_left(bearer, settings, iid)
+
+
+def test_a_whole_machine_killed_is_restarted(bearer: httpx.Client, settings: Settings) -> None:
+    iid = create_shell(bearer)["id"]
+    running_ready(bearer, iid)
+    before = len(events(bearer, iid))
+    every = LocalProvider(settings.data_dir)._pids(MachineHandle(ref=iid))
+    assert len(every) > 2  # the sandbox, the guest, the agent
+
+    killed = time.monotonic()
+    # Every process of the sandbox at once, as the OOM killer or a reboot would.
+    processes.kill_tree(every)
+    down = wait_for_event(bearer, iid, lambda e: e["to"] == "error", "the instance fails", before)
+    assert time.monotonic() - killed < SEEN_SECONDS
+    assert down["reason"] == "the guest daemon was killed by signal KILL"
+    up = wait_for_event(bearer, iid, lambda e: e["to"] == "running", "it runs again", before)
+    assert up["from"] == "starting"
+    running_ready(bearer, iid)
     assert_nothing_left(bearer, settings, iid)
 
 
