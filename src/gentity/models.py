@@ -191,6 +191,17 @@ class InstanceStatus(StrEnum):
     DESTROYED = "destroyed"
 
 
+class RestartPolicy(StrEnum):
+    """What happens when an instance's agent, guest daemon or machine stops by itself."""
+
+    ALWAYS = "always"
+    """Restart the agent whenever it exits, and the machine whenever it dies (with back-off)."""
+    ON_FAILURE = "on-failure"
+    """Restart the agent when it exits with a failure; a dead machine is restarted too."""
+    NEVER = "never"
+    """Restart nothing: the instance goes to ``error`` with the reason."""
+
+
 class AgentState(StrEnum):
     """What the agent inside a running instance is doing, as its guest reports it."""
 
@@ -232,6 +243,7 @@ class Instance(WireModel):
     error_message: str | None
     created_at: datetime
     updated_at: datetime
+    restart_policy: RestartPolicy = RestartPolicy.ALWAYS
     agent: AgentHealth | None = None
     """The agent's health while the instance runs; null otherwise or when its guest does
     not answer in time."""
@@ -286,6 +298,8 @@ class InstanceCreateRequest(RequestModel):
     )
     """Stop the instance after this many minutes without activity (0: never). The server's
     ``GENTITY_AUTO_STOP_MINUTES`` when not given."""
+    restart_policy: RestartPolicy = RestartPolicy.ALWAYS
+    """Whether the agent and the machine are restarted when they stop by themselves."""
 
 
 class InstanceCreated(WireModel):

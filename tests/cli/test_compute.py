@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import signal
 import subprocess
 
@@ -110,6 +111,22 @@ def test_create_hands_the_agent_env_without_putting_secrets_on_the_command_line(
             await term.close()
 
         asyncio.run(echo())
+    finally:
+        admin.delete(f"/api/instances/{instance_id}", timeout=60)
+
+
+def test_create_takes_a_restart_policy(logged_in: Cli, admin: httpx.Client) -> None:
+    wrong = logged_in("compute", "create", "--agent", "shell", "--restart-policy", "sometimes")
+    assert wrong.returncode != 0 and "sometimes" in wrong.stderr
+    created = logged_in(
+        "compute", "create", "--agent", "shell", "--restart-policy", "never", "--json"
+    )
+    assert created.returncode == 0, created.stderr
+    instance_id = json.loads(created.stdout)["id"]
+    try:
+        shown = logged_in("compute", "show", instance_id)
+        assert re.search(r"Restart policy\s+never", shown.stdout), shown.stdout
+        assert admin.get(f"/api/instances/{instance_id}").json()["restartPolicy"] == "never"
     finally:
         admin.delete(f"/api/instances/{instance_id}", timeout=60)
 

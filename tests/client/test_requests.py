@@ -166,6 +166,14 @@ def test_the_auto_stop_time_is_read() -> None:
     assert (older.auto_stop_minutes, older.auto_stop_at) == (0, None)
 
 
+def test_create_sends_the_restart_policy_when_given() -> None:
+    seen: list[httpx.Request] = []
+    created = httpx.Response(200, json={"id": "i1", "subdomain": "sh-abc", "status": "running"})
+    with client_answering(created, seen) as c:
+        c.instances.create("shell", "none", "bash", restart_policy="never")
+    assert json.loads(seen[0].content)["restartPolicy"] == "never"
+
+
 def test_without_a_token_no_authorization_header() -> None:
     seen: list[httpx.Request] = []
     with client_answering(httpx.Response(200, json={"agents": []}), seen, token=None) as c:

@@ -33,8 +33,10 @@ async def test_crash_backoff_and_recovery(guest_factory: GuestFactory, tmp_path:
     info = await guest.wait_for(lambda h: agent(h)["state"] == "backoff")
     assert agent(info)["lastExitCode"] == 3 and agent(info)["lastExitAt"].endswith("Z")
     assert agent(info)["readyAt"] is None
+    assert agent(info)["restartDelay"] > 0  # how long the back-off lasts
     info = await guest.wait_for(lambda h: agent(h)["state"] == "ready")
     assert agent(info)["restarts"] == 2 and agent(info)["lastExitCode"] == 3
+    assert agent(info)["restartDelay"] is None
     assert agent(info)["readyAt"] >= agent(info)["lastExitAt"]
     assert "agent ready" in guest.log_text()
 

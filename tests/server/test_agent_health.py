@@ -43,7 +43,8 @@ def test_agent_health_through_crash_and_recovery(bearer: httpx.Client, token: st
 
     asyncio.run(crash())
     one = wait_agent(bearer, iid, lambda a: a["lastExitCode"] == 7)
-    assert one["status"] == "running"  # the machine runs; the agent restarts
+    # The machine runs; the agent is between restarts, or already restarted.
+    assert one["status"] in ("restarting", "running")
     one = wait_agent(bearer, iid, lambda a: a["state"] == "ready" and a["restarts"] == 1)
     assert one["agent"]["lastExitAt"] <= one["agent"]["readyAt"]
 

@@ -254,7 +254,8 @@ def test_revoking_the_credential_ends_the_follow(
 def test_the_reconciler_is_named_when_it_changes_a_status(
     server: LiveServer, bearer: httpx.Client
 ) -> None:
-    iid = create_shell(bearer)["id"]
+    # Under "never", the error is the last event (nothing starts the machine again).
+    iid = create_shell(bearer, restartPolicy="never")["id"]
     ctx = server.app.state.ctx
     row = bearer.get(f"/api/instances/{iid}").json()
     assert row["status"] == "running"
@@ -267,7 +268,9 @@ def test_the_reconciler_is_named_when_it_changes_a_status(
     asyncio.run_coroutine_threadsafe(machine_dies_then_reconcile(), server.server_loop).result(60)
     latest = bearer.get(f"/api/instances/{iid}/events", params={"limit": 1}).json()["events"][0]
     assert (latest["from"], latest["to"]) == ("running", "error")
-    assert (latest["reason"], latest["actor"]) == ("machine not running", "reconciler")
+    # Whichever noticed first, the guest's watch or the reconciler's pass, acts as the
+    # reconciler. (Stopped this way, how the guest ended is not known: see test_recovery.)
+    assert (latest["reason"], latest["actor"]) == ("the guest daemon is not running", "reconciler")
     bearer.delete(f"/api/instances/{iid}")
 
 

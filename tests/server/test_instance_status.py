@@ -36,6 +36,11 @@ from tests.conftest import PASSWORD
         (S.ERROR, A.STOP, None),
         (S.PROVISIONING, A.START, None),  # the create's own operation starts it
         (S.STARTING, A.RESTART, None),
+        # The agent's own restart gives way to a user's action (a restart operation does not:
+        # instances.act refuses while one is under way).
+        (S.RESTARTING, A.STOP, S.STOPPING),
+        (S.RESTARTING, A.RESTART, S.RESTARTING),
+        (S.RESTARTING, A.START, None),
         (S.DESTROYING, A.START, None),
         (S.DESTROYED, A.RESTART, None),
     ],

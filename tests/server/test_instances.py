@@ -148,6 +148,8 @@ def _guest_processes(iid: str) -> list[int]:
         ({**SHELL, "agentType": None}, "agentType"),
         ({"modelProvider": "none", "modelName": "bash"}, "agentType"),
         ({**SHELL, "name": "x" * 201}, "name"),
+        ({**SHELL, "restartPolicy": "sometimes"}, "restartPolicy"),
+        ({**SHELL, "restartPolicy": None}, "restartPolicy"),
         # The local provider has one region, this host; the error names the one asked for.
         pytest.param(
             {**SHELL, "region": "iad"},

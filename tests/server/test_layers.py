@@ -41,7 +41,11 @@ def _within(module: str, packages: tuple[str, ...]) -> bool:
     return any(module == p or module.startswith(p + ".") for p in packages)
 
 
-SERVICE_FILES = [*sorted((SERVER / "services").glob("*.py")), SERVER / "reconciler.py"]
+SERVICE_FILES = [
+    *sorted((SERVER / "services").glob("*.py")),
+    SERVER / "reconciler.py",
+    SERVER / "recovery.py",
+]
 ROUTER_FILES = [*sorted((SERVER / "routers").glob("*.py")), SERVER / "web" / "routes.py"]
 
 

@@ -46,7 +46,8 @@ def set_row(settings: Settings, iid: str, **values: object) -> None:
 def test_dead_machine_is_marked_with_a_reason(
     server: LiveServer, bearer: httpx.Client, settings: Settings
 ) -> None:
-    iid = create_shell(bearer)["id"]
+    # Under "never", nothing restarts it (tests/faults/test_recovery.py has the others).
+    iid = create_shell(bearer, restartPolicy="never")["id"]
     provider = server.app.state.ctx.providers.default
     assert isinstance(provider, LocalProvider)
     cgroup = provider.cgroup_of(_handle(iid))
@@ -57,7 +58,9 @@ def test_dead_machine_is_marked_with_a_reason(
     _reconcile(server)
     instance = bearer.get(f"/api/instances/{iid}").json()
     assert instance["status"] == "error"
-    assert "stopped unexpectedly" in instance["errorMessage"]
+    assert instance["errorMessage"] == (
+        "the guest daemon was killed by signal KILL; not restarted (restart policy never)"
+    )
     # From error, it can be started again.
     assert bearer.post(f"/api/instances/{iid}/action", json={"action": "start"}).status_code == 200
     assert bearer.get(f"/api/instances/{iid}").json()["status"] == "running"
@@ -81,10 +84,18 @@ def test_interrupted_operations_are_settled(
     # Left "destroying": completed, machine and volume gone.
     doomed = create_shell(bearer)["id"]
     set_row(settings, doomed, status="destroying", updated_at=stale)
-    # Left "restarting" with nothing running: failed, with a reason.
+    # Left "restarting" with nothing running by an operation of a replica that stopped
+    # renewing its lease: failed, with a reason. (Without an owner, "restarting" is the
+    # agent's own restart: see tests/faults/test_recovery.py.)
     broken = create_shell(bearer)["id"]
     bearer.post(f"/api/instances/{broken}/action", json={"action": "stop"})
-    set_row(settings, broken, status="restarting", updated_at=stale)
+    set_row(
+        settings,
+        broken,
+        status="restarting",
+        updated_at=stale,
+        operation_owner="another-node/0123456789abcdef",
+    )
     # A fresh transitional row is someone's operation in flight: left alone.
     busy = create_shell(bearer)["id"]
     set_row(settings, busy, status="starting", updated_at=utcnow())

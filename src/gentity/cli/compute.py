@@ -95,6 +95,13 @@ def create(
             "server's setting).",
         ),
     ] = None,
+    restart_policy: Annotated[
+        models.RestartPolicy,
+        typer.Option(
+            "--restart-policy",
+            help="Restart the agent and a dead machine: always, on-failure or never.",
+        ),
+    ] = models.RestartPolicy.ALWAYS,
     as_json: JsonFlag = False,
 ) -> None:
     """Create an instance and wait until it runs, showing its log as it starts.
@@ -112,7 +119,15 @@ def create(
         api_key = read_api_key(found, chosen)
         extra_env = _parse_env(env or [])
     request = watch.CreateRequest(
-        found, chosen, api_key, name, region, extra_env or None, repo, auto_stop
+        found,
+        chosen,
+        api_key,
+        name,
+        region,
+        extra_env or None,
+        repo,
+        auto_stop,
+        restart_policy.value,
     )
     try:
         created, instance = watch.create_and_watch(request)
@@ -256,6 +271,7 @@ def show(instance_id: InstanceId, as_json: JsonFlag = False) -> None:
             ("Subdomain", instance.subdomain),
             ("Region", instance.region or "-"),
             ("Auto-stop", _auto_stop(instance)),
+            ("Restart policy", instance.restart_policy.value),
             ("Created", when(instance.created_at)),
             ("Updated", when(instance.updated_at)),
         ]

@@ -44,6 +44,7 @@ class CreateRequest:
     env: Mapping[str, str] | None
     repo: str | None
     auto_stop_minutes: int | None = None
+    restart_policy: str | None = None
 
 
 class StillStarting(Exception):
@@ -77,6 +78,7 @@ async def _create_and_watch(
                 env=request.env,
                 repo=request.repo,
                 auto_stop_minutes=request.auto_stop_minutes,
+                restart_policy=request.restart_policy,
                 wait=False,
             )
             note(f"Creating {created.id} ({created.subdomain}); its log follows.")

@@ -96,6 +96,7 @@ def create_instance(
     repo: str | None = None,
     auto_stop_minutes: int | None = None,
     wait: bool = True,
+    restart_policy: str | None = None,
 ) -> Call[models.InstanceCreated]:
     # A plain dict, not models.InstanceCreateRequest: the server validates and answers with a
     # 400 naming the field, which is the one error path callers have to handle anyway.
@@ -109,6 +110,7 @@ def create_instance(
         "env": dict(env) if env is not None else None,
         "repo": repo,
         "autoStopMinutes": auto_stop_minutes,
+        "restartPolicy": restart_policy,
     }
     body = {k: v for k, v in fields.items() if v is not None}
     return Call(

@@ -246,12 +246,14 @@ class Instances:
         env: Mapping[str, str] | None = None,
         repo: str | None = None,
         auto_stop_minutes: int | None = None,
+        restart_policy: str | None = None,
         wait: bool = True,
     ) -> models.InstanceCreated:
         """Create an instance; blocks until its machine has started. ``env`` is extra
         environment for the agent (kept encrypted, never shown back); ``repo`` an https git URL
         cloned into its working directory on first start; ``auto_stop_minutes`` stops it after
-        that many minutes without activity (0: never; by default the server's setting). With
+        that many minutes without activity (0: never; by default the server's setting);
+        ``restart_policy`` ``always`` (the server's default), ``on-failure`` or ``never``. With
         ``wait=False`` it answers as soon as the instance exists (status ``provisioning``) while
         the start goes on: follow its logs and events to see it run."""
         return self._client._send(
@@ -266,6 +268,7 @@ class Instances:
                 repo,
                 auto_stop_minutes,
                 wait,
+                restart_policy,
             )
         )
 

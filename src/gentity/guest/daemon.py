@@ -154,6 +154,7 @@ class Guest:
                 "lastExitCode": sup.last_exit_code,
                 "lastExitAt": _stamp(sup.last_exit_at),
                 "readyAt": _stamp(sup.ready_at),
+                "restartDelay": sup.restart_delay,
             },
             "install": sup.install_report(),
             "viewers": len(live.viewers) if live is not None else 0,

@@ -67,6 +67,8 @@ class Supervisor:
         self.last_exit_code: int | None = None
         self.last_exit_at: float | None = None
         self.ready_at: float | None = None
+        self.restart_delay: float | None = None
+        """While in back-off: the seconds it waits before starting the agent again."""
         self.install: dict[str, Any] | None = None
         """The guest's own install, as health reports it: state, package, startedAt, lines."""
         self._install_lines: deque[str] = deque(maxlen=INSTALL_LINES)
@@ -204,9 +206,11 @@ class Supervisor:
             self.agent_state = p.AGENT_BACKOFF
             if time.time() - (agent.started_at or 0.0) >= STABLE_RUN:
                 delay = BACKOFF_MIN
+            self.restart_delay = delay
             self._set_state(p.STATE_STARTING)
             self._log.write("info", f"restarting in {delay:g}s")
             await asyncio.sleep(delay)
+            self.restart_delay = None
             delay = min(delay * 2, BACKOFF_MAX)
             self.restarts += 1
 

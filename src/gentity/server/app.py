@@ -15,7 +15,7 @@ from gentity import __version__
 from gentity.catalog import load_catalog, read_pins
 from gentity.providers.compute.registry import Providers
 from gentity.providers.dns.registry import create_dns_provider
-from gentity.server import web
+from gentity.server import recovery, web
 from gentity.server.context import AppContext
 from gentity.server.db.database import Database
 from gentity.server.errors import install_error_handlers
@@ -93,6 +93,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             idle_check.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await idle_check
+            await recovery.stop_watches(ctx)
             # Operations in flight finish (they are short) so no row is left half-done.
             if ctx.background:
                 await asyncio.wait(set(ctx.background), timeout=30)

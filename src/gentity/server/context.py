@@ -34,6 +34,8 @@ class AppContext:
     """This process's operations in flight, by instance: a destroy cancels them."""
     destroying: dict[str, asyncio.Task[str | None]] = field(default_factory=dict)
     """This process's destroys in flight, by instance: a second DELETE waits for the first."""
+    watches: dict[str, asyncio.Task[None]] = field(default_factory=dict)
+    """The guest watches of ``server.recovery``, by instance."""
     node: NodeIdentity | None = None
     """Who this server is in ``Instance.operation_owner`` (see ``server.node``)."""
     metrics: Metrics = field(default_factory=Metrics)

@@ -2,9 +2,12 @@
 
 Runs at start-up and then every ``GENTITY_RECONCILE_INTERVAL_SECONDS``:
 
-- a ``running`` instance whose machine is no longer running is marked ``error`` with the reason;
-  one whose guest answers unconfigured (its machine was restarted by its provider, not by us)
-  gets its config again;
+- a ``running`` instance whose machine is no longer running is marked ``error`` with the reason
+  and restarted by its policy, and one whose agent is between restarts is ``restarting`` (see
+  ``server.recovery``, whose watches see both at once; this pass starts them and catches what
+  they missed); one whose guest answers unconfigured (its machine was restarted by its
+  provider, not by us) gets its config again;
+- an ``error`` instance whose automatic restart is due is started again;
 - a transitional row (``starting``, ``stopping``…) whose operation lease has expired, e.g.
   because the server crashed mid-way, is completed or failed, never left hanging;
 - an instance this server cannot reach (``ComputeProvider.unreachable``: a ``local`` instance
@@ -21,7 +24,7 @@ import contextlib
 import logging
 import time
 
-from sqlalchemy import select
+from sqlalchemy import and_, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from gentity.guest import client as guest_client
@@ -32,7 +35,9 @@ from gentity.providers.compute.base import (
     ProviderError,
     ProviderUnavailable,
 )
+from gentity.server import recovery
 from gentity.server.context import AppContext
+from gentity.server.db.ids import utcnow
 from gentity.server.db.orm import Instance
 from gentity.server.services import dns, instances, operations
 from gentity.server.services.instance_status import (
@@ -59,7 +64,10 @@ async def _reconcile_all(ctx: AppContext) -> None:
             await session.scalars(
                 select(Instance.id).where(
                     Instance.destroyed_at.is_(None),
-                    Instance.status.in_([S.RUNNING.value, *(s.value for s in TRANSITIONAL)]),
+                    or_(
+                        Instance.status.in_([S.RUNNING.value, *(s.value for s in TRANSITIONAL)]),
+                        and_(Instance.status == S.ERROR.value, Instance.recover_at.is_not(None)),
+                    ),
                 )
             )
         )
@@ -83,25 +91,14 @@ async def _reconcile(ctx: AppContext, session: AsyncSession, row: Instance) -> N
     except ProviderUnavailable:
         return  # another host's machine (or provider's): its own servers reconcile it
     status = S(row.status)
-    if status is S.RUNNING:
-        if row.provider_ref is None:
-            return
-        seen = await provider.status(instances.handle_of(row))
-        if seen.state.in_progress:
-            return  # booting or stopping (e.g. a provider's own restart): not a failure
-        if seen.state is not MachineState.RUNNING:
-            why = f"the machine is {seen.state.value}" + (f": {seen.detail}" if seen.detail else "")
-            await set_status(
-                session,
-                row,
-                S.ERROR,
-                "machine not running",
-                error_message=f"stopped unexpectedly ({why})",
-            )
-            await session.commit()
-        else:
-            await instances.configure_if_rebooted(ctx, row)
+    if status is S.ERROR:
+        await recovery.recover_due(ctx, row)
         return
+    if recovery.watched(ctx, row):
+        await _check_running(ctx, session, provider, row)
+        return
+    if status is S.RUNNING:
+        return  # an operation here is about to change it
     if not operations.abandoned(ctx, row):
         return  # an operation is (probably) still under way somewhere
     log.warning("instance %s was left %s; finishing it", row.id, status.value)
@@ -138,6 +135,35 @@ async def _reconcile(ctx: AppContext, session: AsyncSession, row: Instance) -> N
             error_message=f"interrupted while {status.value}; start it again",
         )
         await session.commit()
+
+
+async def _check_running(
+    ctx: AppContext, session: AsyncSession, provider: ComputeProvider, row: Instance
+) -> None:
+    """A ``running`` row, or one whose agent is between restarts: what its watch would do."""
+    seen = await provider.status(instances.handle_of(row))
+    if seen.state.in_progress:
+        return  # booting or stopping (e.g. a provider's own restart): not a failure
+    if seen.state is not MachineState.RUNNING:
+        await recovery.machine_down(ctx, session, row, seen)
+        return
+    if await instances.configure_if_rebooted(ctx, row):
+        return
+    if row.recovery_attempts and utcnow() - row.updated_at >= recovery.STABLE_RUN:
+        row.recovery_attempts = 0
+        await session.commit()
+    try:
+        health = await guest_client.health(
+            provider.guest_endpoint(instances.handle_of(row)),
+            instances.guest_secret(ctx, row),
+            timeout=instances.HEALTH_TIMEOUT,
+        )
+    except guest_client.GuestError:
+        health = None  # its watch (or the next pass) looks again
+    if health is not None:
+        await recovery.follow(ctx, session, row, health)
+    if recovery.watched(ctx, row):
+        recovery.watch(ctx, row.id)
 
 
 async def _guest_runs_agent(provider: ComputeProvider, ctx: AppContext, row: Instance) -> bool:

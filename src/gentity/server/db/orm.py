@@ -155,6 +155,13 @@ class Instance(Base):
     last_activity_at: Mapped[datetime | None] = mapped_column(default=None)
     """The latest activity known here: when it last became ``running``, or the last use its
     guest reported to the idle check (see ``server.autostop``), whichever is later."""
+    restart_policy: Mapped[str] = mapped_column(String(16), default="always")
+    """``always``, ``on-failure`` or ``never`` (see ``models.RestartPolicy``)."""
+    recovery_attempts: Mapped[int] = mapped_column(Integer, default=0)
+    """Automatic restarts of a dead machine since the user last started it (see
+    ``server.recovery``)."""
+    recover_at: Mapped[datetime | None] = mapped_column(default=None)
+    """When the next automatic restart of a dead machine is due; None when none is."""
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
     destroyed_at: Mapped[datetime | None] = mapped_column(default=None)

@@ -40,6 +40,7 @@ TRANSITIONS: dict[S, dict[S, frozenset[A]]] = {
     S.STARTING: {S.RUNNING: _BY_OPERATION, S.ERROR: _BY_OPERATION, S.DESTROYING: _BY_OPERATION},
     S.RUNNING: {
         S.STOPPING: frozenset({A.STOP}),
+        # A user's restart, or the agent's own (see RESTARTING).
         S.RESTARTING: frozenset({A.RESTART}),
         S.ERROR: _BY_OPERATION,
         S.DESTROYING: _BY_OPERATION,
@@ -51,7 +52,16 @@ TRANSITIONS: dict[S, dict[S, frozenset[A]]] = {
         S.ERROR: _BY_OPERATION,
         S.DESTROYING: _BY_OPERATION,
     },
-    S.RESTARTING: {S.RUNNING: _BY_OPERATION, S.ERROR: _BY_OPERATION, S.DESTROYING: _BY_OPERATION},
+    # Also the agent's own restart (its guest restarts it after a delay, no operation under
+    # way): a user may stop or restart the instance from it then (``instances.act`` refuses
+    # both while an operation restarts the machine).
+    S.RESTARTING: {
+        S.RUNNING: _BY_OPERATION,
+        S.STOPPING: frozenset({A.STOP}),
+        S.RESTARTING: frozenset({A.RESTART}),
+        S.ERROR: _BY_OPERATION,
+        S.DESTROYING: _BY_OPERATION,
+    },
     S.ERROR: {
         S.STARTING: frozenset({A.START}),
         S.RESTARTING: frozenset({A.RESTART}),

@@ -51,7 +51,7 @@ from gentity.server.services.instance_status import (
     record_creation,
     set_status,
 )
-from gentity.server.services.operations import release, run_operation
+from gentity.server.services.operations import in_flight_here, release, run_operation
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +80,7 @@ def to_wire(row: Instance, minute: timedelta = timedelta(minutes=1)) -> models.I
         updated_at=row.updated_at,
         auto_stop_minutes=row.auto_stop_minutes,
         auto_stop_at=auto_stop_at(row, minute),
+        restart_policy=models.RestartPolicy(row.restart_policy),
     )
 
 
@@ -92,9 +93,10 @@ def auto_stop_at(row: Instance, minute: timedelta) -> datetime | None:
 
 
 async def agent_health(ctx: AppContext, row: Instance) -> models.AgentHealth | None:
-    """The agent's health from its guest; None unless the instance runs and its guest answers
-    in time (the instance's status stays the truth about the machine)."""
-    if row.status != S.RUNNING or row.provider_ref is None:
+    """The agent's health from its guest; None unless the instance runs (or its agent is being
+    restarted) and its guest answers in time (the instance's status stays the truth about the
+    machine)."""
+    if not guest_serves(ctx, row) or row.provider_ref is None:
         return None
     try:
         endpoint = provider_for(ctx, row).guest_endpoint(handle_of(row))
@@ -113,21 +115,35 @@ async def to_wire_with_health(ctx: AppContext, rows: list[Instance]) -> list[mod
         async with limit:
             return await agent_health(ctx, row)
 
-    tasks = [asyncio.create_task(one(row)) for row in rows if row.status == S.RUNNING]
+    asked = [guest_serves(ctx, row) for row in rows]
+    tasks = [asyncio.create_task(one(row)) for row, ask in zip(rows, asked, strict=True) if ask]
     if tasks:
         _, pending = await asyncio.wait(tasks, timeout=HEALTH_LIST_BUDGET)
         for task in pending:
             task.cancel()
     answers = iter(tasks)
     wires = []
-    for row in rows:
+    for row, ask in zip(rows, asked, strict=True):
         wire = to_wire(row, timedelta(seconds=ctx.settings.auto_stop_minute_seconds))
-        if row.status == S.RUNNING:
+        if ask:
             task = next(answers)
             if task.done() and not task.cancelled():
                 wire.agent = task.result()
         wires.append(wire)
     return wires
+
+
+def guest_serves(ctx: AppContext, row: Instance) -> bool:
+    """Whether the instance's guest runs and serves its log and terminals: the instance is
+    ``running``, or ``restarting`` because its guest restarts the agent (no operation under
+    way, see ``server.recovery``)."""
+    if row.status == S.RUNNING.value:
+        return True
+    return (
+        row.status == S.RESTARTING.value
+        and row.operation_owner is None
+        and not in_flight_here(ctx, row.id)
+    )
 
 
 def handle_of(row: Instance) -> MachineHandle:
@@ -237,6 +253,7 @@ async def create(
         auto_stop_minutes=ctx.settings.auto_stop_minutes
         if body.auto_stop_minutes is None
         else body.auto_stop_minutes,
+        restart_policy=body.restart_policy.value,
     )
     for _attempt in range(_SUBDOMAIN_ATTEMPTS):
         row.subdomain = f"{agent.subdomain_prefix}-{random_slug(6)}"
@@ -299,12 +316,17 @@ async def act(ctx: AppContext, db: AsyncSession, row: Instance, action: Instance
     current = S(row.status)
     if action_step(current, action) is None or row.provider_ref is None:
         raise Conflict(f"cannot {action.value} the instance while it is {current.value}")
+    if current is S.RESTARTING and (row.operation_owner is not None or in_flight_here(ctx, row.id)):
+        # Only the agent's own restart (no operation under way) gives way to an action.
+        raise Conflict(f"cannot {action.value} the instance while it is being restarted")
 
     async def operate(session: AsyncSession, inst: Instance) -> None:
         # Decided again on the row as this session reads it: it may have moved since.
         step = action_step(S(inst.status), action)
         if step is None:
             raise TransitionError(f"the instance is now {inst.status}")
+        # The user takes over: no automatic restart is pending, and the count starts again.
+        inst.recovery_attempts, inst.recover_at = 0, None
         await set_status(session, inst, step, f"{action.value} requested")
         await session.commit()
         if step is S.STOPPING:
@@ -400,6 +422,7 @@ def _launch(ctx: AppContext, inst: Instance) -> GuestLaunch:
         secret=guest_secret(ctx, inst),
         agent_env=agent_env,
         install=agent.install,
+        restart=inst.restart_policy,
         secret_env=(*user_env, *((model.api_key_env,) if api_key is not None else ())),
         ready=agent.ready,
         workdir=WORKDIR,
@@ -415,6 +438,12 @@ def _launch(ctx: AppContext, inst: Instance) -> GuestLaunch:
             repo=inst.repo,
         ),
     )
+
+
+async def boot(ctx: AppContext, session: AsyncSession, inst: Instance) -> None:
+    """Start a stopped (or failed) instance's machine, as a user's ``start`` does: for the
+    automatic restarts of ``server.recovery``."""
+    await _boot(ctx, session, inst, restart=False)
 
 
 async def _boot(ctx: AppContext, session: AsyncSession, inst: Instance, *, restart: bool) -> None:
@@ -440,6 +469,9 @@ async def _boot(ctx: AppContext, session: AsyncSession, inst: Instance, *, resta
         raise ProviderError(str(health.get("error") or "the agent failed to start"))
     await set_status(session, inst, S.RUNNING, "agent running")
     await session.commit()
+    from gentity.server import recovery  # it builds on this module
+
+    recovery.watch(ctx, inst.id)
 
 
 async def _configure(provider: ComputeProvider, handle: MachineHandle, launch: GuestLaunch) -> None:

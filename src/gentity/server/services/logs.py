@@ -8,11 +8,10 @@ from collections.abc import AsyncGenerator, AsyncIterator
 
 from gentity import models
 from gentity.guest import client as guest_client
-from gentity.models import InstanceStatus
 from gentity.server.context import AppContext
 from gentity.server.db.orm import Instance
 from gentity.server.services.errors import Conflict, UpstreamFailed
-from gentity.server.services.instances import guest_secret, handle_of, provider_for
+from gentity.server.services.instances import guest_secret, guest_serves, handle_of, provider_for
 from gentity.server.services.logfeed import Follower, Source
 
 LogStream = AsyncIterator[tuple[str, dict[str, str]]]
@@ -28,7 +27,7 @@ async def tail(ctx: AppContext, row: Instance, lines: int) -> list[models.LogLin
         return []
     provider, handle = provider_for(ctx, row), handle_of(row)
     records: list[dict[str, str]] | None = None
-    if row.status == InstanceStatus.RUNNING.value:
+    if guest_serves(ctx, row):
         endpoint = provider.guest_endpoint(handle)
         try:
             records, _ = await guest_client.logs(endpoint, guest_secret(ctx, row), lines=lines)
@@ -55,7 +54,7 @@ async def follow(
     :class:`~gentity.server.services.logfeed.Follower` of its feed."""
     if row.provider_ref is None:
         raise Conflict("the instance has no machine yet")
-    if row.status != InstanceStatus.RUNNING.value:
+    if not guest_serves(ctx, row):
         return _until_running(ctx, row, cursor, lines)
     endpoint = provider_for(ctx, row).guest_endpoint(handle_of(row))
     source = Source(endpoint, guest_secret(ctx, row))
@@ -94,7 +93,7 @@ async def _until_running(
             current = await session.get(Instance, row.id)
         if current is None or current.destroyed_at is not None:
             return
-        if current.status == InstanceStatus.RUNNING.value:
+        if guest_serves(ctx, current):
             break
     # Records written while it booted (before this cursor-less follow began) were not read.
     stream = await _from_guest(ctx, current, cursor, 0 if cursor is None else lines)

@@ -6,7 +6,6 @@ from typing import Literal
 
 from gentity import models
 from gentity.guest import client as guest_client
-from gentity.models import InstanceStatus
 from gentity.server.context import AppContext
 from gentity.server.services import instances
 from gentity.server.services.errors import Conflict, NotFound, UpstreamFailed
@@ -32,7 +31,7 @@ async def open_session(
         raise NotFound()
     async with ctx.db.session() as db:
         row = await instances.get_owned(db, user_id, instance_id)
-    if row.status != InstanceStatus.RUNNING.value:
+    if not instances.guest_serves(ctx, row):
         raise Conflict(f"the instance is {row.status}; start it first")
     endpoint = instances.provider_for(ctx, row).guest_endpoint(instances.handle_of(row))
     try:

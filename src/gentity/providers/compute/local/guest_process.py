@@ -103,6 +103,17 @@ def describe_exit(process: subprocess.Popen[bytes]) -> str:
     return f"exited with code {code}"
 
 
+def exit_words(code: int) -> str:
+    """How the sandbox's first process ended, from its exit status: ``exited with code 3`` or
+    ``was killed by signal KILL``. Bubblewrap reports a guest that a signal ended as 128 + the
+    signal's number, as a shell does."""
+    number = -code if code < 0 else code - 128 if code > 128 else 0
+    with contextlib.suppress(ValueError):
+        if number:
+            return f"was killed by signal {signal.Signals(number).name.removeprefix('SIG')}"
+    return f"exited with code {code}"
+
+
 def log_guest_output(ref: str, paths: InstancePaths, level: int = logging.INFO) -> None:
     """For the operator: the end of what the guest printed. The instance may have written it,
     so it goes to the server's log escaped and cut short, and never into an API answer."""

@@ -36,6 +36,14 @@ def recorded(pid_file: Path) -> int | None:
     return pid if _start_time(pid) == started else None
 
 
+def recorded_pid(pid_file: Path) -> int | None:
+    """The recorded pid, whether or not that process still runs (to look up how it ended)."""
+    try:
+        return int(pid_file.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def forget(pid_file: Path) -> None:
     with contextlib.suppress(FileNotFoundError):
         pid_file.unlink()
@@ -72,6 +80,17 @@ def is_guest(pid: int) -> bool:
     with contextlib.suppress(OSError):
         return b"gentity.guest" in Path(f"/proc/{pid}/cmdline").read_bytes()
     return False
+
+
+def is_guest_daemon(pid: int) -> bool:
+    """The guest daemon's own process (``python -I -m gentity.guest``), not the sandbox
+    processes whose command lines name it too. The instance could name a process so: this
+    only tells whether the instance looks alive, never what may be signalled."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().rstrip(b"\0").split(b"\0")
+    except OSError:
+        return False
+    return argv[-2:] == [b"-m", b"gentity.guest"] and not argv[0].endswith(b"bwrap")
 
 
 def kill_tree(pids: set[int], timeout: float = 5.0) -> None:

@@ -63,6 +63,7 @@ from gentity.providers.compute.local.guest_process import (
     bind_socket,
     describe_exit,
     end_waiting_guest,
+    exit_words,
     log_guest_output,
     send_bootstrap,
     wait_for_waiting,
@@ -99,6 +100,9 @@ _JOIN_CGROUPS = (
 )
 
 
+GUEST_GONE_GRACE = 2.0
+"""How long a sandbox whose guest daemon ended is given to end by itself (see ``_seen``)."""
+
 LOCAL_REGION = "local"
 """The one region of the local provider: this host."""
 
@@ -125,6 +129,11 @@ class LocalProvider(ComputeProvider):
         self.key_dir = key_dir
         self._spares = spares.WarmSpares(warm_spares, self._start_spare, self._discard)
         self._warned_unlimited: set[str] = set()
+        # How each guest this process spawned ended, by its host pid: `status` names the
+        # guest's exit ("killed by signal KILL") instead of just saying that nothing runs.
+        self._exits: dict[int, int] = {}
+        # Since when each instance's guest has been seen gone while the rest of it ran on.
+        self._guest_gone_at: dict[str, float] = {}
         self.instances_dir = data_dir / "instances"
         self.agents_dir = data_dir / "agents"
         # Unix socket paths are limited to 107 bytes, and data directories can be deep: the
@@ -401,7 +410,9 @@ class LocalProvider(ComputeProvider):
                 os.close(fd)
         processes.record(paths.pid_file, process.pid)
         # Reap it when it ends while this server runs; after a server restart, init does.
-        threading.Thread(target=process.wait, name=f"reap-{ref}", daemon=True).start()
+        threading.Thread(
+            target=self._reap, args=(process,), name=f"reap-{ref}", daemon=True
+        ).start()
         booted = Booted(paths, process, listen_fd, cgroup_fd, uid=uid)
         try:
             if info_read is not None:
@@ -423,6 +434,9 @@ class LocalProvider(ComputeProvider):
                 if leftover is not None:
                     os.close(leftover)
         return booted
+
+    def _reap(self, process: subprocess.Popen[bytes]) -> None:
+        self._exits[process.pid] = process.wait()
 
     # --- warm spares (see spares.py) ------------------------------------------------------
 
@@ -510,7 +524,12 @@ class LocalProvider(ComputeProvider):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + GUEST_STOP_GRACE
-        while any(processes.alive(p) for p in guests) and time.monotonic() < deadline:
+        # The grace is for the guest daemon to stop the agent; once it is gone (or when it
+        # was dead already), what is left of the sandbox is killed without waiting for it.
+        while (
+            any(processes.alive(p) and processes.is_guest_daemon(p) for p in guests)
+            and time.monotonic() < deadline
+        ):
             time.sleep(0.02)
         cgroup = self.cgroup_of(handle)
         if cgroup.enabled:
@@ -537,10 +556,26 @@ class LocalProvider(ComputeProvider):
         paths = self.paths(handle)
         if not paths.root.exists():
             return MachineStatus(MachineState.MISSING)
-        if self._pids(handle):
+        pids = self._pids(handle)
+        if any(processes.is_guest_daemon(pid) for pid in pids):
+            self._guest_gone_at.pop(handle.ref, None)
             return MachineStatus(MachineState.RUNNING)
+        if pids:
+            gone_at = self._guest_gone_at.setdefault(handle.ref, time.monotonic())
+            if time.monotonic() - gone_at < GUEST_GONE_GRACE:
+                # The guest just ended and the rest of its sandbox (the agent on its hang-up,
+                # bubblewrap) ends after it: look again in a moment, when how it ended is known.
+                return MachineStatus(MachineState.STOPPING, "its guest daemon has exited")
+            # Something of the instance outlives its guest (a process it left behind): the
+            # machine is as good as stopped, and stopping it removes the rest.
+            return MachineStatus(MachineState.STOPPED, "the guest daemon is not running")
+        self._guest_gone_at.pop(handle.ref, None)
         log_guest_output(handle.ref, paths)
-        return MachineStatus(MachineState.STOPPED, "its guest daemon is not running")
+        code = self._exits.get(processes.recorded_pid(paths.pid_file) or 0)
+        if code is None:
+            # Spawned by an earlier server process, or stopped on purpose: how it ended is unknown.
+            return MachineStatus(MachineState.STOPPED, "the guest daemon is not running")
+        return MachineStatus(MachineState.STOPPED, f"the guest daemon {exit_words(code)}")
 
     def guest_endpoint(self, handle: MachineHandle) -> GuestEndpoint:
         return GuestEndpoint(f"unix:{self.paths(handle).socket}")
