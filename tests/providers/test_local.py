@@ -153,6 +153,41 @@ def test_sandbox_hides_the_host_and_other_instances(tmp_path: Path) -> None:
     run(scenario())
 
 
+def test_the_agent_has_scratch_space_of_its_own(tmp_path: Path) -> None:
+    """/tmp and /var/tmp are the instance's own and writable by its agent (which is not root
+    outside the sandbox); what the host keeps there stays out of sight."""
+    require(bwrap_path() is not None, "bubblewrap")
+    secret = secrets.token_urlsafe(16)
+    host_file = Path("/var/tmp") / f"gentity-host-{secrets.token_hex(4)}"
+    host_file.write_text("host-only")
+
+    async def scenario() -> None:
+        provider = LocalProvider(tmp_path / "data")
+        handle = await provider.create(spec())
+        try:
+            await start(provider, handle, launch(secret))
+            await wait_agent(provider, handle, secret)
+            out = await shell_output(
+                provider,
+                handle,
+                secret,
+                f"mkdir /tmp/agent-1 && echo a > /var/tmp/b && cat {host_file}; "
+                "stat -c %a /tmp /var/tmp | tr '\\n' ' '; echo end-$((2+3))",
+                "end-5",
+            )
+            answer = out.split("end-$((2+3))")[-1]
+            assert "Permission denied" not in answer and "Read-only" not in answer, answer
+            assert "host-only" not in answer
+            assert "1777 1777" in answer
+        finally:
+            await provider.destroy(handle)
+
+    try:
+        run(scenario())
+    finally:
+        host_file.unlink()
+
+
 def test_guest_environment_has_no_server_secrets(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -51,6 +51,8 @@ HIDDEN_PATHS = (
     "/var/run",
     "/sys/fs/cgroup",
 )
+SCRATCH_DIRS = ("/tmp", "/var/tmp")  # noqa: S108 (fresh, private tmpfs inside the sandbox)
+SCRATCH_BYTES = 1 << 30
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # Where the host keeps its trusted certificates, when not in the default place. Agents talk
 # TLS to their model APIs, so these follow them into the sandbox (paths only, no secrets).
@@ -238,9 +240,12 @@ def sandbox_argv(bwrap: str, spec: SandboxSpec) -> list[str]:
         "/dev",
         "--proc",
         "/proc",
-        "--tmpfs",
-        "/tmp",  # noqa: S108 (a fresh, private tmpfs inside the sandbox)
     ]
+    # Scratch space of its own, writable by the agent as anyone's /tmp is (mode 1777): agents
+    # keep sockets and caches there (Claude Code, opencode fail without). The host's are never
+    # seen. Their pages are charged to the instance's memory cgroup; the size bounds them too.
+    for scratch in SCRATCH_DIRS:
+        argv += ["--perms", "1777", "--size", str(SCRATCH_BYTES), "--tmpfs", scratch]
     for hidden in HIDDEN_PATHS:
         if Path(hidden).is_symlink():
             continue  # e.g. /var/run -> /run: hiding the target hides it
