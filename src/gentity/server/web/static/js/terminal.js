@@ -18,6 +18,11 @@ const THEME = {
   selectionBackground: "#3b4a57",
 };
 
+// The agent exited and its guest is about to start it again: the instance itself runs on.
+function agentRestarts(instance) {
+  return instance.status === "restarting" && instance.agent?.state === "backoff";
+}
+
 export class TerminalPane {
   // `onExit` (optional) is awaited when the process ends, before the exit is explained: the
   // page refreshes the instance, which reaches follow() with what it is doing now.
@@ -100,8 +105,12 @@ export class TerminalPane {
   // anywhere else, is expected as one.
   follow(instance, reason) {
     this.instance = instance;
-    if (instance.status === "restarting") this.restarting = true;
-    this.setAvailable(instance.status === "running", reason);
+    // `restarting` is either a restart someone asked for (a fresh machine: its exit is no
+    // crash) or the agent's own exit while its guest waits to start it again (the instance
+    // runs on, and its terminal reconnects to the new agent).
+    const own = agentRestarts(instance);
+    if (instance.status === "restarting" && !own) this.restarting = true;
+    this.setAvailable(instance.status === "running" || own, reason);
   }
 
   // Connect when the instance can take a terminal; called again on every status poll.
@@ -167,15 +176,20 @@ export class TerminalPane {
   async explainExit(message) {
     if (!this.restarting && this.onExit) {
       const before = this.instance?.updatedAt;
+      const restarts = this.instance?.agent?.restarts;
       try {
         await this.onExit();
       } catch {
         // Not knowing the status, the exit is reported as it came.
       }
-      // Running again already, but its status changed meanwhile (nothing else moves a running
-      // instance's updatedAt): a restart quicker than the look.
+      // Running again already, but its status changed meanwhile: a restart quicker than the
+      // look, unless it was the agent's own (its guest counts those; a fresh machine starts
+      // counting again).
       const now = this.instance;
-      if (now?.status === "running" && before && now.updatedAt !== before) this.restarting = true;
+      const agentCameBack = restarts !== undefined && (now?.agent?.restarts ?? 0) > restarts;
+      if (now?.status === "running" && before && now.updatedAt !== before && !agentCameBack) {
+        this.restarting = true;
+      }
     }
     if (this.restarting) {
       this.term.write("\r\n\x1b[2m[restarting the instance…]\x1b[0m\r\n");
