@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import httpx
 
+from gentity.catalog import load_catalog
 from gentity.settings import Settings
 
 
 def seed_fake_claude(settings: Settings, script: str) -> None:
-    """Install ``script`` as the ``claude`` of the claude-code agent, as if npm had."""
-    cache = settings.data_dir / "agents" / "claude-code"
+    """Install ``script`` as the ``claude`` of the claude-code agent, as if npm had, in the
+    cache of the version the catalog pins (else the server would install the real one)."""
+    agent = load_catalog().get("claude-code")
+    assert agent is not None and agent.install is not None
+    cache = settings.data_dir / "agents" / agent.install.cache_name(agent.id)
     (cache / "bin").mkdir(parents=True)
     binary = cache / "bin" / "claude"
     binary.write_text(script)

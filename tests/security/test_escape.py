@@ -222,7 +222,8 @@ def test_an_instance_listener_cannot_stand_in_for_a_host_port(
 def test_guest_output_never_reaches_the_error_message(
     server: LiveServer, bearer: httpx.Client, token: str, settings: Settings, tmp_path: Path
 ) -> None:
-    iid = create_shell(bearer)["id"]
+    # Left down once its guest dies (the default policy would start it again by itself).
+    iid = create_shell(bearer, restartPolicy="never")["id"]
     key_file = settings.data_dir / "secret.key"
     outside = tmp_path / "planted-by-the-instance"
     attack(

@@ -161,7 +161,7 @@ def run_cli(settings: Settings, *args: str, **env: str) -> subprocess.CompletedP
 
 
 def create_claude(client: httpx.Client, settings: Settings) -> str:
-    if not (settings.data_dir / "agents" / "claude-code").exists():
+    if not any((settings.data_dir / "agents").glob("claude-code*")):
         seed_fake_claude(settings, FAKE_CLAUDE)
     created = request_claude(client, KEY)
     assert created.status_code == 200, created.text
