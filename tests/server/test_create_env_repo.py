@@ -16,7 +16,7 @@ import psycopg
 import pytest
 
 from gentity.settings import Settings
-from tests.conftest import POSTGRES_DSN, LiveServer, mint_token, signup
+from tests.conftest import POSTGRES_DSN, LiveServer, mint_token, require, signup
 from tests.guest.test_prepare import make_repo
 from tests.server.terminal_client import Terminal, ws_url
 
@@ -97,15 +97,16 @@ def file_repo_server(
     monkeypatch: pytest.MonkeyPatch,
 ) -> Iterator[tuple[httpx.Client, Path]]:
     """A server that accepts ``file://`` repositories, a signed-in client, and a directory
-    the sandbox can read (``/var/tmp``) for the repository."""
-    where = Path("/var/tmp") / f"gentity-test-{secrets.token_hex(6)}"
+    the sandbox can read for the repository: under ``/srv``, since an instance has ``/tmp``
+    and ``/var/tmp`` of its own and the host's are out of its sight."""
+    require(os.getuid() == 0, "root, to place a repository where the sandbox can read it (/srv)")
+    where = Path("/srv") / f"gentity-test-{secrets.token_hex(6)}"
     where.mkdir(mode=0o755)
-    if os.getuid() == 0:
-        # The instance runs as a uid of its own; git clones only from a repository its user
-        # owns. One uid in the range makes it known beforehand.
-        uid = 3_000_000 + secrets.randbelow(900_000)
-        monkeypatch.setenv("GENTITY_LOCAL_UID_RANGE", f"{uid}-{uid}")
-        monkeypatch.setenv("GENTITY_LOCAL_WARM_SPARES", "0")
+    # The instance runs as a uid of its own; git clones only from a repository its user owns.
+    # One uid in the range makes it known beforehand.
+    uid = 3_000_000 + secrets.randbelow(900_000)
+    monkeypatch.setenv("GENTITY_LOCAL_UID_RANGE", f"{uid}-{uid}")
+    monkeypatch.setenv("GENTITY_LOCAL_WARM_SPARES", "0")
     server = server_factory(settings_factory(allow_file_repos=True))
     try:
         with httpx.Client(base_url=server.url, timeout=60) as client:
