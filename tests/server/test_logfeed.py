@@ -230,7 +230,10 @@ def test_followers_resume_and_join_without_gap_or_repeat(
 def test_a_slow_follower_is_ended_and_a_fast_one_gets_everything(
     server: LiveServer, bearer: httpx.Client, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(logfeed, "MAX_BACKLOG_BYTES", 64 * 1024)
+    # Above one batch (up to 1 MiB goes out at once) so that a busy host, which lets a batch
+    # or two pile up for the fast follower, does not end it; far below what the slow one
+    # leaves unread.
+    monkeypatch.setattr(logfeed, "MAX_BACKLOG_BYTES", 2 * 1024 * 1024)
     iid = create_shell(bearer)["id"]
     log = log_of(server, iid)
     total = 5000  # about 10 MB: more than the slow client's socket buffers can hold
