@@ -118,7 +118,9 @@ def _read_here(
     try:
         return _run(connection, operation, parameters, many=False)
     except sqlite3.OperationalError as exc:
-        if exc.sqlite_errorcode != sqlite3.SQLITE_BUSY:
+        # An extended code (SQLITE_BUSY_RECOVERY, _SNAPSHOT...) carries the primary one in its
+        # low byte: each is "busy", and waits in the driver's thread as well.
+        if exc.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY:
             raise
         return None
     finally:
