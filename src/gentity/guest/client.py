@@ -29,7 +29,7 @@ import ssl
 import types
 from collections.abc import AsyncGenerator, AsyncIterable
 from dataclasses import dataclass
-from typing import Any, Final, Literal, TypeGuard
+from typing import Any, Final, Literal, Self, TypeGuard
 
 from gentity.guest import protocol as p
 from gentity.guest.protocol import ExecExit, Exit, Output
@@ -368,13 +368,54 @@ async def open_session(
     return GuestSession(reader, writer)
 
 
-class GuestSession:
-    """An attached terminal: send input and resizes, read output until exit."""
+class _FrameStream:
+    """A connection that carries frames after the guest's answer: closing, ``async with``,
+    and reading the next frame, which both the terminal and ``exec`` need."""
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._reader = reader
         self._writer = writer
         self._ended = False
+
+    async def _next_frame(self) -> tuple[bytes, bytes] | None:
+        """The next frame, or None once the connection is closed (or the guest went away)."""
+        if self._ended:
+            return None
+        try:
+            frame = await p.read_frame(self._reader)
+        except p.ProtocolError as exc:
+            await self.close()
+            raise GuestError(f"protocol error from the guest: {exc}") from None
+        except OSError:
+            frame = None
+        if frame is None:
+            self._ended = True
+        return frame
+
+    async def close(self) -> None:
+        """Close the connection."""
+        self._ended = True
+        if not self._writer.is_closing():
+            self._writer.close()
+        with contextlib.suppress(OSError):
+            await self._writer.wait_closed()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: types.TracebackType | None,
+    ) -> None:
+        await self.close()
+
+
+class GuestSession(_FrameStream):
+    """An attached terminal: send input and resizes, read output until exit.
+
+    Closing it leaves an attached agent running; a private shell is hung up."""
 
     async def send_input(self, data: bytes) -> None:
         """Send keystrokes/bytes to the terminal."""
@@ -388,17 +429,7 @@ class GuestSession:
     async def read(self) -> Output | Exit | None:
         """Next event: Output, Exit, or None once the connection is closed
         (after an Exit, or without one if the guest went away)."""
-        while not self._ended:
-            try:
-                frame = await p.read_frame(self._reader)
-            except p.ProtocolError as exc:
-                await self.close()
-                raise GuestError(f"protocol error from the guest: {exc}") from None
-            except OSError:
-                frame = None
-            if frame is None:
-                self._ended = True
-                break
+        while (frame := await self._next_frame()) is not None:
             kind, payload = frame
             if kind == p.FRAME_OUTPUT:
                 return Output(payload)
@@ -411,14 +442,6 @@ class GuestSession:
             # Unknown frame types are skipped: newer guests may add some.
         return None
 
-    async def close(self) -> None:
-        """Close the connection. An attached agent keeps running; a shell is hung up."""
-        self._ended = True
-        if not self._writer.is_closing():
-            self._writer.close()
-        with contextlib.suppress(OSError):
-            await self._writer.wait_closed()
-
     async def _send(self, frame: bytes) -> None:
         if self._writer.is_closing():
             raise GuestError("the guest session is closed")
@@ -427,17 +450,6 @@ class GuestSession:
             await self._writer.drain()
         except OSError as exc:
             raise GuestError(f"sending to the guest failed: {exc}") from None
-
-    async def __aenter__(self) -> GuestSession:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: types.TracebackType | None,
-    ) -> None:
-        await self.close()
 
 
 @dataclass(frozen=True, slots=True)
@@ -487,13 +499,9 @@ async def open_exec(
     return execution
 
 
-class GuestExec:
-    """A running ``exec`` command: read its output until its exit."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self._reader = reader
-        self._writer = writer
-        self._ended = False
+class GuestExec(_FrameStream):
+    """A running ``exec`` command: read its output until its exit. Closing it before the
+    command ended kills the command with its tree."""
 
     async def send_stdin(self, data: bytes, *, close: bool = False) -> None:
         """Send bytes to the command's stdin; ``close`` then ends its stdin."""
@@ -510,17 +518,7 @@ class GuestExec:
     async def read(self) -> ExecOutput | ExecExit | None:
         """Next event: ExecOutput, then one ExecExit; None once the connection is closed
         (after the ExecExit, or without one if the guest went away)."""
-        while not self._ended:
-            try:
-                frame = await p.read_frame(self._reader)
-            except p.ProtocolError as exc:
-                await self.close()
-                raise GuestError(f"protocol error from the guest: {exc}") from None
-            except OSError:
-                frame = None
-            if frame is None:
-                self._ended = True
-                break
+        while (frame := await self._next_frame()) is not None:
             kind, payload = frame
             if kind == p.FRAME_OUTPUT:
                 return ExecOutput("stdout", payload)
@@ -533,25 +531,6 @@ class GuestExec:
                 except (p.ProtocolError, ValueError) as exc:
                     raise GuestError(f"protocol error from the guest: {exc}") from None
         return None
-
-    async def close(self) -> None:
-        """Close the connection; a command still running is killed with its tree."""
-        self._ended = True
-        if not self._writer.is_closing():
-            self._writer.close()
-        with contextlib.suppress(OSError):
-            await self._writer.wait_closed()
-
-    async def __aenter__(self) -> GuestExec:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: types.TracebackType | None,
-    ) -> None:
-        await self.close()
 
 
 #: The most directory entries accepted from a guest (it sends at most 10,000).
