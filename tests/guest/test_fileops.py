@@ -4,6 +4,7 @@ or filling the volume, and file traffic counted as activity."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 from collections.abc import AsyncIterator, Iterator
@@ -150,3 +151,20 @@ async def test_a_file_that_shrinks_while_read_is_not_passed_off_as_whole(
                 os.truncate(target, 1024)  # the guest is held back by this slow reader
             received += len(chunk)
     assert received < download.size
+
+
+def test_a_listing_of_huge_entries_is_refused_before_it_fills_memory() -> None:
+    """A hostile guest sends few entries of a mebibyte each: the count limit alone would let
+    the server hold gigabytes; the byte limit ends the listing instead."""
+
+    async def run() -> None:
+        reader = asyncio.StreamReader()
+        entry = {"name": "x" * (1000 * 1024), "type": "file", "size": 0, "modifiedAt": None}
+        frame = p.encode_frame(p.FRAME_DATA, json.dumps([entry]).encode())
+        for _ in range(client.MAX_LISTING_BYTES // len(frame) + 2):
+            reader.feed_data(frame)
+        reader.feed_data(p.encode_frame(p.FRAME_END, b""))
+        with pytest.raises(GuestError, match="invalid listing"):
+            await client._entries(reader)
+
+    asyncio.run(run())

@@ -535,6 +535,9 @@ class GuestExec(_FrameStream):
 
 #: The most directory entries accepted from a guest (it sends at most 10,000).
 MAX_LISTING_ENTRIES: Final = 10_000
+#: The most bytes of listing accepted from a guest: 10,000 entries of the longest names fit,
+#: and a guest that sends huge entries cannot make the server hold gigabytes.
+MAX_LISTING_BYTES: Final = 16 * 1024 * 1024
 #: How long the guest may take to make a written file durable and answer.
 PUT_COMMIT_TIMEOUT: Final = 120.0
 
@@ -612,6 +615,7 @@ async def get_file(
 async def _entries(reader: asyncio.StreamReader) -> list[Any]:
     """A listing's entries, from its data frames up to the end frame."""
     entries: list[Any] = []
+    received = 0
     while True:
         try:
             frame = await p.read_frame(reader)
@@ -622,6 +626,9 @@ async def _entries(reader: asyncio.StreamReader) -> list[Any]:
         kind, payload = frame
         if kind == p.FRAME_END:
             return entries
+        received += len(payload)
+        if received > MAX_LISTING_BYTES:
+            raise GuestError("the guest sent an invalid listing")
         if kind == p.FRAME_DATA:
             try:
                 batch = json.loads(payload)
