@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -19,7 +20,8 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from tests.conftest import LiveServer
+from gentity.settings import Settings
+from tests.conftest import LiveServer, mint_token, signup
 from tests.server.terminal_client import Terminal, ws_url
 from tests.server.test_instances import create_shell
 from tests.waiting import wait_until_blocking
@@ -287,3 +289,37 @@ def test_websocket_through_the_preview(
             assert ws.close_code == 4401
 
     asyncio.run(scenario())
+
+
+def test_over_https_only_the_host_prefixed_preview_cookie_counts(
+    server_factory: Callable[[Settings], LiveServer], settings_factory: Callable[..., Settings]
+) -> None:
+    # Another instance's page (a sibling host) can plant a plain ``gentity_preview`` cookie for
+    # the parent domain from script, never a ``__Host-`` one: over https the plain name opens
+    # nothing.
+    server = server_factory(settings_factory(public_url="https://gentity.example.com"))
+    main = {"Host": "gentity.example.com", "Origin": "https://gentity.example.com"}
+    with httpx.Client(base_url=server.url, headers=main, timeout=30) as dashboard:
+        session = signup(dashboard, "admin@example.com").headers["set-cookie"]
+        assert session.startswith("__Host-gentity_session=")
+        dashboard.headers["Cookie"] = session.split(";", 1)[0]
+        token = mint_token(dashboard)
+        with httpx.Client(
+            base_url=server.url, timeout=30, headers={"Authorization": f"Bearer {token}"}
+        ) as api:
+            sub = create_shell(api)["subdomain"]
+        start = dashboard.get(f"/dashboard/preview/{sub}/{APP_PORT}")
+        assert start.status_code == 303, start.text
+    where = urlsplit(start.headers["location"])
+    host = f"{APP_PORT}-{sub}.gentity.example.com"
+    assert (where.scheme, where.netloc) == ("https", host)
+    with _preview(server, host) as browser:
+        redeemed = browser.get(f"{where.path}?{where.query}")
+        cookie = redeemed.headers["set-cookie"]
+        assert cookie.startswith("__Host-gentity_preview=") and "Secure" in cookie
+        secret = cookie.split(";", 1)[0].split("=", 1)[1]
+        planted = browser.get("/", headers={"Cookie": f"gentity_preview={secret}"})
+        assert planted.status_code == 401
+        # The real one gets through (to an empty port: nothing listens on it yet).
+        own = browser.get("/", headers={"Cookie": f"__Host-gentity_preview={secret}"})
+        assert own.status_code == 502 and "nothing accepts connections" in own.json()["error"]

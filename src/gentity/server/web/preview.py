@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Mapping
 from html import escape
 from typing import Final
 from urllib.parse import quote
@@ -52,7 +51,7 @@ from gentity.server.web.hosts import instance_subdomain, main_origin, preview_la
 HANDOFF_PATH: Final = "/__gentity/handoff"
 PREVIEW_COOKIE: Final = "gentity_preview"
 # Over https the cookie gets the __Host- prefix: Secure, Path=/, no Domain, never planted by a
-# sibling host.
+# sibling host; and only that name is read then (a plain one may have been planted).
 SECURE_PREVIEW_COOKIE: Final = "__Host-gentity_preview"
 
 
@@ -201,7 +200,8 @@ class PreviewProxy:
                 return 404, "Not Found"
             if target.public:
                 return target.instance_id, None
-            principal = await self._principal(db, headers, cookies, target.instance_id)
+            secret = cookies.get(self._cookie_name(scope))
+            principal = await self._principal(db, headers, secret, target.instance_id)
         if principal is None:
             if _ours(headers.get("authorization")):
                 return 401, "Unauthorized"
@@ -212,15 +212,18 @@ class PreviewProxy:
             return 403, "Cross-origin request refused"
         return target.instance_id, principal
 
+    def _cookie_name(self, scope: Scope) -> str:
+        secure = _scheme(scope) == "https" or self.ctx.settings.secure_public_url
+        return SECURE_PREVIEW_COOKIE if secure else PREVIEW_COOKIE
+
     @staticmethod
     async def _principal(
-        db: AsyncSession, headers: Headers, cookies: Mapping[str, str], instance_id: str
+        db: AsyncSession, headers: Headers, secret: str | None, instance_id: str
     ) -> Principal | None:
         authorization = headers.get("authorization")
         if _ours(authorization):
             found = await tokens.authenticate(db, (authorization or "").partition(" ")[2].strip())
             return Principal(found[1], "token", found[0]) if found else None
-        secret = cookies.get(SECURE_PREVIEW_COOKIE) or cookies.get(PREVIEW_COOKIE)
         opened = await accounts.session_user(db, secret) if secret else None
         if opened is None or opened.scope_instance_id != instance_id:
             return None  # a preview cookie opens its own instance only
@@ -307,15 +310,15 @@ class PreviewProxy:
         response = RedirectResponse(safe_path(request.query_params.get("next")), status_code=303)
         response.headers["Cache-Control"] = "no-store"
         response.headers["Referrer-Policy"] = "no-referrer"
-        secure = request.url.scheme == "https" or ctx.settings.secure_public_url
+        name = self._cookie_name(request.scope)
         response.set_cookie(
-            SECURE_PREVIEW_COOKIE if secure else PREVIEW_COOKIE,
+            name,
             opened.secret,
             max_age=max(int((opened.expires_at - utcnow()).total_seconds()), 1),
             path="/",
             httponly=True,
             samesite="lax",
-            secure=secure,
+            secure=name == SECURE_PREVIEW_COOKIE,
         )
         return response
 
