@@ -361,8 +361,9 @@ class PreviewProxy:
             accept: dict[str, object] = {"type": "websocket.accept"}
             if chosen := answer.get("Sec-WebSocket-Protocol"):
                 accept["subprotocol"] = chosen
-            cookies = [clean_set_cookie(v.encode("latin-1")) for v in answer.get_all("Set-Cookie")]
-            accept["headers"] = [(b"set-cookie", c) for c in cookies if c is not None]
+            cookies = answer.get_all("Set-Cookie")
+            cleaned_cookies = [clean_set_cookie(proxy.header_bytes(v)) for v in cookies]
+            accept["headers"] = [(b"set-cookie", c) for c in cleaned_cookies if c is not None]
             await send(accept)
             credential = principal.credential if principal is not None else None
             if credential is None:
