@@ -323,3 +323,50 @@ def test_over_https_only_the_host_prefixed_preview_cookie_counts(
         # The real one gets through (to an empty port: nothing listens on it yet).
         own = browser.get("/", headers={"Cookie": f"__Host-gentity_preview={secret}"})
         assert own.status_code == 502 and "nothing accepts connections" in own.json()["error"]
+
+
+def test_connections_to_one_instance_are_capped(
+    server_factory: Callable[[Settings], LiveServer], settings_factory: Callable[..., Settings]
+) -> None:
+    server = server_factory(settings_factory(preview_max_connections=1))
+    with httpx.Client(base_url=server.url, timeout=30) as c:
+        signup(c, "admin@example.com")
+        token = mint_token(c)
+    auth = {"Authorization": f"Bearer {token}"}
+    with httpx.Client(base_url=server.url, timeout=30, headers=auth) as api:
+        created = create_shell(api)
+        asyncio.run(_start_servers(server.url, created["id"], token))
+
+        def listening() -> bool:
+            answer = api.get(f"/api/instances/{created['id']}/ports")
+            return {SITE_PORT, APP_PORT} <= {p["port"] for p in answer.json()["ports"]}
+
+        wait_until_blocking(listening, "both servers listening in the instance", timeout=30)
+    sub = created["subdomain"]
+    site = _preview(server, _host(SITE_PORT, sub, server), **auth)
+    url = f"ws://{_host(APP_PORT, sub, server)}/socket"
+
+    async def scenario() -> None:
+        # An open WebSocket holds the one connection: the next request, on any port of the
+        # instance, is refused without reaching it.
+        async with connect(
+            url, host="127.0.0.1", port=server.port, additional_headers=auth, open_timeout=10
+        ) as ws:
+            await ws.send("hello")
+            assert await ws.recv() == "echo:hello"
+            busy = await asyncio.to_thread(site.get, "/index.txt")
+            assert busy.status_code == 503 and "too many connections" in busy.json()["error"]
+            with pytest.raises(InvalidStatus) as refused:
+                async with connect(
+                    url, host="127.0.0.1", port=server.port, additional_headers=auth
+                ):
+                    pass
+            assert refused.value.response.status_code == 503
+
+    with site:
+        asyncio.run(scenario())
+        # Closed, it gives its place back.
+        wait_until_blocking(
+            lambda: site.get("/index.txt").status_code == 200, "the slot given back", timeout=10
+        )
+        assert site.get("/index.txt").text == "hello-preview\n"

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Iterator
 from html import escape
 from typing import Final
 from urllib.parse import quote
@@ -53,6 +54,7 @@ PREVIEW_COOKIE: Final = "gentity_preview"
 # Over https the cookie gets the __Host- prefix: Secure, Path=/, no Domain, never planted by a
 # sibling host; and only that name is read then (a plain one may have been planted).
 SECURE_PREVIEW_COOKIE: Final = "__Host-gentity_preview"
+BUSY: Final = "too many connections to this instance's previews; try again later"
 
 
 def safe_path(value: str | None) -> str:
@@ -170,6 +172,27 @@ class PreviewProxy:
     def __init__(self, app: ASGIApp, ctx: AppContext) -> None:
         self.app = app
         self.ctx = ctx
+        self._open: dict[str, int] = {}
+        """Requests and WebSockets being relayed, per instance."""
+
+    @contextlib.contextmanager
+    def _slot(self, instance_id: str) -> Iterator[bool]:
+        """One of the instance's ``GENTITY_PREVIEW_MAX_CONNECTIONS``, or False when all are
+        taken. Counted before the guest is asked for a connection, so a flood of requests
+        reaches neither the guest nor the program."""
+        count = self._open.get(instance_id, 0)
+        if count >= self.ctx.settings.preview_max_connections:
+            yield False
+            return
+        self._open[instance_id] = count + 1
+        try:
+            yield True
+        finally:
+            left = self._open[instance_id] - 1
+            if left:
+                self._open[instance_id] = left
+            else:
+                del self._open[instance_id]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
@@ -265,6 +288,22 @@ class PreviewProxy:
             await response(scope, receive, send)
             return
         instance_id, _ = admitted
+        with self._slot(instance_id) as admitted_now:
+            if not admitted_now:
+                await _refusal(request, 503, BUSY, dashboard)(scope, receive, send)
+                return
+            await self._relay_http(scope, receive, send, request, instance_id, port, dashboard)
+
+    async def _relay_http(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        request: Request,
+        instance_id: str,
+        port: int,
+        dashboard: str,
+    ) -> None:
         try:
             upstream = await previews.open_port(self.ctx, instance_id, port)
         except (DomainError, ProviderError, ProviderUnavailable) as exc:
@@ -336,6 +375,21 @@ class PreviewProxy:
             await _deny(scope, send, status, message)
             return
         instance_id, principal = admitted
+        with self._slot(instance_id) as admitted_now:
+            if not admitted_now:
+                await _deny(scope, send, 503, BUSY)
+                return
+            await self._relay_websocket(scope, receive, send, instance_id, principal, port)
+
+    async def _relay_websocket(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        instance_id: str,
+        principal: Principal | None,
+        port: int,
+    ) -> None:
         headers = Headers(scope=scope)
         try:
             upstream = await previews.open_port(self.ctx, instance_id, port)
@@ -392,7 +446,12 @@ def _wants_page(request: Request) -> bool:
 def _refusal(request: Request, status: int, message: str, dashboard: str) -> Response:
     if not _wants_page(request):
         return _error(status, message)
-    titles = {404: "Not found", 409: "The instance is not running", 502: "Nothing to show"}
+    titles = {
+        404: "Not found",
+        409: "The instance is not running",
+        502: "Nothing to show",
+        503: "Too many connections",
+    }
     return _page(status, titles.get(status, "Preview unavailable"), message, dashboard, "Dashboard")
 
 
