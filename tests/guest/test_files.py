@@ -182,6 +182,8 @@ def test_a_root_guest_gives_new_directories_to_the_owner_by_descriptor(
     theirs = home / "work/theirs"  # another user's directory, somewhere in the volume
     theirs.mkdir()
     os.chown(theirs, 777, 777)
+    roots = home / "work/roots"  # and one of root's, with something in it
+    (roots / "inside").mkdir(parents=True)
     real_mkdir = os.mkdir
 
     def swapped_for(thing: Path) -> object:
@@ -203,3 +205,7 @@ def test_a_root_guest_gives_new_directories_to_the_owner_by_descriptor(
     write(volume, "d/f.txt", b"x")
     monkeypatch.undo()
     assert (home / "work/d").stat().st_uid == 777
+    monkeypatch.setattr(os, "mkdir", swapped_for(roots))
+    write(volume, "e/f.txt", b"x")
+    monkeypatch.undo()
+    assert (home / "work/e").stat().st_uid == 0

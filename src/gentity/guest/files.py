@@ -406,9 +406,9 @@ def _give_to_owner(fd: int, dir_fd: int) -> None:
 
 def _give_dir_to_owner(fd: int, dir_fd: int) -> None:
     """Give a directory this (root) guest just made to the owner of its parent. Only one that
-    is still root's: anything else at that name by now was put there by someone else, and
-    keeps its owner."""
-    if os.fstat(fd).st_uid != os.geteuid():
+    is still root's and empty, as it was made: anything else at that name by now was put
+    there by someone else, and keeps its owner."""
+    if os.fstat(fd).st_uid != os.geteuid() or os.listdir(fd):
         return
     owner = os.fstat(dir_fd)
     os.fchown(fd, owner.st_uid, owner.st_gid)
