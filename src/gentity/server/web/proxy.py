@@ -203,7 +203,10 @@ async def ws_handshake(
     # the key it generated, to check the answer.
     own = protocol.connect().headers
     names = {name.lower() for name in own}
-    lines = [b"GET " + target.encode("latin-1") + b" HTTP/1.1"]
+    path = target.encode("latin-1")
+    if not _one_line(path) or b" " in path:
+        raise UpstreamError("the request's path cannot be sent")
+    lines = [b"GET " + path + b" HTTP/1.1"]
     host = next((v for k, v in headers if k.lower() == b"host"), b"preview")
     lines.append(b"Host: " + host)
     for name, value in headers:
