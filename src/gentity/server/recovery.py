@@ -124,7 +124,7 @@ async def follow(
     has one; a higher count now means a whole restart happened between the two answers (a
     short back-off on a busy host), which is recorded too."""
     if not isinstance(health, dict) or health.get("configured") is not True:
-        return  # an unconfigured guest is configured again by the reconciler
+        return  # an unconfigured guest is configured again by its watch or the reconciler
     status, state = S(row.status), health.get("state")
     reported = health.get("agent")
     agent: dict[str, Any] = reported if isinstance(reported, dict) else {}
@@ -265,6 +265,12 @@ def watch(ctx: AppContext, instance_id: str) -> None:
     task.add_done_callback(forget)
 
 
+def watching(ctx: AppContext, instance_id: str) -> bool:
+    """Whether this server has a live watch on the instance's guest."""
+    task = ctx.watches.get(instance_id)
+    return task is not None and not task.done()
+
+
 async def stop_watches(ctx: AppContext) -> None:
     tasks = list(ctx.watches.values())
     for task in tasks:
@@ -322,6 +328,12 @@ async def _watch_loop(ctx: AppContext, instance_id: str) -> None:
             failures = 0
         except guest_client.GuestError:
             health, failures = None, failures + 1
+        if isinstance(health, dict) and health.get("configured") is False:
+            # Its machine booted without us (a provider's own restart): configure it again.
+            if not await instances.configure_if_rebooted(ctx, row):
+                await asyncio.sleep(_RETRY_MIN)
+            since = None
+            continue
         async with ctx.db.session() as session:
             row = await session.get(Instance, instance_id)
             if row is None or not watched(ctx, row):
