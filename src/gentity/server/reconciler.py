@@ -6,12 +6,17 @@ Runs at start-up and then every ``GENTITY_RECONCILE_INTERVAL_SECONDS``:
   and restarted by its policy, and one whose agent is between restarts is ``restarting`` (see
   ``server.recovery``, whose watches see both at once; this pass starts them and catches what
   they missed); one whose guest answers unconfigured (its machine was restarted by its
-  provider, not by us) gets its config again;
+  provider, not by us) gets its config again, from its watch or, unwatched, from this pass;
 - an ``error`` instance whose automatic restart is due is started again;
 - a transitional row (``starting``, ``stopping``…) whose operation lease has expired, e.g.
   because the server crashed mid-way, is completed or failed, never left hanging;
 - an instance this server cannot reach (``ComputeProvider.unreachable``: a ``local`` instance
   of another host) is left alone, whatever its row says.
+
+A pass costs what changed, not what exists: one query reads every active row, each provider
+answers for all its machines in one batch (``ComputeProvider.statuses``), and only an instance
+with something to do gets a session of its own (at most ``PASS_CONCURRENCY`` at once). A
+running instance whose guest this server watches needs no guest call: its watch follows it.
 
 Several replicas may run it at once: every status change is a compare-and-set, so the first
 replica to act wins and the others' changes are refused harmlessly.
@@ -229,7 +234,8 @@ async def _check_running(
     ctx: AppContext, provider: ComputeProvider, instance_id: str, seen: MachineStatus
 ) -> None:
     """A ``running`` row, or one whose agent is between restarts, whose machine is ``seen``:
-    what its watch would do, and its watch started if it has none."""
+    what its watch would do, and its watch started if it has none. No session is held while
+    its guest is asked (a pass may ask many that do not answer)."""
     async with ctx.db.session() as session:
         row = await session.get(Instance, instance_id)
         if row is None or not recovery.watched(ctx, row):
@@ -240,23 +246,27 @@ async def _check_running(
         if row.recovery_attempts and utcnow() - row.updated_at >= recovery.STABLE_RUN:
             row.recovery_attempts = 0
             await session.commit()
-        if recovery.watching(ctx, row.id):
-            return  # its watch follows the guest already
-        try:
-            health = await guest_client.health(
-                provider.guest_endpoint(instances.handle_of(row)),
-                instances.guest_secret(ctx, row),
-                timeout=instances.HEALTH_TIMEOUT,
-            )
-        except guest_client.GuestError:
-            health = None  # its watch (or the next pass) looks again
-        if health is not None and health.get("configured") is False:
-            # Its machine was restarted by its provider, not by us: configure it again.
-            await instances.configure_if_rebooted(ctx, row)
-        elif health is not None:
+    if recovery.watching(ctx, row.id):
+        return  # its watch follows the guest already
+    try:
+        health = await guest_client.health(
+            provider.guest_endpoint(instances.handle_of(row)),
+            instances.guest_secret(ctx, row),
+            timeout=instances.HEALTH_TIMEOUT,
+        )
+    except guest_client.GuestError:
+        health = None  # its watch (or the next pass) looks again
+    if health is not None and health.get("configured") is False:
+        # Its machine was restarted by its provider, not by us: configure it again.
+        await instances.configure_if_rebooted(ctx, row)
+    elif health is not None:
+        async with ctx.db.session() as session:
+            row = await session.get(Instance, instance_id)
+            if row is None or not recovery.watched(ctx, row):
+                return
             await recovery.follow(ctx, session, row, health)
-        if recovery.watched(ctx, row):
-            recovery.watch(ctx, row.id)
+    if recovery.watched(ctx, row):
+        recovery.watch(ctx, row.id)
 
 
 async def _guest_runs_agent(provider: ComputeProvider, ctx: AppContext, row: Instance) -> bool:

@@ -16,9 +16,12 @@ guest call per API request). From what the guest says:
 - the guest stopped answering: the provider says whether the machine still runs and, if not,
   why (the local provider knows how the guest's process ended). A machine that is no longer
   running goes to ``error`` at once, with that as the reason.
+- the guest answers unconfigured (its machine was restarted by its provider, not by us): it
+  gets its config again.
 
-The reconciler makes the same checks on every pass, for what a watch missed (a server that was
-down meanwhile) and starts the watches; several replicas each watch, and every change is a
+The reconciler checks every watched instance's machine on every pass, for what a watch missed
+(a server that was down meanwhile), and asks the guests that have no watch here and starts
+their watches; several replicas each watch, and every change is a
 compare-and-set, so only the first to see a change records it.
 
 **Restarting a dead machine.** Under ``always`` and ``on-failure`` a machine that died is started
