@@ -134,7 +134,12 @@ async def _reconcile_all(ctx: AppContext) -> PassReport:
     limit = asyncio.Semaphore(PASS_CONCURRENCY)
     work: list[Coroutine[Any, Any, bool]] = []
     for provider, checked in to_check.items():
-        seen = await provider.statuses([instances.handle_of(row) for row in checked])
+        try:
+            seen = await provider.statuses([instances.handle_of(row) for row in checked])
+        except Exception:
+            # A provider's failure must not stop the pass for the others' instances.
+            log.exception("asking the %s provider for its machines' statuses failed", provider.name)
+            continue
         report.checked += len(checked)
         for row, status in zip(checked, seen, strict=True):
             if isinstance(status, ProviderError):
