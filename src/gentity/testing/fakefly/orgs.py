@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import heapq
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
@@ -46,17 +47,21 @@ def _limit(value: str | None) -> int:
 
 
 def _overview(machine: Machine, app_name: str, *, summary: bool) -> Json:
-    body = machine.to_json(summary=True)
     entry: Json = {
-        key: body.get(key)
-        for key in ("id", "name", "state", "region", "instance_id", "version", "private_ip")
+        "id": machine.id,
+        "name": machine.name,
+        "state": machine.state,
+        "region": machine.region,
+        "instance_id": machine.version,
+        "version": machine.version,
+        "private_ip": machine.private_ip,
+        "app_name": app_name,
+        "created_at": machine.created_at,
+        "updated_at": machine.updated_at,
     }
-    entry.update(app_name=app_name, created_at=machine.created_at, updated_at=machine.updated_at)
     if not summary:
-        entry["config"] = {
-            "image": machine.config.get("image"),
-            "metadata": machine.config.get("metadata"),
-        }
+        config = machine.config
+        entry["config"] = {"image": config.get("image"), "metadata": config.get("metadata")}
     return entry
 
 
@@ -75,20 +80,23 @@ def router(fleet: Fleet) -> APIRouter:
             start = _after(query["cursor"])
         elif query.get("updated_after"):
             start = (query["updated_after"], "\uffff")
-        found = sorted(
+        deleted, region = flag(request, "include_deleted"), query.get("region")
+        # The page and one more (to know whether another page follows), without sorting all.
+        found = heapq.nsmallest(
+            limit + 1,
             (
-                (machine, app.name)
+                (machine.updated_at, machine.id, machine, app.name)
                 for app in fleet.apps.values()
                 if app.org_slug == org
                 for machine in app.machines.values()
-                if (machine.state != "destroyed" or flag(request, "include_deleted"))
+                if (machine.state != "destroyed" or deleted)
                 and (not states or machine.state in states)
-                and query.get("region") in (None, "", machine.region)
+                and region in (None, "", machine.region)
                 and (machine.updated_at, machine.id) > start
             ),
-            key=lambda pair: (pair[0].updated_at, pair[0].id),
+            key=lambda entry: (entry[0], entry[1]),
         )
-        page = found[:limit]
+        page = [(machine, app) for _, _, machine, app in found[:limit]]
         body: Json = {
             "machines": [_overview(m, app, summary=flag(request, "summary")) for m, app in page]
         }
