@@ -16,9 +16,12 @@ guest call per API request). From what the guest says:
 - the guest stopped answering: the provider says whether the machine still runs and, if not,
   why (the local provider knows how the guest's process ended). A machine that is no longer
   running goes to ``error`` at once, with that as the reason.
+- the guest answers unconfigured (its machine was restarted by its provider, not by us): it
+  gets its config again.
 
-The reconciler makes the same checks on every pass, for what a watch missed (a server that was
-down meanwhile) and starts the watches; several replicas each watch, and every change is a
+The reconciler checks every watched instance's machine on every pass, for what a watch missed
+(a server that was down meanwhile), and asks the guests that have no watch here and starts
+their watches; several replicas each watch, and every change is a
 compare-and-set, so only the first to see a change records it.
 
 **Restarting a dead machine.** Under ``always`` and ``on-failure`` a machine that died is started
@@ -124,7 +127,7 @@ async def follow(
     has one; a higher count now means a whole restart happened between the two answers (a
     short back-off on a busy host), which is recorded too."""
     if not isinstance(health, dict) or health.get("configured") is not True:
-        return  # an unconfigured guest is configured again by the reconciler
+        return  # an unconfigured guest is configured again by its watch or the reconciler
     status, state = S(row.status), health.get("state")
     reported = health.get("agent")
     agent: dict[str, Any] = reported if isinstance(reported, dict) else {}
@@ -265,6 +268,12 @@ def watch(ctx: AppContext, instance_id: str) -> None:
     task.add_done_callback(forget)
 
 
+def watching(ctx: AppContext, instance_id: str) -> bool:
+    """Whether this server has a live watch on the instance's guest."""
+    task = ctx.watches.get(instance_id)
+    return task is not None and not task.done()
+
+
 async def stop_watches(ctx: AppContext) -> None:
     tasks = list(ctx.watches.values())
     for task in tasks:
@@ -322,6 +331,12 @@ async def _watch_loop(ctx: AppContext, instance_id: str) -> None:
             failures = 0
         except guest_client.GuestError:
             health, failures = None, failures + 1
+        if isinstance(health, dict) and health.get("configured") is False:
+            # Its machine booted without us (a provider's own restart): configure it again.
+            if not await instances.configure_if_rebooted(ctx, row):
+                await asyncio.sleep(_RETRY_MIN)
+            since = None
+            continue
         async with ctx.db.session() as session:
             row = await session.get(Instance, instance_id)
             if row is None or not watched(ctx, row):
