@@ -19,6 +19,9 @@ guest call per API request). From what the guest says:
 - the guest answers unconfigured (its machine was restarted by its provider, not by us): it
   gets its config again.
 
+What a watch last heard is also what the API shows as the instance's ``agent`` (``ctx.heard``):
+the guest answers at every change, so the list needs no guest call per running instance.
+
 The reconciler checks every watched instance's machine on every pass, for what a watch missed
 (a server that was down meanwhile), and asks the guests that have no watch here and starts
 their watches; several replicas each watch, and every change is a
@@ -288,6 +291,8 @@ async def _watch(ctx: AppContext, instance_id: str) -> None:
     except Exception:
         # The reconciler starts another on its next pass.
         log.exception("watching instance %s failed", instance_id)
+    finally:
+        ctx.heard.pop(instance_id, None)
 
 
 async def _operations_done(ctx: AppContext, instance_id: str) -> None:
@@ -305,7 +310,9 @@ async def _watch_loop(ctx: AppContext, instance_id: str) -> None:
     restarts_seen: int | None = None
     failures = 0
     while True:
-        await _operations_done(ctx, instance_id)
+        if operations.in_flight_here(ctx, instance_id):
+            ctx.heard.pop(instance_id, None)  # an operation changes the guest under it
+            await _operations_done(ctx, instance_id)
         async with ctx.db.session() as session:
             row = await session.get(Instance, instance_id)
             if row is None or not watched(ctx, row):
@@ -331,6 +338,10 @@ async def _watch_loop(ctx: AppContext, instance_id: str) -> None:
             failures = 0
         except guest_client.GuestError:
             health, failures = None, failures + 1
+        if isinstance(health, dict) and health.get("configured") is True:
+            ctx.heard[instance_id] = health
+        else:
+            ctx.heard.pop(instance_id, None)
         if isinstance(health, dict) and health.get("configured") is False:
             # Its machine booted without us (a provider's own restart): configure it again.
             if not await instances.configure_if_rebooted(ctx, row):
