@@ -103,9 +103,9 @@ class FeedResponse(Response):
     follower several times a second, and a thousand followers make that the server's main
     work. So each wake-up costs one task step and one ``send`` of everything the follower has
     pending (the frames come encoded from the feed), with no generator chain, task group or
-    per-chunk encoding between them; the disconnect is watched by a callback, not a second
-    task stepping for every message. A keep-alive comment goes out after
-    ``KEEPALIVE_SECONDS`` without a write.
+    per-chunk encoding between them; the disconnect is watched by a task that only wakes when
+    the connection says something. A keep-alive comment goes out after ``KEEPALIVE_SECONDS``
+    without a write.
 
     The stream ends when the feed ends the follower (its instance stopped or went away, or the
     client fell too far behind: it then reconnects with the id of the last record it got), when
@@ -145,9 +145,14 @@ class FeedResponse(Response):
                 idle = 0.0
             timer = loop.call_later(interval - idle, tick)
 
+        def gone(listening: asyncio.Future[None]) -> None:
+            # The client went away (or the server is shutting down): nothing more is written.
+            if not listening.cancelled() and listening.exception() is not None:
+                log.debug("a log follower's connection failed", exc_info=listening.exception())
+            follower.finish()
+
         listener = asyncio.ensure_future(_disconnected(receive))
-        # The client went away (or the server is shutting down): nothing more is written.
-        listener.add_done_callback(lambda _: follower.finish())
+        listener.add_done_callback(gone)
         stop: asyncio.Future[Any] | None = None
         body: dict[str, Any] = {"type": "http.response.body", "body": b"", "more_body": True}
         try:
