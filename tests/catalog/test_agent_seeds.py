@@ -109,6 +109,25 @@ def test_aider_asks_nothing_on_start() -> None:
     }
 
 
+def test_aider_starts_in_a_git_repository_without_probing_the_terminal() -> None:
+    aider = _agent("aider")
+    # Without a repository Aider asks "No git repo found, create one …? (Y)es/(N)o".
+    assert aider.git_init is True
+    # Nobody is attached when it starts: its cursor-position probe would time out into a
+    # warning on the screen.
+    assert aider.env == {"PROMPT_TOOLKIT_NO_CPR": "1"}
+
+
+def test_every_coding_agent_gets_a_git_repository_and_the_shell_none() -> None:
+    assert {a.id for a in load_catalog().agents if a.git_init} == {
+        "claude-code",
+        "codex",
+        "gemini-cli",
+        "opencode",
+        "aider",
+    }
+
+
 def test_the_shell_needs_nothing_seeded() -> None:
     assert _files("shell") == {}
 
