@@ -6,7 +6,8 @@ agent (or of those named) with a fake model key, one after another, and prints f
 
 - install time: from the log's ``install: running …`` to ``install: done``;
 - time to ready: from the create to the agent's ``readyAt`` (health), or the state it ended in;
-- the last screen: the agent's terminal, attached after it is ready, rendered as text (pyte).
+- the last screen: the agent's terminal, attached after it is ready, rendered as text (pyte);
+  with ``--raw DIR``, what the terminal sent is also written to ``DIR/<agent>.txt``.
 
 Then it destroys them and removes everything (also on Ctrl-C or failure). Needs network and
 takes minutes; not part of ``make test``. Exit status 0 when every agent reached ``ready``.
@@ -197,7 +198,8 @@ async def _screen(client: AsyncClient, instance_id: str, raw: Path | None) -> li
             if isinstance(event, TerminalOutput):
                 received.append(event.data)
                 stream.feed(event.data)
-                drawn = drawn or bool(event.data.strip())
+                # Mode changes alone (Claude Code's first bytes) draw nothing yet.
+                drawn = drawn or any(line.strip() for line in screen.display)
     if raw is not None:
         raw.write_text("".join(received), encoding="utf-8", errors="surrogateescape")
     lines = [line.rstrip() for line in screen.display]
