@@ -452,6 +452,7 @@ def _launch(ctx: AppContext, inst: Instance) -> GuestLaunch:
                 "api_key_suffix": api_key[-20:] if api_key and len(api_key) > 40 else "",
             },
             repo=inst.repo,
+            git_init=agent.git_init,
         ),
     )
 
