@@ -56,10 +56,14 @@ def wait_for_waiting(process: subprocess.Popen[bytes], output: Path, start: int)
     """
     deadline = time.monotonic() + GUEST_READY_TIMEOUT
     while process.poll() is None and time.monotonic() < deadline:
-        with contextlib.suppress(OSError), open_regular(output) as f:
-            f.seek(start)
-            if b'"waiting"' in f.read(4096):
-                return
+        # Opened only once it has grown: many sandboxes booting at once each have a thread
+        # here, and a size is much cheaper to look at every few milliseconds than the text.
+        with contextlib.suppress(OSError):
+            if os.lstat(output).st_size > start:
+                with open_regular(output) as f:
+                    f.seek(start)
+                    if b'"waiting"' in f.read(4096):
+                        return
         time.sleep(0.005)
     if process.poll() is None:
         raise ProviderError("the guest daemon did not start within 20 s")

@@ -264,6 +264,10 @@ class LocalProvider(ComputeProvider):
         # while its guest waits for the bootstrap; start returns with the install in place,
         # before the control plane configures the guest to run the agent.
         booted = await anyio.to_thread.run_sync(self._boot, handle, paths, fresh)
+        if booted.spare:
+            # Its successor starts now rather than once this instance runs: the next create
+            # is then more likely to find it ready (or waits less for it, see spares.py).
+            self._spares.refill_soon()
         if launch.install is not None:
             redact = Redactor(launch.secret_values())
             try:
