@@ -76,6 +76,7 @@ from gentity.providers.compute.local.sandbox import (
     InstancePaths,
     SandboxSpec,
     bwrap_path,
+    compile_guest,
     guest_command,
     guest_environment,
     sandbox_argv,
@@ -352,6 +353,7 @@ class LocalProvider(ComputeProvider):
     ) -> Booted:
         """Start the sandbox and the guest in it, and return once the guest waits for its
         bootstrap. On failure the sandbox's processes are gone; its directories stay."""
+        compile_guest()
         cgroup = InstanceCgroup(ref)
         if cgroup.enabled:
             cgroup.create(cpus=cpus, memory_mb=memory_mb)
@@ -486,6 +488,7 @@ class LocalProvider(ComputeProvider):
             uids.release(uid, paths.root)
 
     async def adopt(self) -> None:
+        await anyio.to_thread.run_sync(compile_guest)
         await anyio.to_thread.run_sync(spares.sweep_leftovers, self.instances_dir, self.runtime_dir)
         await anyio.to_thread.run_sync(sweep_abandoned_spare_groups, spare_prefix(self.data_dir))
         if bwrap_path() is not None:
