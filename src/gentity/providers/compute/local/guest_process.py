@@ -29,6 +29,15 @@ log = logging.getLogger(__name__)
 
 GUEST_READY_TIMEOUT = 20.0
 GUEST_STOP_GRACE = 8.0
+# What bubblewrap says when a mount of the host it is making read-only in the sandbox's copy
+# of the mount tree went away meanwhile.
+_MOUNT_RACE = b"Unable to apply mount flags"
+
+
+class SandboxSetupRaced(ProviderError):
+    """bubblewrap could not set the sandbox up because a mount of the host went away while it
+    copied the host's mount tree (another instance's volume, unmounted by its stop or
+    destroy): nothing of the instance ran, and setting it up again normally works."""
 
 
 @dataclass
@@ -67,6 +76,10 @@ def wait_for_waiting(process: subprocess.Popen[bytes], output: Path, start: int)
         time.sleep(0.005)
     if process.poll() is None:
         raise ProviderError("the guest daemon did not start within 20 s")
+    with contextlib.suppress(OSError), open_regular(output) as f:
+        f.seek(start)
+        if _MOUNT_RACE in f.read(4096):
+            raise SandboxSetupRaced("the sandbox could not be set up: a host mount changed")
     raise ProviderError(f"the guest daemon {describe_exit(process)} while it started")
 
 

@@ -60,6 +60,7 @@ from gentity.providers.compute.local.guest_process import (
     GUEST_READY_TIMEOUT,
     GUEST_STOP_GRACE,
     Booted,
+    SandboxSetupRaced,
     bind_socket,
     describe_exit,
     end_waiting_guest,
@@ -100,6 +101,9 @@ _JOIN_CGROUPS = (
     'unset GENTITY_CGROUP_PROCS; exec "$@"'
 )
 
+
+SANDBOX_ATTEMPTS = 3
+"""How many times a sandbox is set up when host mounts keep changing under bubblewrap."""
 
 GUEST_GONE_GRACE = 2.0
 """How long a sandbox whose guest daemon ended is given to end by itself (see ``_seen``)."""
@@ -342,7 +346,7 @@ class LocalProvider(ComputeProvider):
         else:
             if fresh:
                 self._make_directories(paths, volume_gb)
-            booted = self._spawn(
+            booted = self._spawn_retrying(
                 handle.ref, paths, cpus=cpus, memory_mb=memory_mb, hostname=hostname
             )
         logs.give_log_file(paths, os.getuid() if booted.uid is None else booted.uid)
@@ -434,12 +438,28 @@ class LocalProvider(ComputeProvider):
         except (network.NetworkError, ProviderError) as exc:
             log_guest_output(ref, paths, level=logging.WARNING)
             self._end_sandbox(booted)
+            if isinstance(exc, SandboxSetupRaced):
+                raise
             raise ProviderError(str(exc)) from None
         finally:
             for leftover in (info_read, exit_read):
                 if leftover is not None:
                     os.close(leftover)
         return booted
+
+    def _spawn_retrying(
+        self, ref: str, paths: InstancePaths, *, cpus: int, memory_mb: int, hostname: str
+    ) -> Booted:
+        """:meth:`_spawn`, set up again when a host mount changed under bubblewrap (see
+        SandboxSetupRaced): volumes come and go as other instances stop and start."""
+        for attempt in range(1, SANDBOX_ATTEMPTS + 1):
+            try:
+                return self._spawn(ref, paths, cpus=cpus, memory_mb=memory_mb, hostname=hostname)
+            except SandboxSetupRaced:
+                if attempt == SANDBOX_ATTEMPTS:
+                    raise
+                log.info("instance %s: a host mount changed as its sandbox was set up; again", ref)
+        raise AssertionError("unreachable")
 
     def _reap(self, process: subprocess.Popen[bytes]) -> None:
         self._exits[process.pid] = process.wait()
@@ -452,7 +472,7 @@ class LocalProvider(ComputeProvider):
         self._make_directories(paths, spares.SPARE_VOLUME_GB)
         # Spares get the smallest limits until an instance takes one over.
         try:
-            return self._spawn(ref, paths, cpus=1, memory_mb=512, hostname=ref[:63])
+            return self._spawn_retrying(ref, paths, cpus=1, memory_mb=512, hostname=ref[:63])
         except ProviderError:
             self._remove(paths, InstanceCgroup(ref))
             raise
