@@ -36,8 +36,9 @@ _MOUNT_RACE = b"Unable to apply mount flags"
 
 class SandboxSetupRaced(ProviderError):
     """bubblewrap could not set the sandbox up because a mount of the host went away while it
-    copied the host's mount tree (another instance's volume, unmounted by its stop or
-    destroy): nothing of the instance ran, and setting it up again normally works."""
+    copied the host's mount tree (another instance's volume, unmounted by its stop or destroy,
+    or moved as a warm spare's directory became an instance's): nothing of the instance ran,
+    and setting it up again normally works."""
 
 
 @dataclass

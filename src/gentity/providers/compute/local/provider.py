@@ -436,9 +436,10 @@ class LocalProvider(ComputeProvider):
                 output = paths.root / "network.out"
                 network.attach(booted.sandbox_pid, exit_read, output, wrap, spawn_env)
         except (network.NetworkError, ProviderError) as exc:
-            log_guest_output(ref, paths, level=logging.WARNING)
+            raced = isinstance(exc, SandboxSetupRaced)  # set up again: not worth a warning
+            log_guest_output(ref, paths, level=logging.INFO if raced else logging.WARNING)
             self._end_sandbox(booted)
-            if isinstance(exc, SandboxSetupRaced):
+            if raced:
                 raise
             raise ProviderError(str(exc)) from None
         finally:
