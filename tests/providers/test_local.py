@@ -363,3 +363,19 @@ def test_a_failed_start_keeps_the_instances_files(
         await provider.destroy(handle)
 
     run(scenario())
+
+
+def test_the_guest_is_compiled_for_sandboxes_that_cannot_write_bytecode() -> None:
+    """The guest cannot write its own bytecode (its package is read-only inside): the
+    provider writes it, so no sandbox compiles the guest again as it boots."""
+    import importlib.util
+
+    import gentity
+    from gentity.providers.compute.local import sandbox
+
+    source = Path(gentity.__file__).parent / "guest" / "daemon.py"
+    cached = Path(importlib.util.cache_from_source(str(source)))
+    cached.unlink(missing_ok=True)
+    sandbox.compile_guest.__wrapped__()
+    assert cached.is_file()
+    assert cached.stat().st_mtime >= source.stat().st_mtime

@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import select
 
 from gentity.server.db.database import Database
-from gentity.server.db.orm import InstanceEvent
+from gentity.server.db.orm import Instance, InstanceEvent
 from gentity.settings import Settings
 from tests.json_body import json_object
 from tests.server.terminal_client import Terminal, ws_url
@@ -59,8 +59,11 @@ def test_shell_instance_lifecycle(bearer: httpx.Client, settings: Settings, toke
     def act(action: str) -> httpx.Response:
         return bearer.post(f"/api/instances/{iid}/action", json={"action": action})
 
+    # Each operation gives the row up with its last write (see operations.settle).
+    assert _owner(settings, iid) is None
     assert act("stop").json() == {"ok": True}
     assert bearer.get(f"/api/instances/{iid}").json()["status"] == "stopped"
+    assert _owner(settings, iid) is None
     second = act("stop")
     assert second.status_code == 409
     assert "stopped" in second.json()["error"]
@@ -70,6 +73,7 @@ def test_shell_instance_lifecycle(bearer: httpx.Client, settings: Settings, toke
     assert (volume / "work" / "notes.txt").read_text() == "persisted\n"  # where agents start
     assert act("restart").json() == {"ok": True}
     assert bearer.get(f"/api/instances/{iid}").json()["status"] == "running"
+    assert _owner(settings, iid) is None
 
     statuses = _events(settings, iid)
     assert statuses == [
@@ -105,6 +109,17 @@ def _events(settings: Settings, iid: str) -> list[tuple[str | None, str]]:
             assert all(r.reason for r in await s.scalars(select(InstanceEvent)))
         await db.close()
         return result
+
+    return asyncio.run(load())
+
+
+def _owner(settings: Settings, iid: str) -> str | None:
+    async def load() -> str | None:
+        db = Database(settings.resolved_database_url)
+        async with db.session() as s:
+            owner = await s.scalar(select(Instance.operation_owner).where(Instance.id == iid))
+        await db.close()
+        return owner
 
     return asyncio.run(load())
 

@@ -51,7 +51,13 @@ from gentity.server.services.instance_status import (
     record_creation,
     set_status,
 )
-from gentity.server.services.operations import in_flight_here, release, run_operation
+from gentity.server.services.operations import (
+    in_flight_here,
+    owner,
+    release,
+    run_operation,
+    settle,
+)
 
 log = logging.getLogger(__name__)
 
@@ -270,6 +276,9 @@ async def create(
         if body.auto_stop_minutes is None
         else body.auto_stop_minutes,
         restart_policy=body.restart_policy.value,
+        # Its create starts right away: the row names this server as the operation's owner
+        # from its first write (see run_operation's ``owned``).
+        operation_owner=owner(ctx),
     )
     for _attempt in range(_SUBDOMAIN_ATTEMPTS):
         row.subdomain = f"{agent.subdomain_prefix}-{random_slug(6)}"
@@ -305,12 +314,12 @@ async def create(
     if not wait:
         # The operation runs to its end whatever happens to this request (run_operation
         # shields it); how it ends is the instance's status, its events and its log.
-        task = asyncio.create_task(run_operation(ctx, instance_id, provision))
+        task = asyncio.create_task(run_operation(ctx, instance_id, provision, owned=True))
         ctx.background.add(task)
         task.add_done_callback(ctx.background.discard)
         task.add_done_callback(_log_unexpected)
         return models.InstanceCreated(id=row.id, subdomain=row.subdomain, status=S.PROVISIONING)
-    await run_operation(ctx, instance_id, provision)
+    await run_operation(ctx, instance_id, provision, owned=True)
     await db.refresh(row)
     if row.status != S.RUNNING.value:
         raise UpstreamFailed(row.error_message or f"instance is {row.status}")
@@ -347,6 +356,7 @@ async def act(ctx: AppContext, db: AsyncSession, row: Instance, action: Instance
         await session.commit()
         if step is S.STOPPING:
             await provider_for(ctx, inst).stop(handle_of(inst))
+            settle(inst)
             await set_status(session, inst, S.STOPPED, "stopped by request")
             await session.commit()
         else:
@@ -399,6 +409,7 @@ async def teardown(ctx: AppContext, session: AsyncSession, inst: Instance) -> No
     await dns.remove_records(ctx, inst)
     # Nothing left to decrypt once the machine is gone.
     inst.api_key_ciphertext = inst.env_ciphertext = None
+    settle(inst)
     await set_status(session, inst, S.DESTROYED, "machine and volume destroyed")
     await session.commit()
 
@@ -484,6 +495,7 @@ async def _boot(ctx: AppContext, session: AsyncSession, inst: Instance, *, resta
     if health.get("state") == "error":
         await provider.stop(handle)
         raise ProviderError(str(health.get("error") or "the agent failed to start"))
+    settle(inst)
     await set_status(session, inst, S.RUNNING, "agent running")
     await session.commit()
     from gentity.server import recovery  # it builds on this module

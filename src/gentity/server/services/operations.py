@@ -49,7 +49,12 @@ Failure = str | None
 
 
 async def run_operation(
-    ctx: AppContext, instance_id: str, operation: Operation, *, destroy: bool = False
+    ctx: AppContext,
+    instance_id: str,
+    operation: Operation,
+    *,
+    destroy: bool = False,
+    owned: bool = False,
 ) -> Failure:
     """Run ``operation`` to completion even if the caller is cancelled, under a lease.
 
@@ -57,6 +62,8 @@ async def run_operation(
     the failure's message, which is also returned.
     A destroy cancels this process's other operations on the instance and waits for them to
     unwind before it starts; their callers get a 409.
+    ``owned``: the row was written naming this server as its owner already (a new instance's
+    row, see :func:`owner`), so that write is not made again.
     """
     if destroy:
         running = ctx.destroying.get(instance_id)
@@ -69,7 +76,7 @@ async def run_operation(
         return await asyncio.shield(running)
     if instance_id in ctx.destroying:
         raise Conflict("the instance is being destroyed")
-    task = asyncio.create_task(_supervised(ctx, instance_id, operation))
+    task = asyncio.create_task(_supervised(ctx, instance_id, operation, owned=owned))
     _track(ctx, task)
     tasks = ctx.operations.setdefault(instance_id, set())
     tasks.add(task)
@@ -124,6 +131,18 @@ def abandoned(ctx: AppContext, row: Instance) -> bool:
     return utcnow() - row.updated_at >= LEASE_TTL
 
 
+def owner(ctx: AppContext) -> str | None:
+    """What ``Instance.operation_owner`` says while this server runs an operation."""
+    return ctx.node.owner if ctx.node else None
+
+
+def settle(inst: Instance) -> None:
+    """The operation's last write gives the row up as well: called before its final status
+    change, it lands in the same transaction, which spares a commit of its own (and the wait
+    for it, by the request that waits for the operation)."""
+    inst.operation_owner = None
+
+
 async def _own(ctx: AppContext, instance_id: str, owner: str | None) -> None:
     async with ctx.db.session() as session:
         await session.execute(
@@ -132,14 +151,20 @@ async def _own(ctx: AppContext, instance_id: str, owner: str | None) -> None:
         await session.commit()
 
 
-async def _supervised(ctx: AppContext, instance_id: str, operation: Operation) -> Failure:
-    await _own(ctx, instance_id, ctx.node.owner if ctx.node else None)
+async def _supervised(
+    ctx: AppContext, instance_id: str, operation: Operation, *, owned: bool = False
+) -> Failure:
+    if not owned:
+        await _own(ctx, instance_id, owner(ctx))
     lease = asyncio.create_task(_renew_lease(ctx, instance_id))
+    released = False
     try:
         async with ctx.db.session() as session:
             inst = await session.get_one(Instance, instance_id)
             try:
                 await operation(session, inst)
+                # Given up by its last commit already (see settle)?
+                released = inst.operation_owner is None and not session.is_modified(inst)
                 return None
             except (TransitionError, ProviderUnavailable):
                 raise  # nothing happened to the machine: nothing to record
@@ -162,9 +187,10 @@ async def _supervised(ctx: AppContext, instance_id: str, operation: Operation) -
                 return message
     finally:
         lease.cancel()
-        # Shielded: a cancelled operation must still give its row up.
-        with contextlib.suppress(Exception):
-            await asyncio.shield(_own(ctx, instance_id, None))
+        if not released:
+            # Shielded: a cancelled operation must still give its row up.
+            with contextlib.suppress(Exception):
+                await asyncio.shield(_own(ctx, instance_id, None))
 
 
 async def _renew_lease(ctx: AppContext, instance_id: str) -> None:

@@ -29,6 +29,16 @@ log = logging.getLogger(__name__)
 
 GUEST_READY_TIMEOUT = 20.0
 GUEST_STOP_GRACE = 8.0
+# What bubblewrap says when a mount of the host it is making read-only in the sandbox's copy
+# of the mount tree went away meanwhile.
+_MOUNT_RACE = b"Unable to apply mount flags"
+
+
+class SandboxSetupRaced(ProviderError):
+    """bubblewrap could not set the sandbox up because a mount of the host went away while it
+    copied the host's mount tree (another instance's volume, unmounted by its stop or destroy,
+    or moved as a warm spare's directory became an instance's): nothing of the instance ran,
+    and setting it up again normally works."""
 
 
 @dataclass
@@ -56,13 +66,21 @@ def wait_for_waiting(process: subprocess.Popen[bytes], output: Path, start: int)
     """
     deadline = time.monotonic() + GUEST_READY_TIMEOUT
     while process.poll() is None and time.monotonic() < deadline:
-        with contextlib.suppress(OSError), open_regular(output) as f:
-            f.seek(start)
-            if b'"waiting"' in f.read(4096):
-                return
+        # Opened only once it has grown: many sandboxes booting at once each have a thread
+        # here, and a size is much cheaper to look at every few milliseconds than the text.
+        with contextlib.suppress(OSError):
+            if os.lstat(output).st_size > start:
+                with open_regular(output) as f:
+                    f.seek(start)
+                    if b'"waiting"' in f.read(4096):
+                        return
         time.sleep(0.005)
     if process.poll() is None:
         raise ProviderError("the guest daemon did not start within 20 s")
+    with contextlib.suppress(OSError), open_regular(output) as f:
+        f.seek(start)
+        if _MOUNT_RACE in f.read(4096):
+            raise SandboxSetupRaced("the sandbox could not be set up: a host mount changed")
     raise ProviderError(f"the guest daemon {describe_exit(process)} while it started")
 
 

@@ -61,6 +61,7 @@ from gentity.providers.compute.local.guest_process import (
     GUEST_READY_TIMEOUT,
     GUEST_STOP_GRACE,
     Booted,
+    SandboxSetupRaced,
     bind_socket,
     describe_exit,
     end_waiting_guest,
@@ -77,6 +78,7 @@ from gentity.providers.compute.local.sandbox import (
     InstancePaths,
     SandboxSpec,
     bwrap_path,
+    compile_guest,
     guest_command,
     guest_environment,
     sandbox_argv,
@@ -100,6 +102,9 @@ _JOIN_CGROUPS = (
     'unset GENTITY_CGROUP_PROCS; exec "$@"'
 )
 
+
+SANDBOX_ATTEMPTS = 3
+"""How many times a sandbox is set up when host mounts keep changing under bubblewrap."""
 
 GUEST_GONE_GRACE = 2.0
 """How long a sandbox whose guest daemon ended is given to end by itself (see ``_seen``)."""
@@ -265,6 +270,10 @@ class LocalProvider(ComputeProvider):
         # while its guest waits for the bootstrap; start returns with the install in place,
         # before the control plane configures the guest to run the agent.
         booted = await anyio.to_thread.run_sync(self._boot, handle, paths, fresh)
+        if booted.spare:
+            # Its successor starts now rather than once this instance runs: the next create
+            # is then more likely to find it ready (or waits less for it, see spares.py).
+            self._spares.refill_soon()
         if launch.install is not None:
             redact = Redactor(launch.secret_values())
             try:
@@ -338,7 +347,7 @@ class LocalProvider(ComputeProvider):
         else:
             if fresh:
                 self._make_directories(paths, volume_gb)
-            booted = self._spawn(
+            booted = self._spawn_retrying(
                 handle.ref, paths, cpus=cpus, memory_mb=memory_mb, hostname=hostname
             )
         logs.give_log_file(paths, os.getuid() if booted.uid is None else booted.uid)
@@ -349,6 +358,7 @@ class LocalProvider(ComputeProvider):
     ) -> Booted:
         """Start the sandbox and the guest in it, and return once the guest waits for its
         bootstrap. On failure the sandbox's processes are gone; its directories stay."""
+        compile_guest()
         cgroup = InstanceCgroup(ref)
         if cgroup.enabled:
             cgroup.create(cpus=cpus, memory_mb=memory_mb)
@@ -427,14 +437,31 @@ class LocalProvider(ComputeProvider):
                 output = paths.root / "network.out"
                 network.attach(booted.sandbox_pid, exit_read, output, wrap, spawn_env)
         except (network.NetworkError, ProviderError) as exc:
-            log_guest_output(ref, paths, level=logging.WARNING)
+            raced = isinstance(exc, SandboxSetupRaced)  # set up again: not worth a warning
+            log_guest_output(ref, paths, level=logging.INFO if raced else logging.WARNING)
             self._end_sandbox(booted)
+            if raced:
+                raise
             raise ProviderError(str(exc)) from None
         finally:
             for leftover in (info_read, exit_read):
                 if leftover is not None:
                     os.close(leftover)
         return booted
+
+    def _spawn_retrying(
+        self, ref: str, paths: InstancePaths, *, cpus: int, memory_mb: int, hostname: str
+    ) -> Booted:
+        """:meth:`_spawn`, set up again when a host mount changed under bubblewrap (see
+        SandboxSetupRaced): volumes come and go as other instances stop and start."""
+        for attempt in range(1, SANDBOX_ATTEMPTS + 1):
+            try:
+                return self._spawn(ref, paths, cpus=cpus, memory_mb=memory_mb, hostname=hostname)
+            except SandboxSetupRaced:
+                if attempt == SANDBOX_ATTEMPTS:
+                    raise
+                log.info("instance %s: a host mount changed as its sandbox was set up; again", ref)
+        raise AssertionError("unreachable")
 
     def _reap(self, process: subprocess.Popen[bytes]) -> None:
         self._exits[process.pid] = process.wait()
@@ -447,7 +474,7 @@ class LocalProvider(ComputeProvider):
         self._make_directories(paths, spares.SPARE_VOLUME_GB)
         # Spares get the smallest limits until an instance takes one over.
         try:
-            return self._spawn(ref, paths, cpus=1, memory_mb=512, hostname=ref[:63])
+            return self._spawn_retrying(ref, paths, cpus=1, memory_mb=512, hostname=ref[:63])
         except ProviderError:
             self._remove(paths, InstanceCgroup(ref))
             raise
@@ -483,6 +510,7 @@ class LocalProvider(ComputeProvider):
             uids.release(uid, paths.root)
 
     async def adopt(self) -> None:
+        await anyio.to_thread.run_sync(compile_guest)
         await anyio.to_thread.run_sync(spares.sweep_leftovers, self.instances_dir, self.runtime_dir)
         await anyio.to_thread.run_sync(sweep_abandoned_spare_groups, spare_prefix(self.data_dir))
         if bwrap_path() is not None:
