@@ -73,6 +73,28 @@ def test_fresh_shell_for_a_viewer(bearer: httpx.Client, token: str) -> None:
     bearer.delete(f"/api/instances/{iid}")
 
 
+def test_bulk_and_non_ascii_output_arrive_whole_and_in_order(
+    bearer: httpx.Client, token: str
+) -> None:
+    iid = create_shell(bearer)["id"]
+
+    async def scenario() -> None:
+        term = await Terminal.open(ws_url(str(bearer.base_url), iid, token), max_size=None)
+        # About 2.4 MB: more than the guest lets a viewer lag behind before it pauses.
+        await term.send(
+            "printf 'caf\\303\\251 \\342\\225\\255\\n'; seq 1 350000; echo end-$((7*6))\r"
+        )
+        output = await term.expect("end-42", timeout=60)
+        await term.close()
+        assert "café ╭" in output
+        lines = output.replace("\r", "").split("\n")
+        first = lines.index("1")
+        assert lines[first : first + 350000] == [str(n) for n in range(1, 350001)]
+
+    asyncio.run(scenario())
+    bearer.delete(f"/api/instances/{iid}")
+
+
 def test_refused_before_upgrade(
     server: LiveServer, bearer: httpx.Client, admin: httpx.Client
 ) -> None:
