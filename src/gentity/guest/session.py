@@ -352,7 +352,7 @@ class PtySession:
         stuck = [v for v in self.viewers if v.backlog > LOW_WATER]
         try:
             async with asyncio.timeout(STALL_LIMIT):
-                await asyncio.gather(*(v.drained() for v in stuck))
+                await asyncio.gather(*(v.drained() for v in stuck), return_exceptions=True)
         except TimeoutError:
             for viewer in stuck:  # still stuck after STALL_LIMIT: let it go, resume the rest
                 if viewer.backlog > LOW_WATER:
