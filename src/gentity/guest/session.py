@@ -329,12 +329,14 @@ class PtySession:
             if self.returncode is not None:
                 self._finish()
             return
-        self._touch()
-        if self.replay is not None:
-            self.replay.append(data)
+        # Viewers first: a keystroke's echo is on its way before the replay and the log
+        # take their copies (nothing can attach in between: this runs to its end).
         for viewer in list(self.viewers):
             if not viewer.send_output(data):
                 self.viewers.discard(viewer)
+        self._touch()
+        if self.replay is not None:
+            self.replay.append(data)
         if self._logger is not None:
             self._logger.feed(data)
         if self._on_output is not None:
