@@ -25,6 +25,7 @@ from bench import (
     load,
     logtail,
     memory,
+    scale,
     session_start,
     startup,
     throughput,
@@ -45,6 +46,7 @@ FIGURES: list[tuple[str, Callable[[Context], Awaitable[Figure]], str]] = [
     ("9", session_start.run, "Terminal session start"),
     ("10", concurrent_creates.run, "Concurrent creates"),
     ("11", idle_cost.run, "Idle instances: CPU and guest memory"),
+    ("12", scale.run, "Scale on PostgreSQL: 10,000 instances of 1,000 users"),
 ]
 
 
@@ -55,7 +57,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write the figures here")
     parser.add_argument(
-        "--only", metavar="N,…", help="run only these figures (1-11, comma separated)"
+        "--only", metavar="N,…", help="run only these figures (1-12, comma separated)"
     )
     parser.add_argument(
         "--data-parent",

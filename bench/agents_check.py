@@ -6,7 +6,8 @@ agent (or of those named) with a fake model key, one after another, and prints f
 
 - install time: from the log's ``install: running …`` to ``install: done``;
 - time to ready: from the create to the agent's ``readyAt`` (health), or the state it ended in;
-- the last screen: the agent's terminal, attached after it is ready, rendered as text (pyte).
+- the last screen: the agent's terminal, attached after it is ready, rendered as text (pyte);
+  with ``--raw DIR``, what the terminal sent is also written to ``DIR/<agent>.txt``.
 
 Then it destroys them and removes everything (also on Ctrl-C or failure). Needs network and
 takes minutes; not part of ``make test``. Exit status 0 when every agent reached ``ready``.
@@ -17,10 +18,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import re
 import sys
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 
 import pyte
 
@@ -30,7 +33,7 @@ from gentity.client import ApiError, AsyncClient, TerminalOutput
 from gentity.client.calls import CREATE_TIMEOUT
 
 FAKE_KEY = "sk-gentity-agents-check-fake-key-0000000000000000"
-READY_TIMEOUT = 120.0
+READY_TIMEOUT = 180.0
 """After ``running``, how long the agent has to become ready."""
 GIVE_UP_RESTARTS = 2
 """An agent in back-off after this many restarts is reported as it is, not waited for."""
@@ -57,7 +60,9 @@ def say(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
-async def check(client: AsyncClient, server: BenchServer, agent: models.Agent) -> Result:
+async def check(
+    client: AsyncClient, server: BenchServer, agent: models.Agent, raw: Path | None
+) -> Result:
     result = Result(agent.id)
     model = agent.models[0]
     say(f"{agent.id}: creating ({model.provider}/{model.name})…")
@@ -83,7 +88,8 @@ async def check(client: AsyncClient, server: BenchServer, agent: models.Agent) -
             if health.ready_at is not None:
                 result.ready_s = (health.ready_at - began).total_seconds()
         try:
-            result.screen = await _screen(client, created.id)
+            dump = raw / f"{agent.id}.txt" if raw is not None else None
+            result.screen = await _screen(client, created.id, dump)
         except ApiError as exc:
             result.error = str(exc)
         if not result.screen:
@@ -144,17 +150,40 @@ async def _wait_ready(client: AsyncClient, instance_id: str) -> models.AgentHeal
 
 
 class _Screen(pyte.Screen):
-    """pyte's screen, which takes ``CSI > … m`` (xterm's key-modifier options, which Ink-based
-    agents send) for colours and fails on it; those set nothing on the screen."""
+    """pyte's screen, which would take a private ``CSI ? … m`` for colours; those set
+    nothing on the screen."""
 
     def select_graphic_rendition(self, *attrs: int, private: bool = False) -> None:
         if not private:
             super().select_graphic_rendition(*attrs)
 
 
-async def _screen(client: AsyncClient, instance_id: str) -> list[str]:
+# pyte knows only ``?`` as a private marker: it reads ``CSI < 1 u`` (kitty keyboard, pop
+# flags) as an unknown ``<`` and draws the rest, ``1u``, as text, and ``CSI > 4 ; 2 m``
+# (xterm's key-modifier options) as underlining. None of these draws anything: drop them.
+_PRIVATE_CSI = re.compile(r"\x1b\[[<=>][0-?]*[ -/]*[@-~]")
+_UNFINISHED = re.compile(r"\x1b(?:\[[0-?]*[ -/]*)?\Z")
+
+
+class _Feed:
+    """Feeds pyte what it can read, holding a sequence split across two outputs."""
+
+    def __init__(self, screen: pyte.Screen) -> None:
+        self._stream = pyte.Stream(screen)
+        self._held = ""
+
+    def feed(self, text: str) -> None:
+        text = self._held + text
+        unfinished = _UNFINISHED.search(text)
+        cut = unfinished.start() if unfinished is not None else len(text)
+        text, self._held = text[:cut], text[cut:]
+        self._stream.feed(_PRIVATE_CSI.sub("", text))
+
+
+async def _screen(client: AsyncClient, instance_id: str, raw: Path | None) -> list[str]:
     screen = _Screen(COLS, ROWS)
-    stream = pyte.Stream(screen)
+    stream = _Feed(screen)
+    received: list[str] = []
     async with client.instances.attach(instance_id, cols=COLS, rows=ROWS) as terminal:
         deadline = time.monotonic() + SCREEN_MAX
         drawn = False  # quiet counts once something was drawn: a slow agent gets SCREEN_MAX
@@ -167,8 +196,12 @@ async def _screen(client: AsyncClient, instance_id: str) -> list[str]:
             if event is None:
                 break
             if isinstance(event, TerminalOutput):
+                received.append(event.data)
                 stream.feed(event.data)
-                drawn = drawn or bool(event.data.strip())
+                # Mode changes alone (Claude Code's first bytes) draw nothing yet.
+                drawn = drawn or any(line.strip() for line in screen.display)
+    if raw is not None:
+        raw.write_text("".join(received), encoding="utf-8", errors="surrogateescape")
     lines = [line.rstrip() for line in screen.display]
     while lines and not lines[-1]:
         lines.pop()
@@ -194,7 +227,7 @@ def report(results: list[Result]) -> None:
             print(line)
 
 
-async def main(only: list[str]) -> int:
+async def main(only: list[str], raw: Path | None = None) -> int:
     results: list[Result] = []
     async with BenchServer() as server, AsyncClient(server.url, server.token) as client:
         agents = [a for a in await client.catalog() if not only or a.id in only]
@@ -204,7 +237,7 @@ async def main(only: list[str]) -> int:
             return 2
         for agent in agents:
             began = time.monotonic()
-            result = await check(client, server, agent)
+            result = await check(client, server, agent, raw)
             took = time.monotonic() - began
             say(f"{agent.id}: {result.status}, agent {result.state} ({took:.0f}s)")
             results.append(result)
@@ -215,9 +248,17 @@ async def main(only: list[str]) -> int:
 def run() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.agents_check", description=__doc__)
     parser.add_argument("agents", nargs="*", help="agent ids (default: the whole catalog)")
+    parser.add_argument(
+        "--raw",
+        type=Path,
+        metavar="DIR",
+        help="also write what each agent's terminal sent, as is, to DIR/<agent>.txt",
+    )
     args = parser.parse_args()
+    if args.raw is not None:
+        args.raw.mkdir(parents=True, exist_ok=True)
     try:
-        sys.exit(asyncio.run(main(args.agents)))
+        sys.exit(asyncio.run(main(args.agents, args.raw)))
     except KeyboardInterrupt:
         sys.exit(130)
 

@@ -93,6 +93,10 @@ class Settings(BaseSettings):
     """Largest file ``PUT /api/instances/<id>/files`` accepts (it streams to the instance, so
     the server never holds it); larger uploads get 413."""
 
+    preview_max_connections: int = Field(default=256, ge=1, le=100_000)
+    """Concurrent preview requests and WebSockets relayed to one instance (per server
+    process); past it a preview answers 503."""
+
     login_max_failures_per_account: int = Field(default=5, ge=1)
     """Failed sign-ins per (account, address) before that pair gets 429; past as many on the
     account from all addresses, sign-ins on it are slowed down (never locked)."""

@@ -62,11 +62,22 @@ def test_claude_code_is_onboarded_trusts_the_workdir_and_approved_the_key() -> N
 
 
 def test_codex_uses_the_api_key_and_trusts_the_workdir() -> None:
+    # Codex signs in from OPENAI_API_KEY only through a provider of its own with that env_key:
+    # its built-in "openai" provider (which a config cannot override) shows the ChatGPT
+    # sign-in menu whenever ~/.codex/auth.json is missing, and that file would hold the key.
     config = tomllib.loads(_files("codex", 1)[".codex/config.toml"])
     assert config == {
         "model": "gpt-5",
-        "preferred_auth_method": "apikey",
+        "model_provider": "openai-api-key",
         "check_for_update_on_startup": False,
+        "model_providers": {
+            "openai-api-key": {
+                "name": "OpenAI",
+                "base_url": "https://api.openai.com/v1",
+                "env_key": "OPENAI_API_KEY",
+                "wire_api": "responses",
+            }
+        },
         "projects": {WORK: {"trust_level": "trusted"}},
     }
 
@@ -95,6 +106,25 @@ def test_aider_asks_nothing_on_start() -> None:
         "show-release-notes": "false",
         "analytics": "false",
         "gitignore": "false",
+    }
+
+
+def test_aider_starts_in_a_git_repository_without_probing_the_terminal() -> None:
+    aider = _agent("aider")
+    # Without a repository Aider asks "No git repo found, create one …? (Y)es/(N)o".
+    assert aider.git_init is True
+    # Nobody is attached when it starts: its cursor-position probe would time out into a
+    # warning on the screen.
+    assert aider.env == {"PROMPT_TOOLKIT_NO_CPR": "1"}
+
+
+def test_every_coding_agent_gets_a_git_repository_and_the_shell_none() -> None:
+    assert {a.id for a in load_catalog().agents if a.git_init} == {
+        "claude-code",
+        "codex",
+        "gemini-cli",
+        "opencode",
+        "aider",
     }
 
 

@@ -116,6 +116,16 @@ def test_a_bad_ready_rule_names_the_agent(tmp_path: Path, ready: object, message
         load_catalog(_write(tmp_path, {"ready": ready}))
 
 
+@pytest.mark.parametrize(("value", "read"), [(True, True), (False, False)])
+def test_git_init_is_read_as_given(tmp_path: Path, value: bool, read: bool) -> None:
+    assert load_catalog(_write(tmp_path, {"gitInit": value})).agents[0].git_init is read
+
+
+def test_git_init_must_be_a_boolean(tmp_path: Path) -> None:
+    with pytest.raises(CatalogError, match="gitInit must be true or false"):
+        load_catalog(_write(tmp_path, {"gitInit": "yes"}))
+
+
 def test_a_ready_rule_is_read_as_given(tmp_path: Path) -> None:
     catalog = load_catalog(_write(tmp_path, {"ready": {"quietMs": 50, "pattern": "> $"}}))
     assert catalog.agents[0].ready == ReadyRule(quiet_ms=50, pattern="> $")

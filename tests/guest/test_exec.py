@@ -100,6 +100,19 @@ async def test_timeout_kills_the_whole_tree(guest_factory: GuestFactory, tmp_pat
     assert live_members(shell) == []
 
 
+async def test_timeout_kills_descendants_that_left_the_session(
+    guest_factory: GuestFactory, tmp_path: Path
+) -> None:
+    guest = guest_factory()
+    pids = tmp_path / "pids"
+    # ``setsid`` puts the sleep in a session (and group) of its own: it is found by parent.
+    script = f"setsid sh -c 'echo $$ > {pids}; exec sleep 300' & wait"
+    ran = await run(guest, ["sh", "-c", script], run_timeout=1.0)
+    assert ran.end.timed_out
+    sleeper = int(pids.read_text())
+    await wait_until(lambda: not pid_alive(sleeper), "the sleep in its own session is gone")
+
+
 async def test_closing_the_connection_kills_the_command(
     guest_factory: GuestFactory, tmp_path: Path
 ) -> None:

@@ -162,3 +162,50 @@ def test_set_id_bits_never_survive_a_write(volume: Volume, home: Path) -> None:
     assert stat.S_IMODE(target.stat().st_mode) == 0o755
     (home / "work" / "dir").mkdir()
     assert "is a directory" in refused(CONFLICT, volume.open_write, "dir")
+
+
+def test_a_root_guest_gives_new_directories_to_the_owner_by_descriptor(
+    volume: Volume, home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The guest runs as root on some providers' machines (and here, as the server does).
+    assert os.geteuid() == 0, "run as root, as CI does"
+    os.chown(home, 4242, 4242)
+    os.chown(home / "work", 4242, 4242)
+    write(volume, "a/b/f.txt", b"x")
+    for made in (home / "work/a", home / "work/a/b"):
+        assert (made.stat().st_uid, made.stat().st_gid) == (4242, 4242)
+
+    # The instance swaps something else in for the directory just made, before it is given
+    # away: nothing but the directory the guest made and opened is ever given away.
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    theirs = home / "work/theirs"  # another user's directory, somewhere in the volume
+    theirs.mkdir()
+    os.chown(theirs, 777, 777)
+    roots = home / "work/roots"  # and one of root's, with something in it
+    (roots / "inside").mkdir(parents=True)
+    real_mkdir = os.mkdir
+
+    def swapped_for(thing: Path) -> object:
+        def mkdir(name: str, mode: int = 0o777, *, dir_fd: int | None = None) -> None:
+            real_mkdir(name, mode, dir_fd=dir_fd)
+            os.rmdir(name, dir_fd=dir_fd)
+            if thing == victim:
+                os.symlink(str(thing), name, dir_fd=dir_fd)
+            else:
+                os.rename(thing, name, dst_dir_fd=dir_fd)
+
+        return mkdir
+
+    monkeypatch.setattr(os, "mkdir", swapped_for(victim))
+    refused(INVALID, write, volume, "c/f.txt", b"x")
+    assert victim.stat().st_uid == 0 and list(victim.iterdir()) == []
+    assert os.lstat(home / "work/c").st_uid == 0  # the link is left as it is too
+    monkeypatch.setattr(os, "mkdir", swapped_for(theirs))
+    write(volume, "d/f.txt", b"x")
+    monkeypatch.undo()
+    assert (home / "work/d").stat().st_uid == 777
+    monkeypatch.setattr(os, "mkdir", swapped_for(roots))
+    write(volume, "e/f.txt", b"x")
+    monkeypatch.undo()
+    assert (home / "work/e").stat().st_uid == 0

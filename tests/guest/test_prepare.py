@@ -146,6 +146,64 @@ async def test_a_non_empty_workdir_is_not_cloned_into(tmp_path: Path) -> None:
     ]
 
 
+async def test_an_empty_workdir_is_made_a_git_repository_once(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    work = home / "work"
+    assert await _prepare(PreparePlan(git_init=True), home, tmp_path / "a.log") is None
+    top = ["git", "-C", str(work), "rev-parse", "--show-toplevel"]
+    branch = ["git", "-C", str(work), "symbolic-ref", "HEAD"]
+    found = [subprocess.run(c, capture_output=True, text=True, check=True) for c in (top, branch)]
+    assert [f.stdout.strip() for f in found] == [str(work), "refs/heads/main"]
+    assert _messages(tmp_path / "a.log") == [f"prepare: made {work} a git repository"]
+    # Later starts leave it alone, even when the user removed it.
+    subprocess.run(["rm", "-rf", str(work / ".git")], check=True)
+    assert await _prepare(PreparePlan(git_init=True), home, tmp_path / "b.log") is None
+    assert not (work / ".git").exists()
+
+
+async def test_a_repository_or_a_non_empty_workdir_is_not_made_a_new_one(tmp_path: Path) -> None:
+    bare = make_repo(tmp_path / "origin")
+    home = tmp_path / "home"
+    plan = PreparePlan(repo=f"file://{bare}", git_init=True)
+    assert await _prepare(plan, home, tmp_path / "a.log") is None
+    remote = subprocess.run(
+        ["git", "-C", str(home / "work"), "remote", "get-url", "origin"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert remote.stdout.strip() == f"file://{bare}"
+    assert not any("a git repository" in m for m in _messages(tmp_path / "a.log"))
+
+    other = tmp_path / "other"
+    (other / "work").mkdir(parents=True)
+    (other / "work" / "mine.txt").write_text("mine\n")
+    assert await _prepare(PreparePlan(git_init=True), other, tmp_path / "b.log") is None
+    assert os.listdir(other / "work") == ["mine.txt"]
+    assert _messages(tmp_path / "b.log") == [
+        f"prepare: {other / 'work'} is not empty; no git repository is made"
+    ]
+
+
+async def test_without_git_the_agent_still_starts(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    with LogWriter(tmp_path / "a.log") as writer:
+        error = await prepare(
+            PreparePlan(git_init=True),
+            home=str(home),
+            workdir=str(home / "work"),
+            env={"PATH": str(tmp_path / "no-bin"), "HOME": str(home)},
+            log=writer,
+            wait_exit=_wait_in_thread,
+        )
+    assert error is None
+    assert (home / MARKER).exists()
+    records = tail(tmp_path / "a.log", 10)
+    assert [(r["level"], r["message"]) for r in records] == [
+        ("warn", "prepare: git is not installed; no git repository is made")
+    ]
+
+
 async def test_a_failed_clone_is_an_error_and_is_tried_again_next_start(tmp_path: Path) -> None:
     home = tmp_path / "home"
     url = f"file://{tmp_path / 'origin' / 'repo.git'}"
@@ -204,4 +262,7 @@ async def test_a_bad_prepare_object_is_refused_naming_the_field(
     guest = guest_factory(configure=False)
     bad = {**guest.agent_config, "prepare": {"repo": "ssh://host/x.git"}}
     with pytest.raises(GuestError, match=r"invalid config: repo must be an https:// or file://"):
+        await client.configure(guest.address, guest.secret, bad)
+    bad = {**guest.agent_config, "prepare": {"gitInit": "yes"}}
+    with pytest.raises(GuestError, match=r"invalid config: prepare.gitInit must be true or false"):
         await client.configure(guest.address, guest.secret, bad)

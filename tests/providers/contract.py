@@ -22,6 +22,7 @@ from gentity.providers.compute.base import (
     MachineHandle,
     MachineSpec,
     MachineState,
+    MachineStatus,
     ProviderUnavailable,
     guest_config,
 )
@@ -164,6 +165,34 @@ class ProviderContract:
             await provider.destroy(handle)
             await provider.destroy(handle)  # idempotent
             assert (await provider.status(handle)).state is MachineState.MISSING
+
+        run(scenario())
+
+    def test_statuses_answer_as_status_does(self, provider: ComputeProvider) -> None:
+        """The batch the reconciler asks once per pass: in the order asked, each machine as
+        ``status`` sees it, running, at rest and gone alike."""
+        secret = secrets.token_urlsafe(16)
+
+        async def scenario() -> None:
+            running = await provider.create(spec())
+            resting = await provider.create(spec())
+            gone = await provider.create(spec())
+            try:
+                running = await start(provider, running, launch(secret))
+                await provider.destroy(gone)
+                handles = [resting, running, gone, running]
+                seen = await provider.statuses(handles)
+                assert [s.state for s in seen if isinstance(s, MachineStatus)] == [
+                    MachineState.STOPPED,
+                    MachineState.RUNNING,
+                    MachineState.MISSING,
+                    MachineState.RUNNING,
+                ], seen
+                assert seen == [await provider.status(h) for h in handles]
+                assert await provider.statuses([]) == []
+            finally:
+                for handle in (running, resting):
+                    await provider.destroy(handle)
 
         run(scenario())
 

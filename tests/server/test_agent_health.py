@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 import httpx
+import pytest
 
 from tests.json_body import json_object
 from tests.server.terminal_client import Terminal, ws_url
@@ -16,7 +17,7 @@ from .test_instances import create_shell
 
 
 def wait_agent(
-    client: httpx.Client, iid: str, check: Callable[[dict[str, Any]], bool], timeout: float = 20.0
+    client: httpx.Client, iid: str, check: Callable[[dict[str, Any]], bool], timeout: float = 40.0
 ) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while True:
@@ -52,3 +53,28 @@ def test_agent_health_through_crash_and_recovery(bearer: httpx.Client, token: st
     stopped = bearer.get(f"/api/instances/{iid}").json()
     assert stopped["status"] == "stopped" and stopped["agent"] is None
     assert bearer.delete(f"/api/instances/{iid}").status_code == 200
+
+
+def test_listing_running_instances_asks_no_guest(
+    bearer: httpx.Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A running instance's health comes from its watch, which its guest answers at every
+    change: listing does not cost a guest round trip per instance, and still shows a crash."""
+    from gentity.guest import client as guest_client
+
+    asked: list[str] = []
+    health = guest_client.health
+
+    async def counted(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        asked.append("health")
+        return await health(*args, **kwargs)
+
+    monkeypatch.setattr(guest_client, "health", counted)
+    iid = create_shell(bearer)["id"]
+    wait_agent(bearer, iid, lambda a: a["state"] == "ready")
+    asked.clear()
+    for _ in range(5):
+        listed = json_object(bearer.get("/api/instances").json())["instances"]
+        assert listed[0]["agent"]["state"] == "ready"
+    assert json_object(bearer.get(f"/api/instances/{iid}").json())["agent"]["state"] == "ready"
+    assert asked == []

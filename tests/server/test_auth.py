@@ -86,6 +86,50 @@ def test_session_cookie_is_host_prefixed_and_secure_over_https(
     assert "Domain" not in cookie
 
 
+def _cookie_value(set_cookie: str, name: str) -> str:
+    assert set_cookie.startswith(f"{name}="), set_cookie
+    return set_cookie.split(";", 1)[0].split("=", 1)[1]
+
+
+def test_over_https_only_the_host_prefixed_cookie_signs_in(
+    server_factory: Callable[[Settings], LiveServer], settings_factory: Callable[..., Settings]
+) -> None:
+    # A page on a sibling subdomain (a preview host) can set a plain ``gentity_session`` for
+    # the parent domain from script, but never a ``__Host-`` one: over https the plain name
+    # must count for nothing, or it would sign the victim in as whoever planted it.
+    server = server_factory(settings_factory(public_url="https://gentity.example.com"))
+    with httpx.Client(base_url=server.url) as c:
+        signup(c, "admin@example.com")
+        login = c.post("/api/auth/login", json={"email": "admin@example.com", "password": PASSWORD})
+        secret = _cookie_value(login.headers["set-cookie"], "__Host-gentity_session")
+    # As the TLS proxy in front passes it on: the public URL's host, over plain http.
+    host = {"Host": "gentity.example.com"}
+    with httpx.Client(base_url=server.url, headers=host) as browser:
+        planted = {"Cookie": f"gentity_session={secret}"}
+        assert browser.get("/api/auth/me", headers=planted).status_code == 401
+        page = browser.get("/dashboard", headers=planted)
+        assert page.status_code in (302, 303, 307) and "/login" in page.headers["location"]
+        own = {"Cookie": f"__Host-gentity_session={secret}"}
+        assert browser.get("/api/auth/me", headers=own).json()["email"] == "admin@example.com"
+        assert browser.get("/dashboard", headers=own).status_code == 200
+        # Signing out with the planted name ends nothing; with the real one it does.
+        same_origin = {"Origin": "https://gentity.example.com"}
+        assert browser.post("/api/auth/logout", headers={**planted, **same_origin}).is_success
+        assert browser.get("/api/auth/me", headers=own).status_code == 200
+        out = browser.post("/api/auth/logout", headers={**own, **same_origin})
+        assert out.headers["set-cookie"].startswith("__Host-gentity_session=")
+        assert browser.get("/api/auth/me", headers=own).status_code == 401
+
+
+def test_over_http_the_plain_cookie_is_the_one_read(admin: httpx.Client) -> None:
+    secret = admin.cookies["gentity_session"]
+    with httpx.Client(base_url=str(admin.base_url)) as other:
+        prefixed = {"Cookie": f"__Host-gentity_session={secret}"}
+        assert other.get("/api/auth/me", headers=prefixed).status_code == 401
+        plain = {"Cookie": f"gentity_session={secret}"}
+        assert other.get("/api/auth/me", headers=plain).status_code == 200
+
+
 def test_wrong_password_is_401_with_no_cookie(admin: httpx.Client) -> None:
     admin.cookies.clear()
     response = admin.post(

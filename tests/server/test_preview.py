@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -19,7 +20,8 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from tests.conftest import LiveServer
+from gentity.settings import Settings
+from tests.conftest import LiveServer, mint_token, signup
 from tests.server.terminal_client import Terminal, ws_url
 from tests.server.test_instances import create_shell
 from tests.waiting import wait_until_blocking
@@ -287,3 +289,84 @@ def test_websocket_through_the_preview(
             assert ws.close_code == 4401
 
     asyncio.run(scenario())
+
+
+def test_over_https_only_the_host_prefixed_preview_cookie_counts(
+    server_factory: Callable[[Settings], LiveServer], settings_factory: Callable[..., Settings]
+) -> None:
+    # Another instance's page (a sibling host) can plant a plain ``gentity_preview`` cookie for
+    # the parent domain from script, never a ``__Host-`` one: over https the plain name opens
+    # nothing.
+    server = server_factory(settings_factory(public_url="https://gentity.example.com"))
+    main = {"Host": "gentity.example.com", "Origin": "https://gentity.example.com"}
+    with httpx.Client(base_url=server.url, headers=main, timeout=30) as dashboard:
+        session = signup(dashboard, "admin@example.com").headers["set-cookie"]
+        assert session.startswith("__Host-gentity_session=")
+        dashboard.headers["Cookie"] = session.split(";", 1)[0]
+        token = mint_token(dashboard)
+        with httpx.Client(
+            base_url=server.url, timeout=30, headers={"Authorization": f"Bearer {token}"}
+        ) as api:
+            sub = create_shell(api)["subdomain"]
+        start = dashboard.get(f"/dashboard/preview/{sub}/{APP_PORT}")
+        assert start.status_code == 303, start.text
+    where = urlsplit(start.headers["location"])
+    host = f"{APP_PORT}-{sub}.gentity.example.com"
+    assert (where.scheme, where.netloc) == ("https", host)
+    with _preview(server, host) as browser:
+        redeemed = browser.get(f"{where.path}?{where.query}")
+        cookie = redeemed.headers["set-cookie"]
+        assert cookie.startswith("__Host-gentity_preview=") and "Secure" in cookie
+        secret = cookie.split(";", 1)[0].split("=", 1)[1]
+        planted = browser.get("/", headers={"Cookie": f"gentity_preview={secret}"})
+        assert planted.status_code == 401
+        # The real one gets through (to an empty port: nothing listens on it yet).
+        own = browser.get("/", headers={"Cookie": f"__Host-gentity_preview={secret}"})
+        assert own.status_code == 502 and "nothing accepts connections" in own.json()["error"]
+
+
+def test_connections_to_one_instance_are_capped(
+    server_factory: Callable[[Settings], LiveServer], settings_factory: Callable[..., Settings]
+) -> None:
+    server = server_factory(settings_factory(preview_max_connections=1))
+    with httpx.Client(base_url=server.url, timeout=30) as c:
+        signup(c, "admin@example.com")
+        token = mint_token(c)
+    auth = {"Authorization": f"Bearer {token}"}
+    with httpx.Client(base_url=server.url, timeout=30, headers=auth) as api:
+        created = create_shell(api)
+        asyncio.run(_start_servers(server.url, created["id"], token))
+
+        def listening() -> bool:
+            answer = api.get(f"/api/instances/{created['id']}/ports")
+            return {SITE_PORT, APP_PORT} <= {p["port"] for p in answer.json()["ports"]}
+
+        wait_until_blocking(listening, "both servers listening in the instance", timeout=30)
+    sub = created["subdomain"]
+    site = _preview(server, _host(SITE_PORT, sub, server), **auth)
+    url = f"ws://{_host(APP_PORT, sub, server)}/socket"
+
+    async def scenario() -> None:
+        # An open WebSocket holds the one connection: the next request, on any port of the
+        # instance, is refused without reaching it.
+        async with connect(
+            url, host="127.0.0.1", port=server.port, additional_headers=auth, open_timeout=10
+        ) as ws:
+            await ws.send("hello")
+            assert await ws.recv() == "echo:hello"
+            busy = await asyncio.to_thread(site.get, "/index.txt")
+            assert busy.status_code == 503 and "too many connections" in busy.json()["error"]
+            with pytest.raises(InvalidStatus) as refused:
+                async with connect(
+                    url, host="127.0.0.1", port=server.port, additional_headers=auth
+                ):
+                    pass
+            assert refused.value.response.status_code == 503
+
+    with site:
+        asyncio.run(scenario())
+        # Closed, it gives its place back.
+        wait_until_blocking(
+            lambda: site.get("/index.txt").status_code == 200, "the slot given back", timeout=10
+        )
+        assert site.get("/index.txt").text == "hello-preview\n"

@@ -138,6 +138,9 @@ class CatalogAgent:
     """Config files written into the home before the first start, so the agent opens at its
     prompt: signed in with the key from the environment, the working directory trusted, the
     model chosen, no update or release-notes prompts (see :mod:`gentity.guest.seeds`)."""
+    git_init: bool = False
+    """Make the working directory a git repository on the first start when no ``repo`` was
+    given: the coding agents track their edits with git (Aider would ask to create one)."""
 
     @property
     def requires_api_key(self) -> bool:
@@ -217,6 +220,7 @@ def load_catalog(path: Path = _DATA) -> Catalog:
                 ready=_ready_rule(a["id"], a.get("ready")),
                 env=_env(a["id"], a.get("env")),
                 seed=_seed(a["id"], a.get("seed")),
+                git_init=_flag(a["id"], "gitInit", a.get("gitInit", False)),
             )
         )
     return Catalog(agents=tuple(agents))
@@ -284,6 +288,12 @@ def _env(agent_id: str, raw: object) -> dict[str, str]:
     ):
         raise CatalogError(f"{agent_id}: env must map variable names to strings")
     return dict(raw)
+
+
+def _flag(agent_id: str, name: str, raw: object) -> bool:
+    if not isinstance(raw, bool):
+        raise CatalogError(f"{agent_id}: {name} must be true or false")
+    return raw
 
 
 def _seed(agent_id: str, raw: object) -> tuple[SeedFile, ...]:

@@ -3,9 +3,10 @@
 An :class:`Execution` starts one command in a session of its own, in the children's cgroup,
 feeds it the stdin a client sends, passes stdout and stderr on apart (each cut at a cap, the
 rest read and dropped, so the command never blocks on a full pipe) and reports how it ended.
-A timeout, or the client going away, kills its whole tree: the process group and whatever else
-runs in its session. Processes it leaves in the background when it exits on its own keep
-running. No threads; standard library only.
+A timeout, or the client going away, kills its whole tree: the process group, whatever else
+runs in its session, and every process below it (one that called ``setsid`` is in neither
+group nor session, but still its descendant). Processes it leaves in the background when it
+exits on its own keep running. No threads; standard library only.
 """
 
 from __future__ import annotations
@@ -28,6 +29,9 @@ DRAIN_GRACE: Final = 1.0
 #: After a kill, wait this long for the command to be reaped.
 KILL_WAIT: Final = 5.0
 READ_CHUNK: Final = 65536
+#: A kill stops what it finds, then looks again for what was forked meanwhile, this many times
+#: at most.
+MAX_KILL_ROUNDS: Final = 20
 
 Send = Callable[[bytes, bytes], None]
 """Passes a frame on: (frame type, payload)."""
@@ -145,7 +149,8 @@ class Execution:
             self._drop_stdin()
 
     def kill(self) -> None:
-        """SIGKILL the process group and everything else in the command's session."""
+        """SIGKILL the process group, everything else in the command's session, and every
+        process below the command."""
         pid = self.pid
         if pid is None or self.finished:
             return
@@ -153,9 +158,25 @@ class Execution:
         # members; a live process by that number then means it was reused: not ours to kill.
         if self._reaped and os.path.exists(f"/proc/{pid}"):
             return
+        # Stopped first, until no new one turns up, so that none forks (or is orphaned by
+        # its parent's death, and so lost from the tree) while the others are killed.
+        found: set[int] = set()
+        for _ in range(MAX_KILL_ROUNDS):
+            members = set(session_pids(pid)) | _descendants(pid)
+            if not self._reaped:
+                members.add(pid)
+            new = members - found
+            if not new:
+                break
+            found |= new
+            with contextlib.suppress(OSError):
+                os.killpg(pid, signal.SIGSTOP)
+            for member in new:
+                with contextlib.suppress(OSError):
+                    os.kill(member, signal.SIGSTOP)
         with contextlib.suppress(OSError):
             os.killpg(pid, signal.SIGKILL)
-        for member in session_pids(pid):
+        for member in found:
             with contextlib.suppress(OSError):
                 os.kill(member, signal.SIGKILL)
 
@@ -239,6 +260,34 @@ class Execution:
                 self._truncated[p.FRAME_STDERR],
             )
         )
+
+
+def _descendants(root: int) -> set[int]:
+    """PIDs of all processes below ``root``, by their parents (Linux /proc; empty elsewhere)."""
+    children: dict[int, list[int]] = {}
+    try:
+        names = os.listdir("/proc")
+    except OSError:
+        return set()
+    for name in names:
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as f:
+                stat = f.read()
+            # Fields after "(comm)": state ppid ...
+            ppid = int(stat[stat.rindex(b")") + 2 :].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(ppid, []).append(int(name))
+    found: set[int] = set()
+    pending = [root]
+    while pending:
+        for child in children.get(pending.pop(), ()):
+            if child not in found:
+                found.add(child)
+                pending.append(child)
+    return found
 
 
 def check_cwd(workdir: str, cwd: str | None) -> str:

@@ -187,16 +187,33 @@ class Volume:
             pending.popleft()
 
     def _make_dir(self, dir_fd: int, name: str, asked: str) -> int:
+        made = True
         try:
             os.mkdir(name, 0o755, dir_fd=dir_fd)
         except FileExistsError:
-            pass  # made meanwhile; opened below without following anything
+            made = False  # made meanwhile; opened below without following anything
         except OSError as exc:
             raise FileRefused(INVALID, f"{asked}: cannot make {name}: {exc.strerror}") from None
-        if os.geteuid() == 0:
-            owner = os.fstat(dir_fd)
-            os.chown(name, owner.st_uid, owner.st_gid, dir_fd=dir_fd, follow_symlinks=False)
-        return os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
+        as_root = os.geteuid() == 0
+        # As root the directory is opened for real (an O_PATH descriptor cannot be chowned),
+        # and what is given away is that descriptor: the very directory walked into next,
+        # never whatever the name points at by then (the instance may swap in a link).
+        flags = (
+            (os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC) if as_root else _DIR_FLAGS
+        )
+        try:
+            fd = os.open(name, flags, dir_fd=dir_fd)
+        except OSError as exc:
+            raise FileRefused(INVALID, f"{asked}: cannot open {name}: {exc.strerror}") from None
+        if as_root and made:
+            try:
+                _give_dir_to_owner(fd, dir_fd)
+            except OSError as exc:
+                os.close(fd)
+                raise FileRefused(
+                    INVALID, f"{asked}: cannot give {name} away: {exc.strerror}"
+                ) from None
+        return fd
 
     # --- the operations --------------------------------------------------------------------
 
@@ -382,6 +399,16 @@ def _give_to_owner(fd: int, dir_fd: int) -> None:
     """A guest running as root (some providers' machines) makes files for the user who owns
     the directory, never for root."""
     if os.geteuid() != 0:
+        return
+    owner = os.fstat(dir_fd)
+    os.fchown(fd, owner.st_uid, owner.st_gid)
+
+
+def _give_dir_to_owner(fd: int, dir_fd: int) -> None:
+    """Give a directory this (root) guest just made to the owner of its parent. Only one that
+    is still root's and empty, as it was made: anything else at that name by now was put
+    there by someone else, and keeps its owner."""
+    if os.fstat(fd).st_uid != os.geteuid() or os.listdir(fd):
         return
     owner = os.fstat(dir_fd)
     os.fchown(fd, owner.st_uid, owner.st_gid)

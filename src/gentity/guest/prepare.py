@@ -4,9 +4,10 @@ files and a cloned repository, with progress lines (``prepare: …``) in the ins
 The working directory is made on every start (the agent starts in it). The rest happens until
 it has once succeeded, as recorded by a marker in the home: a file is written only where none
 exists (never over the user's edits, nor through a symlink), mode 0600; the repository is
-cloned only into an empty working directory. A failed clone is the agent's error, said in
-plain words; git never waits for a password (``GIT_TERMINAL_PROMPT=0``) and gives up on a
-connection that stalls. Standard library only.
+cloned only into an empty working directory, and without one an empty working directory is
+made a new git repository when the agent asks for it (``gitInit``). A failed clone is the
+agent's error, said in plain words; git never waits for a password
+(``GIT_TERMINAL_PROMPT=0``) and gives up on a connection that stalls. Standard library only.
 """
 
 from __future__ import annotations
@@ -61,6 +62,8 @@ async def prepare(
         error = await _clone(plan.repo, workdir, env, log, wait_exit, cgroup_fd)
         if error is not None:
             return error
+    elif plan.git_init:
+        await _init_repo(workdir, env, log, wait_exit, cgroup_fd)
     try:
         _write_new(marker, b"")
     except OSError as exc:
@@ -110,6 +113,46 @@ def _write_new(path: str, data: bytes) -> bool:
     with os.fdopen(fd, "wb") as f:
         f.write(data)
     return True
+
+
+async def _init_repo(
+    workdir: str,
+    env: dict[str, str],
+    log: LogWriter,
+    wait_exit: Callable[[subprocess.Popen[bytes]], asyncio.Future[int]],
+    cgroup_fd: int | None,
+) -> None:
+    """``git init`` in the empty working directory. Not having git is no reason to keep the
+    agent from starting: a failure is a warning in the log."""
+    if not _is_empty(workdir):
+        log.write("info", f"prepare: {workdir} is not empty; no git repository is made")
+        return
+    try:
+        exe = resolve("git", env, workdir)
+    except StartError:
+        log.write("warn", "prepare: git is not installed; no git repository is made")
+        return
+    output: list[str] = []
+    argv = ["git", "-c", "init.defaultBranch=main", "init", "--quiet", "--", workdir]
+    try:
+        returncode = await run_piped(
+            argv,
+            exe,
+            cwd=workdir,
+            env={**env, "GIT_TERMINAL_PROMPT": "0"},
+            wait_exit=wait_exit,
+            on_line=output.append,
+            cgroup_fd=cgroup_fd,
+            redact=log.redact,
+        )
+    except OSError as exc:
+        log.write("warn", f"prepare: git init failed: {(exc.strerror or str(exc)).lower()}")
+        return
+    if returncode != 0:
+        reason = next((line for line in reversed(output) if line.strip()), "")
+        log.write("warn", f"prepare: git init failed (code {returncode}): {reason}")
+        return
+    log.write("info", f"prepare: made {workdir} a git repository")
 
 
 async def _clone(

@@ -19,6 +19,9 @@ from gentity.guest.config import ReadyRule
 #: How much recent screen text a prompt pattern is matched against.
 TEXT_TAIL: Final = 8192
 
+# Cursor moves: a TUI that redraws in place skips over blanks with them instead of printing
+# spaces (``Claude\x1b[19GCode``), so each stands for a space between words.
+_MOVES = re.compile(rb"\x1b\[[0-9;]*[ABCDEFGHdf]")
 _ESCAPES = re.compile(
     rb"\x1b\[[0-?]*[ -/]*[@-~]"  # CSI
     rb"|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?"  # OSC
@@ -29,8 +32,9 @@ _ESCAPES = re.compile(
 
 
 def screen_text(data: bytes) -> str:
-    """Output as text: escape sequences and controls removed, invalid UTF-8 replaced."""
-    return _ESCAPES.sub(b"", data).decode("utf-8", "replace")
+    """Output as text: cursor moves as a space, other escape sequences and controls
+    removed, invalid UTF-8 replaced."""
+    return _ESCAPES.sub(b"", _MOVES.sub(b" ", data)).decode("utf-8", "replace")
 
 
 class Readiness:

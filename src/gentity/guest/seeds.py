@@ -53,6 +53,8 @@ class PreparePlan:
     """Placeholder values from the control plane (``api_key_suffix`` is part of a key)."""
     repo: str | None = None
     """A repository to clone into the empty working directory."""
+    git_init: bool = False
+    """Without ``repo``: make the empty working directory a new git repository."""
 
     def to_json(self) -> dict[str, object]:
         """The ``prepare`` object for the guest config."""
@@ -62,6 +64,7 @@ class PreparePlan:
             ],
             "values": dict(self.values),
             "repo": self.repo,
+            "gitInit": self.git_init,
         }
 
 
@@ -90,7 +93,8 @@ def parse_seed_file(raw: object) -> SeedFile:
 
 
 def parse_prepare_plan(raw: object) -> PreparePlan:
-    """Validate the ``prepare`` object (fields: files, values, repo; all optional)."""
+    """Validate the ``prepare`` object (fields: files, values, repo, gitInit; all
+    optional)."""
     if raw is None:
         return PreparePlan()
     if not isinstance(raw, dict):
@@ -106,11 +110,14 @@ def parse_prepare_plan(raw: object) -> PreparePlan:
     repo = raw.get("repo")
     if repo is not None:
         check_repo_url(repo, REPO_SCHEMES)
+    git_init = raw.get("gitInit", False)
+    if not isinstance(git_init, bool):
+        raise ValueError("prepare.gitInit must be true or false")
     try:
         parsed = [parse_seed_file(f) for f in files]
     except ValueError as exc:
         raise ValueError(f"prepare.files: {exc}") from None
-    return PreparePlan(files=parsed, values=dict(values), repo=repo)
+    return PreparePlan(files=parsed, values=dict(values), repo=repo, git_init=git_init)
 
 
 def check_repo_url(url: object, schemes: tuple[str, ...]) -> str:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
@@ -11,6 +11,7 @@ from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.datastructures import Headers
+from starlette.requests import HTTPConnection
 from starlette.responses import Response
 
 from gentity.server.context import AppContext
@@ -21,7 +22,9 @@ from gentity.server.services.instance_status import acting
 
 SESSION_COOKIE = "gentity_session"
 # Over https the cookie gets the __Host- prefix: the browser then insists on Secure, Path=/
-# and no Domain, so a sibling subdomain cannot plant or overwrite it.
+# and no Domain, so a sibling subdomain cannot plant or overwrite it. Only that name is then
+# read: a plain ``gentity_session`` could have been planted for the parent domain by script on
+# a preview host (a sibling, so the same site), which would sign the victim in as the attacker.
 SECURE_SESSION_COOKIE = "__Host-gentity_session"
 
 
@@ -72,14 +75,17 @@ def session_cookie_name(secure: bool) -> str:
     return SECURE_SESSION_COOKIE if secure else SESSION_COOKIE
 
 
-def read_session_cookie(cookies: Mapping[str, str]) -> str | None:
-    return cookies.get(SECURE_SESSION_COOKIE) or cookies.get(SESSION_COOKIE)
+def read_session_cookie(conn: HTTPConnection) -> str | None:
+    """The session cookie's value, under the one name this connection's cookie is set with
+    (``__Host-`` only over https: see :data:`SECURE_SESSION_COOKIE`)."""
+    return conn.cookies.get(session_cookie_name(secure_cookie(conn))) or None
 
 
-def secure_cookie(request: Request) -> bool:
+def secure_cookie(conn: HTTPConnection) -> bool:
     """Whether the session cookie must be Secure: over https, or when users reach this server
     by an https public URL (a TLS proxy in front may still talk plain http to us)."""
-    return request.url.scheme in ("https", "wss") or context(request).settings.secure_public_url
+    ctx: AppContext = conn.app.state.ctx
+    return conn.url.scheme in ("https", "wss") or ctx.settings.secure_public_url
 
 
 def set_session_cookie(response: Response, secret: str, *, secure: bool, max_age: int) -> None:
@@ -103,10 +109,11 @@ def clear_session_cookie(response: Response, *, secure: bool) -> None:
 async def resolve_principal(
     db: accounts.Reader,
     headers: Headers,
-    cookies: Mapping[str, str],
+    session_secret: str | None,
     query_token: str | None = None,
 ) -> Principal | None:
-    """Authenticate from the Authorization header, a ``?token=`` value, or the session cookie."""
+    """Authenticate from the Authorization header, a ``?token=`` value, or the session cookie's
+    value (:func:`read_session_cookie`)."""
     authorization = headers.get("authorization")
     if authorization is not None or query_token is not None:
         if authorization is not None:
@@ -118,9 +125,8 @@ async def resolve_principal(
             plaintext = query_token or ""
         found = await tokens.authenticate(db, plaintext)
         return Principal(found[1], "token", found[0]) if found else None
-    secret = read_session_cookie(cookies)
-    if secret:
-        opened = await accounts.session_user(db, secret)
+    if session_secret:
+        opened = await accounts.session_user(db, session_secret)
         if opened:
             return Principal(opened.account, "session", opened.id, opened.scope_instance_id)
     return None
@@ -133,7 +139,7 @@ async def authenticate_request(request: Request) -> Principal:
 
 
 async def _authenticate(db: accounts.Reader, request: Request) -> Principal:
-    principal = await resolve_principal(db, request.headers, request.cookies)
+    principal = await resolve_principal(db, request.headers, read_session_cookie(request))
     if principal is None:
         raise unauthorized()
     if principal.scope_instance_id is not None and not _within_scope(request, principal):

@@ -36,6 +36,10 @@ class AppContext:
     """This process's destroys in flight, by instance: a second DELETE waits for the first."""
     watches: dict[str, asyncio.Task[None]] = field(default_factory=dict)
     """The guest watches of ``server.recovery``, by instance."""
+    heard: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """The health each live watch last heard from its guest, by instance. A guest answers its
+    watch at every change, so this is what the guest would say if asked now: the instance list
+    shows it instead of asking every guest per request (``services.instances.agent_health``)."""
     node: NodeIdentity | None = None
     """Who this server is in ``Instance.operation_owner`` (see ``server.node``)."""
     metrics: Metrics = field(default_factory=Metrics)

@@ -9,6 +9,7 @@ in one process (tests, replicas in one interpreter) do not count into each other
   so every replica reports the same, correct numbers.
 - Open terminals, log follows and event follows of this process.
 - How long instance operations (create, start, stop, restart, destroy) take, and how they end.
+- How long a reconciler pass takes.
 
 Per-instance CPU and memory are not exported: no compute provider reports them through its
 interface today, and a number made up here would be worse than none.
@@ -39,6 +40,7 @@ UNMATCHED = "unmatched"
 
 # Long operations: creating an instance installs and boots an agent, which may take minutes.
 _OPERATION_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+_PASS_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
 
 class Metrics:
@@ -75,6 +77,12 @@ class Metrics:
             "Time an instance operation took, by operation and outcome (ok, failed)",
             ["operation", "outcome"],
             buckets=_OPERATION_BUCKETS,
+            registry=self.registry,
+        )
+        self.reconcile = Histogram(
+            "gentity_reconcile_pass_duration_seconds",
+            "Time one reconciler pass over every active instance took on this server",
+            buckets=_PASS_BUCKETS,
             registry=self.registry,
         )
 

@@ -6,12 +6,17 @@ Runs at start-up and then every ``GENTITY_RECONCILE_INTERVAL_SECONDS``:
   and restarted by its policy, and one whose agent is between restarts is ``restarting`` (see
   ``server.recovery``, whose watches see both at once; this pass starts them and catches what
   they missed); one whose guest answers unconfigured (its machine was restarted by its
-  provider, not by us) gets its config again;
+  provider, not by us) gets its config again, from its watch or, unwatched, from this pass;
 - an ``error`` instance whose automatic restart is due is started again;
 - a transitional row (``starting``, ``stopping``…) whose operation lease has expired, e.g.
   because the server crashed mid-way, is completed or failed, never left hanging;
 - an instance this server cannot reach (``ComputeProvider.unreachable``: a ``local`` instance
   of another host) is left alone, whatever its row says.
+
+A pass costs what changed, not what exists: one query reads every active row, each provider
+answers for all its machines in one batch (``ComputeProvider.statuses``), and only an instance
+with something to do gets a session of its own (at most ``PASS_CONCURRENCY`` at once). A
+running instance whose guest this server watches needs no guest call: its watch follows it.
 
 Several replicas may run it at once: every status change is a compare-and-set, so the first
 replica to act wins and the others' changes are refused harmlessly.
@@ -23,6 +28,10 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import defaultdict
+from collections.abc import Coroutine
+from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import and_, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -32,6 +41,7 @@ from gentity.models import InstanceStatus as S
 from gentity.providers.compute.base import (
     ComputeProvider,
     MachineState,
+    MachineStatus,
     ProviderError,
     ProviderUnavailable,
 )
@@ -53,16 +63,50 @@ log = logging.getLogger(__name__)
 SWEEP_INTERVAL_SECONDS = 600.0
 
 
-async def reconcile_once(ctx: AppContext) -> None:
+PASS_CONCURRENCY = 16
+"""Instances acted on at once in a pass (a guest asked, a row written, an operation finished):
+enough to get through thousands in seconds, few enough to keep to the database pool."""
+
+
+@dataclass
+class PassReport:
+    """What one pass did, for its log line and the ``reconcile`` metrics."""
+
+    rows: int = 0
+    """Instances the pass looked at (running, transitional, or with a restart due)."""
+    checked: int = 0
+    """Machines whose status was asked of their provider."""
+    acted: int = 0
+    """Instances the pass did more than look at: a guest asked, a row written, an operation
+    finished."""
+    seconds: float = 0.0
+
+
+async def reconcile_once(ctx: AppContext) -> PassReport:
     with acting(RECONCILER):
-        await _reconcile_all(ctx)
+        started = time.perf_counter()
+        report = await _reconcile_all(ctx)
+        report.seconds = time.perf_counter() - started
+    ctx.metrics.reconcile.observe(report.seconds)
+    log.log(
+        logging.INFO if report.acted or report.seconds >= 1 else logging.DEBUG,
+        "reconciler pass: %d instances, %d machine statuses, %d acted on, in %.3f s",
+        report.rows,
+        report.checked,
+        report.acted,
+        report.seconds,
+    )
+    return report
 
 
-async def _reconcile_all(ctx: AppContext) -> None:
+async def _reconcile_all(ctx: AppContext) -> PassReport:
+    """Read every candidate row in one query, ask each provider for its machines' statuses in
+    one batch, and act (with a session of its own per instance) only where something is to be
+    done: a steady fleet costs one query and a few provider calls, and writes nothing."""
     async with ctx.db.session() as session:
-        ids = list(
+        rows = list(
             await session.scalars(
-                select(Instance.id).where(
+                select(Instance).where(
                     Instance.destroyed_at.is_(None),
                     or_(
                         Instance.status.in_([S.RUNNING.value, *(s.value for s in TRANSITIONAL)]),
@@ -71,36 +115,90 @@ async def _reconcile_all(ctx: AppContext) -> None:
                 )
             )
         )
-    for instance_id in ids:
-        # One session per instance: a failure (and its rollback) must not touch the others.
-        async with ctx.db.session() as session:
-            row = await session.get(Instance, instance_id)
-            if row is None:
-                continue
-            try:
-                await _reconcile(ctx, session, row)
-            except TransitionError:
-                pass  # someone else changed it first: fine
-            except Exception:
-                log.exception("reconciling instance %s failed", instance_id)
+    report = PassReport(rows=len(rows))
+    to_check: dict[ComputeProvider, list[Instance]] = defaultdict(list)
+    to_finish: list[Instance] = []
+    for row in rows:
+        try:
+            provider = instances.provider_for(ctx, row)
+        except ProviderUnavailable:
+            continue  # another host's machine (or provider's): its own servers reconcile it
+        if row.status == S.ERROR.value:
+            await recovery.recover_due(ctx, row)
+        elif recovery.watched(ctx, row):
+            to_check[provider].append(row)
+        elif row.status != S.RUNNING.value and operations.abandoned(ctx, row):
+            to_finish.append(row)
+        # else: running with an operation about to change it, or an operation (probably)
+        # still under way somewhere
+    limit = asyncio.Semaphore(PASS_CONCURRENCY)
+    work: list[Coroutine[Any, Any, bool]] = []
+    for provider, checked in to_check.items():
+        try:
+            seen = await provider.statuses([instances.handle_of(row) for row in checked])
+        except Exception:
+            # A provider's failure must not stop the pass for the others' instances.
+            log.exception("asking the %s provider for its machines' statuses failed", provider.name)
+            continue
+        report.checked += len(checked)
+        for row, status in zip(checked, seen, strict=True):
+            if isinstance(status, ProviderError):
+                log.warning("reconciling instance %s: %s", row.id, status)
+            elif _needs_a_look(ctx, row, status):
+                work.append(_guarded(limit, row.id, _check_running(ctx, provider, row.id, status)))
+    work += [_guarded(limit, row.id, _finish(ctx, row.id)) for row in to_finish]
+    report.acted = sum(await asyncio.gather(*work))
+    return report
 
 
-async def _reconcile(ctx: AppContext, session: AsyncSession, row: Instance) -> None:
-    try:
-        provider = instances.provider_for(ctx, row)
-    except ProviderUnavailable:
-        return  # another host's machine (or provider's): its own servers reconcile it
-    status = S(row.status)
-    if status is S.ERROR:
-        await recovery.recover_due(ctx, row)
-        return
-    if recovery.watched(ctx, row):
-        await _check_running(ctx, session, provider, row)
-        return
-    if status is S.RUNNING:
-        return  # an operation here is about to change it
-    if not operations.abandoned(ctx, row):
-        return  # an operation is (probably) still under way somewhere
+def _needs_a_look(ctx: AppContext, row: Instance, seen: MachineStatus) -> bool:
+    """Whether a watched row whose machine is ``seen`` needs more than that: a machine that is
+    not running, a guest nobody watches yet, a count of automatic restarts to reset."""
+    if seen.state.in_progress:
+        return False  # booting or stopping (e.g. a provider's own restart): not a failure
+    if seen.state is not MachineState.RUNNING:
+        return True
+    if not recovery.watching(ctx, row.id):
+        return True
+    return bool(row.recovery_attempts) and utcnow() - row.updated_at >= recovery.STABLE_RUN
+
+
+async def _guarded(
+    limit: asyncio.Semaphore, instance_id: str, action: Coroutine[Any, Any, None]
+) -> bool:
+    """Run one instance's action at most ``PASS_CONCURRENCY`` at once; a failure (and its
+    rollback) must not touch the others."""
+    async with limit:
+        try:
+            await action
+        except TransitionError:
+            pass  # someone else changed it first: fine
+        except Exception:
+            log.exception("reconciling instance %s failed", instance_id)
+    return True
+
+
+async def _finish(ctx: AppContext, instance_id: str) -> None:
+    """A transitional row whose operation was abandoned: complete it or fail it."""
+    async with ctx.db.session() as session:
+        row = await session.get(Instance, instance_id)
+        if row is None or row.destroyed_at is not None:
+            return
+        try:
+            provider = instances.provider_for(ctx, row)
+        except ProviderUnavailable:
+            return
+        status = S(row.status)
+        if status in (S.RUNNING, S.ERROR) or recovery.watched(ctx, row):
+            return
+        if not operations.abandoned(ctx, row):
+            return  # taken up again since the pass read it
+        await _finish_abandoned(ctx, session, provider, row, status)
+
+
+async def _finish_abandoned(
+    ctx: AppContext, session: AsyncSession, provider: ComputeProvider, row: Instance, status: S
+) -> None:
     log.warning("instance %s was left %s; finishing it", row.id, status.value)
     if status is S.DESTROYING:
         await instances.teardown(ctx, session, row)
@@ -138,20 +236,23 @@ async def _reconcile(ctx: AppContext, session: AsyncSession, row: Instance) -> N
 
 
 async def _check_running(
-    ctx: AppContext, session: AsyncSession, provider: ComputeProvider, row: Instance
+    ctx: AppContext, provider: ComputeProvider, instance_id: str, seen: MachineStatus
 ) -> None:
-    """A ``running`` row, or one whose agent is between restarts: what its watch would do."""
-    seen = await provider.status(instances.handle_of(row))
-    if seen.state.in_progress:
-        return  # booting or stopping (e.g. a provider's own restart): not a failure
-    if seen.state is not MachineState.RUNNING:
-        await recovery.machine_down(ctx, session, row, seen)
-        return
-    if await instances.configure_if_rebooted(ctx, row):
-        return
-    if row.recovery_attempts and utcnow() - row.updated_at >= recovery.STABLE_RUN:
-        row.recovery_attempts = 0
-        await session.commit()
+    """A ``running`` row, or one whose agent is between restarts, whose machine is ``seen``:
+    what its watch would do, and its watch started if it has none. No session is held while
+    its guest is asked (a pass may ask many that do not answer)."""
+    async with ctx.db.session() as session:
+        row = await session.get(Instance, instance_id)
+        if row is None or not recovery.watched(ctx, row):
+            return  # changed since the pass read it
+        if seen.state is not MachineState.RUNNING:
+            await recovery.machine_down(ctx, session, row, seen)
+            return
+        if row.recovery_attempts and utcnow() - row.updated_at >= recovery.STABLE_RUN:
+            row.recovery_attempts = 0
+            await session.commit()
+    if recovery.watching(ctx, row.id):
+        return  # its watch follows the guest already
     try:
         health = await guest_client.health(
             provider.guest_endpoint(instances.handle_of(row)),
@@ -160,8 +261,15 @@ async def _check_running(
         )
     except guest_client.GuestError:
         health = None  # its watch (or the next pass) looks again
-    if health is not None:
-        await recovery.follow(ctx, session, row, health)
+    if health is not None and health.get("configured") is False:
+        # Its machine was restarted by its provider, not by us: configure it again.
+        await instances.configure_if_rebooted(ctx, row)
+    elif health is not None:
+        async with ctx.db.session() as session:
+            row = await session.get(Instance, instance_id)
+            if row is None or not recovery.watched(ctx, row):
+                return
+            await recovery.follow(ctx, session, row, health)
     if recovery.watched(ctx, row):
         recovery.watch(ctx, row.id)
 

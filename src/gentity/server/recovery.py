@@ -16,9 +16,15 @@ guest call per API request). From what the guest says:
 - the guest stopped answering: the provider says whether the machine still runs and, if not,
   why (the local provider knows how the guest's process ended). A machine that is no longer
   running goes to ``error`` at once, with that as the reason.
+- the guest answers unconfigured (its machine was restarted by its provider, not by us): it
+  gets its config again.
 
-The reconciler makes the same checks on every pass, for what a watch missed (a server that was
-down meanwhile) and starts the watches; several replicas each watch, and every change is a
+What a watch last heard is also what the API shows as the instance's ``agent`` (``ctx.heard``):
+the guest answers at every change, so the list needs no guest call per running instance.
+
+The reconciler checks every watched instance's machine on every pass, for what a watch missed
+(a server that was down meanwhile), and asks the guests that have no watch here and starts
+their watches; several replicas each watch, and every change is a
 compare-and-set, so only the first to see a change records it.
 
 **Restarting a dead machine.** Under ``always`` and ``on-failure`` a machine that died is started
@@ -124,7 +130,7 @@ async def follow(
     has one; a higher count now means a whole restart happened between the two answers (a
     short back-off on a busy host), which is recorded too."""
     if not isinstance(health, dict) or health.get("configured") is not True:
-        return  # an unconfigured guest is configured again by the reconciler
+        return  # an unconfigured guest is configured again by its watch or the reconciler
     status, state = S(row.status), health.get("state")
     reported = health.get("agent")
     agent: dict[str, Any] = reported if isinstance(reported, dict) else {}
@@ -265,6 +271,12 @@ def watch(ctx: AppContext, instance_id: str) -> None:
     task.add_done_callback(forget)
 
 
+def watching(ctx: AppContext, instance_id: str) -> bool:
+    """Whether this server has a live watch on the instance's guest."""
+    task = ctx.watches.get(instance_id)
+    return task is not None and not task.done()
+
+
 async def stop_watches(ctx: AppContext) -> None:
     tasks = list(ctx.watches.values())
     for task in tasks:
@@ -279,6 +291,8 @@ async def _watch(ctx: AppContext, instance_id: str) -> None:
     except Exception:
         # The reconciler starts another on its next pass.
         log.exception("watching instance %s failed", instance_id)
+    finally:
+        ctx.heard.pop(instance_id, None)
 
 
 async def _operations_done(ctx: AppContext, instance_id: str) -> None:
@@ -296,7 +310,9 @@ async def _watch_loop(ctx: AppContext, instance_id: str) -> None:
     restarts_seen: int | None = None
     failures = 0
     while True:
-        await _operations_done(ctx, instance_id)
+        if operations.in_flight_here(ctx, instance_id):
+            ctx.heard.pop(instance_id, None)  # an operation changes the guest under it
+            await _operations_done(ctx, instance_id)
         async with ctx.db.session() as session:
             row = await session.get(Instance, instance_id)
             if row is None or not watched(ctx, row):
@@ -322,6 +338,16 @@ async def _watch_loop(ctx: AppContext, instance_id: str) -> None:
             failures = 0
         except guest_client.GuestError:
             health, failures = None, failures + 1
+        if isinstance(health, dict) and health.get("configured") is True:
+            ctx.heard[instance_id] = health
+        else:
+            ctx.heard.pop(instance_id, None)
+        if isinstance(health, dict) and health.get("configured") is False:
+            # Its machine booted without us (a provider's own restart): configure it again.
+            if not await instances.configure_if_rebooted(ctx, row):
+                await asyncio.sleep(_RETRY_MIN)
+            since = None
+            continue
         async with ctx.db.session() as session:
             row = await session.get(Instance, instance_id)
             if row is None or not watched(ctx, row):

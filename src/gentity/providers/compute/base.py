@@ -24,7 +24,8 @@ stopped machine's log comes from the provider (:meth:`ComputeProvider.tail_stopp
 from __future__ import annotations
 
 import abc
-from collections.abc import Awaitable, Callable, Collection
+import asyncio
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import PurePosixPath
@@ -37,6 +38,11 @@ from gentity.guest.seeds import PreparePlan
 
 KnownInstances = Callable[[], Awaitable[Collection[str]]]
 """Reads the ids of every instance the database still holds (see ``ComputeProvider.sweep``)."""
+
+STATUS_CONCURRENCY = 16
+"""At most this many :meth:`ComputeProvider.status` calls at once in the default
+:meth:`ComputeProvider.statuses`: a pass over thousands of machines must neither ask one at a
+time nor open thousands of requests at once."""
 
 
 class ProviderError(Exception):
@@ -244,6 +250,20 @@ class ComputeProvider(abc.ABC):
     async def status(self, handle: MachineHandle) -> MachineStatus:
         """What the machine is doing right now."""
 
+    async def statuses(
+        self, handles: Sequence[MachineHandle]
+    ) -> list[MachineStatus | ProviderError]:
+        """:meth:`status` of many machines at once, in the order of ``handles``; a machine whose
+        status could not be read has its :class:`ProviderError` in its place instead (one
+        failure does not fail the others).
+
+        The reconciler asks this once per pass for every machine it checks. The default asks
+        :meth:`status` for each, :data:`STATUS_CONCURRENCY` at a time; a provider that can
+        answer for many machines in one call (a list endpoint, its own process table) should
+        do so. Whatever the batch cannot vouch for (a machine missing from a listing that may
+        lag) it asks :meth:`status` for, so the answers are the same as one by one."""
+        return await status_each(self, handles)
+
     def regions(self) -> list[Region]:
         """Where this provider can run machines; a create naming any other region is refused.
 
@@ -300,3 +320,19 @@ class ComputeProvider(abc.ABC):
 
     async def close(self) -> None:  # noqa: B027 (optional hook, empty by default)
         """Release clients and background tasks. Machines keep running."""
+
+
+async def status_each(
+    provider: ComputeProvider, handles: Sequence[MachineHandle]
+) -> list[MachineStatus | ProviderError]:
+    """``provider.status`` of each handle, at most :data:`STATUS_CONCURRENCY` at once."""
+    limit = asyncio.Semaphore(STATUS_CONCURRENCY)
+
+    async def one(handle: MachineHandle) -> MachineStatus | ProviderError:
+        async with limit:
+            try:
+                return await provider.status(handle)
+            except ProviderError as exc:
+                return exc
+
+    return list(await asyncio.gather(*(one(handle) for handle in handles)))

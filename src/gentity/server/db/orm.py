@@ -17,6 +17,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -125,7 +126,19 @@ class Instance(Base):
     """An agent machine. Its ``status`` is written only by ``services.instance_status``."""
 
     __tablename__ = "instances"
-    __table_args__ = (Index("ix_instances_user_created", "user_id", "created_at"),)
+    __table_args__ = (
+        Index("ix_instances_user_created", "user_id", "created_at"),
+        # A user's page of live instances, in list order, whatever their destroyed history:
+        # no read of destroyed rows (``services.instances.list_for``; scanned backwards).
+        Index(
+            "ix_instances_user_live",
+            "user_id",
+            "created_at",
+            "id",
+            postgresql_where=text("destroyed_at IS NULL"),
+            sqlite_where=text("destroyed_at IS NULL"),
+        ),
+    )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))

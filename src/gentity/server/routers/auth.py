@@ -87,7 +87,7 @@ async def signup(
 @router.post("/logout", response_model=models.Ok)
 async def logout(request: Request, response: Response, db: Db) -> models.Ok:
     """End the cookie's session. Always succeeds, so a stale tab can sign out too."""
-    await accounts.sign_out(db, read_session_cookie(request.cookies))
+    await accounts.sign_out(db, read_session_cookie(request))
     clear_session_cookie(response, secure=secure_cookie(request))
     return models.Ok()
 

@@ -18,7 +18,7 @@ from gentity.server.params import MAX_CURSOR, parse_cursor, parse_flag, parse_in
 from gentity.server.services import instances, logs
 from gentity.server.services.logfeed import Follower
 from gentity.server.services.logs import LogStream
-from gentity.server.sse import EventStreamResponse, feed_events, log_events
+from gentity.server.sse import EventStreamResponse, FeedResponse, log_events
 
 router = APIRouter(prefix="/api/instances", tags=["instances"], route_class=AuthFirstRoute)
 
@@ -163,7 +163,7 @@ async def instance_logs(
         Header(alias="Last-Event-ID", description="With follow: resume after this event id"),
         WithJsonSchema(_CURSOR_SCHEMA),
     ] = None,
-) -> models.LogList | EventStreamResponse:
+) -> models.LogList | EventStreamResponse | FeedResponse:
     """Recent log lines, oldest first; with ``follow=1`` a ``text/event-stream`` of new ones."""
     count = parse_int(lines, "lines", 1, MAX_LOG_LINES, default=200)
     following = parse_flag(follow, "follow")
@@ -175,21 +175,19 @@ async def instance_logs(
         return models.LogList(logs=await logs.tail(ctx, row, count))
     # Resume after the last event the client saw; otherwise replay the last `lines` first.
     stream = await logs.follow(ctx, row, resume or cursor, count)
+    headers = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
+    if isinstance(stream, Follower):
+        # Registered for the whole stream, so that revoking its credential ends it.
+        return FeedResponse(
+            stream, lambda: ctx.credentials.watch(principal.credential, "logs"), headers
+        )
     return EventStreamResponse(
-        _follow(ctx, principal, stream),
-        media_type="text/event-stream",
-        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+        _follow(ctx, principal, stream), media_type="text/event-stream", headers=headers
     )
 
 
-async def _follow(
-    ctx: AppContext, principal: Principal, stream: LogStream | Follower
-) -> AsyncIterator[str | bytes]:
+async def _follow(ctx: AppContext, principal: Principal, stream: LogStream) -> AsyncIterator[str]:
     """The SSE body, registered for the whole stream so that revoking its credential ends it."""
     with ctx.credentials.watch(principal.credential, "logs") as ended:
-        if isinstance(stream, Follower):
-            async for data in feed_events(stream, ended):
-                yield data
-        else:
-            async for chunk in log_events(stream, ended):
-                yield chunk
+        async for chunk in log_events(stream, ended):
+            yield chunk

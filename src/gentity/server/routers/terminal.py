@@ -33,7 +33,7 @@ from starlette.websockets import WebSocketDisconnect
 from gentity.guest import client as guest_client
 from gentity.guest.protocol import Exit, Output
 from gentity.providers.compute.base import ProviderError, ProviderUnavailable
-from gentity.server.auth import Principal, resolve_principal
+from gentity.server.auth import Principal, read_session_cookie, resolve_principal
 from gentity.server.context import AppContext
 from gentity.server.errors import ApiError, answer_for
 from gentity.server.middleware import is_trusted_origin
@@ -95,7 +95,7 @@ async def _authenticate(ctx: AppContext, websocket: WebSocket) -> Principal | No
     ):
         return None
     async with ctx.db.session() as db:
-        return await resolve_principal(db, headers, websocket.cookies, token)
+        return await resolve_principal(db, headers, read_session_cookie(websocket), token)
 
 
 async def _deny(websocket: WebSocket, status: int, message: str) -> None:

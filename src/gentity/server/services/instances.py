@@ -98,12 +98,28 @@ async def agent_health(ctx: AppContext, row: Instance) -> models.AgentHealth | N
     machine)."""
     if not guest_serves(ctx, row) or row.provider_ref is None:
         return None
+    heard = _heard_by_watch(ctx, row.id)
+    if heard is not None:
+        try:
+            return models.AgentHealth.model_validate(heard.get("agent"))
+        except ValidationError:
+            return None
     try:
         endpoint = provider_for(ctx, row).guest_endpoint(handle_of(row))
         info = await guest_client.health(endpoint, guest_secret(ctx, row), timeout=HEALTH_TIMEOUT)
         return models.AgentHealth.model_validate(info.get("agent"))
     except (guest_client.GuestError, ProviderError, ProviderUnavailable, ValidationError):
         return None
+
+
+def _heard_by_watch(ctx: AppContext, instance_id: str) -> dict[str, Any] | None:
+    """What the instance's live watch (``server.recovery``) last heard from its guest, unless
+    an operation here is changing the guest meanwhile. The guest answers its watch at every
+    change, so this is as current as asking it, without a round trip per instance."""
+    task = ctx.watches.get(instance_id)
+    if task is None or task.done() or in_flight_here(ctx, instance_id):
+        return None
+    return ctx.heard.get(instance_id)
 
 
 async def to_wire_with_health(ctx: AppContext, rows: list[Instance]) -> list[models.Instance]:
@@ -436,6 +452,7 @@ def _launch(ctx: AppContext, inst: Instance) -> GuestLaunch:
                 "api_key_suffix": api_key[-20:] if api_key and len(api_key) > 40 else "",
             },
             repo=inst.repo,
+            git_init=agent.git_init,
         ),
     )
 

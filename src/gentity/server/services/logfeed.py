@@ -50,6 +50,10 @@ LINGER_SECONDS = 2.0
 #: ``Feed._flush_delay``): the delay a record may wait for others to share its batch.
 FLUSH_DELAY_MAX = 0.1
 FLUSH_DELAY_PER_FOLLOWER = 0.0001
+#: How many followers a batch is handed to in one turn of the event loop. Each one handed a
+#: batch writes it in the next turn, so a thousand at once would be a turn of tens of ms that
+#: every request in flight waits behind; between two slices, everything else gets its turn.
+FANOUT_SLICE = 100
 
 
 def frame(cursor: str, record: dict[str, str]) -> bytes:
@@ -105,17 +109,18 @@ class Follower:
         self._early = frames
         self._skip = skip
 
-    def push(self, batch: Batch) -> None:
+    def push(self, batch: Batch) -> bool:
+        """Queue ``batch``; whether the follower is to be woken (the feed wakes it)."""
         if self.finished:
-            return
+            return False
         if self._backlog > MAX_BACKLOG_BYTES:
             # Too far behind: end it rather than hold ever more for it.
             self.overflowed = True
             self.finish()
-            return
+            return False
         self._pending.append(batch)
         self._backlog += len(batch.data)
-        self.wake.set()
+        return True
 
     def finish(self, *, drop: bool = True) -> None:
         """End this follower: its stream closes, after what it holds unless ``drop``."""
@@ -234,6 +239,9 @@ class Feed:
         """The ring holds every record of the log (it never dropped one)."""
         self._task: asyncio.Task[None] | None = None
         self._linger: asyncio.TimerHandle | None = None
+        self._to_wake: dict[Follower, None] = {}
+        """Followers with a batch queued that have not been woken yet, oldest first."""
+        self._waking: asyncio.Handle | None = None
         self.started = asyncio.ensure_future(self._start())
         # Retrieved here too, in case every follower that waited for it was cancelled.
         self.started.add_done_callback(lambda f: f.cancelled() or f.exception())
@@ -299,6 +307,7 @@ class Feed:
             self.ended = True
             self.feeds.forget(self)
             self._flush()
+            self._wake(everyone=True)
             for follower in tuple(self.followers):
                 follower.finish(drop=False)
             with contextlib.suppress(Exception):
@@ -333,8 +342,28 @@ class Feed:
         while len(ring) > RING_RECORDS or self._ring_bytes > RING_BYTES:
             self._ring_bytes -= len(ring.popleft()[1])
             self._complete = False
-        for follower in tuple(self.followers):
-            follower.push(batch)
+        to_wake = self._to_wake
+        for follower in self.followers:
+            if follower.push(batch):
+                to_wake[follower] = None
+        if self._waking is None:
+            self._wake()
+
+    def _wake(self, *, everyone: bool = False) -> None:
+        """Wake the next FANOUT_SLICE followers that have batches queued (all with
+        ``everyone``); the next slice in the next turn of the loop. A follower still waiting
+        for its turn when the next batch comes writes both at once: when the server is busy,
+        followers get fewer, larger writes rather than falling behind."""
+        if self._waking is not None:
+            self._waking.cancel()
+            self._waking = None
+        to_wake = self._to_wake
+        for _ in range(len(to_wake) if everyone else min(FANOUT_SLICE, len(to_wake))):
+            follower = next(iter(to_wake))
+            del to_wake[follower]
+            follower.wake.set()
+        if to_wake:
+            self._waking = asyncio.get_running_loop().call_soon(self._wake)
 
     async def subscribe(self, cursor: int | None, lines: int) -> Follower:
         """A new follower: after ``cursor``, or else the last ``lines`` records first."""
@@ -394,6 +423,9 @@ class Feed:
         if self._linger is not None:
             self._linger.cancel()
             self._linger = None
+        if self._waking is not None:
+            self._waking.cancel()
+            self._waking = None
         if self._task is not None:
             self._task.cancel()
 

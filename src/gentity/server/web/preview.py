@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Mapping
+from collections.abc import Iterator
 from html import escape
 from typing import Final
 from urllib.parse import quote
@@ -52,8 +52,9 @@ from gentity.server.web.hosts import instance_subdomain, main_origin, preview_la
 HANDOFF_PATH: Final = "/__gentity/handoff"
 PREVIEW_COOKIE: Final = "gentity_preview"
 # Over https the cookie gets the __Host- prefix: Secure, Path=/, no Domain, never planted by a
-# sibling host.
+# sibling host; and only that name is read then (a plain one may have been planted).
 SECURE_PREVIEW_COOKIE: Final = "__Host-gentity_preview"
+BUSY: Final = "too many connections to this instance's previews; try again later"
 
 
 def safe_path(value: str | None) -> str:
@@ -171,6 +172,27 @@ class PreviewProxy:
     def __init__(self, app: ASGIApp, ctx: AppContext) -> None:
         self.app = app
         self.ctx = ctx
+        self._open: dict[str, int] = {}
+        """Requests and WebSockets being relayed, per instance."""
+
+    @contextlib.contextmanager
+    def _slot(self, instance_id: str) -> Iterator[bool]:
+        """One of the instance's ``GENTITY_PREVIEW_MAX_CONNECTIONS``, or False when all are
+        taken. Counted before the guest is asked for a connection, so a flood of requests
+        reaches neither the guest nor the program."""
+        count = self._open.get(instance_id, 0)
+        if count >= self.ctx.settings.preview_max_connections:
+            yield False
+            return
+        self._open[instance_id] = count + 1
+        try:
+            yield True
+        finally:
+            left = self._open[instance_id] - 1
+            if left:
+                self._open[instance_id] = left
+            else:
+                del self._open[instance_id]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
@@ -201,7 +223,8 @@ class PreviewProxy:
                 return 404, "Not Found"
             if target.public:
                 return target.instance_id, None
-            principal = await self._principal(db, headers, cookies, target.instance_id)
+            secret = cookies.get(self._cookie_name(scope))
+            principal = await self._principal(db, headers, secret, target.instance_id)
         if principal is None:
             if _ours(headers.get("authorization")):
                 return 401, "Unauthorized"
@@ -212,15 +235,18 @@ class PreviewProxy:
             return 403, "Cross-origin request refused"
         return target.instance_id, principal
 
+    def _cookie_name(self, scope: Scope) -> str:
+        secure = _scheme(scope) == "https" or self.ctx.settings.secure_public_url
+        return SECURE_PREVIEW_COOKIE if secure else PREVIEW_COOKIE
+
     @staticmethod
     async def _principal(
-        db: AsyncSession, headers: Headers, cookies: Mapping[str, str], instance_id: str
+        db: AsyncSession, headers: Headers, secret: str | None, instance_id: str
     ) -> Principal | None:
         authorization = headers.get("authorization")
         if _ours(authorization):
             found = await tokens.authenticate(db, (authorization or "").partition(" ")[2].strip())
             return Principal(found[1], "token", found[0]) if found else None
-        secret = cookies.get(SECURE_PREVIEW_COOKIE) or cookies.get(PREVIEW_COOKIE)
         opened = await accounts.session_user(db, secret) if secret else None
         if opened is None or opened.scope_instance_id != instance_id:
             return None  # a preview cookie opens its own instance only
@@ -262,6 +288,22 @@ class PreviewProxy:
             await response(scope, receive, send)
             return
         instance_id, _ = admitted
+        with self._slot(instance_id) as admitted_now:
+            if not admitted_now:
+                await _refusal(request, 503, BUSY, dashboard)(scope, receive, send)
+                return
+            await self._relay_http(scope, receive, send, request, instance_id, port, dashboard)
+
+    async def _relay_http(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        request: Request,
+        instance_id: str,
+        port: int,
+        dashboard: str,
+    ) -> None:
         try:
             upstream = await previews.open_port(self.ctx, instance_id, port)
         except (DomainError, ProviderError, ProviderUnavailable) as exc:
@@ -307,15 +349,15 @@ class PreviewProxy:
         response = RedirectResponse(safe_path(request.query_params.get("next")), status_code=303)
         response.headers["Cache-Control"] = "no-store"
         response.headers["Referrer-Policy"] = "no-referrer"
-        secure = request.url.scheme == "https" or ctx.settings.secure_public_url
+        name = self._cookie_name(request.scope)
         response.set_cookie(
-            SECURE_PREVIEW_COOKIE if secure else PREVIEW_COOKIE,
+            name,
             opened.secret,
             max_age=max(int((opened.expires_at - utcnow()).total_seconds()), 1),
             path="/",
             httponly=True,
             samesite="lax",
-            secure=secure,
+            secure=name == SECURE_PREVIEW_COOKIE,
         )
         return response
 
@@ -333,6 +375,21 @@ class PreviewProxy:
             await _deny(scope, send, status, message)
             return
         instance_id, principal = admitted
+        with self._slot(instance_id) as admitted_now:
+            if not admitted_now:
+                await _deny(scope, send, 503, BUSY)
+                return
+            await self._relay_websocket(scope, receive, send, instance_id, principal, port)
+
+    async def _relay_websocket(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        instance_id: str,
+        principal: Principal | None,
+        port: int,
+    ) -> None:
         headers = Headers(scope=scope)
         try:
             upstream = await previews.open_port(self.ctx, instance_id, port)
@@ -358,8 +415,9 @@ class PreviewProxy:
             accept: dict[str, object] = {"type": "websocket.accept"}
             if chosen := answer.get("Sec-WebSocket-Protocol"):
                 accept["subprotocol"] = chosen
-            cookies = [clean_set_cookie(v.encode("latin-1")) for v in answer.get_all("Set-Cookie")]
-            accept["headers"] = [(b"set-cookie", c) for c in cookies if c is not None]
+            cookies = answer.get_all("Set-Cookie")
+            cleaned_cookies = [clean_set_cookie(proxy.header_bytes(v)) for v in cookies]
+            accept["headers"] = [(b"set-cookie", c) for c in cleaned_cookies if c is not None]
             await send(accept)
             credential = principal.credential if principal is not None else None
             if credential is None:
@@ -388,7 +446,12 @@ def _wants_page(request: Request) -> bool:
 def _refusal(request: Request, status: int, message: str, dashboard: str) -> Response:
     if not _wants_page(request):
         return _error(status, message)
-    titles = {404: "Not found", 409: "The instance is not running", 502: "Nothing to show"}
+    titles = {
+        404: "Not found",
+        409: "The instance is not running",
+        502: "Nothing to show",
+        503: "Too many connections",
+    }
     return _page(status, titles.get(status, "Preview unavailable"), message, dashboard, "Dashboard")
 
 

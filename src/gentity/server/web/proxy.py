@@ -19,7 +19,6 @@ from typing import Final
 import h11
 from starlette.types import Message, Receive, Scope, Send
 from websockets.client import ClientProtocol
-from websockets.datastructures import Headers as WsHeaders
 from websockets.frames import Close, Frame, Opcode
 from websockets.http11 import Response as WsResponse
 from websockets.uri import parse_uri
@@ -148,7 +147,7 @@ async def _relay_response(
                 # 1xx (100 Continue...) answers are this hop's business.
     except TimeoutError:
         raise UpstreamError("the program did not answer in time") from None
-    headers = filter_response([(bytes(k), bytes(v)) for k, v in event.headers.raw_items()])
+    headers = filter_response(_framing_cleaned(event.headers.raw_items()))
     await send({"type": "http.response.start", "status": event.status_code, "headers": headers})
     while True:
         event = await _next_event(conn, reader)
@@ -157,6 +156,17 @@ async def _relay_response(
         elif isinstance(event, h11.EndOfMessage | h11.ConnectionClosed):
             break
     await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+def _framing_cleaned(raw: Iterable[tuple[bytes, bytes]]) -> Headers:
+    """The answer's headers, without a ``Content-Length`` when it also has a
+    ``Transfer-Encoding``: the body was read by the latter (RFC 9112 6.3), and a length that
+    does not match it, passed on, would let the instance split or join answers at the next hop
+    (response smuggling). Without it, the ASGI server frames the body itself."""
+    headers = [(bytes(k).lower(), bytes(v)) for k, v in raw]
+    if any(k == b"transfer-encoding" for k, _ in headers):
+        headers = [(k, v) for k, v in headers if k != b"content-length"]
+    return headers
 
 
 # --- WebSocket -----------------------------------------------------------------------------
@@ -168,6 +178,8 @@ class Handshake:
 
     response: WsResponse
     protocol: ClientProtocol
+    early: list[Frame] = dataclasses.field(default_factory=list)
+    """Frames that came in the same read as the answer: the relay passes them on first."""
 
     @property
     def accepted(self) -> bool:
@@ -185,36 +197,64 @@ async def ws_handshake(
         subprotocols=subprotocols or None,  # type: ignore[arg-type]
         max_size=MAX_MESSAGE_BYTES,
     )
-    request = protocol.connect()
-    own = {k.lower() for k in request.headers}
-    merged = WsHeaders()
-    for raw_name, raw_value in headers:
-        if raw_name.decode("latin-1").lower() not in own:
-            merged[raw_name.decode("latin-1")] = raw_value.decode("latin-1")
-    for name, value in request.headers.raw_items():
-        if name.lower() != "host":
-            merged[name] = value
-    merged["Host"] = next((v.decode("latin-1") for k, v in headers if k == b"host"), "preview")
-    protocol.send_request(dataclasses.replace(request, path=target, headers=merged))
+    # The request is written here, as bytes: the browser's header values (which may hold any
+    # byte but CR, LF and NUL) reach the instance exactly as they came, whichever text
+    # encoding the installed ``websockets`` would give them. The protocol object only needs
+    # the key it generated, to check the answer.
+    own = protocol.connect().headers
+    names = {name.lower() for name in own}
+    path = target.encode("latin-1")
+    if not _one_line(path) or b" " in path:
+        raise UpstreamError("the request's path cannot be sent")
+    lines = [b"GET " + path + b" HTTP/1.1"]
+    host = next((v for k, v in headers if k.lower() == b"host"), b"preview")
+    lines.append(b"Host: " + host)
+    for name, value in headers:
+        if name.decode("latin-1").lower() not in names | {"host"} and _one_line(name + value):
+            lines.append(name + b": " + value)
+    for key, text in own.raw_items():
+        if key.lower() != "host":
+            lines.append(key.encode("ascii") + b": " + text.encode("ascii"))
+    writer.write(b"\r\n".join(lines) + b"\r\n\r\n")
     try:
         async with asyncio.timeout(30):
             while True:
                 writer.write(b"".join(protocol.data_to_send()))
                 await writer.drain()
-                for event in protocol.events_received():
-                    if isinstance(event, WsResponse):
-                        return Handshake(event, protocol)
                 data = await reader.read(_CHUNK)
                 if data:
                     protocol.receive_data(data)
-                    continue
-                protocol.receive_eof()
-                for event in protocol.events_received():
-                    if isinstance(event, WsResponse):
-                        return Handshake(event, protocol)
-                raise UpstreamError("the program closed the connection without answering")
+                else:
+                    protocol.receive_eof()
+                if (answered := _answered(protocol)) is not None:
+                    return answered
+                if not data:
+                    raise UpstreamError("the program closed the connection without answering")
     except (TimeoutError, ConnectionError) as exc:
         raise UpstreamError(f"no answer to the WebSocket upgrade: {exc or 'timed out'}") from None
+
+
+def _one_line(data: bytes) -> bool:
+    # The ASGI server has parsed these already; this only keeps a line a line.
+    return not any(c in data for c in b"\r\n\0")
+
+
+def _answered(protocol: ClientProtocol) -> Handshake | None:
+    events = protocol.events_received()
+    for index, event in enumerate(events):
+        if isinstance(event, WsResponse):
+            early = [e for e in events[index + 1 :] if isinstance(e, Frame)]
+            return Handshake(event, protocol, early)
+    return None
+
+
+def header_bytes(value: str) -> bytes:
+    """A header value ``websockets`` parsed, as the bytes it came as: versions 17 and later
+    decode ISO-8859-1, earlier ones ASCII with surrogate escapes."""
+    try:
+        return value.encode("latin-1")
+    except UnicodeEncodeError:
+        return value.encode("ascii", errors="surrogateescape")
 
 
 async def ws_relay(
@@ -249,14 +289,11 @@ async def ws_relay(
     async def instance_to_browser() -> None:
         parts: list[bytes] = []
         text = False
+        # What came with the answer to the upgrade goes first.
+        frames: list[Frame] = handshake.early
+        eof = False
         while True:
-            data = await reader.read(_CHUNK)
-            if data:
-                protocol.receive_data(data)
-            else:
-                protocol.receive_eof()
-            for frame in protocol.events_received():
-                assert isinstance(frame, Frame)
+            for frame in frames:
                 if frame.opcode in (Opcode.TEXT, Opcode.BINARY):
                     text, parts = frame.opcode is Opcode.TEXT, [bytes(frame.data)]
                 elif frame.opcode is Opcode.CONT:
@@ -267,9 +304,16 @@ async def ws_relay(
                     await send(_ws_message(b"".join(parts), text))
                     parts = []
             await flush()
-            if protocol.close_rcvd is not None or not data or protocol.close_expected():
+            if protocol.close_rcvd is not None or eof or protocol.close_expected():
                 await _close(send, protocol.close_rcvd)
                 return
+            data = await reader.read(_CHUNK)
+            if data:
+                protocol.receive_data(data)
+            else:
+                eof = True
+                protocol.receive_eof()
+            frames = [f for f in protocol.events_received() if isinstance(f, Frame)]
 
     async def revoked() -> None:
         await ended.wait()

@@ -19,6 +19,7 @@ from gentity.server.auth import (
     Db,
     Principal,
     context,
+    read_session_cookie,
     resolve_principal,
     secure_cookie,
     set_session_cookie,
@@ -63,7 +64,7 @@ async def _principal(request: Request, db: AsyncSession) -> Principal | None:
     send it. A session opened on an instance's subdomain is scoped to that instance's
     terminal: it signs nobody in here (else its cookie, replayed to the main host, would open
     every page and hand off to every other instance)."""
-    principal = await resolve_principal(db, Headers(), request.cookies)
+    principal = await resolve_principal(db, Headers(), read_session_cookie(request))
     if principal is None or principal.scope_instance_id is not None:
         return None
     return principal
@@ -72,7 +73,7 @@ async def _principal(request: Request, db: AsyncSession) -> Principal | None:
 async def _subdomain_principal(request: Request, db: AsyncSession, sub: str) -> Principal | None:
     """The signed-in owner on ``sub``'s host: a session scoped to that very instance (or a
     dashboard session); a session scoped to any other instance counts for nothing."""
-    principal = await resolve_principal(db, Headers(), request.cookies)
+    principal = await resolve_principal(db, Headers(), read_session_cookie(request))
     if principal is None or principal.scope_instance_id is None:
         return principal
     row = await instances.find_owned(db, principal.user.id, instance_id=principal.scope_instance_id)

@@ -18,7 +18,7 @@ from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from gentity.testing.fakefly import apps, faults, ids, leases, logs, machines
+from gentity.testing.fakefly import apps, faults, ids, leases, logs, machines, orgs
 from gentity.testing.fakefly.edge import Edge
 from gentity.testing.fakefly.errors import FlyError, fly_error_handler, not_found
 from gentity.testing.fakefly.faults import Faults
@@ -185,6 +185,7 @@ def create_app(
     app.include_router(apps.router(fleet))
     app.include_router(leases.router(find))
     app.include_router(machines.router(fleet))
+    app.include_router(orgs.router(fleet))
     app.include_router(logs.router(fleet.logs, lambda name: name in fleet.apps))
     app.include_router(_control_router(fleet, injected))
     return app

@@ -28,6 +28,10 @@ LOGS_URL = "https://api.fly.io"
 MAX_WAIT_SECONDS = 60
 """Fly's proxy cuts ``wait`` at 60 s, and the API refuses longer."""
 LOG_POLL_FAILURES = 10
+ORG_PAGE = 2000
+"""Machines per page of the organization's listing (Fly's maximum)."""
+ORG_MAX_PAGES = 1000
+"""A bound on the pages followed, against a cursor that never ends."""
 
 
 @dataclass(frozen=True)
@@ -213,6 +217,32 @@ class FlyApi:
         )
         machines: list[Json] = response.json()
         return machines
+
+    async def list_org_machines(self, org_slug: str, *, limit: int = ORG_PAGE) -> list[Json]:
+        """Every live machine of the organization, of all its apps (``OrgMachine`` objects:
+        ``id``, ``app_name``, ``state``… without config), following ``next_cursor`` page by
+        page. Fly says the listing is a point in time that may lag recent changes."""
+        machines: list[Json] = []
+        params: dict[str, str] = {"summary": "true", "limit": str(limit)}
+        for _ in range(ORG_MAX_PAGES):
+            response = await self._request(
+                "GET",
+                f"/v1/orgs/{org_slug}/machines",
+                # Paced as a read: a listing's pages follow one another at once.
+                pace=f"list org {org_slug}",
+                rate=(5, 10),
+                params=params,
+            )
+            body: Json = response.json()
+            page = body.get("machines") or []
+            machines += page
+            cursor = body.get("next_cursor")
+            if not page or not cursor:
+                return machines
+            params["cursor"] = str(cursor)
+        raise FlyApiError(
+            FlyErrorKind.UPSTREAM, f"listing the machines of {org_slug}: too many pages"
+        )
 
     async def update_machine(
         self, app: str, machine_id: str, config: Json, *, nonce: str | None = None

@@ -30,6 +30,7 @@ import stat
 import subprocess
 import threading
 import time
+from collections.abc import Callable, Sequence
 from functools import cache, cached_property
 from pathlib import Path
 
@@ -552,12 +553,35 @@ class LocalProvider(ComputeProvider):
     async def status(self, handle: MachineHandle) -> MachineStatus:
         return self.in_flight.overlay(handle.ref, self._seen(handle))
 
-    def _seen(self, handle: MachineHandle) -> MachineStatus:
+    async def statuses(
+        self, handles: Sequence[MachineHandle]
+    ) -> list[MachineStatus | ProviderError]:
+        """From this host's process table, read in one go off the event loop: each process is
+        looked at once however many instances are asked about."""
+        seen = await anyio.to_thread.run_sync(self._seen_all, list(handles))
+        return [self.in_flight.overlay(h.ref, s) for h, s in zip(handles, seen, strict=True)]
+
+    def _seen_all(self, handles: list[MachineHandle]) -> list[MachineStatus]:
+        daemons: dict[int, bool] = {}
+
+        def is_guest_daemon(pid: int) -> bool:
+            known = daemons.get(pid)
+            if known is None:
+                known = daemons[pid] = processes.is_guest_daemon(pid)
+            return known
+
+        return [self._seen(handle, is_guest_daemon) for handle in handles]
+
+    def _seen(
+        self,
+        handle: MachineHandle,
+        is_guest_daemon: Callable[[int], bool] = processes.is_guest_daemon,
+    ) -> MachineStatus:
         paths = self.paths(handle)
         if not paths.root.exists():
             return MachineStatus(MachineState.MISSING)
         pids = self._pids(handle)
-        if any(processes.is_guest_daemon(pid) for pid in pids):
+        if any(is_guest_daemon(pid) for pid in pids):
             self._guest_gone_at.pop(handle.ref, None)
             return MachineStatus(MachineState.RUNNING)
         if pids:
