@@ -21,6 +21,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from gentity.server.app import create_app
+from gentity.server.websocket_protocol import WebSocketProtocol
 from gentity.settings import Settings
 from gentity.testing.stack import fakes
 
@@ -145,7 +146,7 @@ class LiveServer:
             host="127.0.0.1",
             port=0,
             log_level="warning",
-            ws="websockets-sansio",
+            ws=WebSocketProtocol,  # as `gentity serve`
             # As `gentity serve`: forwarding headers are the app's (GENTITY_TRUSTED_PROXIES).
             proxy_headers=False,
             timeout_graceful_shutdown=2,

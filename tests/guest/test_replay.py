@@ -148,6 +148,15 @@ def test_buffer_keeps_modes_of_evicted_output_and_cuts_at_a_boundary() -> None:
     assert not buf.full_screen
 
 
+def test_evicted_mode_changes_apply_in_order_whether_7_or_8_bit() -> None:
+    buf = ReplayBuffer(100)
+    # Set by C1 CSI, reset by ESC c, set again by C1, cleared by 7-bit: the last one wins.
+    buf.append(b"\xc2\x9b?2004h\x1bc\xc2\x9b?1049h\x1b[?1049l\xc2\x9b?25l\nx")
+    buf.append(b"y" * 99 + b"\n")
+    assert buf.getvalue().startswith(b"\x1b[?25l")
+    assert b"1049" not in buf.getvalue() and b"2004" not in buf.getvalue()
+
+
 def test_buffer_never_starts_inside_a_sequence() -> None:
     buf = ReplayBuffer(300)
     for i in range(200):

@@ -138,6 +138,21 @@ async def test_slow_viewer_is_dropped_without_stalling_others(guest_factory: Gue
     await fast.close()
 
 
+async def test_a_viewer_that_pauses_gets_all_output_once_it_reads_again(
+    guest_factory: GuestFactory,
+) -> None:
+    guest = guest_factory()
+    term = await guest.attach()
+    await term.send("head -c 3000000 /dev/zero | tr '\\0' y; echo; echo end$((2+3))\n")
+    # Not reading for a second: the output backs up to the guest, which stops reading the
+    # terminal (the program waits on its writes) and must start again once this viewer reads.
+    await asyncio.sleep(1.0)
+    await term.expect("end5", timeout=60)
+    assert term.output.count(b"y") >= 3_000_000
+    assert (await guest.wait_for(lambda h: h["viewers"] == 1))["viewers"] == 1
+    await term.close()
+
+
 async def test_agent_exit_sends_exit_frame_and_restarts(guest_factory: GuestFactory) -> None:
     guest = guest_factory()
     first_pid = (await guest.wait_for(lambda h: h["state"] == "running"))["agentPid"]

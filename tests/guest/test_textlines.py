@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from gentity.guest.redact import Redactor
 from gentity.guest.textlines import LineLogger, strip_terminal
 from tests.waiting import wait_until
 
@@ -40,3 +41,30 @@ def test_cursor_moves_between_words_keep_the_words_apart() -> None:
     assert strip_terminal("to\x1b[3;12HAnthropic\x1b[20Gservices\x1b[K") == "to Anthropic services"
     assert strip_terminal("\x1b[1;1H\x1b[1mbold\x1b[0m\x1b[5`x") == "bold x"
     assert strip_terminal("é\x1b[31m中\x1b[0m") == "é中"  # no move, no gap
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("secrets", [[], ["s3cret-value-xyz"], ["never-printed-value"]])
+async def test_a_chunk_of_lines_is_cleaned_as_line_by_line(secrets: list[str]) -> None:
+    # A busy log takes a faster path through whole chunks; what comes out must be the same.
+    redactor = Redactor(secrets)
+    lines: list[str] = []
+    logger = LineLogger(emit_lines=lines.extend, max_line=12, redact=redactor)
+    raw = [
+        "plain",
+        "  padded  ",
+        "",
+        "\x1b[1mbold\x1b[0m and s3cret-value-xyz here",
+        "\t",
+        "a line longer than twelve characters",
+        "s3cret-value-xyz",
+        "tail",
+    ]
+    logger.feed("\r\n".join(raw[:3]).encode() + b"\r\n")
+    logger.feed("\r\n".join(raw[3:]).encode() + b"\r\n")
+    expected = []
+    for line in raw:
+        clean = redactor(strip_terminal(line).strip())
+        expected += [clean[i : i + 12] for i in range(0, len(clean), 12)]
+    assert lines == expected
+    assert any("s3cret" in line for line in lines) == (secrets != ["s3cret-value-xyz"])

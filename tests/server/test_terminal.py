@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 
 import httpx
 import pytest
 from websockets.exceptions import InvalidStatus
+from websockets.extensions.permessage_deflate import PerMessageDeflate
 
 from tests.conftest import LiveServer
 from tests.server.terminal_client import Terminal, ws_url
@@ -70,6 +72,49 @@ def test_fresh_shell_for_a_viewer(bearer: httpx.Client, token: str) -> None:
     asyncio.run(scenario())
     logs = bearer.get(f"/api/instances/{iid}/logs", params={"lines": 1000}).json()["logs"]
     assert not any("private-10" in line["message"] for line in logs)
+    bearer.delete(f"/api/instances/{iid}")
+
+
+def test_bulk_and_non_ascii_output_arrive_whole_and_in_order(
+    bearer: httpx.Client, token: str
+) -> None:
+    iid = create_shell(bearer)["id"]
+
+    async def scenario() -> None:
+        term = await Terminal.open(ws_url(str(bearer.base_url), iid, token), max_size=None)
+        # About 2.4 MB: more than the guest lets a viewer lag behind before it pauses.
+        await term.send(
+            "printf 'caf\\303\\251 \\342\\225\\255\\n'; seq 1 350000; echo end-$((7*6))\r"
+        )
+        output = await term.expect("end-42", timeout=60)
+        await term.close()
+        assert "café ╭" in output
+        lines = output.replace("\r", "").split("\n")
+        first = lines.index("1")
+        assert lines[first : first + 350000] == [str(n) for n in range(1, 350001)]
+
+    asyncio.run(scenario())
+    bearer.delete(f"/api/instances/{iid}")
+
+
+def test_a_burst_of_input_messages_arrives_whole_and_in_order(
+    bearer: httpx.Client, token: str
+) -> None:
+    # The server reads the next message while the app is still busy with the last one; none
+    # may be lost or overtaken. One message per keystroke, sent without waiting.
+    iid = create_shell(bearer)["id"]
+    digits = "".join(str(n % 10) for n in range(400))
+
+    async def scenario() -> None:
+        term = await Terminal.open(ws_url(str(bearer.base_url), iid, token))
+        for char in f"echo :{digits}:$((6*7))\r":
+            await term.ws.send(json.dumps({"type": "input", "data": char}))
+        await term.expect(f":{digits}:42")
+        deflate = [e for e in term.ws.protocol.extensions if isinstance(e, PerMessageDeflate)]
+        assert deflate and deflate[0].remote_max_window_bits == 12
+        await term.close()
+
+    asyncio.run(scenario())
     bearer.delete(f"/api/instances/{iid}")
 
 

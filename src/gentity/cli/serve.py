@@ -32,6 +32,7 @@ def serve(
 
     from gentity.server.app import create_app  # heavy import: only for this command
     from gentity.server.preflight import StartupError, preflight
+    from gentity.server.websocket_protocol import WebSocketProtocol
 
     try:
         asyncio.run(preflight(settings))
@@ -61,7 +62,7 @@ def serve(
         proxy_headers=False,
         access_log=True,
         log_config=None,
-        ws="websockets-sansio",
+        ws=WebSocketProtocol,  # uvicorn's sans-I/O protocol, tuned for terminals
         timeout_graceful_shutdown=5,
     )
     uvicorn.Server(config).run(sockets=[listener])

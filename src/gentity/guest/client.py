@@ -364,8 +364,17 @@ async def open_session(
     """
     if op not in (p.OP_ATTACH, p.OP_SHELL):
         raise ValueError(f"op must be 'attach' or 'shell', not {op!r}")
-    reader, writer, _ = await _request(where, secret, op, {"cols": cols, "rows": rows}, timeout)
+    reader, writer, _ = await _request(
+        where, secret, op, {"cols": cols, "rows": rows}, timeout, SESSION_READ_LIMIT
+    )
     return GuestSession(reader, writer)
+
+
+#: What a terminal's reader buffers before it stops reading (twice this, as asyncio counts):
+#: one batch of output from the guest fits, so bulk output is not read in pieces with the
+#: socket switched off and on between them, and a client that stops reading still pushes
+#: back on the guest within a few hundred KiB.
+SESSION_READ_LIMIT: Final = 256 * 1024
 
 
 class _FrameStream:

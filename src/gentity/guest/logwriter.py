@@ -53,13 +53,13 @@ class LogWriter:
         """
         if self._fd is None or not messages:
             return
-        if self.redact:
+        if self.redact.occurs_in("\n".join(messages)):
             messages = [self.redact(m) for m in messages]
         head = f'{{"timestamp": "{format_timestamp()}", "level": {json.dumps(level)}, "message": '
         if _JSON_UNSAFE.search("".join(messages)):
             text = "".join(f"{head}{json.dumps(m, ensure_ascii=False)}}}\n" for m in messages)
-        else:  # nothing to escape: the string goes in as it is
-            text = "".join(f'{head}"{m}"}}\n' for m in messages)
+        else:  # nothing to escape: the strings go in as they are, joined in one call
+            text = head + '"' + ('"}\n' + head + '"').join(messages) + '"}\n'
         data = text.encode("utf-8", "replace")
         for fd in (self._fd, 1) if self._echo else (self._fd,):
             _write_all(fd, data)

@@ -32,6 +32,10 @@ class Redactor:
     def __bool__(self) -> bool:
         return bool(self._values)
 
+    def occurs_in(self, text: str) -> bool:
+        """True if a secret occurs in ``text`` (one scan per secret, for a whole chunk)."""
+        return any(value in text for value in self._values)
+
     def __call__(self, text: str) -> str:
         for value in self._values:
             if value in text:

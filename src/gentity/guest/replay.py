@@ -235,8 +235,10 @@ def _trailing(data: bytes, match: re.Match[bytes]) -> bool:
     return match.end() == len(data) and match.group() in (b"\x1b", b"\xc2")
 
 
-# Private modes as they stand where the buffer begins; see ReplayBuffer._evict.
-_MODE_CHANGE = re.compile(rb"(?:\x1b\[|\xc2\x9b)\?([0-9;]*)([hl])|\x1bc")
+# Private modes as they stand where the buffer begins; see ReplayBuffer._evict. Each pattern
+# starts with a literal, which the regex engine looks for far faster than an alternation.
+_MODE_CHANGE = re.compile(rb"\x1b(?:\[\?([0-9;]*)([hl])|c)")
+_MODE_CHANGE_C1 = re.compile(rb"\xc2\x9b\?([0-9;]*)([hl])")
 _ALT_SCREEN: Final = (1049, 1047, 47)
 _DEFAULT_ON: Final = frozenset({7, 25})  # autowrap, cursor visible
 
@@ -285,15 +287,23 @@ class ReplayBuffer:
         # Cut where a sequence or a line begins, so the buffer never starts inside an escape
         # sequence or a multibyte character; then remember the modes the evicted part set.
         buf = self._buf
-        cut = excess
         limit = min(len(buf), excess + MAX_SEQUENCE)
-        while cut < limit and buf[cut] != ESC and buf[cut - 1] != 0x0A:
-            cut += 1
+        # The first ESC at or after ``excess``, or the first byte after a newline.
+        escape = buf.find(b"\x1b", excess, limit)
+        newline = buf.find(b"\n", excess - 1, limit - 1)
+        cut = min(
+            escape if escape >= 0 else limit,
+            newline + 1 if newline >= 0 else limit,
+        )
         if cut == limit:  # a long run of text: any character boundary will do
             cut = excess
             while cut < len(buf) and 0x80 <= buf[cut] < 0xC0:
                 cut += 1
-        for match in _MODE_CHANGE.finditer(buf, 0, cut):
+        changes = [*_MODE_CHANGE.finditer(buf, 0, cut)]
+        if buf.find(b"\xc2\x9b", 0, cut) >= 0:  # 8-bit CSI: rare, so rarely sorted
+            changes += _MODE_CHANGE_C1.finditer(buf, 0, cut)
+            changes.sort(key=lambda match: match.start())
+        for match in changes:
             if match.group() == b"\x1bc":
                 self._base_modes.clear()
                 continue

@@ -28,9 +28,10 @@ from gentity.guest.textlines import LineLogger
 #: Pending output a viewer may lag behind before it is dropped.
 VIEWER_QUEUE_LIMIT: Final = 4 * 1024 * 1024
 #: Flow control: reading the PTY pauses while a viewer has more than HIGH_WATER bytes queued
-#: and resumes below LOW_WATER, so fast output runs at the pace of its viewers (the program
-#: blocks on its writes, as on any terminal). A viewer that stays stuck for STALL_LIMIT
-#: seconds is dropped instead, so it cannot freeze the agent for everyone.
+#: and resumes as soon as every viewer is below LOW_WATER (the transport says when, nothing
+#: polls), so fast output runs at the pace of its viewers (the program blocks on its writes,
+#: as on any terminal). A viewer that stays stuck for STALL_LIMIT seconds is dropped instead,
+#: so it cannot freeze the agent for everyone.
 HIGH_WATER: Final = 1024 * 1024
 LOW_WATER: Final = 256 * 1024
 STALL_LIMIT: Final = 5.0
@@ -57,6 +58,9 @@ class Viewer:
     def __init__(self, writer: asyncio.StreamWriter, limit: int = VIEWER_QUEUE_LIMIT) -> None:
         self._writer = writer
         self._limit = limit
+        # The transport tells the writer when its backlog falls below LOW_WATER again:
+        # what :meth:`drained` waits for.
+        writer.transport.set_write_buffer_limits(high=HIGH_WATER, low=LOW_WATER)
 
     @property
     def closed(self) -> bool:
@@ -67,6 +71,11 @@ class Viewer:
     def backlog(self) -> int:
         """Bytes written to this viewer and not yet taken by it."""
         return 0 if self.closed else self._writer.transport.get_write_buffer_size()
+
+    async def drained(self) -> None:
+        """Return once the backlog is at most LOW_WATER, or the viewer is gone."""
+        with contextlib.suppress(OSError):  # gone: nothing left to wait for
+            await self._writer.drain()
 
     def drop(self) -> None:
         """Disconnect at once, discarding the backlog."""
@@ -140,7 +149,7 @@ class PtySession:
         self._master = -1
         self._pending_input = bytearray()
         self._grace: asyncio.TimerHandle | None = None
-        self._paused_since: float | None = None
+        self._resume: asyncio.Task[None] | None = None
         self._loop = asyncio.get_running_loop()
         self._done: asyncio.Future[tuple[int | None, str | None]] = self._loop.create_future()
 
@@ -299,26 +308,35 @@ class PtySession:
         except OSError:
             data = b""  # EIO: every slave fd is closed; treat other errors alike
         # A PTY hands out at most a few KiB per read: gather what is already there, so a burst
-        # of output costs one frame per viewer and one log write, not dozens.
-        while data and len(data) < READ_BATCH:
-            try:
-                more = os.read(self._master, READ_CHUNK)
-            except OSError:  # BlockingIOError: drained for now; EIO is seen on the next call
-                break
-            if not more:
-                break
-            data += more
+        # of output costs one frame per viewer and one log write, not dozens. (Never waits:
+        # a lone keystroke's echo goes out at once.)
+        if len(data) > 1024:
+            pieces = [data]
+            total = len(data)
+            while total < READ_BATCH:
+                try:
+                    more = os.read(self._master, READ_CHUNK)
+                except OSError:  # BlockingIOError: drained for now; EIO is seen on the next call
+                    break
+                if not more:
+                    break
+                pieces.append(more)
+                total += len(more)
+            if len(pieces) > 1:
+                data = b"".join(pieces)
         if not data:
             self._close_master()
             if self.returncode is not None:
                 self._finish()
             return
-        self._touch()
-        if self.replay is not None:
-            self.replay.append(data)
+        # Viewers first: a keystroke's echo is on its way before the replay and the log
+        # take their copies (nothing can attach in between: this runs to its end).
         for viewer in list(self.viewers):
             if not viewer.send_output(data):
                 self.viewers.discard(viewer)
+        self._touch()
+        if self.replay is not None:
+            self.replay.append(data)
         if self._logger is not None:
             self._logger.feed(data)
         if self._on_output is not None:
@@ -327,25 +345,24 @@ class PtySession:
             self._pause_reading()
 
     def _pause_reading(self) -> None:
-        if self._master < 0 or self._paused_since is not None:
+        if self._master < 0 or self._resume is not None:
             return
         self._loop.remove_reader(self._master)
-        self._paused_since = self._loop.time()
-        self._loop.call_later(0.01, self._maybe_resume)
+        self._resume = self._loop.create_task(self._resume_when_drained())
 
-    def _maybe_resume(self) -> None:
-        if self._paused_since is None or self._master < 0:
-            self._paused_since = None
-            return
+    async def _resume_when_drained(self) -> None:
         stuck = [v for v in self.viewers if v.backlog > LOW_WATER]
-        if stuck and self._loop.time() - self._paused_since < STALL_LIMIT:
-            self._loop.call_later(0.01, self._maybe_resume)
-            return
-        for viewer in stuck:  # still stuck after STALL_LIMIT: let it go, resume for the rest
-            viewer.drop()
-            self.viewers.discard(viewer)
-        self._paused_since = None
-        self._loop.add_reader(self._master, self._on_readable)
+        try:
+            async with asyncio.timeout(STALL_LIMIT):
+                await asyncio.gather(*(v.drained() for v in stuck), return_exceptions=True)
+        except TimeoutError:
+            for viewer in stuck:  # still stuck after STALL_LIMIT: let it go, resume the rest
+                if viewer.backlog > LOW_WATER:
+                    viewer.drop()
+                    self.viewers.discard(viewer)
+        self._resume = None
+        if self._master >= 0:
+            self._loop.add_reader(self._master, self._on_readable)
 
     def _on_child_exit(self, returncode: int) -> None:
         self.returncode = returncode
@@ -373,7 +390,9 @@ class PtySession:
         return session_pids(self.pid)
 
     def _close_master(self) -> None:
-        self._paused_since = None
+        if self._resume is not None:
+            self._resume.cancel()
+            self._resume = None
         if self._master >= 0:
             self._loop.remove_reader(self._master)
             self._loop.remove_writer(self._master)

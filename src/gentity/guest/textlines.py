@@ -97,8 +97,14 @@ class LineLogger:
         if newline:
             # Escape sequences never span a newline, so the complete lines of the chunk
             # are cleaned in one pass.
-            for line in strip_terminal(complete).split("\n"):
-                self._pieces(line.strip(), out)
+            cleaned = strip_terminal(complete)
+            lines = cleaned.split("\n")
+            if max(map(len, lines)) <= self._max_line and not self._redact.occurs_in(cleaned):
+                # The bulk of a busy log: nothing to redact or cut, blank lines left out.
+                out = [clean for line in lines if (clean := line.strip())]
+            else:
+                for line in lines:
+                    self._pieces(line.strip(), out)
         while len(self._partial) > self._max_line:
             piece = strip_terminal(self._partial[: self._max_line])
             clean, held = self._split_unsafe(piece, limit=self._max_line // 2)

@@ -127,11 +127,11 @@ async def _pipe(
             if isinstance(frame, Output):
                 text = decoder.decode(frame.data)
                 if text:
-                    await websocket.send_text(_message("output", data=text))
+                    await websocket.send_text(_output(text))
             elif isinstance(frame, Exit):
                 tail = decoder.decode(b"", final=True)
                 if tail:
-                    await websocket.send_text(_message("output", data=tail))
+                    await websocket.send_text(_output(tail))
                 await websocket.send_text(
                     _message("exit", exitCode=frame.exit_code, signal=frame.signal)
                 )
@@ -189,3 +189,13 @@ def _valid_size(value: object) -> TypeGuard[int]:
 
 def _message(kind: str, **fields: Any) -> str:
     return json.dumps({"type": kind, **fields}, separators=(",", ":"))
+
+
+def _output(text: str) -> str:
+    """``{"type":"output","data":...}``, as :func:`_message` writes it, without building a
+    dict and an encoder for every chunk: the hot path of keystrokes and bulk output alike.
+    Non-ASCII text goes in as it is (valid JSON, and a third the size of ``\\uXXXX``)."""
+    return '{"type":"output","data":' + _json_string(text) + "}"
+
+
+_json_string = json.encoder.encode_basestring
