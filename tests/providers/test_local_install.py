@@ -15,11 +15,21 @@ from gentity.catalog import InstallStep
 from gentity.guest.logreader import tail
 from gentity.guest.logwriter import LogWriter
 from gentity.guest.redact import Redactor
-from gentity.providers.compute.local.install import AgentInstallError, bin_dir, ensure_installed
+from gentity.providers.compute.local.install import (
+    AgentInstallError,
+    InstallSandbox,
+    bin_dir,
+    ensure_installed,
+)
 
 pytestmark = pytest.mark.anyio
 
 CLOSED = "http://127.0.0.1:1"
+
+
+def _sandbox(tmp_path: Path) -> InstallSandbox:
+    """The installs run sandboxed, as the local provider runs them, as a uid of this range."""
+    return InstallSandbox(tmp_path, uid_range=(1_900_000, 1_999_999))
 
 
 def _records(path: Path) -> list[tuple[str, str]]:
@@ -75,7 +85,7 @@ async def test_npm_runs_the_packages_install_scripts_with_their_output_in_the_lo
     agents, log_file = tmp_path / "agents", tmp_path / "instance.log"
     step = InstallStep(npm=str(tarball))
     with LogWriter(log_file) as log:
-        await ensure_installed(agents, "probe", step, log)
+        await ensure_installed(agents, "probe", step, log, _sandbox(tmp_path))
     package = bin_dir(agents, "probe", step).parent / "lib" / "node_modules" / "gentity-probe-agent"
     assert (package / "postinstall-ran").read_text() == "yes"
     assert (bin_dir(agents, "probe", step) / "probe-agent").exists()
@@ -90,7 +100,7 @@ async def test_an_unreachable_npm_registry_is_the_error_and_logged_at_error(
     agents, log_file = tmp_path / "agents", tmp_path / "instance.log"
     step = InstallStep(npm="gentity-no-such-agent", version="1.2.3")
     with LogWriter(log_file) as log, pytest.raises(AgentInstallError) as raised:
-        await ensure_installed(agents, "probe", step, log)
+        await ensure_installed(agents, "probe", step, log, _sandbox(tmp_path))
     assert str(raised.value) == "install failed: npm: ECONNREFUSED reaching the registry"
     records = _records(log_file)
     # The pin reaches the command, and the cause is the one record at ERROR.
@@ -106,7 +116,7 @@ async def test_a_missing_pypi_package_is_the_error_with_the_index_unreachable(
     agents, log_file = tmp_path / "agents", tmp_path / "instance.log"
     step = InstallStep(pypi="gentity-no-such-agent", version="9.9")
     with LogWriter(log_file) as log, pytest.raises(AgentInstallError) as raised:
-        await ensure_installed(agents, "probe", step, log)
+        await ensure_installed(agents, "probe", step, log, _sandbox(tmp_path))
     assert str(raised.value) == (
         "install failed: pip: No matching distribution found for gentity-no-such-agent==9.9; "
         "the package index could not be reached"
@@ -125,7 +135,7 @@ async def test_the_cause_is_redacted_like_every_record(
     agents, log_file = tmp_path / "agents", tmp_path / "instance.log"
     step = InstallStep(pypi=f"x{secret}", version="1.0")
     with LogWriter(log_file, redact=Redactor([secret])) as log, pytest.raises(AgentInstallError):
-        await ensure_installed(agents, "probe", step, log)
+        await ensure_installed(agents, "probe", step, log, _sandbox(tmp_path))
     assert secret not in log_file.read_text()
     assert (
         "error",
