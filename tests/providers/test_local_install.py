@@ -6,6 +6,8 @@ own npm/pip variables, which is how an install gets its registry settings."""
 from __future__ import annotations
 
 import json
+import os
+import socket
 import subprocess
 from pathlib import Path
 
@@ -142,3 +144,170 @@ async def test_the_cause_is_redacted_like_every_record(
         "install failed: pip: No matching distribution found for x[redacted]==1.0; "
         "the package index could not be reached",
     ) in _records(log_file)
+
+
+_HOSTILE = """
+const fs = require('fs'), net = require('net');
+const out = (k, v) => console.log(`probe: ${k}=${v}`);
+function tryWrite(k, p) {
+  try { fs.writeFileSync(p, 'pwned'); out(k, 'WROTE'); } catch (e) { out(k, e.code); }
+}
+function tryRead(k, p) {
+  try { fs.readFileSync(p); out(k, 'READ'); } catch (e) { out(k, e.code); }
+}
+tryWrite('etc', '/etc/gentity-install-escape');
+tryWrite('data', DATA + '/pwned');
+tryRead('db', DATA + '/gentity.db');
+tryRead('key', KEY);
+tryRead('home', HOME_FILE);
+tryWrite('target', 'postinstall-ran');
+const map = fs.readFileSync('/proc/self/uid_map', 'utf8').trim().split(/\\s+/);
+out('uid', map[1]);
+function probe(k, host) {
+  return new Promise((done) => {
+    const s = net.connect({ host, port: PORT, timeout: 3000 });
+    s.on('connect', () => { out(k, 'CONNECTED'); s.destroy(); done(); });
+    s.on('error', (e) => { out(k, e.code); done(); });
+    s.on('timeout', () => { out(k, 'TIMEOUT'); s.destroy(); done(); });
+  });
+}
+(async () => { await probe('loopback', '127.0.0.1'); await probe('gateway', '10.0.2.2'); })();
+"""
+
+
+def _pack_hostile(tmp_path: Path, data: Path, key: Path, home_file: Path, port: int) -> Path:
+    """A package whose install script tries its way out, and says how each try went."""
+    source = tmp_path / "hostile"
+    source.mkdir()
+    script = (
+        _HOSTILE.replace("DATA", json.dumps(str(data)))
+        .replace("KEY", json.dumps(str(key)))
+        .replace("HOME_FILE", json.dumps(str(home_file)))
+        .replace("PORT", str(port))
+    )
+    (source / "postinstall.js").write_text(script)
+    (source / "package.json").write_text(
+        json.dumps(
+            {
+                "name": "gentity-hostile-agent",
+                "version": "1.0.0",
+                "bin": {"hostile-agent": "cli.js"},
+                "scripts": {"postinstall": "node postinstall.js"},
+            }
+        )
+    )
+    (source / "cli.js").write_text("#!/usr/bin/env node\nconsole.log('hostile agent')\n")
+    out = subprocess.run(
+        ["npm", "pack", "--pack-destination", str(tmp_path)],
+        cwd=source,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return tmp_path / out.stdout.strip().splitlines()[-1]
+
+
+async def test_an_install_script_reaches_nothing_but_its_target_and_the_result_is_sealed(
+    tmp_path: Path, offline: None
+) -> None:
+    data, keys = tmp_path / "data", tmp_path / "keys"
+    data.mkdir()
+    keys.mkdir(mode=0o700)
+    (data / "gentity.db").write_text("the database")
+    (keys / "secret.key").write_text("the key")
+    home_file = Path.home() / f".gentity-install-test-{os.getpid()}"
+    home_file.write_text("the operator's")
+    host = socket.socket()
+    host.bind(("127.0.0.1", 0))
+    host.listen(8)
+    try:
+        port = host.getsockname()[1]
+        tarball = _pack_hostile(tmp_path, data, keys / "secret.key", home_file, port)
+        agents, log_file = data / "agents", tmp_path / "instance.log"
+        step = InstallStep(npm=str(tarball))
+        sandbox = InstallSandbox(data, key_dir=keys, uid_range=(1_900_000, 1_999_999))
+        with LogWriter(log_file) as log:
+            await ensure_installed(agents, "hostile", step, log, sandbox)
+    finally:
+        host.close()
+        home_file.unlink()
+    found = dict(
+        m.removeprefix("install: probe: ").split("=", 1)
+        for _, m in _records(log_file)
+        if m.startswith("install: probe: ")
+    )
+    assert found["target"] == "WROTE"
+    assert found["etc"] in {"EROFS", "EACCES"}
+    assert found["data"] in {"EROFS", "EACCES", "ENOENT"}
+    assert found["db"] == found["key"] == found["home"] == "ENOENT"  # hidden
+    assert found["loopback"] == "ECONNREFUSED"  # the sandbox's own loopback
+    assert found["gateway"] in {"ECONNREFUSED", "TIMEOUT", "ENETUNREACH", "EHOSTUNREACH"}
+    assert 1_900_000 <= int(found["uid"]) <= 1_999_999  # an unprivileged uid on the host
+    assert not Path("/etc/gentity-install-escape").exists()
+    assert not (data / "pwned").exists()
+    # The result, in place: root's, and nobody's to write, not even root's by its mode.
+    cache = agents / step.cache_name("hostile")
+    package = cache / "lib" / "node_modules" / "gentity-hostile-agent"
+    assert (package / "postinstall-ran").read_text() == "pwned"
+    assert (cache / "bin" / "hostile-agent").is_symlink()
+    assert (cache / ".installed").exists()
+    for entry in [cache, *cache.rglob("*")]:
+        info = entry.lstat()
+        assert (info.st_uid, info.st_gid) == (0, 0), entry
+        if not entry.is_symlink():
+            assert info.st_mode & 0o7222 == 0, entry
+    # Nothing left of the attempt beside it.
+    assert sorted(p.name for p in agents.iterdir()) == [cache.name, f"{cache.name}.lock"]
+
+
+async def test_an_install_past_its_time_is_killed_with_everything_it_started(
+    tmp_path: Path, offline: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("gentity.providers.compute.local.install.INSTALL_TIMEOUT_SECONDS", 2)
+    source = tmp_path / "slow"
+    source.mkdir()
+    marker = f"gentity-slow-{os.getpid()}"
+    (source / "package.json").write_text(
+        json.dumps(
+            {
+                "name": "gentity-slow-agent",
+                "version": "1.0.0",
+                "scripts": {"postinstall": f"sh -c 'sleep 600 & exec sleep 601' {marker}"},
+            }
+        )
+    )
+    out = subprocess.run(
+        ["npm", "pack", "--pack-destination", str(tmp_path)],
+        cwd=source,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    step = InstallStep(npm=str(tmp_path / out.stdout.strip().splitlines()[-1]))
+    agents = tmp_path / "agents"
+    with LogWriter(tmp_path / "instance.log") as log, pytest.raises(AgentInstallError) as raised:
+        await ensure_installed(agents, "slow", step, log, _sandbox(tmp_path))
+    assert str(raised.value).startswith("install failed: not done after")
+    assert not [p for p in Path("/proc").glob("[0-9]*/cmdline") if _runs(p, "sleep\0" + "60")]
+    assert sorted(p.name for p in agents.iterdir()) == ["slow.lock"]  # no half install
+
+
+def _runs(cmdline: Path, text: str) -> bool:
+    try:
+        return text in cmdline.read_text()
+    except OSError:
+        return False
+
+
+async def test_without_an_own_uid_the_install_is_sandboxed_as_the_servers(
+    tmp_path: Path, offline: None
+) -> None:
+    """A server that is not root: one bubblewrap, its own uid mapped inside, the same hiding."""
+    tarball = _pack(tmp_path)
+    agents, log_file = tmp_path / "agents", tmp_path / "instance.log"
+    step = InstallStep(npm=str(tarball))
+    with LogWriter(log_file) as log:
+        await ensure_installed(agents, "probe", step, log, InstallSandbox(tmp_path))
+    cache = bin_dir(agents, "probe", step).parent
+    assert (cache / "lib" / "node_modules" / "gentity-probe-agent" / "postinstall-ran").exists()
+    assert all(p.lstat().st_mode & 0o222 == 0 for p in cache.rglob("*") if not p.is_symlink())

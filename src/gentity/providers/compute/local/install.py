@@ -246,6 +246,8 @@ class _Staging:
 
     def discard(self) -> None:
         _remove(self.work)
+        with contextlib.suppress(OSError):
+            self.target.rmdir()  # made empty by the lock's set-up, when nothing was installed
         if self.uid is not None and self.sandbox.uid_range is not None:
             uids.release(self.uid, self.work)
 
