@@ -26,13 +26,14 @@ import contextlib
 import json
 import logging
 import os
+import re
 import secrets
 import shutil
 import signal
 import stat
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import anyio
@@ -122,7 +123,7 @@ async def ensure_installed(
     staged: _Staging | None = None
     try:
         if sandbox is not None and bwrap is not None:
-            staged = await anyio.to_thread.run_sync(_Staging.create, sandbox, target, step)
+            staged = _Staging(sandbox, target, step)
         env = _environment(target) if staged is None else staged.environment()
         with anyio.fail_after(INSTALL_TIMEOUT_SECONDS):
             error = await install_once(
@@ -178,33 +179,42 @@ def _wait(process: subprocess.Popen[bytes]) -> asyncio.Future[int]:
 class _Staging:
     """One install attempt's directories, next to the cache (so the rename is atomic)::
 
-    .install-<name>-<random>/   0700, the control plane's
-        target/                 the install's result, bound at the cache's path
-        home/                   HOME inside (npm's and pip's caches), thrown away
-        logs/                   unused, empty
-        network.out             what slirp4netns printed
+        .install-<name>-<random>/   0700, the control plane's
+            target/                 the install's result, bound at the cache's path
+            home/                   HOME inside (npm's and pip's caches), thrown away
+            logs/                   unused, empty
+            network.out             what slirp4netns printed
+
+    Made by the first command's :meth:`wrap`, under the install's lock (an instance waiting
+    for another's install makes none), which is also when an attempt a crash left behind is
+    removed.
     """
 
     sandbox: InstallSandbox
     target: Path
-    work: Path
-    uid: int | None
-    readonly: list[Path]
+    step: InstallStep
+    work: Path | None = None
+    uid: int | None = None
+    readonly: list[Path] = field(default_factory=list)
 
-    @classmethod
-    def create(cls, sandbox: InstallSandbox, target: Path, step: InstallStep) -> _Staging:
-        work = target.parent / f".install-{target.name}-{secrets.token_hex(4)}"
-        target.parent.mkdir(parents=True, exist_ok=True)
+    def _prepare(self) -> Path:
+        if self.work is not None:
+            return self.work
+        parent, prefix = self.target.parent, f".install-{self.target.name}-"
+        for stale in parent.glob(f"{prefix}*"):
+            if re.fullmatch(r"[0-9a-f]{8}", stale.name.removeprefix(prefix)):
+                _remove(stale)  # the lock is ours: no install of this agent runs
+        work = parent / f"{prefix}{secrets.token_hex(4)}"
         work.mkdir(mode=0o700)
-        uid = None
-        if sandbox.uid_range is not None and os.geteuid() == 0 and setpriv_path() is not None:
-            uid = uids.claim(work, sandbox.uid_range)
+        self.work = work
+        if self.sandbox.uid_range is not None and os.geteuid() == 0 and setpriv_path():
+            self.uid = uids.claim(work, self.sandbox.uid_range)
         for name in ("target", "home", "logs"):
             (work / name).mkdir(mode=0o755)
-            if uid is not None:
-                os.chown(work / name, uid, uid)
-        readonly = [p for p in _installer_homes(step) if p.exists()]
-        return cls(sandbox, target, work, uid, readonly)
+            if self.uid is not None:
+                os.chown(work / name, self.uid, self.uid)
+        self.readonly = [p for p in _visible_host_paths(self.step) if p.exists()]
+        return work
 
     def environment(self) -> dict[str, str]:
         """As :func:`_environment`, with HOME (and so npm's and pip's caches) in the
@@ -215,11 +225,12 @@ class _Staging:
 
     def wrap(self, argv: list[str]) -> list[str]:
         """The command line that runs ``argv`` in this install's sandbox (see :func:`main`)."""
+        work = self._prepare()
         spec = {
             "dataDir": str(self.sandbox.data_dir),
             "keyDir": None if self.sandbox.key_dir is None else str(self.sandbox.key_dir),
             "uid": self.uid,
-            "work": str(self.work),
+            "work": str(work),
             "target": str(self.target),
             "readonly": [str(p) for p in self.readonly],
         }
@@ -228,6 +239,8 @@ class _Staging:
 
     def publish(self) -> str | None:
         """Make the installed tree root's and read-only, and rename it into place."""
+        if self.work is None:
+            return "nothing was installed"
         staged = self.work / "target"
         try:
             marker = staged / ".installed"
@@ -245,6 +258,8 @@ class _Staging:
         return None
 
     def discard(self) -> None:
+        if self.work is None:
+            return
         _remove(self.work)
         with contextlib.suppress(OSError):
             self.target.rmdir()  # made empty by the lock's set-up, when nothing was installed
@@ -258,17 +273,21 @@ def _timestamp() -> str:
     return format_timestamp()
 
 
-def _installer_homes(step: InstallStep) -> list[Path]:
-    """What the sandbox must see of the host beyond its system directories: the installer's
-    own directory when it lives in a hidden one (a node under ``/root/.nvm``), and a local
-    package file named by the catalog."""
+_PATH_SETTINGS = ("PIP_FIND_LINKS", "PIP_CERT", "npm_config_cafile", "NPM_CONFIG_CAFILE")
+
+
+def _visible_host_paths(step: InstallStep) -> list[Path]:
+    """What the sandbox must see of the host beyond its system directories, read-only: a
+    local package file named by the catalog, and files the operator's settings name (a
+    private CA, a directory of wheels), which may lie in a hidden directory."""
     found: list[Path] = []
-    if step.npm:
-        npm = shutil.which("npm", path=DEFAULT_PATH)
-        if npm is not None:
-            found.append(Path(npm).resolve().parent.parent)
-        if Path(step.npm).is_absolute():
-            found.append(Path(step.npm))
+    if step.npm and Path(step.npm).is_absolute():
+        found.append(Path(step.npm))
+    for name in (*TLS_TRUST_VARIABLES, *_PATH_SETTINGS):
+        for value in os.environ.get(name, "").split():
+            path = value.removeprefix("file://")
+            if path.startswith("/"):
+                found.append(Path(path))
     return found
 
 
