@@ -9,6 +9,7 @@ import json
 import os
 import socket
 import subprocess
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -311,3 +312,41 @@ async def test_without_an_own_uid_the_install_is_sandboxed_as_the_servers(
     cache = bin_dir(agents, "probe", step).parent
     assert (cache / "lib" / "node_modules" / "gentity-probe-agent" / "postinstall-ran").exists()
     assert all(p.lstat().st_mode & 0o222 == 0 for p in cache.rglob("*") if not p.is_symlink())
+
+
+def _wheel(directory: Path) -> None:
+    """A pure-Python wheel with a console script, made by hand (no build backend offline)."""
+    info = "gentity_probe_py-1.0.dist-info"
+    files = {
+        "gentity_probe_py/__init__.py": "def main():\n    print('probe py ran')\n",
+        f"{info}/METADATA": "Metadata-Version: 2.1\nName: gentity-probe-py\nVersion: 1.0\n",
+        f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\n"
+        "Tag: py3-none-any\n",
+        f"{info}/entry_points.txt": "[console_scripts]\nprobe-py = gentity_probe_py:main\n",
+    }
+    record = "".join(f"{name},,\n" for name in files) + f"{info}/RECORD,,\n"
+    with zipfile.ZipFile(directory / "gentity_probe_py-1.0-py3-none-any.whl", "w") as wheel:
+        for name, text in {**files, f"{info}/RECORD": record}.items():
+            wheel.writestr(name, text)
+
+
+async def test_a_pypi_install_works_from_its_final_place(
+    tmp_path: Path, offline: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The virtualenv is made at the cache's path inside the sandbox, then moved there: its
+    scripts name the right interpreter. The wheels' directory (the operator's PIP_FIND_LINKS,
+    under the hidden /tmp here) is shown to the sandbox."""
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    _wheel(wheels)
+    monkeypatch.setenv("PIP_FIND_LINKS", str(wheels))
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    agents, log_file = tmp_path / "agents", tmp_path / "instance.log"
+    step = InstallStep(pypi="gentity-probe-py", version="1.0")
+    with LogWriter(log_file) as log:
+        await ensure_installed(agents, "probe", step, log, _sandbox(tmp_path))
+    script = bin_dir(agents, "probe", step) / "probe-py"
+    assert script.read_text().splitlines()[0] == f"#!{bin_dir(agents, 'probe', step)}/python"
+    ran = subprocess.run([str(script)], capture_output=True, text=True, check=True, env={})
+    assert ran.stdout == "probe py ran\n"
+    assert script.stat().st_uid == 0 and script.stat().st_mode & 0o222 == 0
