@@ -56,7 +56,7 @@ from gentity.providers.compute.local.sandbox import (
     setpriv_path,
 )
 
-log = logging.getLogger(__name__)
+server_log = logging.getLogger(__name__)  # the instance's log is ``log`` in functions
 
 INSTALL_TIMEOUT_SECONDS = models.INSTALL_TIMEOUT_SECONDS
 # The operator's settings for npm and pip (a registry mirror, a proxy, a private CA) apply to
@@ -137,8 +137,11 @@ async def ensure_installed(
             )
     except TimeoutError:
         error = f"not done after {INSTALL_TIMEOUT_SECONDS // 60} minutes"
-    except (OSError, uids.UidRangeExhausted) as exc:
+    except uids.UidRangeExhausted as exc:
         error = f"the install's sandbox could not be set up: {exc}"
+    except OSError as exc:  # its text would name host paths, which the API must not show
+        server_log.warning("agent %s: the install's sandbox could not be set up: %s", agent_id, exc)
+        error = f"the install's sandbox could not be set up: {(exc.strerror or 'error').lower()}"
     finally:
         if staged is not None:
             await anyio.to_thread.run_sync(staged.discard)
@@ -254,7 +257,8 @@ class _Staging:
                 _remove(self.target)  # a failed install from before installs were staged
             os.rename(staged, self.target)
         except OSError as exc:
-            return f"the installed files could not be put in place: {exc}"
+            server_log.warning("%s: could not be put in place: %s", self.target, exc)
+            return "the installed files could not be put in place"
         return None
 
     def discard(self) -> None:
@@ -294,23 +298,25 @@ def _visible_host_paths(step: InstallStep) -> list[Path]:
 def _seal(top: Path, uid: int | None) -> str | None:
     """Every file of ``top`` root's (when the install ran as ``uid``), without write, setuid
     or setgid bits; links are left as links. The sandbox has ended: nothing changes it now.
-    Anything not the install's own (another owner: a hard link to someone's file) fails it."""
+    Anything not the install's own fails it (another owner: a hard link to someone else's
+    file, which the staging directory being a mount of its own already refuses with EXDEV)."""
     owner = os.getuid() if uid is None else uid
     entries = [top]
     for directory, dirnames, filenames in os.walk(top):
         entries += [Path(directory, name) for name in dirnames + filenames]
     for path in entries:
         info = path.lstat()
+        # The names are the install's: in the server's log, escaped, never in an answer.
         if info.st_uid != owner:
-            return f"the install left a file it does not own: {path.relative_to(top)}"
+            server_log.warning("install %s: a file it does not own: %r", top, str(path))
+            return "the install left a file it does not own"
         if stat.S_ISLNK(info.st_mode):
             if uid is not None:
                 os.lchown(path, 0, 0)
             continue
         if not (stat.S_ISREG(info.st_mode) or stat.S_ISDIR(info.st_mode)):
-            return f"the install left a special file: {path.relative_to(top)}"
-        if stat.S_ISREG(info.st_mode) and info.st_nlink > 1:
-            return f"the install left a hard link: {path.relative_to(top)}"
+            server_log.warning("install %s: a special file: %r", top, str(path))
+            return "the install left a special file (a device, FIFO or socket)"
         # Writes go before ownership does: once root's, the uid cannot change it.
         os.chmod(path, stat.S_IMODE(info.st_mode) & 0o555)
         if uid is not None:
