@@ -12,6 +12,7 @@ import subprocess
 import zipfile
 from pathlib import Path
 
+import anyio
 import pytest
 
 from gentity.catalog import InstallStep
@@ -350,3 +351,26 @@ async def test_a_pypi_install_works_from_its_final_place(
     ran = subprocess.run([str(script)], capture_output=True, text=True, check=True, env={})
     assert ran.stdout == "probe py ran\n"
     assert script.stat().st_uid == 0 and script.stat().st_mode & 0o222 == 0
+
+
+async def test_concurrent_first_starts_wait_for_one_sandboxed_install(
+    tmp_path: Path, offline: None
+) -> None:
+    tarball = _pack(tmp_path)
+    agents = tmp_path / "agents"
+    step = InstallStep(npm=str(tarball))
+    logs = [tmp_path / "one.log", tmp_path / "two.log"]
+
+    async def start(log_file: Path) -> None:
+        with LogWriter(log_file) as log:
+            await ensure_installed(agents, "probe", step, log, _sandbox(tmp_path))
+
+    async with anyio.create_task_group() as group:
+        for log_file in logs:
+            group.start_soon(start, log_file)
+    messages = [[m for _, m in _records(log_file)] for log_file in logs]
+    ran = [m for m in messages if any(x.startswith("install: running npm") for x in m)]
+    waited = [m for m in messages if "install: already installed" in m]
+    assert len(ran) == len(waited) == 1
+    assert "install: waiting for another install to finish" in waited[0]
+    assert sorted(p.name for p in agents.iterdir()) == ["probe", "probe.lock"]
