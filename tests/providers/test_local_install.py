@@ -374,3 +374,18 @@ async def test_concurrent_first_starts_wait_for_one_sandboxed_install(
     assert len(ran) == len(waited) == 1
     assert "install: waiting for another install to finish" in waited[0]
     assert sorted(p.name for p in agents.iterdir()) == ["probe", "probe.lock"]
+
+
+async def test_without_bubblewrap_the_install_runs_on_the_host_and_says_so(
+    tmp_path: Path, offline: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("gentity.providers.compute.local.install.bwrap_path", lambda: None)
+    tarball = _pack(tmp_path)
+    agents, log_file = tmp_path / "agents", tmp_path / "instance.log"
+    step = InstallStep(npm=str(tarball))
+    with LogWriter(log_file) as log:
+        await ensure_installed(agents, "probe", step, log, _sandbox(tmp_path))
+    records = _records(log_file)
+    assert records[0] == ("warning", "install: bubblewrap is missing: installing WITHOUT a sandbox")
+    assert records[-1] == ("info", "install: done")
+    assert (bin_dir(agents, "probe", step) / "probe-agent").exists()
