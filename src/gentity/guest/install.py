@@ -39,12 +39,19 @@ async def install_once(
     wait_exit: Callable[[subprocess.Popen[bytes]], asyncio.Future[int]],
     cgroup_fd: int | None = None,
     on_line: Callable[[str], None] | None = None,
+    wrap: Callable[[list[str]], list[str]] | None = None,
+    publish: Callable[[], str | None] | None = None,
 ) -> str | None:
     """Run the plan's commands unless its marker exists; returns the error, or None.
 
     The commands run in ``cwd`` with exactly ``env``; each output line goes to ``log``
     as ``install: …``, redacted like every record of that log, and to ``on_line`` (the
     guest's progress report). Cancelling stops the running command's whole process group.
+
+    ``wrap`` gives the command line that actually runs a command (the local provider's
+    sandbox around it); the log names the command itself. ``publish``, called under the lock
+    once every command succeeded, puts the result and its marker in place instead of the
+    marker being written here; it returns the error, or None.
     """
     try:
         lock = _open_lock(plan)
@@ -61,10 +68,13 @@ async def install_once(
             log.write("info", "install: already installed")
             return None
         for argv in plan.commands:
-            error = await _run(argv, cwd, env, log, wait_exit, cgroup_fd, on_line)
+            error = await _run(argv, cwd, env, log, wait_exit, cgroup_fd, on_line, wrap)
             if error is not None:
                 return error
-        _write_marker(plan.marker)
+        if publish is None:
+            _write_marker(plan.marker)
+        elif (error := publish()) is not None:
+            return error
         log.write("info", "install: done")
         return None
     finally:
@@ -79,10 +89,14 @@ async def _run(
     wait_exit: Callable[[subprocess.Popen[bytes]], asyncio.Future[int]],
     cgroup_fd: int | None,
     on_line: Callable[[str], None] | None,
+    wrap: Callable[[list[str]], list[str]] | None = None,
 ) -> str | None:
     name = os.path.basename(argv[0])
+    started = argv if wrap is None else wrap(argv)
     try:
-        exe = resolve(argv[0], env, cwd)
+        if wrap is None or "/" not in argv[0]:
+            resolve(argv[0], env, cwd)  # "npm not found", said plainly
+        exe = resolve(started[0], env, cwd)
     except StartError as exc:
         return str(exc)
     log.write("info", f"install: running {shlex.join(argv)}")
@@ -96,7 +110,7 @@ async def _run(
 
     try:
         returncode = await run_piped(
-            argv,
+            started,
             exe,
             cwd=cwd,
             env=env,

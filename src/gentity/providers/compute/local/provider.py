@@ -70,7 +70,7 @@ from gentity.providers.compute.local.guest_process import (
     send_bootstrap,
     wait_for_waiting,
 )
-from gentity.providers.compute.local.install import bin_dir, ensure_installed
+from gentity.providers.compute.local.install import InstallSandbox, bin_dir, ensure_installed
 from gentity.providers.compute.local.ownership import Host
 from gentity.providers.compute.local.sandbox import (
     DEFAULT_PATH,
@@ -278,7 +278,17 @@ class LocalProvider(ComputeProvider):
             redact = Redactor(launch.secret_values())
             try:
                 with LogWriter(paths.log_file, redact=redact) as writer:
-                    await ensure_installed(self.agents_dir, launch.agent, launch.install, writer)
+                    await ensure_installed(
+                        self.agents_dir,
+                        launch.agent,
+                        launch.install,
+                        writer,
+                        InstallSandbox(
+                            self.data_dir,
+                            key_dir=self.key_dir,
+                            uid_range=self.uid_range if self.per_instance_uids else None,
+                        ),
+                    )
             except BaseException:
                 await anyio.to_thread.run_sync(end_waiting_guest, booted.process)
                 raise

@@ -227,6 +227,12 @@ class SandboxSpec:
     own_network: bool = False
     resolv_conf: Path | None = None
     """Bound over ``/etc/resolv.conf`` when the instance has its own network."""
+    writable: list[tuple[Path, str]] = field(default_factory=list)
+    """More host directories bound writable, at the given path inside (an agent install's
+    target directory, see install.py)."""
+    keep_env: bool = False
+    """Pass the spawned process's environment through instead of clearing it for ``env``: for
+    settings that must not appear on a command line (an install's registry token)."""
 
 
 def sandbox_argv(bwrap: str, spec: SandboxSpec) -> list[str]:
@@ -291,14 +297,13 @@ def sandbox_argv(bwrap: str, spec: SandboxSpec) -> list[str]:
         argv += ["--ro-bind-try", str(path), str(path)]
     if spec.own_network and spec.resolv_conf is not None:
         argv += ["--ro-bind", str(spec.resolv_conf), "/etc/resolv.conf"]
-    for host, inside in ((spec.paths.volume, SANDBOX_HOME), (spec.paths.logs, SANDBOX_LOGS)):
+    binds = [(spec.paths.volume, SANDBOX_HOME), (spec.paths.logs, SANDBOX_LOGS), *spec.writable]
+    for host, inside in binds:
         argv += _open_way(Path(inside), fresh)
         argv += ["--bind", str(host), inside]
-    argv += [
-        "--chdir",
-        SANDBOX_HOME,
-        "--clearenv",
-    ]
+    argv += ["--chdir", SANDBOX_HOME]
+    if not spec.keep_env:
+        argv.append("--clearenv")
     for key, value in spec.env.items():
         argv += ["--setenv", key, value]
     argv.append("--")
