@@ -54,11 +54,13 @@ def offline(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def _pack(tmp_path: Path) -> Path:
-    """A tiny npm package whose postinstall leaves a file and says so."""
+    """A tiny npm package whose postinstall leaves a file, links its CLI under a second name
+    (as Claude Code's does with its binary) and says so."""
     source = tmp_path / "probe"
     source.mkdir()
     script = (
         "require('fs').writeFileSync('postinstall-ran', 'yes');"
+        "require('fs').linkSync('cli.js', 'cli-linked.js');"
         "console.log('probe: postinstall ran')"
     )
     (source / "package.json").write_text(
@@ -92,6 +94,8 @@ async def test_npm_runs_the_packages_install_scripts_with_their_output_in_the_lo
         await ensure_installed(agents, "probe", step, log, _sandbox(tmp_path))
     package = bin_dir(agents, "probe", step).parent / "lib" / "node_modules" / "gentity-probe-agent"
     assert (package / "postinstall-ran").read_text() == "yes"
+    linked = (package / "cli-linked.js").stat()
+    assert linked.st_ino == (package / "cli.js").stat().st_ino and linked.st_uid == 0
     assert (bin_dir(agents, "probe", step) / "probe-agent").exists()
     messages = [m for _, m in _records(log_file)]
     assert "install: probe: postinstall ran" in messages  # --foreground-scripts

@@ -299,26 +299,27 @@ def _seal(top: Path, uid: int | None) -> str | None:
     """Every file of ``top`` root's (when the install ran as ``uid``), without write, setuid
     or setgid bits; links are left as links. The sandbox has ended: nothing changes it now.
     Anything not the install's own fails it (another owner: a hard link to someone else's
-    file, which the staging directory being a mount of its own already refuses with EXDEV)."""
+    file, which the staging directory being a mount of its own already refuses with EXDEV).
+    Everything is checked before anything is sealed: a file the install linked under two
+    names (Claude Code's postinstall does) is its own under both."""
     owner = os.getuid() if uid is None else uid
     entries = [top]
     for directory, dirnames, filenames in os.walk(top):
         entries += [Path(directory, name) for name in dirnames + filenames]
-    for path in entries:
-        info = path.lstat()
+    found = [(path, path.lstat()) for path in entries]
+    for path, info in found:
         # The names are the install's: in the server's log, escaped, never in an answer.
         if info.st_uid != owner:
             server_log.warning("install %s: a file it does not own: %r", top, str(path))
             return "the install left a file it does not own"
-        if stat.S_ISLNK(info.st_mode):
-            if uid is not None:
-                os.lchown(path, 0, 0)
-            continue
-        if not (stat.S_ISREG(info.st_mode) or stat.S_ISDIR(info.st_mode)):
+        kind = info.st_mode
+        if not (stat.S_ISLNK(kind) or stat.S_ISREG(kind) or stat.S_ISDIR(kind)):
             server_log.warning("install %s: a special file: %r", top, str(path))
             return "the install left a special file (a device, FIFO or socket)"
-        # Writes go before ownership does: once root's, the uid cannot change it.
-        os.chmod(path, stat.S_IMODE(info.st_mode) & 0o555)
+    for path, info in found:
+        if not stat.S_ISLNK(info.st_mode):
+            # Writes go before ownership does: once root's, the uid cannot change it.
+            os.chmod(path, stat.S_IMODE(info.st_mode) & 0o555)
         if uid is not None:
             os.lchown(path, 0, 0)
     return None
