@@ -97,7 +97,7 @@ async def create_instance(
 
 @router.get("/{instance_id}", response_model=models.Instance)
 async def get_instance(instance_id: str, principal: Auth, ctx: Ctx, db: Db) -> models.Instance:
-    row = await instances.get_owned(db, principal.user.id, instance_id)
+    row = await instances.read_owned(db, principal.user.id, instance_id)
     return (await instances.to_wire_with_health(ctx, [row]))[0]
 
 
