@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
 from pydantic import ValidationError
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -100,7 +100,24 @@ class Listed(NamedTuple):
 #: A row the read paths take: the ORM object of a write path, or a :class:`Listed` one.
 InstanceRow = Instance | Listed
 
-_LISTED = select(*(Instance.__table__.c[name] for name in Listed._fields))
+_instances = Instance.__table__
+_LIVE_OF_USER = (_instances.c.user_id == bindparam("user_id"), _instances.c.destroyed_at.is_(None))
+# Built once: a request only binds its values (no statement to build, a cached compilation).
+_LIST = (
+    select(*(_instances.c[name] for name in Listed._fields))
+    .where(*_LIVE_OF_USER)
+    .order_by(_instances.c.created_at.desc(), _instances.c.id)
+)
+_READ_ONE = select(*(_instances.c[name] for name in Listed._fields)).where(
+    *_LIVE_OF_USER, _instances.c.id == bindparam("instance_id")
+)
+
+
+async def _read(db: AsyncSession, statement: Any, params: dict[str, Any]) -> list[Listed]:
+    # On the session's connection, as a Core statement: no ORM execution around it.
+    connection = await db.connection()
+    result = await connection.execute(statement, params)
+    return [Listed._make(row) for row in result]
 
 
 def to_wire(row: InstanceRow, minute: timedelta = timedelta(minutes=1)) -> models.Instance:
@@ -235,28 +252,16 @@ def handle_of(row: InstanceRow) -> MachineHandle:
 
 async def list_for(db: AsyncSession, user_id: str) -> list[Listed]:
     """The user's live instances, newest first, as the list shows them."""
-    result = await db.execute(
-        _LISTED.where(Instance.user_id == user_id, Instance.destroyed_at.is_(None)).order_by(
-            Instance.created_at.desc(), Instance.id
-        )
-    )
-    return [Listed._make(row) for row in result]
+    return await _read(db, _LIST, {"user_id": user_id})
 
 
 async def read_owned(db: AsyncSession, user_id: str, instance_id: str) -> Listed:
     """The caller's live instance as a read shows it; ``NotFound`` alike whether missing or
     someone else's."""
-    result = await db.execute(
-        _LISTED.where(
-            Instance.id == instance_id,
-            Instance.user_id == user_id,
-            Instance.destroyed_at.is_(None),
-        )
-    )
-    row = result.first()
-    if row is None:
+    found = await _read(db, _READ_ONE, {"user_id": user_id, "instance_id": instance_id})
+    if not found:
         raise NotFound()
-    return Listed._make(row)
+    return found[0]
 
 
 async def find_owned(
