@@ -39,6 +39,7 @@ from gentity.server.context import AppContext
 from gentity.server.db.ids import new_id, random_slug
 from gentity.server.db.orm import Instance
 from gentity.server.services import dns
+from gentity.server.services.accounts import Reader
 from gentity.server.services.errors import (
     Conflict,
     InvalidInput,
@@ -113,9 +114,9 @@ _READ_ONE = select(*(_instances.c[name] for name in Listed._fields)).where(
 )
 
 
-async def _read(db: AsyncSession, statement: Any, params: dict[str, Any]) -> list[Listed]:
-    # On the session's connection, as a Core statement: no ORM execution around it.
-    connection = await db.connection()
+async def _read(db: Reader, statement: Any, params: dict[str, Any]) -> list[Listed]:
+    # As a Core statement, on the session's connection or ``db``: no ORM execution around it.
+    connection = await db.connection() if isinstance(db, AsyncSession) else db
     result = await connection.execute(statement, params)
     return [Listed._make(row) for row in result]
 
@@ -250,12 +251,12 @@ def handle_of(row: InstanceRow) -> MachineHandle:
     return MachineHandle(ref=row.provider_ref, data=dict(row.provider_state or {}))
 
 
-async def list_for(db: AsyncSession, user_id: str) -> list[Listed]:
+async def list_for(db: Reader, user_id: str) -> list[Listed]:
     """The user's live instances, newest first, as the list shows them."""
     return await _read(db, _LIST, {"user_id": user_id})
 
 
-async def read_owned(db: AsyncSession, user_id: str, instance_id: str) -> Listed:
+async def read_owned(db: Reader, user_id: str, instance_id: str) -> Listed:
     """The caller's live instance as a read shows it; ``NotFound`` alike whether missing or
     someone else's."""
     found = await _read(db, _READ_ONE, {"user_id": user_id, "instance_id": instance_id})
