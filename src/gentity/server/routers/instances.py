@@ -11,7 +11,7 @@ from starlette.responses import JSONResponse
 
 from gentity import models
 from gentity.server import idempotency
-from gentity.server.auth import Auth, AuthFirstRoute, Ctx, Db, Principal
+from gentity.server.auth import Auth, AuthFirstRoute, Conn, Ctx, Db, Principal
 from gentity.server.context import AppContext
 from gentity.server.openapi import errors
 from gentity.server.params import MAX_CURSOR, parse_cursor, parse_flag, parse_int
@@ -26,7 +26,7 @@ MAX_LOG_LINES = 1000
 
 
 @router.get("", response_model=models.InstanceList)
-async def list_instances(principal: Auth, ctx: Ctx, db: Db) -> models.InstanceList:
+async def list_instances(principal: Auth, ctx: Ctx, db: Conn) -> models.InstanceList:
     rows = await instances.list_for(db, principal.user.id)
     return models.InstanceList(instances=await instances.to_wire_with_health(ctx, rows))
 
@@ -96,8 +96,8 @@ async def create_instance(
 
 
 @router.get("/{instance_id}", response_model=models.Instance)
-async def get_instance(instance_id: str, principal: Auth, ctx: Ctx, db: Db) -> models.Instance:
-    row = await instances.get_owned(db, principal.user.id, instance_id)
+async def get_instance(instance_id: str, principal: Auth, ctx: Ctx, db: Conn) -> models.Instance:
+    row = await instances.read_owned(db, principal.user.id, instance_id)
     return (await instances.to_wire_with_health(ctx, [row]))[0]
 
 

@@ -11,11 +11,12 @@ import asyncio
 import json
 import logging
 import secrets
+from collections.abc import Sequence
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 from pydantic import ValidationError
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -38,6 +39,7 @@ from gentity.server.context import AppContext
 from gentity.server.db.ids import new_id, random_slug
 from gentity.server.db.orm import Instance
 from gentity.server.services import dns
+from gentity.server.services.accounts import Reader
 from gentity.server.services.errors import (
     Conflict,
     InvalidInput,
@@ -69,7 +71,57 @@ HEALTH_LIST_BUDGET = 3.0
 _SUBDOMAIN_ATTEMPTS = 8
 
 
-def to_wire(row: Instance, minute: timedelta = timedelta(minutes=1)) -> models.Instance:
+class Listed(NamedTuple):
+    """An instance as the API's reads need it: the columns of its wire form, and what asking
+    its guest for the agent's health takes. Read with a Core ``SELECT`` of these columns only:
+    loading an ORM object (identity map, state tracking) cost several times as much a row, and
+    a list reads a hundred of them."""
+
+    id: str
+    name: str
+    subdomain: str
+    agent_type: str
+    model_provider: str
+    model_name: str
+    region: str | None
+    status: str
+    error_message: str | None
+    created_at: datetime
+    updated_at: datetime
+    auto_stop_minutes: int
+    last_activity_at: datetime | None
+    restart_policy: str
+    operation_owner: str | None
+    provider: str
+    provider_ref: str | None
+    provider_state: dict[str, Any]
+    guest_secret_ciphertext: bytes
+
+
+#: A row the read paths take: the ORM object of a write path, or a :class:`Listed` one.
+InstanceRow = Instance | Listed
+
+_instances = Instance.__table__
+_LIVE_OF_USER = (_instances.c.user_id == bindparam("user_id"), _instances.c.destroyed_at.is_(None))
+# Built once: a request only binds its values (no statement to build, a cached compilation).
+_LIST = (
+    select(*(_instances.c[name] for name in Listed._fields))
+    .where(*_LIVE_OF_USER)
+    .order_by(_instances.c.created_at.desc(), _instances.c.id)
+)
+_READ_ONE = select(*(_instances.c[name] for name in Listed._fields)).where(
+    *_LIVE_OF_USER, _instances.c.id == bindparam("instance_id")
+)
+
+
+async def _read(db: Reader, statement: Any, params: dict[str, Any]) -> list[Listed]:
+    # As a Core statement, on the session's connection or ``db``: no ORM execution around it.
+    connection = await db.connection() if isinstance(db, AsyncSession) else db
+    result = await connection.execute(statement, params)
+    return [Listed._make(row) for row in result]
+
+
+def to_wire(row: InstanceRow, minute: timedelta = timedelta(minutes=1)) -> models.Instance:
     """The row as the API shows it; ``minute`` is how long an auto-stop minute lasts
     (``GENTITY_AUTO_STOP_MINUTE_SECONDS``)."""
     return models.Instance(
@@ -90,7 +142,7 @@ def to_wire(row: Instance, minute: timedelta = timedelta(minutes=1)) -> models.I
     )
 
 
-def auto_stop_at(row: Instance, minute: timedelta) -> datetime | None:
+def auto_stop_at(row: InstanceRow, minute: timedelta) -> datetime | None:
     """When a running instance stops if nothing more happens in it: a pure function of its row
     (the idle check keeps ``last_activity_at`` current), so reading it asks no guest."""
     if row.status != S.RUNNING or row.auto_stop_minutes <= 0 or row.last_activity_at is None:
@@ -98,18 +150,36 @@ def auto_stop_at(row: Instance, minute: timedelta) -> datetime | None:
     return row.last_activity_at + row.auto_stop_minutes * minute
 
 
-async def agent_health(ctx: AppContext, row: Instance) -> models.AgentHealth | None:
+async def agent_health(ctx: AppContext, row: InstanceRow) -> models.AgentHealth | None:
     """The agent's health from its guest; None unless the instance runs (or its agent is being
     restarted) and its guest answers in time (the instance's status stays the truth about the
     machine)."""
-    if not guest_serves(ctx, row) or row.provider_ref is None:
+    if not guest_serves(ctx, row):
         return None
+    known, health = _health_at_hand(ctx, row)
+    return health if known else await _ask_guest(ctx, row)
+
+
+def _health_at_hand(ctx: AppContext, row: InstanceRow) -> tuple[bool, models.AgentHealth | None]:
+    """The agent's health of a row whose guest serves, when it is known without a round trip
+    (``(True, health)``): what its live watch last heard, or None when there is no machine or
+    this server cannot reach it. ``(False, None)`` when its guest must be asked."""
+    if row.provider_ref is None:
+        return True, None
     heard = _heard_by_watch(ctx, row.id)
     if heard is not None:
         try:
-            return models.AgentHealth.model_validate(heard.get("agent"))
+            return True, models.AgentHealth.model_validate(heard.get("agent"))
         except ValidationError:
-            return None
+            return True, None
+    try:
+        provider_for(ctx, row)
+    except (ProviderError, ProviderUnavailable):
+        return True, None
+    return False, None
+
+
+async def _ask_guest(ctx: AppContext, row: InstanceRow) -> models.AgentHealth | None:
     try:
         endpoint = provider_for(ctx, row).guest_endpoint(handle_of(row))
         info = await guest_client.health(endpoint, guest_secret(ctx, row), timeout=HEALTH_TIMEOUT)
@@ -128,34 +198,41 @@ def _heard_by_watch(ctx: AppContext, instance_id: str) -> dict[str, Any] | None:
     return ctx.heard.get(instance_id)
 
 
-async def to_wire_with_health(ctx: AppContext, rows: list[Instance]) -> list[models.Instance]:
-    """Wire instances with their agents' health, asked of their guests concurrently (at most
-    HEALTH_CONCURRENCY at once; whatever has not answered within HEALTH_LIST_BUDGET is null)."""
+async def to_wire_with_health(
+    ctx: AppContext, rows: Sequence[InstanceRow]
+) -> list[models.Instance]:
+    """Wire instances with their agents' health: what each live watch last heard, or else
+    asked of their guests concurrently (at most HEALTH_CONCURRENCY at once; whatever has not
+    answered within HEALTH_LIST_BUDGET is null)."""
+    minute = timedelta(seconds=ctx.settings.auto_stop_minute_seconds)
+    wires = [to_wire(row, minute) for row in rows]
+    # Only the guests nobody watches are asked, each in a task; the rest is known here.
+    asking: list[tuple[models.Instance, asyncio.Task[models.AgentHealth | None]]] = []
     limit = asyncio.Semaphore(HEALTH_CONCURRENCY)
 
-    async def one(row: Instance) -> models.AgentHealth | None:
+    async def ask(row: InstanceRow) -> models.AgentHealth | None:
         async with limit:
-            return await agent_health(ctx, row)
+            return await _ask_guest(ctx, row)
 
-    asked = [guest_serves(ctx, row) for row in rows]
-    tasks = [asyncio.create_task(one(row)) for row, ask in zip(rows, asked, strict=True) if ask]
-    if tasks:
-        _, pending = await asyncio.wait(tasks, timeout=HEALTH_LIST_BUDGET)
+    for wire, row in zip(wires, rows, strict=True):
+        if not guest_serves(ctx, row):
+            continue
+        known, health = _health_at_hand(ctx, row)
+        if known:
+            wire.agent = health
+        else:
+            asking.append((wire, asyncio.create_task(ask(row))))
+    if asking:
+        _, pending = await asyncio.wait([task for _, task in asking], timeout=HEALTH_LIST_BUDGET)
         for task in pending:
             task.cancel()
-    answers = iter(tasks)
-    wires = []
-    for row, ask in zip(rows, asked, strict=True):
-        wire = to_wire(row, timedelta(seconds=ctx.settings.auto_stop_minute_seconds))
-        if ask:
-            task = next(answers)
+        for wire, task in asking:
             if task.done() and not task.cancelled():
                 wire.agent = task.result()
-        wires.append(wire)
     return wires
 
 
-def guest_serves(ctx: AppContext, row: Instance) -> bool:
+def guest_serves(ctx: AppContext, row: InstanceRow) -> bool:
     """Whether the instance's guest runs and serves its log and terminals: the instance is
     ``running``, or ``restarting`` because its guest restarts the agent (no operation under
     way, see ``server.recovery``)."""
@@ -168,19 +245,24 @@ def guest_serves(ctx: AppContext, row: Instance) -> bool:
     )
 
 
-def handle_of(row: Instance) -> MachineHandle:
+def handle_of(row: InstanceRow) -> MachineHandle:
     if row.provider_ref is None:
         raise ProviderError("the instance has no machine")
     return MachineHandle(ref=row.provider_ref, data=dict(row.provider_state or {}))
 
 
-async def list_for(db: AsyncSession, user_id: str) -> list[Instance]:
-    rows = await db.scalars(
-        select(Instance)
-        .where(Instance.user_id == user_id, Instance.destroyed_at.is_(None))
-        .order_by(Instance.created_at.desc(), Instance.id)
-    )
-    return list(rows)
+async def list_for(db: Reader, user_id: str) -> list[Listed]:
+    """The user's live instances, newest first, as the list shows them."""
+    return await _read(db, _LIST, {"user_id": user_id})
+
+
+async def read_owned(db: Reader, user_id: str, instance_id: str) -> Listed:
+    """The caller's live instance as a read shows it; ``NotFound`` alike whether missing or
+    someone else's."""
+    found = await _read(db, _READ_ONE, {"user_id": user_id, "instance_id": instance_id})
+    if not found:
+        raise NotFound()
+    return found[0]
 
 
 async def find_owned(
@@ -417,7 +499,7 @@ async def teardown(ctx: AppContext, session: AsyncSession, inst: Instance) -> No
 # --- booting -------------------------------------------------------------------------------
 
 
-def guest_secret(ctx: AppContext, inst: Instance) -> str:
+def guest_secret(ctx: AppContext, inst: InstanceRow) -> str:
     return ctx.box.decrypt(inst.guest_secret_ciphertext, context=inst.id)
 
 
@@ -547,7 +629,7 @@ async def wait_for_agent(endpoint: guest_client.GuestEndpoint, secret: str) -> d
 # --- running operations --------------------------------------------------------------------
 
 
-def provider_for(ctx: AppContext, row: Instance) -> ComputeProvider:
+def provider_for(ctx: AppContext, row: InstanceRow) -> ComputeProvider:
     """The provider that runs ``row``'s machine, the one its row names: every use of a
     provider goes through here. :class:`ProviderUnavailable` when this server cannot act on
     the machine (its provider is not enabled here, or another host runs it)."""
