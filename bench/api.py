@@ -7,8 +7,9 @@ A route's figure is the median of the rounds; its ratio is that over the median 
 
 The instance list is measured with 20 and with 100 of the user's instances. They are written
 straight into the database as stopped instances: starting 100 sandboxes would measure the
-provider, and a stopped instance's wire form is the same ORM row and JSON. (A running
-instance's entry also carries its agent's health, asked of its guest live for every request.)
+provider, and a stopped instance's wire form is the same row and JSON. (A running
+instance's entry also carries its agent's health: what its guest last told the server's watch,
+which the guest answers at every change; a guest nobody watches is asked during the request.)
 """
 
 from __future__ import annotations
