@@ -75,8 +75,11 @@ MAX_ATTEMPTS = 5
 BACKOFF_SECONDS = 5.0
 STABLE_RUN = timedelta(minutes=10)
 """Running this long after an automatic restart resets the count of attempts."""
-WATCH_SECONDS = 10.0
-"""How long one ``wait`` on a guest lasts when nothing changes."""
+WATCH_SECONDS = 50.0
+"""How long one ``wait`` on a guest lasts when nothing changes. The guest answers at once on any
+change and a dead guest closes the connection, so this only sets how often an idle instance's
+watch wakes the server and the guest for nothing, their main idle cost. Below the guest's
+limit (``MAX_WAIT``, 60 s) and the 60 s idle timeout common to proxies on the way."""
 _RETRY_MIN, _RETRY_MAX = 0.2, 5.0
 
 
