@@ -15,7 +15,7 @@ import shutil
 import signal
 import subprocess
 import termios
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 from gentity.guest.redact import Redactor
 from gentity.guest.textlines import LineLogger
@@ -51,30 +51,33 @@ def describe_exit(returncode: int) -> tuple[int | None, str | None]:
         return None, f"SIG{-returncode}"
 
 
-def session_pids(sid: int) -> list[int]:
-    """PIDs of all processes in session ``sid`` (Linux /proc; empty elsewhere).
-
-    Background jobs of an interactive shell live in their own process groups,
-    so killing the process group alone would leave them behind.
-    """
-    pids: list[int] = []
+def process_table() -> Iterator[tuple[int, int, int]]:
+    """``(pid, parent pid, session id)`` of every process this namespace shows (Linux /proc;
+    nothing elsewhere). A process that ends while being read is left out."""
     try:
         names = os.listdir("/proc")
     except OSError:
-        return pids
+        return
     for name in names:
         if not name.isdigit():
             continue
         try:
             with open(f"/proc/{name}/stat", "rb") as f:
                 stat = f.read()
-            # Fields after "(comm)": state ppid pgrp session ...
+            # Fields after "(comm)", which may hold anything: state ppid pgrp session ...
             fields = stat[stat.rindex(b")") + 2 :].split()
-            if int(fields[3]) == sid:
-                pids.append(int(name))
+            yield int(name), int(fields[1]), int(fields[3])
         except (OSError, ValueError, IndexError):
             continue
-    return pids
+
+
+def session_pids(sid: int) -> list[int]:
+    """PIDs of all processes in session ``sid`` (Linux /proc; empty elsewhere).
+
+    Background jobs of an interactive shell live in their own process groups,
+    so killing the process group alone would leave them behind.
+    """
+    return [pid for pid, _, session in process_table() if session == sid]
 
 
 class ChildWatcher:

@@ -21,7 +21,13 @@ from dataclasses import dataclass
 from typing import Final
 
 from gentity.guest import protocol as p
-from gentity.guest.children import ChildWatcher, child_setup, describe_exit, session_pids
+from gentity.guest.children import (
+    ChildWatcher,
+    child_setup,
+    describe_exit,
+    process_table,
+    session_pids,
+)
 
 #: After the command exits, wait this long for the rest of its output (a background process
 #: may hold the pipes open; it is not waited for).
@@ -265,21 +271,8 @@ class Execution:
 def _descendants(root: int) -> set[int]:
     """PIDs of all processes below ``root``, by their parents (Linux /proc; empty elsewhere)."""
     children: dict[int, list[int]] = {}
-    try:
-        names = os.listdir("/proc")
-    except OSError:
-        return set()
-    for name in names:
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/stat", "rb") as f:
-                stat = f.read()
-            # Fields after "(comm)": state ppid ...
-            ppid = int(stat[stat.rindex(b")") + 2 :].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-        children.setdefault(ppid, []).append(int(name))
+    for pid, ppid, _ in process_table():
+        children.setdefault(ppid, []).append(pid)
     found: set[int] = set()
     pending = [root]
     while pending:
