@@ -153,14 +153,21 @@ async def _reconcile_all(ctx: AppContext) -> PassReport:
 
 def _needs_a_look(ctx: AppContext, row: Instance, seen: MachineStatus) -> bool:
     """Whether a watched row whose machine is ``seen`` needs more than that: a machine that is
-    not running, a guest nobody watches yet, a count of automatic restarts to reset."""
+    not running, a guest no watch here follows, a count of automatic restarts to reset."""
     if seen.state.in_progress:
         return False  # booting or stopping (e.g. a provider's own restart): not a failure
     if seen.state is not MachineState.RUNNING:
         return True
-    if not recovery.watching(ctx, row.id):
+    if not _followed(ctx, row.id):
         return True
     return bool(row.recovery_attempts) and utcnow() - row.updated_at >= recovery.STABLE_RUN
+
+
+def _followed(ctx: AppContext, instance_id: str) -> bool:
+    """Whether a live watch here holds a configured guest's latest answer. A guest that went
+    away, or came back unconfigured (its machine rebooted by its provider), is looked at by the
+    pass too, not left to the watch's retry alone."""
+    return recovery.watching(ctx, instance_id) and instance_id in ctx.heard
 
 
 async def _guarded(
@@ -251,7 +258,7 @@ async def _check_running(
         if row.recovery_attempts and utcnow() - row.updated_at >= recovery.STABLE_RUN:
             row.recovery_attempts = 0
             await session.commit()
-    if recovery.watching(ctx, row.id):
+    if _followed(ctx, row.id):
         return  # its watch follows the guest already
     try:
         health = await guest_client.health(
