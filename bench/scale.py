@@ -18,8 +18,9 @@ provider (restart policy ``never``) whose machine is a real record in a fake Fly
   work on the rows that changed. First a pass in which 100 machines have stopped behind the
   server's back (those 100 rows are written to ``error`` with an event each: the pass checked
   10,000 machines), then passes over the 9,900 steady ones, in which this server already
-  watches every running instance's guest (as it does once its watches run; a stand-in task
-  holds each watch's place, since there are no guests to watch): they write nothing. The
+  watches every running instance's guest and holds its last configured answer (as it does
+  once its watches run; a stand-in task and answer hold each watch's place, since there are no
+  guests to watch): they write nothing. The
   baseline is the same steady pass asking each machine's status on its own (``GET`` per
   machine, 16 at a time), as providers without a batch do.
 """
@@ -330,8 +331,8 @@ async def _passes(
         (await client.post(f"{fake_url}/__fake__/bench/stop", json={"machines": stopped}))
     result: dict[str, Any] = {}
     try:
-        # This server watches every running instance; there is no guest, so a task that waits
-        # for ever holds each watch's place.
+        # This server watches every running instance and has heard its configured guest; there
+        # is no guest, so a task that waits for ever and a stand-in answer hold each watch's place.
         forever = asyncio.Event()
 
         async def hold() -> None:
@@ -342,6 +343,7 @@ async def _passes(
                 ids = list(await session.scalars(select(Instance.id)))
             for instance_id in ids:
                 ctx.watches[instance_id] = asyncio.create_task(hold())
+                ctx.heard[instance_id] = {"configured": True}
         report = await reconcile_once(batched)
         async with database.session() as session:
             errors = await session.scalar(
