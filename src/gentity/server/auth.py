@@ -154,7 +154,10 @@ async def authenticate_request(request: Request) -> Principal:
 
 
 async def _authenticate(db: accounts.Reader, request: Request) -> Principal:
-    principal = await resolve_principal(db, request.headers, read_session_cookie(request))
+    # A bearer token wins (resolve_principal): with one, the cookies are not even parsed.
+    bearer = "authorization" in request.headers
+    cookie = None if bearer else read_session_cookie(request)
+    principal = await resolve_principal(db, request.headers, cookie)
     if principal is None:
         raise unauthorized()
     if principal.scope_instance_id is not None and not _within_scope(request, principal):
