@@ -57,7 +57,7 @@ def test_claude_code_is_onboarded_trusts_the_workdir_and_approved_the_key() -> N
     assert state["projects"][WORK]["hasTrustDialogAccepted"] is True
     assert state["customApiKeyResponses"] == {"approved": [KEY[-20:]], "rejected": []}
     assert state["autoUpdates"] is False
-    assert json.loads(files[".claude/settings.json"]) == {"model": "claude-sonnet-4-5"}
+    assert json.loads(files[".claude/settings.json"]) == {"model": "claude-sonnet-5-5"}
     assert _agent("claude-code").env == {"DISABLE_AUTOUPDATER": "1"}
 
 
@@ -106,6 +106,8 @@ def test_aider_asks_nothing_on_start() -> None:
         "show-release-notes": "false",
         "analytics": "false",
         "gitignore": "false",
+        # A model newer than its bundled price list would get a warning and a question.
+        "show-model-warnings": "false",
     }
 
 

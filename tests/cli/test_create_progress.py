@@ -72,7 +72,7 @@ def test_a_failed_install_streams_its_lines_and_ends_with_the_cause(
     assert where == 0, result.stderr
     assert f"  install: Looking in indexes: {index}" in lines[where + 1 :]
     assert lines[-1] == (
-        f"Error: {instance_id} (Aider - claude-sonnet-4-5) did not start: install failed: pip: "
+        f"Error: {instance_id} (Aider - claude-sonnet-5) did not start: install failed: pip: "
         "No matching distribution found for aider-chat=="
         f"{_pinned('aider')}; the package index could not be reached"
     )

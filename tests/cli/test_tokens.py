@@ -49,7 +49,7 @@ def test_catalog(cli: Cli, server: LiveServer) -> None:
     assert ["openai/gpt-5", "OPENAI_API_KEY"] in rows
     assert ["google/gemini-2.5-pro", "GEMINI_API_KEY"] in rows
     opencode = next(i for i, row in enumerate(rows) if row[:1] == ["opencode"])
-    assert rows[opencode][-2:] == ["anthropic/claude-sonnet-4-5", "ANTHROPIC_API_KEY"]
+    assert rows[opencode][-2:] == ["anthropic/claude-sonnet-5", "ANTHROPIC_API_KEY"]
     data = cli("catalog", "--json", env=env)
     agents = {a["id"]: a for a in httpx.Response(200, content=data.stdout).json()["agents"]}
     assert agents["shell"]["requiresApiKey"] is False

@@ -25,7 +25,7 @@ def test_catalog_is_public_and_in_contract_shape(client: httpx.Client) -> None:
     by_id = {a["id"]: a for a in agents}
     assert by_id["shell"]["requiresApiKey"] is False
     assert by_id["claude-code"]["requiresApiKey"] is True
-    assert {"provider": "anthropic", "name": "claude-sonnet-4-5"}.items() <= (
+    assert {"provider": "anthropic", "name": "claude-sonnet-5-5"}.items() <= (
         by_id["claude-code"]["models"][0].items()
     )
 
