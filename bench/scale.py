@@ -20,9 +20,9 @@ provider (restart policy ``never``) whose machine is a real record in a fake Fly
   10,000 machines), then passes over the 9,900 steady ones, in which this server already
   watches every running instance's guest and holds its last configured answer (as it does
   once its watches run; a stand-in task and answer hold each watch's place, since there are no
-  guests to watch): they write nothing. The
-  baseline is the same steady pass asking each machine's status on its own (``GET`` per
-  machine, 16 at a time), as providers without a batch do.
+  guests to watch): they write nothing. The baseline is the same steady pass asking each
+  machine's status on its own (``GET`` per machine, 16 at a time), as providers without a
+  batch do.
 """
 
 from __future__ import annotations

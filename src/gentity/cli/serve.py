@@ -64,7 +64,7 @@ def serve(
         log_config=None,
         ws=WebSocketProtocol,  # uvicorn's sans-I/O protocol, tuned for terminals
         # libuv's loop: each of a keystroke's hops (browser, server, guest and back) costs less
-        # loop overhead than in asyncio's pure-Python one.
+        # loop overhead than in asyncio's selector loop, which is written in Python.
         loop="uvloop",
         timeout_graceful_shutdown=5,
     )
