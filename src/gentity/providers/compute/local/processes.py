@@ -7,10 +7,13 @@ unrelated process after a reboot is never mistaken for (or killed as) an instanc
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
 import time
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 
 def _start_time(pid: int) -> str | None:
@@ -50,11 +53,7 @@ def forget(pid_file: Path) -> None:
 
 
 def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
+    return _state(pid) not in ("Z", "?")
 
 
 def tree(root: int) -> set[int]:
@@ -100,5 +99,20 @@ def kill_tree(pids: set[int], timeout: float = 5.0) -> None:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signal.SIGKILL)
         if time.monotonic() > deadline:
+            # SIGKILL waits for a process in uninterruptible sleep (D): say which ones kept an
+            # operation waiting this long.
+            log.warning(
+                "processes still alive %g s after SIGKILL: %s",
+                timeout,
+                ", ".join(f"{pid} ({_state(pid)})" for pid in sorted(pids)),
+            )
             return
         time.sleep(0.02)
+
+
+def _state(pid: int) -> str:
+    """A process's state letter from ``/proc/<pid>/stat`` (``?`` once it is gone)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return "?"
