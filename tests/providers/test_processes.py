@@ -11,7 +11,7 @@ import pytest
 from gentity.providers.compute.local import processes
 
 
-def test_kill_tree_kills_and_reaped_children_count_as_gone() -> None:
+def test_kill_tree_kills_and_a_zombie_counts_as_gone() -> None:
     child = subprocess.Popen(["sleep", "60"])
     try:
         started = time.monotonic()
