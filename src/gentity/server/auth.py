@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Coroutine
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
@@ -15,6 +16,7 @@ from starlette.requests import HTTPConnection
 from starlette.responses import Response
 
 from gentity.server.context import AppContext
+from gentity.server.db.database import Database
 from gentity.server.errors import unauthorized
 from gentity.server.services import accounts, tokens
 from gentity.server.services.credentials import Credential
@@ -187,20 +189,8 @@ class AuthFirstRoute(APIRoute):
         if not _depends_on(self.dependant, require_principal):
             return handler
         if _depends_on(self.dependant, db_connection):
-
-            async def authenticated_on_connection(request: Request) -> Response:
-                # As ``authenticated`` below, on a bare connection (see ``db_connection``).
-                async with context(request).db.connect() as connection:
-                    principal = await _authenticate(connection, request)
-                    request.state.principal = principal
-                    request.state.connection = connection
-                    try:
-                        with acting(principal.actor):
-                            return await handler(request)
-                    finally:
-                        del request.state.connection
-
-            return authenticated_on_connection
+            # On a bare connection (see ``db_connection``), for handlers that only read.
+            return _authenticated_on(handler, Database.connect, "connection")
         if not _depends_on(self.dependant, db_session):
             # No Db: the session closes before the handler runs, which may take minutes (a
             # create) and must not hold a pooled connection meanwhile.
@@ -211,23 +201,33 @@ class AuthFirstRoute(APIRoute):
                     return await handler(request)
 
             return authenticated_alone
+        # One session for the whole request: the handler's ``Db`` is this one (see
+        # ``db_session``). It closes when the handler returns, as ``Db``'s would.
+        return _authenticated_on(handler, Database.session, "db")
 
-        async def authenticated(request: Request) -> Response:
-            # One session for the whole request: the handler's ``Db`` is this one (see
-            # ``db_session``). It closes when the handler returns, as ``Db``'s would.
-            async with context(request).db.session() as db:
-                principal = await _authenticate(db, request)
-                request.state.principal = principal
-                request.state.db = db
-                try:
-                    # Status changes this request causes (also in the operations it starts)
-                    # say who.
-                    with acting(principal.actor):
-                        return await handler(request)
-                finally:
-                    del request.state.db
 
-        return authenticated
+def _authenticated_on(
+    handler: Callable[[Request], Coroutine[Any, Any, Response]],
+    open_db: Callable[[Database], AbstractAsyncContextManager[accounts.Reader]],
+    name: str,
+) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+    """``handler`` authenticated on what ``open_db`` opens, which it then gets as
+    ``request.state.<name>`` until it returns."""
+
+    async def authenticated(request: Request) -> Response:
+        async with open_db(context(request).db) as db:
+            principal = await _authenticate(db, request)
+            request.state.principal = principal
+            setattr(request.state, name, db)
+            try:
+                # Status changes this request causes (also in the operations it starts) say
+                # who.
+                with acting(principal.actor):
+                    return await handler(request)
+            finally:
+                delattr(request.state, name)
+
+    return authenticated
 
 
 def _depends_on(dependant: Dependant, call: Callable[..., Any]) -> bool:
