@@ -19,6 +19,7 @@ from pathlib import Path
 
 from bench import procs
 from bench.context import Context, say
+from bench.floors import deflate_rate, host_cpu
 from bench.pty_baseline import PtyTimeout, RawPty
 from bench.report import Figure
 from bench.stats import median, rate, ratio, size
@@ -30,6 +31,7 @@ from gentity.guest.textlines import LineLogger
 GOAL_RATIO = 0.8
 MARKER = "done-42"
 TIMEOUT = 300.0
+DEFLATE_SAMPLE = 20_000_000
 
 
 def write_payload(path: Path, num_bytes: int) -> None:
@@ -58,6 +60,23 @@ async def log_pipeline_rate(payload: Path, limit: int = 5_000_000) -> float:
         elapsed = time.process_time() - start
         writer.close()
     return len(data) / elapsed
+
+
+def _floor(raw: float, raw_cpu_per_byte: float, deflate: float, log: float) -> str:
+    """How many cores the goal's rate takes for work measured alone: the raw PTY run's own
+    (bash, cat, the kernel's tty and the reader, from the host's CPU counters), permessage-
+    deflate at the server's settings and the guest's log of the output. Nothing of the
+    relay (guest, server, client) is in it, so it is a floor."""
+    goal = GOAL_RATIO * raw
+    parts = {"the raw PTY's": raw_cpu_per_byte, "deflate": 1 / deflate, "the guest's log": 1 / log}
+    cores = {name: goal * per_byte for name, per_byte in parts.items()}
+    return (
+        f"floor: at the goal's {rate(goal)}, work measured alone takes "
+        f"{sum(cores.values()):.2f} of the host's {os.cpu_count()} cores ("
+        + ", ".join(f"{name} {value:.2f}" for name, value in cores.items())
+        + f"; deflate alone runs at {rate(deflate)} of CPU time), before the guest, server and "
+        "client relay a byte"
+    )
 
 
 async def ws_run(ctx: Context, url: str, command: str, compression: bool) -> tuple[int, float]:
@@ -123,13 +142,16 @@ async def run(ctx: Context) -> Figure:
     ws_rates: list[float] = []
     plain_rates: list[float] = []
     raw_rates: list[float] = []
+    raw_cpu_per_byte: list[float] = []
     peer_rates: list[float] = []
     failures: list[str] = []
     try:
         with PeerServer(home) as peer:
             for index in range(plan.throughput_runs):
-                raw_bytes, raw_seconds = raw_run(home, command)
+                with host_cpu() as used:
+                    raw_bytes, raw_seconds = raw_run(home, command)
                 raw_rates.append(raw_bytes / raw_seconds)
+                raw_cpu_per_byte.append(used.busy_seconds / raw_bytes)
                 peer_bytes, peer_seconds = await peer_run(peer.url, command)
                 peer_rates.append(peer_bytes / peer_seconds)
                 for compression, rates in ((True, ws_rates), (False, plain_rates)):
@@ -160,6 +182,7 @@ async def run(ctx: Context) -> Figure:
     guest = procs.find_guest(ctx.server.cgroup_name(instance_id))
     guest_rss = procs.rss_kb(guest) if guest else 0
     pipeline = await log_pipeline_rate(payload)
+    deflate = deflate_rate(payload.read_bytes()[:DEFLATE_SAMPLE])
     payload.unlink(missing_ok=True)
     raw = median(raw_rates)
     peer_rate = median(peer_rates)
@@ -185,6 +208,7 @@ async def run(ctx: Context) -> Figure:
         f"diagnostic: the guest's output-to-log path alone (LineLogger -> LogWriter, a JSON "
         f"record per line, one write() per chunk) runs at {rate(pipeline)} of CPU time in-process"
     )
+    fig.notes.append(_floor(raw, median(raw_cpu_per_byte), deflate, pipeline))
     fig.notes.append(
         f"guest daemon RSS after the bulk output: {guest_rss / 1024:.1f} MiB "
         "(the agent's output is also written to its log, line by line)"
@@ -198,5 +222,7 @@ async def run(ctx: Context) -> Figure:
         "failures": failures,
         "guestRssKbAfter": guest_rss,
         "logPipelineBytesPerSecond": pipeline,
+        "rawPtyCpuSecondsPerByte": raw_cpu_per_byte,
+        "deflateBytesPerSecond": deflate,
     }
     return fig
