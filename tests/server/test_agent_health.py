@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -78,3 +79,49 @@ def test_listing_running_instances_asks_no_guest(
         assert listed[0]["agent"]["state"] == "ready"
     assert json_object(bearer.get(f"/api/instances/{iid}").json())["agent"]["state"] == "ready"
     assert asked == []
+
+
+def test_an_idle_watch_waits_again_without_reading_the_row(
+    bearer: httpx.Client, token: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A wait that ends with nothing new (the guest's version unchanged) is followed by the
+    next wait at once, without a look at the instance's row; a change is still followed."""
+    from gentity.guest import client as guest_client
+    from gentity.server import recovery
+
+    monkeypatch.setattr(recovery, "WATCH_SECONDS", 0.2)
+    waits: list[float] = []
+    rows_read: list[str] = []
+    wait, watched = guest_client.wait, recovery.watched
+
+    async def counted_wait(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        waits.append(time.monotonic())
+        return await wait(*args, **kwargs)
+
+    def counted_watched(ctx: Any, row: Any) -> bool:
+        if sys._getframe(1).f_code.co_name == "_watch_loop":  # not the reconciler's look
+            rows_read.append(row.id)
+        return watched(ctx, row)
+
+    monkeypatch.setattr(guest_client, "wait", counted_wait)
+    monkeypatch.setattr(recovery, "watched", counted_watched)
+    iid = create_shell(bearer)["id"]
+    wait_agent(bearer, iid, lambda a: a["state"] == "ready")
+    time.sleep(0.5)  # past the answers of the start itself
+    waits.clear()
+    rows_read.clear()
+    time.sleep(2.0)
+    assert len(waits) >= 5, waits
+    assert rows_read == []
+
+    async def crash() -> None:
+        term = await Terminal.open(ws_url(str(bearer.base_url), iid, token))
+        await term.send("exit 7\r")
+        await term.close()
+
+    asyncio.run(crash())
+    one = wait_agent(bearer, iid, lambda a: a["lastExitCode"] == 7)
+    assert one["status"] in ("restarting", "running")
+    assert iid in rows_read
+    wait_agent(bearer, iid, lambda a: a["state"] == "ready" and a["restarts"] == 1)
+    assert bearer.delete(f"/api/instances/{iid}").status_code == 200

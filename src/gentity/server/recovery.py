@@ -42,12 +42,13 @@ import contextlib
 import logging
 import signal
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeGuard
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from gentity.guest import client as guest_client
 from gentity.guest import protocol as p
+from gentity.guest.client import GuestEndpoint
 from gentity.models import InstanceStatus as S
 from gentity.models import RestartPolicy
 from gentity.providers.compute.base import (
@@ -298,6 +299,17 @@ async def _watch(ctx: AppContext, instance_id: str) -> None:
         ctx.heard.pop(instance_id, None)
 
 
+def _unchanged(health: dict[str, Any] | None, since: object) -> TypeGuard[dict[str, Any]]:
+    """Whether a wait ended with nothing new: the configured guest's version is the one the
+    watch already followed, so its row has nothing to follow either."""
+    return (
+        since is not None
+        and isinstance(health, dict)
+        and health.get("configured") is True
+        and health.get("version") == since
+    )
+
+
 async def _operations_done(ctx: AppContext, instance_id: str) -> None:
     """Until this server runs no operation on the instance (e.g. the start that began the
     watch, which is still finishing)."""
@@ -312,21 +324,29 @@ async def _watch_loop(ctx: AppContext, instance_id: str) -> None:
     since: object = None
     restarts_seen: int | None = None
     failures = 0
+    # The guest's endpoint and secret, kept from one wait to the next only while its answers
+    # say that nothing changed: an idle instance's watch then wakes without reading its row,
+    # which was most of what a watch cost the server at rest. Anything else reads it again.
+    guest: tuple[GuestEndpoint, str] | None = None
     while True:
         if operations.in_flight_here(ctx, instance_id):
             ctx.heard.pop(instance_id, None)  # an operation changes the guest under it
+            guest = None
             await _operations_done(ctx, instance_id)
-        async with ctx.db.session() as session:
-            row = await session.get(Instance, instance_id)
-            if row is None or not watched(ctx, row):
-                return
-            try:
-                provider = instances.provider_for(ctx, row)
-            except ProviderUnavailable:
-                return  # another host's: its servers watch it
-            handle = instances.handle_of(row)
-            endpoint = provider.guest_endpoint(handle)
-            secret = instances.guest_secret(ctx, row)
+        row_read = guest is None
+        if guest is None:
+            async with ctx.db.session() as session:
+                found = await session.get(Instance, instance_id)
+                if found is None or not watched(ctx, found):
+                    return
+                read = found
+                try:
+                    provider = instances.provider_for(ctx, read)
+                except ProviderUnavailable:
+                    return  # another host's: its servers watch it
+                handle = instances.handle_of(read)
+                guest = (provider.guest_endpoint(handle), instances.guest_secret(ctx, read))
+        endpoint, secret = guest
         # No database session is held while the guest is waited for.
         health: dict[str, Any] | None
         try:
@@ -341,13 +361,19 @@ async def _watch_loop(ctx: AppContext, instance_id: str) -> None:
             failures = 0
         except guest_client.GuestError:
             health, failures = None, failures + 1
+        if _unchanged(health, since):
+            ctx.heard[instance_id] = health
+            continue
+        guest = None
+        if not row_read:
+            continue  # something changed: read the row, then ask the guest again (at once)
         if isinstance(health, dict) and health.get("configured") is True:
             ctx.heard[instance_id] = health
         else:
             ctx.heard.pop(instance_id, None)
         if isinstance(health, dict) and health.get("configured") is False:
             # Its machine booted without us (a provider's own restart): configure it again.
-            if not await instances.configure_if_rebooted(ctx, row):
+            if not await instances.configure_if_rebooted(ctx, read):
                 await asyncio.sleep(_RETRY_MIN)
             since = None
             continue
