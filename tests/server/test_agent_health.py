@@ -29,6 +29,20 @@ def wait_agent(
         time.sleep(0.1)
 
 
+def crash_agent(client: httpx.Client, iid: str, token: str) -> None:
+    """The agent exits with code 7 (typed into its terminal), which its guest reports."""
+
+    async def crash() -> None:
+        term = await Terminal.open(ws_url(str(client.base_url), iid, token))
+        await term.send("exit 7\r")
+        await term.close()
+
+    asyncio.run(crash())
+    one = wait_agent(client, iid, lambda a: a["lastExitCode"] == 7)
+    # The machine runs; the agent is between restarts, or already restarted.
+    assert one["status"] in ("restarting", "running")
+
+
 def test_agent_health_through_crash_and_recovery(bearer: httpx.Client, token: str) -> None:
     iid = create_shell(bearer)["id"]
     one = wait_agent(bearer, iid, lambda a: a["state"] == "ready")
@@ -38,15 +52,7 @@ def test_agent_health_through_crash_and_recovery(bearer: httpx.Client, token: st
     listed = bearer.get("/api/instances").json()["instances"]
     assert listed[0]["agent"]["state"] == "ready"
 
-    async def crash() -> None:
-        term = await Terminal.open(ws_url(str(bearer.base_url), iid, token))
-        await term.send("exit 7\r")
-        await term.close()
-
-    asyncio.run(crash())
-    one = wait_agent(bearer, iid, lambda a: a["lastExitCode"] == 7)
-    # The machine runs; the agent is between restarts, or already restarted.
-    assert one["status"] in ("restarting", "running")
+    crash_agent(bearer, iid, token)
     one = wait_agent(bearer, iid, lambda a: a["state"] == "ready" and a["restarts"] == 1)
     assert one["agent"]["lastExitAt"] <= one["agent"]["readyAt"]
 
@@ -114,14 +120,7 @@ def test_an_idle_watch_waits_again_without_reading_the_row(
     assert len(waits) >= 5, waits
     assert rows_read == []
 
-    async def crash() -> None:
-        term = await Terminal.open(ws_url(str(bearer.base_url), iid, token))
-        await term.send("exit 7\r")
-        await term.close()
-
-    asyncio.run(crash())
-    one = wait_agent(bearer, iid, lambda a: a["lastExitCode"] == 7)
-    assert one["status"] in ("restarting", "running")
+    crash_agent(bearer, iid, token)
     assert iid in rows_read
     wait_agent(bearer, iid, lambda a: a["state"] == "ready" and a["restarts"] == 1)
     assert bearer.delete(f"/api/instances/{iid}").status_code == 200
