@@ -365,8 +365,10 @@ async def _watch_loop(ctx: AppContext, instance_id: str) -> None:
             ctx.heard[instance_id] = health
             continue
         guest = None
-        if not row_read:
+        if health is not None and not row_read:
             continue  # something changed: read the row, then ask the guest again (at once)
+        # (No answer at all is followed as before: the row is read below, and the machine's
+        # status asked, without waiting on the guest a second time.)
         if isinstance(health, dict) and health.get("configured") is True:
             ctx.heard[instance_id] = health
         else:
