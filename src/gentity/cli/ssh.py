@@ -63,9 +63,13 @@ async def _session(instance_id: str, shell: bool, eof_timeout: float) -> int:
             AsyncClient() as client,
             client.attach(instance_id, shell=shell, cols=cols, rows=rows) as terminal,
         ):
-            # Raw mode only once connected, so a refusal prints as a normal error line.
-            with _raw_mode(fd) if interactive else contextlib.nullcontext():
-                code, message = await _Pump(terminal, fd, interactive, eof_timeout).run()
+            pump = _Pump(terminal, fd, interactive, eof_timeout)
+            # Raw mode only once connected, so a refusal prints as a normal error line; and
+            # only while SIGTERM and SIGHUP end the session: arriving a moment before or after
+            # it, either would otherwise kill the process with the terminal left raw.
+            raw = _raw_mode(fd) if interactive else contextlib.nullcontext()
+            with pump.stopped_by_signals(), raw:
+                code, message = await pump.run()
     except ApiError as exc:
         if exc.status != 409 or shell or "agent" not in exc.message:
             raise
@@ -198,15 +202,22 @@ class _Pump:
             # Pipes and files: a regular file cannot be watched with epoll, so read in a
             # thread. It is a daemon: a read blocked at exit must not keep the process alive.
             threading.Thread(target=self._read_blocking, daemon=True).start()
-        for sig in (signal.SIGTERM, signal.SIGHUP):
-            self.loop.add_signal_handler(sig, self._on_signal, sig)
 
     def _uninstall(self) -> None:
         if self.interactive:
             self.loop.remove_reader(self.fd)
             self.loop.remove_signal_handler(signal.SIGWINCH)
+
+    @contextlib.contextmanager
+    def stopped_by_signals(self) -> Iterator[None]:
+        """SIGTERM and SIGHUP end the session (exit code 128 + the signal) while inside."""
         for sig in (signal.SIGTERM, signal.SIGHUP):
-            self.loop.remove_signal_handler(sig)
+            self.loop.add_signal_handler(sig, self._on_signal, sig)
+        try:
+            yield
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGHUP):
+                self.loop.remove_signal_handler(sig)
 
     def _on_readable(self) -> None:
         try:
