@@ -22,49 +22,27 @@ from operator import itemgetter
 from typing import Any
 
 import psycopg
-from sqlalchemy import Select, select
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.dialects.postgresql.psycopg import PGDialect_psycopg
 
 from bench.stats import median
-from gentity.server.db.orm import Instance
-from gentity.server.services.instances import Listed
+from gentity import models
+from gentity.server.services.instances import LIST, Listed
 from gentity.server.websocket_protocol import COMPRESSION_LEVEL
 
-# What the list shows of each row (Listed also carries what asking a guest takes).
-_WIRE_FIELDS = {
-    "id": "id",
-    "name": "name",
-    "subdomain": "subdomain",
-    "agent_type": "agentType",
-    "model_provider": "modelProvider",
-    "model_name": "modelName",
-    "region": "region",
-    "status": "status",
-    "error_message": "errorMessage",
-    "created_at": "createdAt",
-    "updated_at": "updatedAt",
-    "restart_policy": "restartPolicy",
-    "auto_stop_minutes": "autoStopMinutes",
-}
-
-
-def _list_statement(user_id: str) -> Select[Any]:
-    """The list's own query (the columns of ``Listed``, the user's live instances, newest
-    first), with the user bound in."""
-    table = Instance.__table__
-    return (
-        select(*(table.c[name] for name in Listed._fields))
-        .where(table.c.user_id == user_id, table.c.destroyed_at.is_(None))
-        .order_by(table.c.created_at.desc(), table.c.id)
-    )
+# The list entry's fields (wire name by Python name), in the wire model's order: those the
+# row holds are taken from it, the rest (the agent's health, autoStopAt) are null, as they are
+# for a stopped instance.
+_WIRE_FIELDS = {name: field.alias or name for name, field in models.Instance.model_fields.items()}
 
 
 def encode_list(rows: list[tuple[Any, ...]]) -> bytes:
     """The rows as the list's JSON, with no validation or model in between."""
-    pick = itemgetter(*(Listed._fields.index(name) for name in _WIRE_FIELDS))
-    keys = (*_WIRE_FIELDS.values(), "agent", "autoStopAt")
-    entries = [dict(zip(keys, (*pick(row), None, None), strict=True)) for row in rows]
+    held = [name for name in _WIRE_FIELDS if name in Listed._fields]
+    pick = itemgetter(*(Listed._fields.index(name) for name in held))
+    keys = [_WIRE_FIELDS[name] for name in held]
+    nulls = dict.fromkeys(_WIRE_FIELDS[name] for name in _WIRE_FIELDS if name not in held)
+    entries = [{**dict(zip(keys, pick(row), strict=True)), **nulls} for row in rows]
     return json.dumps({"instances": entries}, separators=(",", ":"), default=_isoformat).encode()
 
 
@@ -100,7 +78,7 @@ def list_floor(database_url: str, user_id: str, runs: int = 300) -> ListFloor:
 def list_reader(database_url: str, user_id: str) -> Iterator[Callable[[], list[tuple[Any, ...]]]]:
     """A call that runs the list's query for ``user_id`` on a bare driver connection of its
     own (closed on leaving) and returns the rows as tuples."""
-    statement = _list_statement(user_id)
+    statement = LIST.params(user_id=user_id)
     literal = {"literal_binds": True}
     if database_url.startswith("sqlite"):
         path = database_url.split(":///", 1)[1]
